@@ -1,0 +1,22 @@
+//! `clipdino`: open-vocabulary semantic segmentation with OpenCLIP ViT-B/16 and the
+//! CLIP-DINOiser head (Wysoczańska et al., arXiv 2312.12359), in pure candle.
+//!
+//! Tensors in, tensors out: no I/O beyond parsing byte buffers, no web or CLI code, so the
+//! same crate runs natively and in `wasm32-unknown-unknown`.
+
+pub mod clip;
+pub mod config;
+pub mod dinoiser;
+pub mod error;
+pub mod kmeans;
+pub mod linear;
+pub mod loaders;
+pub mod overlay;
+pub mod pipeline;
+pub mod templates;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{ClipConfig, HeadConfig, TextConfig, VisionConfig};
+pub use error::{Error, Result};
+pub use weights::{ComputePath, Stored, TensorStore, Vb};

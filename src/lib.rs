@@ -1,0 +1,1 @@
+//! The browser app (placeholder until the app lands).
