@@ -11,6 +11,7 @@ pub mod error;
 pub mod kmeans;
 pub mod linear;
 pub mod loaders;
+pub mod metrics;
 pub mod overlay;
 pub mod pipeline;
 pub mod templates;
