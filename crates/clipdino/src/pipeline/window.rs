@@ -1,0 +1,117 @@
+//! Sliding windows as mmseg's `EncoderDecoder.slide_inference` (mmseg 0.x) places them:
+//! `grids = max(size − crop + stride − 1, 0) // stride + 1` per axis, window `i` starts at
+//! `i·stride`, ends at `min(start + crop, size)`, and is then shifted back to start at
+//! `max(end − crop, 0)` — so the last window ends at the border and no window is larger than
+//! the image.
+
+use crate::error::{Error, Result};
+
+/// Window size and stride in pixels (square windows, as the paper's 448 / 224).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub size: usize,
+    pub stride: usize,
+}
+
+impl Window {
+    pub fn validate(&self) -> Result<()> {
+        if self.size == 0 || self.stride == 0 || self.stride > self.size {
+            // a stride above the size would leave pixels no window covers
+            return Err(Error::invalid(
+                "window",
+                format!("size {} and stride {} must be positive with stride ≤ size", self.size, self.stride),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A pixel box `[y0, y0 + height) × [x0, x0 + width)` of the processed image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelBox {
+    pub y0: usize,
+    pub x0: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// Start offsets along one axis.
+fn starts(size: usize, crop: usize, stride: usize) -> Vec<(usize, usize)> {
+    let grids = (size + stride).saturating_sub(crop + 1) / stride + 1;
+    (0..grids)
+        .map(|i| {
+            let end = (i * stride + crop).min(size);
+            let start = end.saturating_sub(crop);
+            (start, end - start)
+        })
+        .collect()
+}
+
+/// Windows over an `height × width` image in mmseg order (rows outer, columns inner); one box
+/// covering everything when `window` is `None`.
+pub fn slide_windows(height: usize, width: usize, window: Option<Window>) -> Result<Vec<PixelBox>> {
+    if height == 0 || width == 0 {
+        return Err(Error::invalid("image", format!("empty image {width}×{height}")));
+    }
+    let Some(win) = window else {
+        return Ok(vec![PixelBox { y0: 0, x0: 0, height, width }]);
+    };
+    win.validate()?;
+    let ys = starts(height, win.size, win.stride);
+    let xs = starts(width, win.size, win.stride);
+    let mut out = Vec::with_capacity(ys.len() * xs.len());
+    for &(y0, h) in &ys {
+        for &(x0, w) in &xs {
+            out.push(PixelBox { y0, x0, height: h, width: w });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// mmseg's loop, transcribed literally.
+    fn mmseg(h_img: usize, w_img: usize, crop: usize, stride: usize) -> Vec<(usize, usize, usize, usize)> {
+        let (h_img, w_img, crop, stride) = (h_img as i64, w_img as i64, crop as i64, stride as i64);
+        let h_grids = (h_img - crop + stride - 1).max(0) / stride + 1;
+        let w_grids = (w_img - crop + stride - 1).max(0) / stride + 1;
+        let mut v = vec![];
+        for hi in 0..h_grids {
+            for wi in 0..w_grids {
+                let (mut y1, mut x1) = (hi * stride, wi * stride);
+                let y2 = (y1 + crop).min(h_img);
+                let x2 = (x1 + crop).min(w_img);
+                y1 = (y2 - crop).max(0);
+                x1 = (x2 - crop).max(0);
+                v.push((y1 as usize, x1 as usize, (y2 - y1) as usize, (x2 - x1) as usize));
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn same_boxes_as_mmseg() {
+        for (h, w, crop, stride) in [(448, 597, 448, 224), (64, 92, 64, 32), (30, 500, 64, 32), (448, 448, 448, 224), (1000, 700, 448, 224), (65, 65, 64, 64), (10, 10, 5, 3)] {
+            let got: Vec<_> = slide_windows(h, w, Some(Window { size: crop, stride }))
+                .unwrap()
+                .iter()
+                .map(|b| (b.y0, b.x0, b.height, b.width))
+                .collect();
+            assert_eq!(got, mmseg(h, w, crop, stride), "{h}×{w} crop {crop} stride {stride}");
+        }
+    }
+
+    #[test]
+    fn paper_layout_and_coverage() {
+        let b = slide_windows(448, 597, Some(Window { size: 448, stride: 224 })).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!((b[1].x0, b[1].width), (149, 448)); // last window shifted back to the border
+        let one = slide_windows(45, 61, None).unwrap();
+        assert_eq!(one, vec![PixelBox { y0: 0, x0: 0, height: 45, width: 61 }]);
+        assert!(slide_windows(0, 3, None).is_err());
+        assert!(slide_windows(3, 3, Some(Window { size: 2, stride: 0 })).is_err());
+        assert!(slide_windows(10, 10, Some(Window { size: 3, stride: 5 })).is_err());
+    }
+}
