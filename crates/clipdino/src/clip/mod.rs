@@ -1,1 +1,96 @@
-//! (in progress)
+//! OpenCLIP ViT (image + text towers) as used by CLIP-DINOiser, with tensor names mirroring the
+//! upstream `open_clip` state dict (open_clip 3.3.0, `open_clip/model.py` and
+//! `open_clip/transformer.py`). CLIP: Radford et al., arXiv 2103.00020; OpenCLIP: Cherti et al.,
+//! arXiv 2212.07143.
+
+mod block;
+pub mod interp;
+pub mod text;
+pub mod vision;
+
+pub use block::{LayerNorm, Mlp, MultiheadAttention, ResidualAttentionBlock};
+pub use text::TextTransformer;
+pub use vision::{VisionOutput, VisionTransformer};
+
+use candle_core::{DType, Tensor};
+
+use crate::config::{ClipConfig, IMAGE_MEAN, IMAGE_STD};
+use crate::error::{Error, Result};
+use crate::weights::Vb;
+
+/// Largest patch grid (h·w) the image tower accepts: 64×64 patches, e.g. 1024×1024 px at
+/// patch 16. Attention memory grows with its square.
+pub const MAX_PATCHES: usize = 4096;
+
+/// `[3, H, W]` RGB in `[0, 1]` → `[1, 3, H', W']` model input: zero-pad bottom/right to a
+/// multiple of `patch`, **then** normalise with CLIP's mean/std (as CLIP-DINOiser does, so
+/// padded pixels become `−mean/std`).
+pub fn preprocess(image_chw01: &Tensor, patch: usize) -> Result<Tensor> {
+    let (c, h, w) = image_chw01
+        .dims3()
+        .map_err(|_| Error::invalid("image", format!("expected [3, H, W], got {:?}", image_chw01.dims())))?;
+    if c != 3 || h == 0 || w == 0 || patch == 0 {
+        return Err(Error::invalid(
+            "image",
+            format!("expected a non-empty [3, H, W] image and patch > 0, got {:?} and patch {patch}", image_chw01.dims()),
+        ));
+    }
+    let pad_h = h.div_ceil(patch) * patch - h;
+    let pad_w = w.div_ceil(patch) * patch - w;
+    let x = image_chw01.to_dtype(DType::F32)?;
+    let x = x.pad_with_zeros(1, 0, pad_h)?.pad_with_zeros(2, 0, pad_w)?;
+    let dev = x.device();
+    let mean = Tensor::new(&IMAGE_MEAN, dev)?.reshape((3, 1, 1))?;
+    let std = Tensor::new(&IMAGE_STD, dev)?.reshape((3, 1, 1))?;
+    Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?.unsqueeze(0)?)
+}
+
+/// Both CLIP towers.
+#[derive(Debug, Clone)]
+pub struct ClipModel {
+    pub vision: VisionTransformer,
+    pub text: TextTransformer,
+    pub cfg: ClipConfig,
+}
+
+impl ClipModel {
+    /// `vb` points at the root of an open_clip state dict (`visual.*`, `token_embedding.*`, …).
+    pub fn new(vb: &Vb, cfg: &ClipConfig) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Self {
+            vision: VisionTransformer::new(&vb.pp("visual"), cfg)?,
+            text: TextTransformer::new(vb, cfg)?,
+            cfg: cfg.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn preprocess_pads_then_normalises() {
+        let img = Tensor::full(0.5f32, (3, 17, 5), &Device::Cpu).unwrap();
+        let x = preprocess(&img, 16).unwrap();
+        assert_eq!(x.dims(), &[1, 3, 32, 16]);
+        let v = x.squeeze(0).unwrap().to_vec3::<f32>().unwrap();
+        for c in 0..3 {
+            let inside = (0.5 - IMAGE_MEAN[c]) / IMAGE_STD[c];
+            let pad = -IMAGE_MEAN[c] / IMAGE_STD[c];
+            assert!((v[c][16][4] - inside).abs() < 1e-6);
+            assert!((v[c][17][0] - pad).abs() < 1e-6, "bottom padding");
+            assert!((v[c][0][5] - pad).abs() < 1e-6, "right padding");
+            assert!((v[c][31][15] - pad).abs() < 1e-6, "corner padding");
+        }
+    }
+
+    #[test]
+    fn preprocess_rejects_bad_shapes() {
+        let dev = Device::Cpu;
+        assert!(preprocess(&Tensor::zeros((4, 8, 8), DType::F32, &dev).unwrap(), 16).is_err());
+        assert!(preprocess(&Tensor::zeros((3, 8), DType::F32, &dev).unwrap(), 16).is_err());
+        assert!(preprocess(&Tensor::zeros((3, 0, 8), DType::F32, &dev).unwrap(), 16).is_err());
+    }
+}

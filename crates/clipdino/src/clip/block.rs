@@ -1,0 +1,192 @@
+//! The pre-LN residual attention block shared by both OpenCLIP towers
+//! (`open_clip/transformer.py`: `ResidualAttentionBlock` with `nn.MultiheadAttention`):
+//!
+//! ```text
+//! x = x + out_proj(MHA(ln_1(x)))
+//! x = x + c_proj(GELU_erf(c_fc(ln_2(x))))
+//! ```
+//!
+//! Tensor names: `ln_1.*`, `attn.in_proj_weight [3w, w]` (q, k, v stacked), `attn.in_proj_bias`,
+//! `attn.out_proj.*`, `ln_2.*`, `mlp.c_fc.*`, `mlp.c_proj.*`.
+
+use candle_core::{Module, Tensor, D};
+
+use crate::error::{Error, Result};
+use crate::linear::Linear;
+use crate::weights::Vb;
+
+/// LayerNorm with eps 1e-5 (torch default), computed in two passes (mean first, then the variance
+/// of the centred values) so that tokens with a large mean lose no precision.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub const EPS: f64 = 1e-5;
+
+    pub fn new(dim: usize, vb: &Vb) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(&[dim], "weight")?,
+            bias: vb.get(&[dim], "bias")?,
+            eps: Self::EPS,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let n = x.dim(D::Minus1)? as f64;
+        let x = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / n)?)?;
+        let var = (x.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+        x.broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// `mlp.c_fc` → exact (erf) GELU → `mlp.c_proj`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    c_fc: Linear,
+    c_proj: Linear,
+}
+
+impl Mlp {
+    pub fn new(width: usize, mlp_dim: usize, vb: &Vb) -> Result<Self> {
+        Ok(Self {
+            c_fc: Linear::new(width, mlp_dim, &vb.pp("c_fc"))?,
+            c_proj: Linear::new(mlp_dim, width, &vb.pp("c_proj"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.c_proj.forward(&self.c_fc.forward(x)?.gelu_erf()?)
+    }
+}
+
+/// `torch.nn.MultiheadAttention` (self-attention, batch first) split into its projections so
+/// that callers can reuse the value third (MaskCLIP) or query a subset of tokens.
+#[derive(Debug, Clone)]
+pub struct MultiheadAttention {
+    in_proj: Linear,
+    out_proj: Linear,
+    width: usize,
+    heads: usize,
+}
+
+impl MultiheadAttention {
+    pub fn new(width: usize, heads: usize, vb: &Vb) -> Result<Self> {
+        if heads == 0 || width % heads != 0 {
+            return Err(Error::config(
+                "heads",
+                format!("width {width} is not divisible by {heads} heads"),
+            ));
+        }
+        Ok(Self {
+            in_proj: Linear::with_names(width, 3 * width, vb, "in_proj_weight", Some("in_proj_bias"))?,
+            out_proj: Linear::new(width, width, &vb.pp("out_proj"))?,
+            width,
+            heads,
+        })
+    }
+
+    /// `[B, T, w]` → `[B, T, 3w]`: q, k and v (in that order along the last dim).
+    pub fn qkv(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.in_proj.forward(x)?)
+    }
+
+    pub fn out_proj(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.out_proj.forward(x)?)
+    }
+
+    /// Split `[B, T, 3w]` into per-head `q, k, v`, each `[B·heads, T, head_dim]` and contiguous,
+    /// with one copy.
+    fn split_heads(&self, qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = qkv.dims3()?;
+        let d = self.width / self.heads;
+        let qkv = qkv
+            .reshape((b, t, 3, self.heads, d))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?
+            .reshape((3, b * self.heads, t, d))?;
+        Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
+    }
+
+    /// Scaled dot-product attention from a fused `qkv [B, T, 3w]`, for the first `n_query`
+    /// tokens only (`n_query = T` for ordinary self-attention). `mask`, if any, is an additive
+    /// `[n_query, T]` bias (0 / −∞). Returns `out_proj(attention) [B, n_query, w]`.
+    pub fn attend(&self, qkv: &Tensor, n_query: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, _) = qkv.dims3()?;
+        let d = self.width / self.heads;
+        let (q, k, v) = self.split_heads(qkv)?;
+        let q = if n_query == t {
+            q
+        } else {
+            q.narrow(1, 0, n_query)?.contiguous()?
+        };
+        // torch scales q by 1/√d before q·kᵀ.
+        let q = (q * (1.0 / (d as f64).sqrt()))?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, self.heads, n_query, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, n_query, self.width))?;
+        self.out_proj(&out)
+    }
+}
+
+/// One pre-LN residual block (`transformer.resblocks.N`).
+#[derive(Debug, Clone)]
+pub struct ResidualAttentionBlock {
+    pub ln_1: LayerNorm,
+    pub attn: MultiheadAttention,
+    pub ln_2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl ResidualAttentionBlock {
+    pub fn new(width: usize, heads: usize, mlp_dim: usize, vb: &Vb) -> Result<Self> {
+        Ok(Self {
+            ln_1: LayerNorm::new(width, &vb.pp("ln_1"))?,
+            attn: MultiheadAttention::new(width, heads, &vb.pp("attn"))?,
+            ln_2: LayerNorm::new(width, &vb.pp("ln_2"))?,
+            mlp: Mlp::new(width, mlp_dim, &vb.pp("mlp"))?,
+        })
+    }
+
+    /// `x + out_proj(MHA(ln_1 x))` for all tokens.
+    pub fn attn_residual(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let t = x.dim(1)?;
+        let qkv = self.attn.qkv(&self.ln_1.forward(x)?)?;
+        Ok((x + self.attn.attend(&qkv, t, mask)?)?)
+    }
+
+    /// `x + mlp(ln_2 x)`.
+    pub fn mlp_residual(&self, x: &Tensor) -> Result<Tensor> {
+        Ok((x + self.mlp.forward(&self.ln_2.forward(x)?)?)?)
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.mlp_residual(&self.attn_residual(x, mask)?)
+    }
+
+    /// Like [`Self::forward`], also returning the `ln_2` output (the CLIP-DINOiser input features).
+    pub fn forward_with_ln2(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let h = self.attn_residual(x, mask)?;
+        let ln2 = self.ln_2.forward(&h)?;
+        let out = (&h + self.mlp.forward(&ln2)?)?;
+        Ok((out, ln2))
+    }
+}

@@ -1,0 +1,182 @@
+//! OpenCLIP text tower (`open_clip/model.py`, `CLIP.encode_text`, open_clip 3.3.0): token +
+//! positional embedding, causal pre-LN transformer, `ln_final`, pooling at the EOT token (the
+//! position of the largest token id, open_clip's `argmax` pooling), `@ text_projection`.
+//!
+//! Under the causal mask a token only sees the tokens before it, so the EOT output does not
+//! depend on what follows it: a batch is cut to its longest prompt instead of the full context
+//! length (exact), shorter prompts are padded with 0 after their EOT.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::block::{LayerNorm, ResidualAttentionBlock};
+use crate::config::{ClipConfig, TextConfig};
+use crate::error::{Error, Result};
+use crate::weights::{Stored, Vb};
+
+/// Prompts per forward chunk: bounds the activation memory of very large label sets.
+pub const TEXT_CHUNK: usize = 256;
+
+/// `token_embedding.weight [vocab, width]`. A quantized table stays quantized: only the rows
+/// of the requested ids are dequantized.
+#[derive(Debug, Clone)]
+enum TokenEmbedding {
+    Float(Tensor),
+    Quant(Arc<QTensor>),
+}
+
+impl TokenEmbedding {
+    fn gather(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            TokenEmbedding::Float(t) => t.index_select(ids, 0)?.to_dtype(DType::F32)?,
+            TokenEmbedding::Quant(q) => q.embedding(ids)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TextTransformer {
+    token_embedding: TokenEmbedding,
+    positional_embedding: Tensor,
+    blocks: Vec<ResidualAttentionBlock>,
+    ln_final: LayerNorm,
+    /// `text_projection [width, embed]`, applied as `x @ text_projection`.
+    text_projection: QMatMul,
+    cfg: TextConfig,
+    embed_dim: usize,
+    device: Device,
+}
+
+impl TextTransformer {
+    /// `vb` points at the model root (the text tower's tensors are not prefixed upstream).
+    pub fn new(vb: &Vb, cfg: &ClipConfig) -> Result<Self> {
+        let t = &cfg.text;
+        let name = "token_embedding.weight";
+        let stored = vb.stored_tensor(name)?;
+        let dims = stored.dims();
+        if dims != [t.vocab_size, t.width] {
+            return Err(Error::ShapeMismatch {
+                name: vb.full_name(name),
+                source_name: vb.store().source().to_string(),
+                expected: vec![t.vocab_size, t.width],
+                got: dims,
+            });
+        }
+        let token_embedding = match stored {
+            Stored::Float(x) => TokenEmbedding::Float(x.to_device(vb.device())?),
+            Stored::Quant(q) => TokenEmbedding::Quant(q),
+        };
+        let blocks = (0..t.layers)
+            .map(|i| ResidualAttentionBlock::new(t.width, t.heads, t.mlp_dim, &vb.pp("transformer.resblocks").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            token_embedding,
+            positional_embedding: vb.get(&[t.context_length, t.width], "positional_embedding")?,
+            blocks,
+            ln_final: LayerNorm::new(t.width, &vb.pp("ln_final"))?,
+            text_projection: vb.matmul_right(t.width, cfg.embed_dim, "text_projection")?,
+            cfg: t.clone(),
+            embed_dim: cfg.embed_dim,
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn config(&self) -> &TextConfig {
+        &self.cfg
+    }
+
+    pub fn embed_dim(&self) -> usize {
+        self.embed_dim
+    }
+
+    /// Encode tokenised prompts (`SOT … EOT`, unpadded, at most `context_length` ids each) to
+    /// `[N, embed]` (not normalised). Prompts are batched `TEXT_CHUNK` at a time.
+    pub fn forward(&self, tokens: &[Vec<u32>]) -> Result<Tensor> {
+        for (i, ids) in tokens.iter().enumerate() {
+            if ids.is_empty() || ids.len() > self.cfg.context_length {
+                return Err(Error::invalid(
+                    "tokens",
+                    format!("prompt {i} has {} tokens, expected 1..={}", ids.len(), self.cfg.context_length),
+                ));
+            }
+            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+                return Err(Error::invalid(
+                    "tokens",
+                    format!("prompt {i} holds token id {bad}, vocabulary size is {}", self.cfg.vocab_size),
+                ));
+            }
+        }
+        if tokens.is_empty() {
+            return Ok(Tensor::zeros((0, self.embed_dim), DType::F32, &self.device)?);
+        }
+        let chunks = tokens
+            .chunks(TEXT_CHUNK)
+            .map(|c| self.forward_chunk(c))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&chunks, 0)?)
+    }
+
+    fn forward_chunk(&self, tokens: &[Vec<u32>]) -> Result<Tensor> {
+        let b = tokens.len();
+        let t = tokens.iter().map(Vec::len).max().unwrap_or(1);
+        let width = self.cfg.width;
+        let mut ids = vec![0u32; b * t];
+        let mut eot = Vec::with_capacity(b);
+        for (i, p) in tokens.iter().enumerate() {
+            ids[i * t..i * t + p.len()].copy_from_slice(p);
+            // torch.argmax: the first position holding the largest id.
+            let pos = p
+                .iter()
+                .enumerate()
+                .fold(0, |best, (j, &id)| if id > p[best] { j } else { best });
+            eot.push((i * t + pos) as u32);
+        }
+        let ids = Tensor::from_vec(ids, b * t, &self.device)?;
+        let x = self.token_embedding.gather(&ids)?.reshape((b, t, width))?;
+        let mut x = x.broadcast_add(&self.positional_embedding.narrow(0, 0, t)?)?;
+        let mask = causal_mask(t, &self.device)?;
+        for block in &self.blocks {
+            x = block.forward(&x, Some(&mask))?;
+        }
+        // ln_final is per token: apply it to the pooled rows only.
+        let eot = Tensor::from_vec(eot, b, &self.device)?;
+        let pooled = x.reshape((b * t, width))?.index_select(&eot, 0)?;
+        let pooled = self.ln_final.forward(&pooled)?;
+        Ok(self.text_projection.forward(&pooled)?)
+    }
+}
+
+/// Additive causal mask `[t, t]`: 0 on and below the diagonal, −∞ above.
+fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let m: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(m, (t, t), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+
+    #[test]
+    fn quantized_gather_matches_dequantized_rows() {
+        let dev = Device::Cpu;
+        let table = Tensor::randn(0f32, 1.0, (50, 64), &dev).unwrap();
+        let q = Arc::new(QTensor::quantize(&table, GgmlDType::Q8_0).unwrap());
+        let ids = Tensor::new(&[3u32, 0, 49, 3, 17], &dev).unwrap();
+        let got = TokenEmbedding::Quant(q.clone()).gather(&ids).unwrap();
+        let want = q.dequantize(&dev).unwrap().index_select(&ids, 0).unwrap();
+        let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0);
+    }
+
+    #[test]
+    fn causal_mask_layout() {
+        let m = causal_mask(3, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(m, vec![vec![0.0, inf, inf], vec![0.0, 0.0, inf], vec![0.0, 0.0, 0.0]]);
+    }
+}
