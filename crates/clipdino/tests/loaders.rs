@@ -1,0 +1,714 @@
+//! Loader tests: round trips through every writer, the upstream-written fixtures in
+//! `tests/fixtures/tiny/` (torch 2.15 `torch.save` / `safetensors.torch.save_file`), and every kind
+//! of bad input, which must give a typed error naming the file / tensor / field, never a panic.
+
+use std::io::Write;
+
+use candle_core::{DType, Device, Tensor};
+use clipdino::loaders::{
+    self, load_model_files, random_clip_store, random_head_store, read_dinoiser_checkpoint, read_gguf_bundle,
+    read_safetensors, read_torch_pickle, write_gguf_bundle, write_safetensors, write_safetensors_entries,
+    write_torch_pickle, Bundle, Quant,
+};
+use clipdino::{ClipConfig, Error, HeadConfig, Stored, TensorStore};
+
+type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/../../tests/fixtures/tiny/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+/// A small but complete architecture (3 vision blocks so the head sits on block 0; conv1 rows of
+/// 3·4·4 = 48 exercise the Q4_0/Q8_0 → f16 fallback).
+fn tiny_cfg() -> ClipConfig {
+    serde_json::from_value(serde_json::json!({
+        "embed_dim": 32,
+        "vision": {"width": 64, "layers": 3, "heads": 2, "patch_size": 4, "image_size": 16, "mlp_dim": 256},
+        "text": {"width": 64, "layers": 1, "heads": 2, "context_length": 8, "vocab_size": 96, "mlp_dim": 256}
+    }))
+    .expect("config")
+}
+
+fn tiny_bundle(seed: u64) -> Bundle {
+    let clip = tiny_cfg();
+    let head = HeadConfig::for_clip(&clip, 32);
+    let mut store = random_clip_store(&clip, seed);
+    store.merge(random_head_store(&head, seed + 1), "dinoiser.");
+    Bundle {
+        clip,
+        head: Some(head),
+        store,
+    }
+}
+
+fn f32_of(s: &Stored) -> Tensor {
+    s.to_f32(&Device::Cpu).expect("to f32")
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn max_abs(a: &Tensor) -> f32 {
+    a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn entries_of(store: &TensorStore) -> Vec<(String, Tensor)> {
+    store.names().into_iter().map(|n| (n.to_string(), f32_of(store.get(n).unwrap()))).collect()
+}
+
+fn assert_same_stores(a: &TensorStore, b: &TensorStore) {
+    assert_eq!(a.names(), b.names());
+    for n in a.names() {
+        let (x, y) = (f32_of(a.get(n).unwrap()), f32_of(b.get(n).unwrap()));
+        assert_eq!(x.dims(), y.dims(), "{n}");
+        assert_eq!(max_abs_diff(&x, &y), 0.0, "{n}");
+    }
+}
+
+/// The error's message must mention `what` (tensor, file or field name).
+fn assert_names(e: &Error, what: &str) {
+    let msg = e.to_string();
+    assert!(msg.contains(what), "message {msg:?} does not name {what:?}");
+}
+
+// ------------------------------------------------------------------------------------------
+// Round trips
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn safetensors_round_trip_keeps_dtypes_and_values() -> R<()> {
+    let dev = Device::Cpu;
+    let a = Tensor::arange(0f32, 24., &dev)?.reshape((2, 3, 4))?;
+    let entries = vec![
+        ("a.f32".to_string(), a.clone()),
+        ("b.f16".to_string(), a.to_dtype(DType::F16)?),
+        ("c.bf16".to_string(), a.to_dtype(DType::BF16)?.narrow(2, 1, 2)?),
+        ("d.scalar".to_string(), Tensor::new(3.5f32, &dev)?),
+    ];
+    let bytes = write_safetensors_entries(&entries, &[("format", "pt")])?;
+    let store = read_safetensors(&bytes, "x.safetensors")?;
+    assert_eq!(store.len(), 4);
+    for (name, t) in &entries {
+        let Some(Stored::Float(got)) = store.get(name) else { panic!("{name} missing") };
+        assert_eq!(got.dtype(), t.dtype(), "{name}");
+        assert_eq!(got.dims(), t.dims(), "{name}");
+        let (g, w) = (got.to_dtype(DType::F32)?, t.to_dtype(DType::F32)?);
+        assert_eq!(max_abs_diff(&g, &w), 0.0, "{name}");
+    }
+    // A whole store, back and forth.
+    let clip = random_clip_store(&tiny_cfg(), 3);
+    let again = read_safetensors(&write_safetensors(&clip)?, "y")?;
+    assert_same_stores(&clip, &again);
+    Ok(())
+}
+
+#[test]
+fn torch_pickle_round_trip_flat_and_wrapped() -> R<()> {
+    let dev = Device::Cpu;
+    let big = Tensor::arange(0f32, 70_000., &dev)?; // numel > 65535: 4-byte int opcodes
+    let entries = vec![
+        ("w".to_string(), Tensor::arange(0f32, 12., &dev)?.reshape((3, 4))?),
+        ("h".to_string(), Tensor::arange(0f32, 6., &dev)?.to_dtype(DType::F16)?),
+        ("s".to_string(), Tensor::new(-2.25f32, &dev)?),
+        ("big".to_string(), big),
+        ("t".to_string(), Tensor::arange(0f32, 6., &dev)?.reshape((2, 3))?.t()?),
+    ];
+    let flat = read_torch_pickle(&write_torch_pickle(&entries, None, &[])?, "flat.bin")?;
+    let wrapped = read_torch_pickle(
+        &write_torch_pickle(&entries, Some("model_state_dict"), &[("epoch", 7), ("step", 1 << 40)])?,
+        "wrapped.pt",
+    )?;
+    for (name, t) in &entries {
+        for (store, key) in [(&flat, name.clone()), (&wrapped, format!("model_state_dict.{name}"))] {
+            let got = store.get(&key).unwrap_or_else(|| panic!("{key} missing"));
+            assert_eq!(got.dims(), t.dims(), "{key}");
+            let want = t.to_dtype(DType::F32)?;
+            assert_eq!(max_abs_diff(&f32_of(got), &want), 0.0, "{key}");
+        }
+    }
+    assert_eq!(wrapped.len(), entries.len(), "ints are not tensors");
+    let Some(Stored::Float(h)) = flat.get("h") else { panic!() };
+    assert_eq!(h.dtype(), DType::F16);
+    Ok(())
+}
+
+#[test]
+fn gguf_round_trip_every_quant() -> R<()> {
+    let bundle = tiny_bundle(11);
+    for quant in Quant::ALL {
+        let bytes = write_gguf_bundle(&bundle, quant)?;
+        let back = read_gguf_bundle(&bytes, "tiny.gguf")?;
+        assert_eq!(back.clip, bundle.clip);
+        assert_eq!(back.head, bundle.head);
+        let mut worst = 0f32;
+        for name in bundle.store.names() {
+            let orig = f32_of(bundle.store.get(name).unwrap());
+            let (got, want) = match name {
+                "visual.proj" | "text_projection" => {
+                    let s = back.store.get(&format!("{name}_t")).unwrap_or_else(|| panic!("{name}_t"));
+                    (f32_of(s), orig.t()?.contiguous()?)
+                }
+                "visual.conv1.weight" => {
+                    let s = back.store.get(name).unwrap();
+                    assert_eq!(s.dims(), vec![64, 48], "conv1 is stored flattened");
+                    (f32_of(s), orig.reshape((64, 48))?)
+                }
+                "logit_scale" => (f32_of(back.store.get(name).unwrap()), orig.reshape(1)?),
+                _ => (f32_of(back.store.get(name).unwrap_or_else(|| panic!("{name}"))), orig),
+            };
+            let d = max_abs_diff(&got, &want);
+            let rel = d / max_abs(&want).max(1e-12);
+            let stored = back.store.get(name).or_else(|| back.store.get(&format!("{name}_t"))).unwrap();
+            let dtype = stored.dtype_name();
+            let bound = match dtype.as_str() {
+                "f32" => 0.0,
+                "f16" => 1e-3,
+                "q8_0" => 1.0 / 127.0,
+                "q4_0" => 1.0 / 7.0,
+                other => panic!("{name}: unexpected storage {other}"),
+            };
+            assert!(rel <= bound, "{quant} {name} ({dtype}): rel err {rel} > {bound}");
+            worst = worst.max(rel);
+            // Storage per the layout rules.
+            let matrix = name.ends_with("in_proj_weight")
+                || name.ends_with("out_proj.weight")
+                || name.ends_with("c_fc.weight")
+                || name.ends_with("c_proj.weight")
+                || ["token_embedding.weight", "visual.proj", "text_projection"].contains(&name);
+            let expect = match (quant, matrix) {
+                (Quant::F32, _) | (Quant::Q8_0 | Quant::Q4_0, false) => "f32",
+                (Quant::F16, _) => "f16",
+                (Quant::Q8_0, true) => "q8_0",
+                (Quant::Q4_0, true) => "q4_0",
+            };
+            let expect = if name == "visual.conv1.weight" && matches!(quant, Quant::Q8_0 | Quant::Q4_0) {
+                "f16" // rows of 48 are not a multiple of 32
+            } else {
+                expect
+            };
+            assert_eq!(dtype, expect, "{quant} {name}");
+        }
+        println!("gguf {quant}: worst relative max|Δ| = {worst:.3e}, {} bytes", bytes.len());
+        // Writing a read bundle again with the same quant keeps it bit-identical.
+        assert_eq!(write_gguf_bundle(&back, quant)?, bytes, "{quant} rewrite");
+    }
+    Ok(())
+}
+
+#[test]
+fn quant_parse_and_display() {
+    for q in Quant::ALL {
+        assert_eq!(q.to_string().parse::<Quant>().unwrap(), q);
+    }
+    assert_eq!("Q8_0".parse::<Quant>().unwrap(), Quant::Q8_0);
+    let e = "q5_k".parse::<Quant>().unwrap_err();
+    assert!(matches!(e, Error::InvalidInput { .. }));
+    assert_names(&e, "q5_k");
+}
+
+// ------------------------------------------------------------------------------------------
+// Upstream-written fixtures
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn fixtures_bin_and_safetensors_hold_identical_tensors() -> R<()> {
+    let st = read_safetensors(&fixture("open_clip_model.safetensors"), "open_clip_model.safetensors")?;
+    let bin = read_torch_pickle(&fixture("open_clip_pytorch_model.bin"), "open_clip_pytorch_model.bin")?;
+    assert_eq!(st.len(), 86);
+    assert_same_stores(&st, &bin);
+    let cfg = ClipConfig::from_open_clip_json(std::str::from_utf8(&fixture("open_clip_config.json"))?)?;
+    loaders::validate_clip_store(&st, &cfg)?;
+    Ok(())
+}
+
+#[test]
+fn fixture_last_pt_gives_the_head() -> R<()> {
+    let bytes = fixture("last.pt");
+    let all = read_torch_pickle(&bytes, "last.pt")?;
+    assert_eq!(
+        all.names(),
+        [
+            "model_state_dict.bkg_decoder.bias",
+            "model_state_dict.bkg_decoder.weight",
+            "model_state_dict.obj_proj.bias",
+            "model_state_dict.obj_proj.weight"
+        ]
+    );
+    let head = read_dinoiser_checkpoint(&bytes, "last.pt")?;
+    assert_eq!(head.names(), ["bkg_decoder.bias", "bkg_decoder.weight", "obj_proj.bias", "obj_proj.weight"]);
+    assert_eq!(head.dims("obj_proj.weight").unwrap(), [32, 64, 3, 3]);
+    assert_eq!(head.dims("obj_proj.bias").unwrap(), [32]);
+    assert_eq!(head.dims("bkg_decoder.weight").unwrap(), [1, 64, 1, 1]);
+    assert_eq!(head.dims("bkg_decoder.bias").unwrap(), [1]);
+    let w = f32_of(head.get("obj_proj.weight").unwrap());
+    assert!(max_abs(&w) > 0.0);
+
+    // A bare state dict behind a DataParallel `module.` prefix is accepted too.
+    let bare: Vec<(String, Tensor)> = entries_of(&head).into_iter().map(|(n, t)| (format!("module.{n}"), t)).collect();
+    let again = read_dinoiser_checkpoint(&write_torch_pickle(&bare, None, &[])?, "bare.pt")?;
+    assert_same_stores(&head, &again);
+    Ok(())
+}
+
+fn fixture_files(names: &[&str]) -> Vec<(String, Vec<u8>)> {
+    names.iter().map(|n| (n.to_string(), fixture(n))).collect()
+}
+
+#[test]
+fn load_model_files_combinations() -> R<()> {
+    let cfg = ClipConfig::from_open_clip_json(std::str::from_utf8(&fixture("open_clip_config.json"))?)?;
+    // Weights + config + head, in any order.
+    let b = load_model_files(&fixture_files(&["last.pt", "open_clip_config.json", "open_clip_model.safetensors"]))?;
+    assert_eq!(b.clip, cfg);
+    assert_eq!(b.clip.vision.heads, 2, "head_width 32 from the config");
+    assert_eq!(b.head, Some(HeadConfig { in_dim: 64, proj_dim: 32, layer: 1 }));
+    assert!(b.store.contains("dinoiser.obj_proj.weight"));
+    assert_eq!(b.store.len(), 86 + 4);
+
+    // .bin without config: inferred, head width 64.
+    let b2 = load_model_files(&fixture_files(&["open_clip_pytorch_model.bin"]))?;
+    assert_eq!(b2.head, None);
+    assert_eq!(b2.clip.vision.heads, 1);
+    assert_eq!((b2.clip.vision.width, b2.clip.vision.layers, b2.clip.embed_dim), (64, 4, 32));
+    assert_eq!((b2.clip.text.vocab_size, b2.clip.text.context_length), (1000, 77));
+
+    // The bundle of the first, through GGUF and back via load_model_files.
+    let g = write_gguf_bundle(&b, Quant::F32)?;
+    let b3 = load_model_files(&[("tiny.gguf".to_string(), g)])?;
+    assert_eq!(b3.clip, b.clip);
+    assert_eq!(b3.head, b.head);
+    assert_eq!(
+        max_abs_diff(
+            &f32_of(b3.store.get("dinoiser.obj_proj.weight").unwrap()),
+            &f32_of(b.store.get("dinoiser.obj_proj.weight").unwrap())
+        ),
+        0.0
+    );
+
+    // Wrong combinations.
+    let e = load_model_files(&fixture_files(&["last.pt"])).unwrap_err();
+    assert!(matches!(e, Error::InvalidInput { .. }), "{e}");
+    assert_names(&e, "CLIP weights");
+    let e = load_model_files(&fixture_files(&["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]))
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidInput { .. }), "{e}");
+    assert_names(&e, "open_clip_pytorch_model.bin");
+    let mut files = fixture_files(&["open_clip_model.safetensors"]);
+    files.push(("tiny.gguf".into(), write_gguf_bundle(&b, Quant::F16)?));
+    let e = load_model_files(&files).unwrap_err();
+    assert_names(&e, "tiny.gguf");
+    let e = load_model_files(&[]).unwrap_err();
+    assert!(matches!(e, Error::InvalidInput { .. }));
+
+    // A head for another backbone width.
+    let other = random_head_store(&HeadConfig { in_dim: 48, proj_dim: 32, layer: 1 }, 1);
+    let mut files = fixture_files(&["open_clip_model.safetensors", "open_clip_config.json"]);
+    let wrapped = write_torch_pickle(&entries_of(&other), Some("model_state_dict"), &[("epoch", 0)])?;
+    files.push(("other_head.pt".into(), wrapped));
+    let e = load_model_files(&files).unwrap_err();
+    assert!(matches!(e, Error::WrongModel { .. }), "{e}");
+    assert_names(&e, "other_head.pt");
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Bad inputs
+// ------------------------------------------------------------------------------------------
+
+fn without(store: &TensorStore, drop: &str) -> Vec<(String, Tensor)> {
+    entries_of(store).into_iter().filter(|(n, _)| n != drop).collect()
+}
+
+#[test]
+fn missing_and_misshaped_tensors_are_named() -> R<()> {
+    let st = read_safetensors(&fixture("open_clip_model.safetensors"), "open_clip_model.safetensors")?;
+    let config = ("open_clip_config.json".to_string(), fixture("open_clip_config.json"));
+
+    let name = "visual.transformer.resblocks.2.mlp.c_fc.bias";
+    let files = vec![("cut.safetensors".to_string(), write_safetensors_entries(&without(&st, name), &[])?), config.clone()];
+    let e = load_model_files(&files).unwrap_err();
+    assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
+    assert_names(&e, name);
+    assert_names(&e, "cut.safetensors");
+
+    let name = "text_projection";
+    let mut entries = without(&st, name);
+    entries.push((name.to_string(), Tensor::zeros((64, 31), DType::F32, &Device::Cpu)?));
+    let files = vec![("bad.safetensors".to_string(), write_safetensors_entries(&entries, &[])?), config.clone()];
+    let e = load_model_files(&files).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    assert_names(&e, name);
+    assert_names(&e, "[64, 32]");
+
+    // Without a config, a missing tensor the inference needs is named as well.
+    let files = vec![("noconv.bin".to_string(), write_torch_pickle(&without(&st, "visual.conv1.weight"), None, &[])?)];
+    let e = load_model_files(&files).unwrap_err();
+    assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
+    assert_names(&e, "visual.conv1.weight");
+
+    // A head checkpoint missing one of its tensors / with a wrong shape.
+    let head = read_dinoiser_checkpoint(&fixture("last.pt"), "last.pt")?;
+    let e = read_dinoiser_checkpoint(&write_torch_pickle(&without(&head, "bkg_decoder.bias"), Some("model_state_dict"), &[])?, "h.pt")
+        .unwrap_err();
+    assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
+    assert_names(&e, "bkg_decoder.bias");
+    let mut entries = without(&head, "bkg_decoder.weight");
+    entries.push(("bkg_decoder.weight".into(), Tensor::zeros((2, 64, 1, 1), DType::F32, &Device::Cpu)?));
+    let e = read_dinoiser_checkpoint(&write_torch_pickle(&entries, None, &[])?, "h.pt").unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    assert_names(&e, "bkg_decoder.weight");
+    let e = read_dinoiser_checkpoint(&fixture("open_clip_pytorch_model.bin"), "clip.bin").unwrap_err();
+    assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
+    assert_names(&e, "obj_proj.weight");
+    Ok(())
+}
+
+/// Cut a file at many offsets: every prefix must give an error (never a panic), naming the file.
+fn check_truncations(bytes: &[u8], name: &str, read: impl Fn(&[u8]) -> clipdino::Result<()>) {
+    let n = bytes.len();
+    let mut cuts: Vec<usize> = vec![0, 1, 3, 4, 7, 8, 9, 16, 24, 31, 33, 64, 100, 200, 500, 1000];
+    cuts.extend((1..40).map(|k| n * k / 40));
+    cuts.extend([n.saturating_sub(1), n.saturating_sub(8), n.saturating_sub(100)]);
+    let mut truncated = 0;
+    for cut in cuts.into_iter().filter(|&c| c < n) {
+        match read(&bytes[..cut]) {
+            Ok(()) => panic!("{name} cut at {cut}/{n} was accepted"),
+            Err(e) => {
+                if matches!(e, Error::Truncated { .. }) {
+                    truncated += 1;
+                }
+                assert_names(&e, name);
+            }
+        }
+    }
+    assert!(truncated > 0, "{name}: no cut was reported as truncated");
+}
+
+#[test]
+fn truncated_files_never_panic() -> R<()> {
+    let st = fixture("open_clip_model.safetensors");
+    check_truncations(&st, "m.safetensors", |b| read_safetensors(b, "m.safetensors").map(|_| ()));
+    let bin = fixture("open_clip_pytorch_model.bin");
+    check_truncations(&bin, "m.bin", |b| read_torch_pickle(b, "m.bin").map(|_| ()));
+    let pt = fixture("last.pt");
+    check_truncations(&pt, "last.pt", |b| read_dinoiser_checkpoint(b, "last.pt").map(|_| ()));
+    for q in [Quant::F16, Quant::Q4_0] {
+        let g = write_gguf_bundle(&tiny_bundle(5), q)?;
+        check_truncations(&g, "b.gguf", |b| read_gguf_bundle(b, "b.gguf").map(|_| ()));
+    }
+    // Through the detection path too.
+    check_truncations(&bin, "m.bin", |b| load_model_files(&[("m.bin".into(), b.to_vec())]).map(|_| ()));
+    Ok(())
+}
+
+#[test]
+fn garbage_empty_and_text_files() {
+    // splitmix-style bytes, no RNG crate needed
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let random: Vec<u8> = (0..4096)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect();
+    let text = b"Just some notes about the model.\nNot weights.\n".to_vec();
+    for (name, bytes) in [("random.bin", random), ("empty.safetensors", vec![]), ("notes.txt", text)] {
+        let e = load_model_files(&[(name.to_string(), bytes.clone())]).unwrap_err();
+        assert!(matches!(e, Error::NotWeights { .. } | Error::Truncated { .. }), "{name}: {e}");
+        assert_names(&e, name);
+        for r in [
+            read_safetensors(&bytes, name).map(|_| ()),
+            read_torch_pickle(&bytes, name).map(|_| ()),
+            read_gguf_bundle(&bytes, name).map(|_| ()),
+            read_dinoiser_checkpoint(&bytes, name).map(|_| ()),
+        ] {
+            let e = r.expect_err(name);
+            assert!(matches!(e, Error::NotWeights { .. } | Error::Truncated { .. }), "{name}: {e}");
+            assert_names(&e, name);
+        }
+    }
+    // A JSON file that is not an open_clip config.
+    let e = load_model_files(&[("x.json".into(), b"{\"hello\": 1}".to_vec())]).unwrap_err();
+    assert!(matches!(e, Error::Config { .. }), "{e}");
+    assert_names(&e, "x.json");
+}
+
+#[test]
+fn safetensors_hostile_headers() -> R<()> {
+    // Header length claiming 2^60 bytes: refused up front, no allocation.
+    let mut b = (1u64 << 60).to_le_bytes().to_vec();
+    b.extend_from_slice(b"{\"a\":{}}");
+    let e = read_safetensors(&b, "huge.safetensors").unwrap_err();
+    assert!(matches!(e, Error::NotWeights { .. }), "{e}");
+    assert_names(&e, "huge.safetensors");
+    // Within the limit but longer than the file.
+    let mut b = 50_000_000u64.to_le_bytes().to_vec();
+    b.extend_from_slice(b"{\"a\":{}}");
+    let e = read_safetensors(&b, "long.safetensors").unwrap_err();
+    assert!(matches!(e, Error::Truncated { .. }), "{e}");
+    // A tensor whose data range lies past the end / whose shape does not match its bytes.
+    for (name, hdr) in [
+        ("past_end", r#"{"w":{"dtype":"F32","shape":[1000000],"data_offsets":[0,4000000]}}"#),
+        ("bad_shape", r#"{"w":{"dtype":"F32","shape":[3,3],"data_offsets":[0,8]}}"#),
+    ] {
+        let mut b = (hdr.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(hdr.as_bytes());
+        b.extend_from_slice(&[0u8; 8]);
+        let e = read_safetensors(&b, name).unwrap_err();
+        assert!(matches!(e, Error::Truncated { .. } | Error::NotWeights { .. }), "{e}");
+        assert_names(&e, name);
+    }
+    // Unsupported dtype: named.
+    let hdr = r#"{"w":{"dtype":"F8_E5M2","shape":[8],"data_offsets":[0,8]}}"#;
+    let mut b = (hdr.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(hdr.as_bytes());
+    b.extend_from_slice(&[0u8; 8]);
+    let e = read_safetensors(&b, "f8.safetensors").unwrap_err();
+    assert!(matches!(e, Error::UnsupportedDtype { .. } | Error::NotWeights { .. }), "{e}");
+    assert_names(&e, "f8.safetensors");
+    Ok(())
+}
+
+/// A GGUF file written by candle's writer with our own metadata.
+fn gguf_with(meta: &[(&str, candle_core::quantized::gguf_file::Value)]) -> R<Vec<u8>> {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let t = QTensor::quantize(&Tensor::zeros((2, 32), DType::F32, &Device::Cpu)?, GgmlDType::F32)?;
+    let refs: Vec<(&str, &gguf_file::Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let mut c = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut c, &refs, &[("x", &t)])?;
+    Ok(c.into_inner())
+}
+
+#[test]
+fn gguf_of_another_model_or_incomplete_metadata() -> R<()> {
+    use candle_core::quantized::gguf_file::Value;
+    let e = read_gguf_bundle(&gguf_with(&[("general.architecture", Value::String("llama".into()))])?, "llama.gguf")
+        .unwrap_err();
+    assert!(matches!(e, Error::WrongModel { .. }), "{e}");
+    assert_names(&e, "general.architecture");
+    assert_names(&e, "llama");
+    assert_names(&e, "llama.gguf");
+
+    let e = read_gguf_bundle(&gguf_with(&[])?, "nometa.gguf").unwrap_err();
+    assert_names(&e, "general.architecture");
+    let arch = ("general.architecture", Value::String("clipdino".into()));
+    let e = read_gguf_bundle(&gguf_with(&[arch.clone(), ("clipdino.format_version", Value::U32(1))])?, "b.gguf")
+        .unwrap_err();
+    assert_names(&e, "clipdino.clip_config");
+    let e = read_gguf_bundle(&gguf_with(&[arch.clone()])?, "b.gguf").unwrap_err();
+    assert_names(&e, "clipdino.format_version");
+    let e = read_gguf_bundle(&gguf_with(&[arch.clone(), ("clipdino.format_version", Value::U32(99))])?, "b.gguf")
+        .unwrap_err();
+    assert!(matches!(e, Error::Config { .. }), "{e}");
+    assert_names(&e, "clipdino.format_version");
+    let bad_json = ("clipdino.clip_config", Value::String("{\"embed_dim\": 3}".into()));
+    let e = read_gguf_bundle(
+        &gguf_with(&[arch.clone(), ("clipdino.format_version", Value::U32(1)), bad_json])?,
+        "b.gguf",
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Config { .. }), "{e}");
+    assert_names(&e, "clipdino.clip_config");
+    // Valid metadata but the weights are not there.
+    let cfg = serde_json::to_string(&tiny_cfg())?;
+    let e = read_gguf_bundle(
+        &gguf_with(&[arch.clone(), ("clipdino.format_version", Value::U32(1)), ("clipdino.clip_config", Value::String(cfg))])?,
+        "empty.gguf",
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
+    assert_names(&e, "visual.conv1.weight");
+    // A zero alignment would divide by zero inside the parser.
+    let e = read_gguf_bundle(&gguf_with(&[arch, ("general.alignment", Value::U32(0))])?, "align.gguf").unwrap_err();
+    assert_names(&e, "general.alignment");
+    Ok(())
+}
+
+#[test]
+fn gguf_hostile_counts_and_sizes() -> R<()> {
+    // Header declaring 2^40 tensors in a 40-byte file.
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&[0u8; 16]);
+    let e = read_gguf_bundle(&b, "count.gguf").unwrap_err();
+    assert!(matches!(e, Error::Truncated { .. }), "{e}");
+    assert_names(&e, "count.gguf");
+
+    // A string length of 2^62.
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    b.extend_from_slice(&[b'a'; 32]);
+    let e = read_gguf_bundle(&b, "str.gguf").unwrap_err();
+    assert!(matches!(e, Error::Truncated { .. }), "{e}");
+
+    // A real bundle whose first tensor claims enormous dimensions: patch the first dim (u64 after
+    // the name) of the first tensor info.
+    let good = write_gguf_bundle(&tiny_bundle(2), Quant::F32)?;
+    let first = "dinoiser.bkg_decoder.bias".as_bytes();
+    let pos = good.windows(first.len()).position(|w| w == first).expect("first tensor name") + first.len();
+    for dim in [u64::MAX, 1 << 40] {
+        let mut bad = good.clone();
+        // n_dims (u32) then dims (u64 each)
+        bad[pos + 4..pos + 12].copy_from_slice(&dim.to_le_bytes());
+        let e = read_gguf_bundle(&bad, "dims.gguf").unwrap_err();
+        assert_names(&e, "dinoiser.bkg_decoder.bias");
+    }
+    Ok(())
+}
+
+/// A torch-format zip with the given `data.pkl` and storages.
+fn torch_zip(pkl: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let o = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zw.start_file("archive/data.pkl", o).unwrap();
+    zw.write_all(pkl).unwrap();
+    for (k, d) in storages {
+        zw.start_file(format!("archive/data/{k}"), o).unwrap();
+        zw.write_all(d).unwrap();
+    }
+    zw.finish().unwrap().into_inner()
+}
+
+/// Pickle of `{'w': _rebuild_tensor_v2(('storage', FloatStorage, '0', 'cpu', numel), offset, size, stride, False, OrderedDict())}`.
+fn tensor_pickle(class: &str, numel: u32, offset: u32, size: &[u32], stride: &[u32]) -> Vec<u8> {
+    let mut p = vec![0x80, 2, b'}', b'('];
+    let s = |p: &mut Vec<u8>, x: &str| {
+        p.push(b'X');
+        p.extend_from_slice(&(x.len() as u32).to_le_bytes());
+        p.extend_from_slice(x.as_bytes());
+    };
+    let int = |p: &mut Vec<u8>, v: u32| {
+        p.push(b'J');
+        p.extend_from_slice(&v.to_le_bytes());
+    };
+    s(&mut p, "w");
+    p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+    s(&mut p, "storage");
+    p.extend_from_slice(format!("ctorch\n{class}\n").as_bytes());
+    s(&mut p, "0");
+    s(&mut p, "cpu");
+    int(&mut p, numel);
+    p.extend_from_slice(b"tQ");
+    int(&mut p, offset);
+    p.push(b'(');
+    for &d in size {
+        int(&mut p, d);
+    }
+    p.extend_from_slice(b"t(");
+    for &d in stride {
+        int(&mut p, d);
+    }
+    p.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtRu.");
+    p
+}
+
+#[test]
+fn torch_pickle_views_and_hostile_pickles() -> R<()> {
+    let data: Vec<u8> = (0..12).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    // A transposed view with an offset: storage [0..12], offset 1, size [2,3], stride [1,2]
+    // → [[1,3,5],[2,4,6]].
+    let ok = torch_zip(&tensor_pickle("FloatStorage", 12, 1, &[2, 3], &[1, 2]), &[("0", &data)]);
+    let s = read_torch_pickle(&ok, "view.pt")?;
+    let w = f32_of(s.get("w").unwrap()).to_vec2::<f32>()?;
+    assert_eq!(w, vec![vec![1., 3., 5.], vec![2., 4., 6.]]);
+    // Integer storages are skipped, not errors.
+    let ints = torch_zip(&tensor_pickle("LongStorage", 1, 0, &[1], &[1]), &[("0", &[0u8; 8])]);
+    assert!(read_torch_pickle(&ints, "ints.pt")?.is_empty());
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        // view past the end of its storage
+        ("oob", torch_zip(&tensor_pickle("FloatStorage", 12, 5, &[2, 4], &[4, 1]), &[("0", &data)])),
+        // storage declared larger than its data entry
+        ("short", torch_zip(&tensor_pickle("FloatStorage", 100, 0, &[100], &[1]), &[("0", &data)])),
+        // storage of 2^32-1 elements: refused before reading
+        ("huge", torch_zip(&tensor_pickle("FloatStorage", u32::MAX, 0, &[4], &[1]), &[("0", &data)])),
+        // broadcasting view with more elements than storage
+        ("bcast", torch_zip(&tensor_pickle("FloatStorage", 12, 0, &[1000, 12], &[0, 1]), &[("0", &data)])),
+        // storage entry missing
+        ("nodata", torch_zip(&tensor_pickle("FloatStorage", 12, 0, &[12], &[1]), &[])),
+        // unknown storage class
+        ("complex", torch_zip(&tensor_pickle("ComplexFloatStorage", 6, 0, &[6], &[1]), &[("0", &data)])),
+        // BINUNICODE claiming 4 GB
+        ("str", torch_zip(b"\x80\x02X\xff\xff\xff\xffabc.", &[])),
+        // 100 000 nested tuples
+        ("deep", torch_zip(&[&[0x80u8, 2, b'N'][..], &[0x85u8; 100_000], b"."].concat(), &[])),
+        // memo bomb: a list doubled 64 times through the memo
+        ("bomb", {
+            let mut p = vec![0x80, 2, b']', b'q', 0];
+            for _ in 0..64 {
+                p.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
+            }
+            p.push(b'.');
+            torch_zip(&p, &[])
+        }),
+        // unknown opcode, stack underflow, missing STOP
+        ("opcode", torch_zip(b"\x80\x02\xff.", &[])),
+        ("underflow", torch_zip(b"\x80\x02t.", &[])),
+        ("nostop", torch_zip(b"\x80\x02}", &[])),
+        // a zip without data.pkl
+        ("nopkl", {
+            let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            zw.start_file("readme.txt", zip::write::SimpleFileOptions::default()).unwrap();
+            zw.write_all(b"hi").unwrap();
+            zw.finish().unwrap().into_inner()
+        }),
+    ];
+    for (name, bytes) in cases {
+        let e = read_torch_pickle(&bytes, name).expect_err(name);
+        assert!(
+            matches!(e, Error::NotWeights { .. } | Error::Truncated { .. } | Error::UnsupportedDtype { .. }),
+            "{name}: {e}"
+        );
+        assert_names(&e, name);
+        if ["oob", "short", "huge", "bcast", "complex"].contains(&name) {
+            assert_names(&e, "`w`");
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Random weights
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn random_weights_are_deterministic_complete_and_scaled() -> R<()> {
+    let cfg = tiny_cfg();
+    let a = random_clip_store(&cfg, 42);
+    let b = random_clip_store(&cfg, 42);
+    let c = random_clip_store(&cfg, 43);
+    assert_same_stores(&a, &b);
+    loaders::validate_clip_store(&a, &cfg)?;
+    assert_eq!(a.len(), loaders::expected_clip_tensors(&cfg).len() + 1, "+ logit_scale");
+    let n = "visual.transformer.resblocks.0.attn.in_proj_weight";
+    assert!(max_abs_diff(&f32_of(a.get(n).unwrap()), &f32_of(c.get(n).unwrap())) > 0.0);
+
+    // Statistics: weight std ≈ width^-0.5, LayerNorm weight ≈ 1.
+    let w = f32_of(a.get(n).unwrap()).flatten_all()?.to_vec1::<f32>()?;
+    let mean = w.iter().sum::<f32>() / w.len() as f32;
+    let std = (w.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / w.len() as f32).sqrt();
+    assert!(mean.abs() < 0.01, "mean {mean}");
+    assert!((std - 0.125).abs() < 0.005, "std {std} vs 64^-0.5 = 0.125");
+    let ln = f32_of(a.get("visual.ln_pre.weight").unwrap()).to_vec1::<f32>()?;
+    assert!(ln.iter().all(|x| (x - 1.0).abs() < 0.1));
+
+    // The generator is pure arithmetic, so these bits are the same on every platform
+    // (the wasm32 test suite checks the same values).
+    let first: Vec<u32> = f32_of(a.get("visual.class_embedding").unwrap()).to_vec1::<f32>()?[..4]
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
+    println!("first values (bits) of visual.class_embedding, seed 42: {first:08x?}");
+    let head = random_head_store(&HeadConfig::for_clip(&cfg, 32), 42);
+    let hc = HeadConfig { in_dim: 64, proj_dim: 32, layer: 0 };
+    loaders::validate_head_store(&head, &hc, "")?;
+    Ok(())
+}
