@@ -1,0 +1,125 @@
+//! The same forward passes as the native parity tests, run in headless Chromium through
+//! wasm32 + simd128 (`cargo test -p clipdino --target wasm32-unknown-unknown --test wasm`, see
+//! `scripts/test.sh`). The fixtures are compiled in, since the browser has no filesystem:
+//! the upstream files in `tests/fixtures/tiny/` go through the same byte loaders the app uses,
+//! and every output is compared with the upstream PyTorch results (`expected.safetensors`).
+//! K-Means is compared with the assignments the native build computes (`tests/fixtures/kmeans/`).
+#![cfg(target_arch = "wasm32")]
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use clipdino::kmeans::{kmeans_tensor, KMeansOptions};
+use clipdino::loaders::load_model_files;
+use clipdino::pipeline::{EncodeOptions, Mode, SegmentOptions, Segmenter, Window};
+use clipdino::ComputePath;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const TOL: f32 = 1e-4;
+
+macro_rules! fixture {
+    ($name:literal) => {
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/", $name)).as_slice()
+    };
+}
+
+fn segmenter() -> Segmenter {
+    let files = vec![
+        ("open_clip_model.safetensors".to_string(), fixture!("tiny/open_clip_model.safetensors").to_vec()),
+        ("open_clip_config.json".to_string(), fixture!("tiny/open_clip_config.json").to_vec()),
+        ("last.pt".to_string(), fixture!("tiny/last.pt").to_vec()),
+    ];
+    let bundle = load_model_files(&files).expect("load tiny model");
+    Segmenter::from_bundle(bundle, &Device::Cpu, ComputePath::F32).expect("segmenter")
+}
+
+fn expected() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load_buffer(fixture!("tiny/expected.safetensors"), &Device::Cpu).expect("expected")
+}
+
+fn get(exp: &HashMap<String, Tensor>, key: &str) -> Tensor {
+    exp.get(key).unwrap_or_else(|| panic!("expected tensor {key}")).to_dtype(DType::F32).unwrap()
+}
+
+fn max_abs(name: &str, got: &Tensor, want: &Tensor) -> f32 {
+    assert_eq!(got.dims(), want.dims(), "{name}: shape");
+    let d = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let d = d.to_scalar::<f32>().unwrap();
+    web_sys_log(&format!("wasm parity {name}: max |Δ| = {d:.3e}"));
+    assert!(d <= TOL, "{name}: max |Δ| = {d} > {TOL}");
+    d
+}
+
+fn web_sys_log(s: &str) {
+    wasm_bindgen_test::console_log!("{}", s);
+}
+
+fn label_map(exp: &HashMap<String, Tensor>, key: &str) -> Vec<u32> {
+    exp[key].flatten_all().unwrap().to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect()
+}
+
+#[wasm_bindgen_test]
+fn text_tower_matches_upstream() {
+    let seg = segmenter();
+    let exp = expected();
+    let tokens = exp["text.tokens"].to_vec2::<i64>().unwrap();
+    // Each row runs from SOT to its EOT (the largest id); zeros after it are padding.
+    let rows: Vec<Vec<u32>> = tokens
+        .iter()
+        .map(|r| {
+            let eot = r.iter().enumerate().max_by_key(|(_, v)| **v).map(|(i, _)| i).unwrap();
+            r[..=eot].iter().map(|&v| v as u32).collect()
+        })
+        .collect();
+    let got = seg.clip.text.forward(&rows).unwrap();
+    max_abs("text.embeddings", &got, &get(&exp, "text.embeddings"));
+}
+
+#[wasm_bindgen_test]
+fn image_tower_head_and_segmentation_match_upstream() {
+    let seg = segmenter();
+    let exp = expected();
+    let labels = get(&exp, "labels");
+    for key in ["a", "b"] {
+        let image = get(&exp, &format!("{key}.image"));
+        let feats = seg.encode_image(&image, &EncodeOptions::full_res(), &mut |_| {}).unwrap();
+        assert_eq!(feats.windows.len(), 1);
+        let w = &feats.windows[0];
+        max_abs(&format!("{key}.dense"), &w.dense, &get(&exp, &format!("{key}.dense")));
+        max_abs(&format!("{key}.refined"), w.refined.as_ref().unwrap(), &get(&exp, &format!("{key}.refined")));
+        max_abs(&format!("{key}.bkg"), w.bkg.as_ref().unwrap(), &get(&exp, &format!("{key}.bkg")));
+        let opts = SegmentOptions { mode: Mode::Dinoiser, background: Some(2), output_size: None };
+        let out = seg.segment(&feats, &labels, &opts).unwrap();
+        max_abs(&format!("{key}.probs_full"), &out.probs, &get(&exp, &format!("{key}.probs_full")));
+        assert_eq!(out.labels, label_map(&exp, &format!("{key}.labelmap")), "{key}.labelmap");
+    }
+}
+
+#[wasm_bindgen_test]
+fn sliding_window_matches_upstream() {
+    let seg = segmenter();
+    let exp = expected();
+    let opts = EncodeOptions { short_side: Some(64), window: Some(Window { size: 64, stride: 32 }) };
+    let feats = seg.encode_image(&get(&exp, "c.image"), &opts, &mut |_| {}).unwrap();
+    let sopts = SegmentOptions { mode: Mode::Dinoiser, background: Some(2), output_size: None };
+    let out = seg.segment(&feats, &get(&exp, "labels"), &sopts).unwrap();
+    max_abs("c.probs", &out.probs, &get(&exp, "c.probs"));
+    assert_eq!(out.labels, label_map(&exp, "c.labelmap"), "c.labelmap");
+}
+
+#[wasm_bindgen_test]
+fn kmeans_matches_native() {
+    let exp = expected();
+    let golden: serde_json::Value = serde_json::from_slice(fixture!("kmeans/native.json")).unwrap();
+    for case in golden["cases"].as_array().unwrap() {
+        let key = case["features"].as_str().unwrap();
+        let k = case["k"].as_u64().unwrap() as usize;
+        let feats = get(&exp, key);
+        let (h, w, d) = feats.dims3().unwrap();
+        let km = kmeans_tensor(&feats.reshape((h * w, d)).unwrap(), &KMeansOptions::new(k)).unwrap();
+        let want: Vec<u32> = case["assignments"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(km.assignments, want, "k-means {key} k={k}: wasm differs from native");
+    }
+}
