@@ -4,7 +4,8 @@
 //!
 //! Under the causal mask a token only sees the tokens before it, so the EOT output does not
 //! depend on what follows it: a batch is cut to its longest prompt instead of the full context
-//! length (exact), shorter prompts are padded with 0 after their EOT.
+//! length (exact), shorter prompts are padded with 0 after their EOT. Prompts are grouped by
+//! length so that the padding stays small.
 
 use std::sync::Arc;
 
@@ -91,8 +92,15 @@ impl TextTransformer {
         self.embed_dim
     }
 
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Encode tokenised prompts (`SOT … EOT`, unpadded, at most `context_length` ids each) to
-    /// `[N, embed]` (not normalised). Prompts are batched `TEXT_CHUNK` at a time.
+    /// `[N, embed]` (not normalised), rows in input order.
+    ///
+    /// Prompts are sorted by length and run in chunks of at most `TEXT_CHUNK`, each cut to its
+    /// longest prompt (see [`plan_chunks`]), so large label sets waste little on padding.
     pub fn forward(&self, tokens: &[Vec<u32>]) -> Result<Tensor> {
         for (i, ids) in tokens.iter().enumerate() {
             if ids.is_empty() || ids.len() > self.cfg.context_length {
@@ -111,16 +119,27 @@ impl TextTransformer {
         if tokens.is_empty() {
             return Ok(Tensor::zeros((0, self.embed_dim), DType::F32, &self.device)?);
         }
-        let chunks = tokens
-            .chunks(TEXT_CHUNK)
-            .map(|c| self.forward_chunk(c))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&chunks, 0)?)
+        let lens: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        let mut order: Vec<usize> = (0..tokens.len()).collect();
+        order.sort_by_key(|&i| lens[i]);
+        let mut outs = Vec::new();
+        for range in plan_chunks(&order.iter().map(|&i| lens[i]).collect::<Vec<_>>()) {
+            let chunk: Vec<&[u32]> = order[range].iter().map(|&i| tokens[i].as_slice()).collect();
+            outs.push(self.forward_chunk(&chunk)?);
+        }
+        let sorted = Tensor::cat(&outs, 0)?;
+        // Row k of `sorted` is prompt order[k]: invert the permutation.
+        let mut inverse = vec![0u32; order.len()];
+        for (k, &i) in order.iter().enumerate() {
+            inverse[i] = k as u32;
+        }
+        let inverse = Tensor::from_vec(inverse, order.len(), &self.device)?;
+        Ok(sorted.index_select(&inverse, 0)?)
     }
 
-    fn forward_chunk(&self, tokens: &[Vec<u32>]) -> Result<Tensor> {
+    fn forward_chunk(&self, tokens: &[&[u32]]) -> Result<Tensor> {
         let b = tokens.len();
-        let t = tokens.iter().map(Vec::len).max().unwrap_or(1);
+        let t = tokens.iter().map(|p| p.len()).max().unwrap_or(1);
         let width = self.cfg.width;
         let mut ids = vec![0u32; b * t];
         let mut eot = Vec::with_capacity(b);
@@ -148,6 +167,31 @@ impl TextTransformer {
     }
 }
 
+/// A forward pass streams every weight once, which costs about as much as this many extra token
+/// rows; used to decide whether a longer prompt joins the current chunk (more padding) or starts a
+/// new one (another pass).
+const PASS_COST_TOKENS: usize = 64;
+
+/// Split prompts sorted by ascending length into consecutive chunks of at most `TEXT_CHUNK`:
+/// a prompt longer than the chunk's current maximum joins it only if the padding this adds to
+/// the chunk's rows costs no more than a new pass. Equal lengths share a chunk unless it is full.
+fn plan_chunks(sorted_lens: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for (i, &len) in sorted_lens.iter().enumerate().skip(1) {
+        let n = i - start;
+        let max = sorted_lens[i - 1];
+        if n == TEXT_CHUNK || n * (len - max) > PASS_COST_TOKENS {
+            chunks.push(start..i);
+            start = i;
+        }
+    }
+    if start < sorted_lens.len() {
+        chunks.push(start..sorted_lens.len());
+    }
+    chunks
+}
+
 /// Additive causal mask `[t, t]`: 0 on and below the diagonal, −∞ above.
 fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
     let m: Vec<f32> = (0..t)
@@ -171,6 +215,21 @@ mod tests {
         let want = q.dequantize(&dev).unwrap().index_select(&ids, 0).unwrap();
         let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(d, 0.0);
+    }
+
+    #[test]
+    fn chunk_plan() {
+        assert!(plan_chunks(&[]).is_empty());
+        assert_eq!(plan_chunks(&[5]), vec![0..1]);
+        // Small batches stay together despite different lengths.
+        assert_eq!(plan_chunks(&[3, 5, 8, 12, 20]), vec![0..5]);
+        // Many short prompts: a much longer one starts its own pass.
+        let mut lens = vec![10; 40];
+        lens.extend([11, 11, 30]);
+        assert_eq!(plan_chunks(&lens), vec![0..42, 42..43]);
+        // Chunk size cap.
+        let lens = vec![7; 2 * TEXT_CHUNK + 1];
+        assert_eq!(plan_chunks(&lens), vec![0..TEXT_CHUNK, TEXT_CHUNK..2 * TEXT_CHUNK, 2 * TEXT_CHUNK..2 * TEXT_CHUNK + 1]);
     }
 
     #[test]
