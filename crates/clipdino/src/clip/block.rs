@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 use crate::linear::Linear;
 use crate::weights::Vb;
 
+/// Largest attention score matrix computed at once, in elements (64 MiB of f32).
+const ATTN_SCORES_BUDGET: usize = 16 << 20;
+
 /// LayerNorm with eps 1e-5 (torch default), computed in two passes (mean first, then the variance
 /// of the centred values) so that tokens with a large mean lose no precision.
 #[derive(Debug, Clone)]
@@ -121,6 +124,10 @@ impl MultiheadAttention {
     /// tokens only (`n_query = T` for ordinary self-attention). `mask`, if any, is an additive
     /// `[n_query, T]` bias (0 / −∞). Returns `out_proj(attention) [B, n_query, w]`.
     pub fn attend(&self, qkv: &Tensor, n_query: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.attend_in_groups(qkv, n_query, mask, ATTN_SCORES_BUDGET)
+    }
+
+    fn attend_in_groups(&self, qkv: &Tensor, n_query: usize, mask: Option<&Tensor>, budget: usize) -> Result<Tensor> {
         let (b, t, _) = qkv.dims3()?;
         let d = self.width / self.heads;
         let (q, k, v) = self.split_heads(qkv)?;
@@ -131,14 +138,23 @@ impl MultiheadAttention {
         };
         // torch scales q by 1/√d before q·kᵀ.
         let q = (q * (1.0 / (d as f64).sqrt()))?;
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .matmul(&v)?
+        // Heads are processed in groups so that the score matrix stays under `budget` elements
+        // (large images: 4097² scores per head).
+        let bh = b * self.heads;
+        let group = (budget / (n_query * t).max(1)).clamp(1, bh);
+        let mut outs = Vec::with_capacity(bh.div_ceil(group));
+        for start in (0..bh).step_by(group) {
+            let g = group.min(bh - start);
+            let (q, k, v) = (q.narrow(0, start, g)?, k.narrow(0, start, g)?, v.narrow(0, start, g)?);
+            let scores = q.matmul(&k.t()?)?;
+            let scores = match mask {
+                Some(m) => scores.broadcast_add(m)?,
+                None => scores,
+            };
+            outs.push(candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?);
+        }
+        let out = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 0)? };
+        let out = out
             .reshape((b, self.heads, n_query, d))?
             .transpose(1, 2)?
             .contiguous()?
@@ -188,5 +204,48 @@ impl ResidualAttentionBlock {
         let ln2 = self.ln_2.forward(&h)?;
         let out = (&h + self.mlp.forward(&ln2)?)?;
         Ok((out, ln2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+    use crate::weights::{ComputePath, Stored, TensorStore};
+
+    #[test]
+    fn head_groups_do_not_change_attention() {
+        let dev = Device::Cpu;
+        let (w, heads, t, b) = (16, 4, 9, 2);
+        let mut store = TensorStore::new("test");
+        for (name, shape) in [
+            ("in_proj_weight", vec![3 * w, w]),
+            ("in_proj_bias", vec![3 * w]),
+            ("out_proj.weight", vec![w, w]),
+            ("out_proj.bias", vec![w]),
+        ] {
+            store.insert(name, Stored::Float(Tensor::randn(0f32, 0.3, shape, &dev).unwrap()));
+        }
+        let vb = Vb::new(Arc::new(store), dev.clone(), ComputePath::F32);
+        let mha = MultiheadAttention::new(w, heads, &vb).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (b, t, w), &dev).unwrap();
+        let qkv = mha.qkv(&x).unwrap();
+        let mask = Tensor::from_vec(
+            (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect::<Vec<_>>(),
+            (t, t),
+            &dev,
+        )
+        .unwrap();
+        for (n_query, mask) in [(t, None), (t, Some(&mask)), (1, None)] {
+            let all = mha.attend_in_groups(&qkv, n_query, mask, usize::MAX).unwrap();
+            for budget in [1, n_query * t * 3] {
+                let grouped = mha.attend_in_groups(&qkv, n_query, mask, budget).unwrap();
+                let d = (&all - &grouped).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+                assert!(d.to_scalar::<f32>().unwrap() < 1e-6, "budget {budget}, {n_query} queries");
+            }
+        }
     }
 }
