@@ -85,13 +85,20 @@ impl std::str::FromStr for Quant {
         Quant::ALL
             .into_iter()
             .find(|q| q.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| Error::invalid("quant", format!("`{s}` is not one of f32, f16, q8_0, q4_0")))
+            .ok_or_else(|| {
+                Error::invalid("quant", format!("`{s}` is not one of f32, f16, q8_0, q4_0"))
+            })
     }
 }
 
 /// Matrices stored with the bundle's [`Quant`] (everything else stays f32, or f16 for `Quant::F16`).
 fn is_matrix(name: &str) -> bool {
-    const SUFFIXES: [&str; 4] = [".attn.in_proj_weight", ".attn.out_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight"];
+    const SUFFIXES: [&str; 4] = [
+        ".attn.in_proj_weight",
+        ".attn.out_proj.weight",
+        ".mlp.c_fc.weight",
+        ".mlp.c_proj.weight",
+    ];
     const NAMES: [&str; 6] = [
         "visual.conv1.weight",
         "token_embedding.weight",
@@ -100,7 +107,8 @@ fn is_matrix(name: &str) -> bool {
         "visual.proj_t",
         "text_projection_t",
     ];
-    !name.starts_with("dinoiser.") && (SUFFIXES.iter().any(|s| name.ends_with(s)) || NAMES.contains(&name))
+    !name.starts_with("dinoiser.")
+        && (SUFFIXES.iter().any(|s| name.ends_with(s)) || NAMES.contains(&name))
 }
 
 /// Upstream matrices used as `x @ W` (`[in, out]`): stored transposed under `<name>_t`.
@@ -113,10 +121,17 @@ pub fn write_gguf_bundle(bundle: &Bundle, quant: Quant) -> Result<Vec<u8>> {
     let dev = Device::Cpu;
     let mut tensors: Vec<(String, Arc<QTensor>)> = Vec::with_capacity(bundle.store.len());
     for name in bundle.store.names() {
-        let stored = bundle.store.get(name).ok_or_else(|| bundle.store.missing(name))?;
+        let stored = bundle
+            .store
+            .get(name)
+            .ok_or_else(|| bundle.store.missing(name))?;
         let matrix = is_matrix(name);
         let transpose = matrix && RIGHT_MULTIPLIED.contains(&name);
-        let out_name = if transpose { format!("{name}_t") } else { name.to_string() };
+        let out_name = if transpose {
+            format!("{name}_t")
+        } else {
+            name.to_string()
+        };
         // Target shape: right-multiplied matrices transposed, conv1 flattened, scalars as [1]
         // (GGUF has no scalars, e.g. `logit_scale`).
         let mut dims = stored.dims();
@@ -129,13 +144,19 @@ pub fn write_gguf_bundle(bundle: &Bundle, quant: Quant) -> Result<Vec<u8>> {
         if dims.is_empty() {
             dims = vec![1];
         }
-        let mut dtype = if matrix { quant.matrix_dtype() } else { quant.other_dtype() };
+        let mut dtype = if matrix {
+            quant.matrix_dtype()
+        } else {
+            quant.other_dtype()
+        };
         if dims.last().copied().unwrap_or(1) % dtype.block_size() != 0 {
             dtype = GgmlDType::F16;
         }
         let q = match stored {
             // Re-writing a bundle with its own storage: keep the blocks as they are.
-            Stored::Quant(q) if q.dtype() == dtype && q.shape().dims() == dims.as_slice() => q.clone(),
+            Stored::Quant(q) if q.dtype() == dtype && q.shape().dims() == dims.as_slice() => {
+                q.clone()
+            }
             _ => {
                 let mut t = stored.to_f32(&dev)?;
                 if transpose {
@@ -148,20 +169,28 @@ pub fn write_gguf_bundle(bundle: &Bundle, quant: Quant) -> Result<Vec<u8>> {
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
 
-    let clip_json = serde_json::to_string(&bundle.clip).map_err(|e| Error::config(KEY_CLIP, e.to_string()))?;
+    let clip_json =
+        serde_json::to_string(&bundle.clip).map_err(|e| Error::config(KEY_CLIP, e.to_string()))?;
     let mut meta: Vec<(&str, Value)> = vec![
         (KEY_ARCH, Value::String(ARCHITECTURE.to_string())),
-        ("general.name", Value::String("OpenCLIP ViT + CLIP-DINOiser".to_string())),
+        (
+            "general.name",
+            Value::String("OpenCLIP ViT + CLIP-DINOiser".to_string()),
+        ),
         (KEY_VERSION, Value::U32(FORMAT_VERSION)),
         (KEY_QUANT, Value::String(quant.to_string())),
         (KEY_CLIP, Value::String(clip_json)),
     ];
     if let Some(h) = &bundle.head {
-        let head_json = serde_json::to_string(h).map_err(|e| Error::config(KEY_HEAD, e.to_string()))?;
+        let head_json =
+            serde_json::to_string(h).map_err(|e| Error::config(KEY_HEAD, e.to_string()))?;
         meta.push((KEY_HEAD, Value::String(head_json)));
     }
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v.as_ref())).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_ref()))
+        .collect();
     let mut cur = Cursor::new(Vec::new());
     gguf_file::write(&mut cur, &meta_refs, &tensor_refs)?;
     Ok(cur.into_inner())
@@ -196,7 +225,10 @@ impl Walker<'_> {
         if n > left {
             return Err(Error::Truncated {
                 source_name: self.source.to_string(),
-                detail: format!("GGUF header ends inside {what} (needs {n} bytes at offset {}, {left} left)", self.pos),
+                detail: format!(
+                    "GGUF header ends inside {what} (needs {n} bytes at offset {}, {left} left)",
+                    self.pos
+                ),
             });
         }
         let start = self.pos;
@@ -205,7 +237,12 @@ impl Walker<'_> {
     }
     fn u32(&mut self, what: &str) -> Result<u32> {
         let s = self.need(4, what)?;
-        Ok(u32::from_le_bytes([self.b[s], self.b[s + 1], self.b[s + 2], self.b[s + 3]]))
+        Ok(u32::from_le_bytes([
+            self.b[s],
+            self.b[s + 1],
+            self.b[s + 2],
+            self.b[s + 3],
+        ]))
     }
     fn u64(&mut self, what: &str) -> Result<u64> {
         let s = self.need(8, what)?;
@@ -259,7 +296,9 @@ impl Walker<'_> {
             }
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.bad(format!("metadata `{key}` nests arrays deeper than {MAX_ARRAY_DEPTH}")));
+                    return Err(self.bad(format!(
+                        "metadata `{key}` nests arrays deeper than {MAX_ARRAY_DEPTH}"
+                    )));
                 }
                 let ety = self.u32(key)?;
                 let n = self.len(key)?;
@@ -365,7 +404,10 @@ fn load_tensor(dtype: GgmlDType, raw: &[u8], dims: &[usize]) -> Result<Stored> {
             } else {
                 let copy = raw.to_vec();
                 if (copy.as_ptr() as usize) % 8 != 0 {
-                    return Err(Error::invalid("gguf tensor", "could not get an aligned buffer"));
+                    return Err(Error::invalid(
+                        "gguf tensor",
+                        "could not get an aligned buffer",
+                    ));
                 }
                 ggml_file::qtensor_from_ggml(dtype, &copy, dims.to_vec(), &dev)?
             };
@@ -383,11 +425,13 @@ pub fn read_gguf_bundle(bytes: &[u8], source: &str) -> Result<Bundle> {
         });
     }
     let scan = scan_header(bytes, source)?;
-    let content = gguf_file::Content::read(&mut Cursor::new(bytes)).map_err(|e| Error::NotWeights {
-        source_name: source.to_string(),
-        detail: format!("GGUF header: {e}"),
-    })?;
-    let arch = meta_str(&content, KEY_ARCH, source)?.ok_or_else(|| missing_key(KEY_ARCH, source))?;
+    let content =
+        gguf_file::Content::read(&mut Cursor::new(bytes)).map_err(|e| Error::NotWeights {
+            source_name: source.to_string(),
+            detail: format!("GGUF header: {e}"),
+        })?;
+    let arch =
+        meta_str(&content, KEY_ARCH, source)?.ok_or_else(|| missing_key(KEY_ARCH, source))?;
     if arch != ARCHITECTURE {
         return Err(Error::WrongModel {
             source_name: source.to_string(),
@@ -403,14 +447,20 @@ pub fn read_gguf_bundle(bytes: &[u8], source: &str) -> Result<Bundle> {
     if version == 0 || version > FORMAT_VERSION {
         return Err(Error::config(
             KEY_VERSION,
-            format!("{source} has bundle format {version}; this build reads up to {FORMAT_VERSION}"),
+            format!(
+                "{source} has bundle format {version}; this build reads up to {FORMAT_VERSION}"
+            ),
         ));
     }
-    let clip_json = meta_str(&content, KEY_CLIP, source)?.ok_or_else(|| missing_key(KEY_CLIP, source))?;
-    let clip: ClipConfig = serde_json::from_str(clip_json).map_err(|e| Error::config(KEY_CLIP, e.to_string()))?;
+    let clip_json =
+        meta_str(&content, KEY_CLIP, source)?.ok_or_else(|| missing_key(KEY_CLIP, source))?;
+    let clip: ClipConfig =
+        serde_json::from_str(clip_json).map_err(|e| Error::config(KEY_CLIP, e.to_string()))?;
     clip.validate()?;
     let head: Option<HeadConfig> = match meta_str(&content, KEY_HEAD, source)? {
-        Some(j) => Some(serde_json::from_str(j).map_err(|e| Error::config(KEY_HEAD, e.to_string()))?),
+        Some(j) => {
+            Some(serde_json::from_str(j).map_err(|e| Error::config(KEY_HEAD, e.to_string()))?)
+        }
         None => None,
     };
     debug_assert_eq!(scan.tensor_count as usize, content.tensor_infos.len());
@@ -438,17 +488,27 @@ pub fn read_gguf_bundle(bytes: &[u8], source: &str) -> Result<Bundle> {
                 got: dims,
             });
         }
-        let nbytes = (elems / bs).checked_mul(ts).ok_or_else(|| trunc("size overflows".into()))?;
+        let nbytes = (elems / bs)
+            .checked_mul(ts)
+            .ok_or_else(|| trunc("size overflows".into()))?;
         let start = content
             .tensor_data_offset
             .checked_add(info.offset)
             .and_then(|s| usize::try_from(s).ok())
             .ok_or_else(|| trunc("offset overflows".into()))?;
-        let end = start.checked_add(nbytes).ok_or_else(|| trunc("size overflows".into()))?;
+        let end = start
+            .checked_add(nbytes)
+            .ok_or_else(|| trunc("size overflows".into()))?;
         if end > bytes.len() {
-            return Err(trunc(format!("needs bytes {start}..{end}, the file has {}", bytes.len())));
+            return Err(trunc(format!(
+                "needs bytes {start}..{end}, the file has {}",
+                bytes.len()
+            )));
         }
-        store.insert(name.clone(), load_tensor(info.ggml_dtype, &bytes[start..end], &dims)?);
+        store.insert(
+            name.clone(),
+            load_tensor(info.ggml_dtype, &bytes[start..end], &dims)?,
+        );
     }
     let bundle = Bundle { clip, head, store };
     bundle.validate()?;

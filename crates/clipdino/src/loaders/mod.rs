@@ -26,7 +26,12 @@ use crate::weights::TensorStore;
 pub const HEAD_PREFIX: &str = "dinoiser.";
 
 /// Names of the four head tensors (as in the `model_state_dict` of `last.pt`).
-pub const HEAD_TENSORS: [&str; 4] = ["obj_proj.weight", "obj_proj.bias", "bkg_decoder.weight", "bkg_decoder.bias"];
+pub const HEAD_TENSORS: [&str; 4] = [
+    "obj_proj.weight",
+    "obj_proj.bias",
+    "bkg_decoder.weight",
+    "bkg_decoder.bias",
+];
 
 /// Open_clip's default head width, used when no `open_clip_config.json` is given.
 pub const DEFAULT_HEAD_WIDTH: usize = 64;
@@ -57,40 +62,62 @@ pub fn expected_clip_tensors(cfg: &ClipConfig) -> Vec<(String, Vec<usize>)> {
     let v = &cfg.vision;
     let t = &cfg.text;
     let mut out: Vec<(String, Vec<usize>)> = vec![
-        ("visual.conv1.weight".into(), vec![v.width, 3, v.patch_size, v.patch_size]),
+        (
+            "visual.conv1.weight".into(),
+            vec![v.width, 3, v.patch_size, v.patch_size],
+        ),
         ("visual.class_embedding".into(), vec![v.width]),
-        ("visual.positional_embedding".into(), vec![v.grid() * v.grid() + 1, v.width]),
+        (
+            "visual.positional_embedding".into(),
+            vec![v.grid() * v.grid() + 1, v.width],
+        ),
         ("visual.ln_pre.weight".into(), vec![v.width]),
         ("visual.ln_pre.bias".into(), vec![v.width]),
     ];
-    let blocks = |out: &mut Vec<(String, Vec<usize>)>, prefix: &str, w: usize, mlp: usize, layers: usize| {
-        for i in 0..layers {
-            let p = format!("{prefix}.{i}");
-            for (n, s) in [
-                ("ln_1.weight", vec![w]),
-                ("ln_1.bias", vec![w]),
-                ("attn.in_proj_weight", vec![3 * w, w]),
-                ("attn.in_proj_bias", vec![3 * w]),
-                ("attn.out_proj.weight", vec![w, w]),
-                ("attn.out_proj.bias", vec![w]),
-                ("ln_2.weight", vec![w]),
-                ("ln_2.bias", vec![w]),
-                ("mlp.c_fc.weight", vec![mlp, w]),
-                ("mlp.c_fc.bias", vec![mlp]),
-                ("mlp.c_proj.weight", vec![w, mlp]),
-                ("mlp.c_proj.bias", vec![w]),
-            ] {
-                out.push((format!("{p}.{n}"), s));
+    let blocks =
+        |out: &mut Vec<(String, Vec<usize>)>, prefix: &str, w: usize, mlp: usize, layers: usize| {
+            for i in 0..layers {
+                let p = format!("{prefix}.{i}");
+                for (n, s) in [
+                    ("ln_1.weight", vec![w]),
+                    ("ln_1.bias", vec![w]),
+                    ("attn.in_proj_weight", vec![3 * w, w]),
+                    ("attn.in_proj_bias", vec![3 * w]),
+                    ("attn.out_proj.weight", vec![w, w]),
+                    ("attn.out_proj.bias", vec![w]),
+                    ("ln_2.weight", vec![w]),
+                    ("ln_2.bias", vec![w]),
+                    ("mlp.c_fc.weight", vec![mlp, w]),
+                    ("mlp.c_fc.bias", vec![mlp]),
+                    ("mlp.c_proj.weight", vec![w, mlp]),
+                    ("mlp.c_proj.bias", vec![w]),
+                ] {
+                    out.push((format!("{p}.{n}"), s));
+                }
             }
-        }
-    };
-    blocks(&mut out, "visual.transformer.resblocks", v.width, v.mlp_dim, v.layers);
+        };
+    blocks(
+        &mut out,
+        "visual.transformer.resblocks",
+        v.width,
+        v.mlp_dim,
+        v.layers,
+    );
     out.push(("visual.ln_post.weight".into(), vec![v.width]));
     out.push(("visual.ln_post.bias".into(), vec![v.width]));
     out.push(("visual.proj".into(), vec![v.width, cfg.embed_dim]));
     out.push(("token_embedding.weight".into(), vec![t.vocab_size, t.width]));
-    out.push(("positional_embedding".into(), vec![t.context_length, t.width]));
-    blocks(&mut out, "transformer.resblocks", t.width, t.mlp_dim, t.layers);
+    out.push((
+        "positional_embedding".into(),
+        vec![t.context_length, t.width],
+    ));
+    blocks(
+        &mut out,
+        "transformer.resblocks",
+        t.width,
+        t.mlp_dim,
+        t.layers,
+    );
     out.push(("ln_final.weight".into(), vec![t.width]));
     out.push(("ln_final.bias".into(), vec![t.width]));
     out.push(("text_projection".into(), vec![t.width, cfg.embed_dim]));
@@ -117,7 +144,8 @@ pub fn validate_clip_store(store: &TensorStore, cfg: &ClipConfig) -> Result<()> 
                 return Err(store.missing(&name));
             }
         };
-        let flat_conv = name == "visual.conv1.weight" && got == [shape[0], shape[1..].iter().product()];
+        let flat_conv =
+            name == "visual.conv1.weight" && got == [shape[0], shape[1..].iter().product()];
         if got != shape && !flat_conv {
             return Err(store.shape_err(&name, &shape, &got));
         }
@@ -162,7 +190,9 @@ fn head_from_store(all: TensorStore, source: &str) -> Result<(TensorStore, HeadC
         .find(|p| all.contains(&format!("{p}obj_proj.weight")))
         .ok_or_else(|| Error::MissingTensor {
             name: "obj_proj.weight".into(),
-            source_name: format!("{source} (looked under model_state_dict, state_dict and the top level)"),
+            source_name: format!(
+                "{source} (looked under model_state_dict, state_dict and the top level)"
+            ),
         })?;
     let mut all = all;
     let mut head = TensorStore::new(source);
@@ -246,7 +276,8 @@ pub fn load_model_files(files: &[(String, Vec<u8>)]) -> Result<Bundle> {
             None => {
                 return Err(Error::NotWeights {
                     source_name: name.to_string(),
-                    detail: "not a GGUF bundle, safetensors file, torch checkpoint or JSON config".into(),
+                    detail: "not a GGUF bundle, safetensors file, torch checkpoint or JSON config"
+                        .into(),
                 })
             }
             Some(FileKind::Gguf) => {
@@ -272,7 +303,10 @@ pub fn load_model_files(files: &[(String, Vec<u8>)]) -> Result<Bundle> {
                     e => e,
                 })?;
                 if let Some((prev, _)) = config {
-                    return Err(Error::invalid("files", format!("two configs given: {prev} and {name}")));
+                    return Err(Error::invalid(
+                        "files",
+                        format!("two configs given: {prev} and {name}"),
+                    ));
                 }
                 config = Some((name, cfg));
                 continue;
@@ -282,7 +316,10 @@ pub fn load_model_files(files: &[(String, Vec<u8>)]) -> Result<Bundle> {
         };
         if is_head_store(&store) {
             if head.is_some() {
-                return Err(Error::invalid("files", format!("more than one CLIP-DINOiser checkpoint (also {name})")));
+                return Err(Error::invalid(
+                    "files",
+                    format!("more than one CLIP-DINOiser checkpoint (also {name})"),
+                ));
             }
             head = Some(head_from_store(store, name)?);
         } else {

@@ -57,7 +57,11 @@ struct Meta {
 impl Obj {
     fn meta(&self) -> Meta {
         match self {
-            Obj::Tuple(_, m) | Obj::List(_, m) | Obj::Dict(_, m) | Obj::Call(_, _, m) | Obj::Pers(_, m) => *m,
+            Obj::Tuple(_, m)
+            | Obj::List(_, m)
+            | Obj::Dict(_, m)
+            | Obj::Call(_, _, m)
+            | Obj::Pers(_, m) => *m,
             _ => Meta { depth: 0, nodes: 1 },
         }
     }
@@ -128,7 +132,10 @@ impl<'a> Unpickler<'a> {
 
     fn line(&mut self) -> Result<String> {
         let rest = &self.data[self.pos..];
-        let n = rest.iter().position(|&b| b == b'\n').ok_or_else(|| self.truncated())?;
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| self.truncated())?;
         let s = String::from_utf8_lossy(&rest[..n]).into_owned();
         self.pos += n + 1;
         Ok(s)
@@ -177,13 +184,21 @@ impl<'a> Unpickler<'a> {
     }
 
     fn memo_get(&mut self, id: u32) -> Result<()> {
-        let o = self.memo.get(&id).cloned().ok_or_else(|| self.err(format!("memo key {id} not set")))?;
+        let o = self
+            .memo
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| self.err(format!("memo key {id} not set")))?;
         self.copy_budget(&o)?;
         self.push(o)
     }
 
     fn memo_put(&mut self, id: u32) -> Result<()> {
-        let o = self.stack.last().cloned().ok_or_else(|| self.err("MEMO with an empty stack"))?;
+        let o = self
+            .stack
+            .last()
+            .cloned()
+            .ok_or_else(|| self.err("MEMO with an empty stack"))?;
         self.copy_budget(&o)?;
         self.memo.insert(id, o);
         Ok(())
@@ -285,7 +300,11 @@ impl<'a> Unpickler<'a> {
                         return Err(self.err(format!("LONG1 of {n} bytes")));
                     }
                     let b = self.take(n)?;
-                    let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) { [0xffu8; 8] } else { [0u8; 8] };
+                    let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) {
+                        [0xffu8; 8]
+                    } else {
+                        [0u8; 8]
+                    };
                     buf[..n].copy_from_slice(b);
                     self.push(Obj::Int(i64::from_le_bytes(buf)))?
                 }
@@ -419,13 +438,19 @@ impl<'a> Unpickler<'a> {
                     self.memo_get(id)?
                 }
                 b'0' => {
-                    self.stack.pop().ok_or_else(|| self.err("POP on an empty stack"))?;
+                    self.stack
+                        .pop()
+                        .ok_or_else(|| self.err("POP on an empty stack"))?;
                 }
                 b'1' => {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let o = self.stack.last().cloned().ok_or_else(|| self.err("DUP on an empty stack"))?;
+                    let o = self
+                        .stack
+                        .last()
+                        .cloned()
+                        .ok_or_else(|| self.err("DUP on an empty stack"))?;
                     self.copy_budget(&o)?;
                     self.push(o)?
                 }
@@ -507,7 +532,11 @@ fn tensor_ref(name: &str, o: &Obj, source: &str) -> Result<Option<TensorRef>> {
         return match (args_vec.first(), args_vec.get(2)) {
             (Some(func), Some(inner_args)) => {
                 let m = meta_of([func, inner_args].into_iter());
-                tensor_ref(name, &Obj::Call(Box::new(func.clone()), Box::new(inner_args.clone()), m), source)
+                tensor_ref(
+                    name,
+                    &Obj::Call(Box::new(func.clone()), Box::new(inner_args.clone()), m),
+                    source,
+                )
             }
             _ => Ok(None),
         };
@@ -531,7 +560,9 @@ fn tensor_ref(name: &str, o: &Obj, source: &str) -> Result<Option<TensorRef>> {
         _ => return Err(bad("storage is not a persistent id")),
     };
     if pid.len() < 5 || pid[0] != Obj::Str("storage".into()) {
-        return Err(bad("storage id is not ('storage', type, key, location, numel)"));
+        return Err(bad(
+            "storage id is not ('storage', type, key, location, numel)",
+        ));
     }
     let storage_class = match &pid[1] {
         Obj::Global(_, c) => c.clone(),
@@ -572,7 +603,11 @@ fn collect(prefix: &str, o: &Obj, out: &mut Vec<TensorRef>, source: &str) -> Res
                 Obj::Int(i) => i.to_string(),
                 _ => continue,
             };
-            let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+            let name = if prefix.is_empty() {
+                key
+            } else {
+                format!("{prefix}.{key}")
+            };
             collect(&name, v, out, source)?;
         }
     }
@@ -643,7 +678,9 @@ fn gather(t: &TensorRef, storage: &[u8], esize: usize, source: &str) -> Result<V
         )));
     }
     if numel > t.storage_numel {
-        return Err(bad("overlapping view with more elements than its storage".into()));
+        return Err(bad(
+            "overlapping view with more elements than its storage".into()
+        ));
     }
     // Contiguous (row-major) fast path.
     let mut contiguous = true;
@@ -682,8 +719,15 @@ fn tensor_from_le(bytes: &[u8], elem: Elem, shape: &[usize]) -> Result<Tensor> {
         Elem::F32 => Tensor::from_raw_buffer(bytes, DType::F32, shape, dev)?,
         Elem::F16 => Tensor::from_raw_buffer(bytes, DType::F16, shape, dev)?,
         Elem::Bf16 => Tensor::from_raw_buffer(bytes, DType::BF16, shape, dev)?,
-        Elem::F64 => Tensor::from_raw_buffer(bytes, DType::F64, shape, dev)?.to_dtype(DType::F32)?,
-        Elem::Skip(_) => return Err(Error::invalid("storage", "integer storages are skipped before conversion")),
+        Elem::F64 => {
+            Tensor::from_raw_buffer(bytes, DType::F64, shape, dev)?.to_dtype(DType::F32)?
+        }
+        Elem::Skip(_) => {
+            return Err(Error::invalid(
+                "storage",
+                "integer storages are skipped before conversion",
+            ))
+        }
     })
 }
 
@@ -699,6 +743,7 @@ fn read_entry<R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     name: &str,
     limit: usize,
+    file_len: usize,
     source: &str,
 ) -> Result<Vec<u8>> {
     let mut f = zip.by_name(name).map_err(|e| Error::NotWeights {
@@ -708,24 +753,35 @@ fn read_entry<R: Read + Seek>(
     if f.size() > limit as u64 {
         return Err(Error::NotWeights {
             source_name: source.to_string(),
-            detail: format!("archive entry `{name}` declares {} bytes, more than the file can hold", f.size()),
+            detail: format!(
+                "archive entry `{name}` declares {} bytes, more than the file can hold",
+                f.size()
+            ),
         });
     }
-    let mut out = Vec::new();
-    (&mut f).take(limit as u64).read_to_end(&mut out).map_err(|e| Error::Truncated {
-        source_name: source.to_string(),
-        detail: format!("archive entry `{name}`: {e}"),
-    })?;
+    // Pre-allocate what the entry declares, but never more than its compressed bytes could
+    // hold uncompressed (stored) — a lying header only costs a reallocation.
+    let mut out =
+        Vec::with_capacity(f.size().min(f.compressed_size()).min(file_len as u64) as usize);
+    (&mut f)
+        .take(limit as u64)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Truncated {
+            source_name: source.to_string(),
+            detail: format!("archive entry `{name}`: {e}"),
+        })?;
     Ok(out)
 }
 
 fn zip_error(source: &str, e: zip::result::ZipError) -> Error {
     let detail = format!("zip archive: {e}");
     match e {
-        zip::result::ZipError::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => Error::Truncated {
-            source_name: source.to_string(),
-            detail,
-        },
+        zip::result::ZipError::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Error::Truncated {
+                source_name: source.to_string(),
+                detail,
+            }
+        }
         // A cut-off archive loses its central directory at the end.
         zip::result::ZipError::InvalidArchive(_) => Error::Truncated {
             source_name: source.to_string(),
@@ -765,9 +821,12 @@ pub fn read_torch_pickle(bytes: &[u8], source: &str) -> Result<TensorStore> {
             detail: "zip archive has no `data.pkl` (not a torch checkpoint)".into(),
         })?;
     let root = pkl_name.strip_suffix("data.pkl").unwrap_or("").to_string();
-    let order = zip.file_names().find(|n| *n == format!("{root}byteorder")).map(str::to_string);
+    let order = zip
+        .file_names()
+        .find(|n| *n == format!("{root}byteorder"))
+        .map(str::to_string);
     if let Some(order) = order {
-        let bo = read_entry(&mut zip, &order, 64, source)?;
+        let bo = read_entry(&mut zip, &order, 64, bytes.len(), source)?;
         if bo.trim_ascii() != b"little" {
             return Err(Error::NotWeights {
                 source_name: source.to_string(),
@@ -775,7 +834,7 @@ pub fn read_torch_pickle(bytes: &[u8], source: &str) -> Result<TensorStore> {
             });
         }
     }
-    let pkl = read_entry(&mut zip, &pkl_name, limit, source)?;
+    let pkl = read_entry(&mut zip, &pkl_name, limit, bytes.len(), source)?;
     let obj = unpickle(&pkl, source)?;
     let mut refs = Vec::new();
     collect("", &obj, &mut refs, source)?;
@@ -792,13 +851,20 @@ pub fn read_torch_pickle(bytes: &[u8], source: &str) -> Result<TensorStore> {
             continue;
         }
         let esize = elem.size();
-        let need = t.storage_numel.checked_mul(esize).filter(|&n| n <= limit).ok_or_else(|| Error::NotWeights {
-            source_name: source.to_string(),
-            detail: format!("tensor `{}`: storage of {} elements is larger than the file", t.name, t.storage_numel),
-        })?;
+        let need = t
+            .storage_numel
+            .checked_mul(esize)
+            .filter(|&n| n <= limit)
+            .ok_or_else(|| Error::NotWeights {
+                source_name: source.to_string(),
+                detail: format!(
+                    "tensor `{}`: storage of {} elements is larger than the file",
+                    t.name, t.storage_numel
+                ),
+            })?;
         if !storages.contains_key(&t.storage_key) {
             let entry = format!("{root}data/{}", t.storage_key);
-            let data = read_entry(&mut zip, &entry, need, source)?;
+            let data = read_entry(&mut zip, &entry, need, bytes.len(), source)?;
             storages.insert(t.storage_key.clone(), data);
         }
         let storage = &storages[&t.storage_key];
@@ -909,15 +975,25 @@ fn storage_of(t: &Tensor) -> Result<(&'static str, Vec<u8>)> {
     Ok(match t.dtype() {
         DType::F16 => (
             "HalfStorage",
-            t.to_vec1::<half::f16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            t.to_vec1::<half::f16>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
         ),
         DType::BF16 => (
             "BFloat16Storage",
-            t.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            t.to_vec1::<half::bf16>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
         ),
         _ => (
             "FloatStorage",
-            t.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            t.to_dtype(DType::F32)?
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
         ),
     })
 }
@@ -942,7 +1018,10 @@ pub fn write_torch_pickle(
         }
         p.str(w);
     } else if !extra_ints.is_empty() {
-        return Err(Error::invalid("extra_ints", "needs a wrapper dict to live in"));
+        return Err(Error::invalid(
+            "extra_ints",
+            "needs a wrapper dict to live in",
+        ));
     }
     p.empty_ordered_dict();
     let mut storages = Vec::with_capacity(entries.len());
@@ -963,14 +1042,17 @@ pub fn write_torch_pickle(
 
     let io = |e: zip::result::ZipError| Error::invalid("torch checkpoint", e.to_string());
     let mut zw = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let plain = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let plain =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     // torch aligns storages to 64 bytes so that they can be memory-mapped.
     let aligned = plain.with_alignment(64);
-    let w = |zw: &mut zip::ZipWriter<Cursor<Vec<u8>>>, name: &str, data: &[u8], opts| -> Result<()> {
-        zw.start_file(format!("archive/{name}"), opts).map_err(io)?;
-        zw.write_all(data).map_err(|e| Error::invalid("torch checkpoint", e.to_string()))?;
-        Ok(())
-    };
+    let w =
+        |zw: &mut zip::ZipWriter<Cursor<Vec<u8>>>, name: &str, data: &[u8], opts| -> Result<()> {
+            zw.start_file(format!("archive/{name}"), opts).map_err(io)?;
+            zw.write_all(data)
+                .map_err(|e| Error::invalid("torch checkpoint", e.to_string()))?;
+            Ok(())
+        };
     w(&mut zw, "data.pkl", &p.out, plain)?;
     w(&mut zw, ".format_version", b"1", plain)?;
     w(&mut zw, ".storage_alignment", b"64", plain)?;

@@ -114,7 +114,8 @@ impl Gen {
         let mut g = Gaussian::new(self.seed, name);
         let data: Vec<f32> = (0..n).map(|_| mean + std * g.sample() as f32).collect();
         // The vector has exactly `shape.product()` elements, so this cannot fail.
-        let t = Tensor::from_vec(data, shape, &Device::Cpu).expect("random tensor: length matches shape");
+        let t = Tensor::from_vec(data, shape, &Device::Cpu)
+            .expect("random tensor: length matches shape");
         self.store.insert(name, Stored::Float(t));
     }
 
@@ -132,13 +133,28 @@ impl Gen {
             let p = format!("{prefix}.{i}");
             self.layer_norm(&format!("{p}.ln_1"), width);
             self.layer_norm(&format!("{p}.ln_2"), width);
-            self.normal(&format!("{p}.attn.in_proj_weight"), &[3 * width, width], 0.0, attn_std);
+            self.normal(
+                &format!("{p}.attn.in_proj_weight"),
+                &[3 * width, width],
+                0.0,
+                attn_std,
+            );
             self.normal(&format!("{p}.attn.in_proj_bias"), &[3 * width], 0.0, 0.02);
-            self.normal(&format!("{p}.attn.out_proj.weight"), &[width, width], 0.0, proj_std);
+            self.normal(
+                &format!("{p}.attn.out_proj.weight"),
+                &[width, width],
+                0.0,
+                proj_std,
+            );
             self.normal(&format!("{p}.attn.out_proj.bias"), &[width], 0.0, 0.02);
             self.normal(&format!("{p}.mlp.c_fc.weight"), &[mlp, width], 0.0, fc_std);
             self.normal(&format!("{p}.mlp.c_fc.bias"), &[mlp], 0.0, 0.02);
-            self.normal(&format!("{p}.mlp.c_proj.weight"), &[width, mlp], 0.0, proj_std);
+            self.normal(
+                &format!("{p}.mlp.c_proj.weight"),
+                &[width, mlp],
+                0.0,
+                proj_std,
+            );
             self.normal(&format!("{p}.mlp.c_proj.bias"), &[width], 0.0, 0.02);
         }
     }
@@ -154,21 +170,51 @@ pub fn random_clip_store(cfg: &ClipConfig, seed: u64) -> TensorStore {
     let t = &cfg.text;
     let vs = inv_sqrt(v.width as f32);
     let patch_in = 3 * v.patch_size * v.patch_size;
-    g.normal("visual.conv1.weight", &[v.width, 3, v.patch_size, v.patch_size], 0.0, inv_sqrt(patch_in as f32));
+    g.normal(
+        "visual.conv1.weight",
+        &[v.width, 3, v.patch_size, v.patch_size],
+        0.0,
+        inv_sqrt(patch_in as f32),
+    );
     g.normal("visual.class_embedding", &[v.width], 0.0, vs);
-    g.normal("visual.positional_embedding", &[v.grid() * v.grid() + 1, v.width], 0.0, vs);
+    g.normal(
+        "visual.positional_embedding",
+        &[v.grid() * v.grid() + 1, v.width],
+        0.0,
+        vs,
+    );
     g.layer_norm("visual.ln_pre", v.width);
     g.blocks("visual.transformer.resblocks", v.width, v.mlp_dim, v.layers);
     g.layer_norm("visual.ln_post", v.width);
     g.normal("visual.proj", &[v.width, cfg.embed_dim], 0.0, vs);
 
-    g.normal("token_embedding.weight", &[t.vocab_size, t.width], 0.0, 0.02);
-    g.normal("positional_embedding", &[t.context_length, t.width], 0.0, 0.01);
+    g.normal(
+        "token_embedding.weight",
+        &[t.vocab_size, t.width],
+        0.0,
+        0.02,
+    );
+    g.normal(
+        "positional_embedding",
+        &[t.context_length, t.width],
+        0.0,
+        0.01,
+    );
     g.blocks("transformer.resblocks", t.width, t.mlp_dim, t.layers);
     g.layer_norm("ln_final", t.width);
-    g.normal("text_projection", &[t.width, cfg.embed_dim], 0.0, inv_sqrt(t.width as f32));
+    g.normal(
+        "text_projection",
+        &[t.width, cfg.embed_dim],
+        0.0,
+        inv_sqrt(t.width as f32),
+    );
     // open_clip initialises `logit_scale` to ln(1/0.07) (a literal: platform `ln` may differ).
-    g.store.insert("logit_scale", Stored::Float(Tensor::from_slice(&[2.659_260_036_932_778_f32], (), &Device::Cpu).expect("scalar")));
+    g.store.insert(
+        "logit_scale",
+        Stored::Float(
+            Tensor::from_slice(&[2.659_260_036_932_778_f32], (), &Device::Cpu).expect("scalar"),
+        ),
+    );
     g.store
 }
 
@@ -180,9 +226,19 @@ pub fn random_head_store(cfg: &HeadConfig, seed: u64) -> TensorStore {
         store: TensorStore::new(format!("random CLIP-DINOiser head (seed {seed})")),
     };
     let fan = (cfg.in_dim * 9) as f32;
-    g.normal("obj_proj.weight", &[cfg.proj_dim, cfg.in_dim, 3, 3], 0.0, inv_sqrt(fan));
+    g.normal(
+        "obj_proj.weight",
+        &[cfg.proj_dim, cfg.in_dim, 3, 3],
+        0.0,
+        inv_sqrt(fan),
+    );
     g.normal("obj_proj.bias", &[cfg.proj_dim], 0.0, 0.02);
-    g.normal("bkg_decoder.weight", &[1, cfg.in_dim, 1, 1], 0.0, inv_sqrt(cfg.in_dim as f32));
+    g.normal(
+        "bkg_decoder.weight",
+        &[1, cfg.in_dim, 1, 1],
+        0.0,
+        inv_sqrt(cfg.in_dim as f32),
+    );
     g.normal("bkg_decoder.bias", &[1], 0.0, 0.1);
     g.store
 }

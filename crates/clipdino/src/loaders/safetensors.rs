@@ -35,28 +35,36 @@ pub fn read_safetensors(bytes: &[u8], source: &str) -> Result<TensorStore> {
         detail,
     };
     if bytes.len() < 8 {
-        return Err(trunc(format!("{} bytes, shorter than the 8-byte safetensors header length", bytes.len())));
+        return Err(trunc(format!(
+            "{} bytes, shorter than the 8-byte safetensors header length",
+            bytes.len()
+        )));
     }
     let mut len8 = [0u8; 8];
     len8.copy_from_slice(&bytes[..8]);
     let n = u64::from_le_bytes(len8);
     if n > MAX_HEADER_BYTES {
-        return Err(not(format!("safetensors header claims {n} bytes (limit {MAX_HEADER_BYTES})")));
+        return Err(not(format!(
+            "safetensors header claims {n} bytes (limit {MAX_HEADER_BYTES})"
+        )));
     }
     if bytes.len() > 8 && bytes[8] != b'{' {
         return Err(not("no JSON safetensors header after the length".into()));
     }
     if n + 8 > bytes.len() as u64 {
-        return Err(trunc(format!("header claims {n} bytes but only {} follow", bytes.len() - 8)));
+        return Err(trunc(format!(
+            "header claims {n} bytes but only {} follow",
+            bytes.len() - 8
+        )));
     }
     let st = SliceSafetensors::new(bytes).map_err(|e| {
         // The crate reports a data section that does not match the offsets as "incomplete";
         // tell a cut-off download apart from a malformed file.
         let data_len = (bytes.len() as u64).saturating_sub(8 + n);
         match declared_data_len(&bytes[8..8 + n as usize]) {
-            Some(need) if need > data_len => {
-                trunc(format!("tensor data needs {need} bytes after the header, only {data_len} present"))
-            }
+            Some(need) if need > data_len => trunc(format!(
+                "tensor data needs {need} bytes after the header, only {data_len} present"
+            )),
             _ => not(format!("invalid safetensors header: {e}")),
         }
     })?;
@@ -110,13 +118,18 @@ fn st_dtype(d: DType) -> &'static str {
 
 /// Serialise named tensors as safetensors (f16 / bf16 kept, anything else written as f32),
 /// sorted by name, with an optional `__metadata__` string map.
-pub fn write_safetensors_entries(entries: &[(String, Tensor)], metadata: &[(&str, &str)]) -> Result<Vec<u8>> {
+pub fn write_safetensors_entries(
+    entries: &[(String, Tensor)],
+    metadata: &[(&str, &str)],
+) -> Result<Vec<u8>> {
     let mut sorted: Vec<&(String, Tensor)> = entries.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        let m: serde_json::Map<String, serde_json::Value> =
-            metadata.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
+        let m: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
         header.insert("__metadata__".into(), serde_json::Value::Object(m));
     }
     let mut data: Vec<u8> = Vec::new();
@@ -125,9 +138,22 @@ pub fn write_safetensors_entries(entries: &[(String, Tensor)], metadata: &[(&str
         let flat = t.flatten_all()?;
         let begin = data.len();
         match dtype {
-            "F16" => data.extend(flat.to_vec1::<half::f16>()?.iter().flat_map(|x| x.to_le_bytes())),
-            "BF16" => data.extend(flat.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_le_bytes())),
-            _ => data.extend(flat.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes())),
+            "F16" => data.extend(
+                flat.to_vec1::<half::f16>()?
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes()),
+            ),
+            "BF16" => data.extend(
+                flat.to_vec1::<half::bf16>()?
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes()),
+            ),
+            _ => data.extend(
+                flat.to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes()),
+            ),
         }
         header.insert(
             name.clone(),
