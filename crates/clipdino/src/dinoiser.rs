@@ -69,20 +69,11 @@ impl DinoiserHead {
         }
         // [proj, in, 3, 3] → [in, 3, 3, proj] → [in, 9·proj]
         let w = conv_weight(vb, "obj_proj.weight", &[proj, inp, 3, 3])?;
-        let obj_w = w
-            .permute((1, 2, 3, 0))?
-            .contiguous()?
-            .reshape((inp, 9 * proj))?;
+        let obj_w = w.permute((1, 2, 3, 0))?.contiguous()?.reshape((inp, 9 * proj))?;
         let obj_b = vb.get(&[proj], "obj_proj.bias")?.to_vec1::<f32>()?;
         let bkg_w = conv_weight(vb, "bkg_decoder.weight", &[1, inp, 1, 1])?.reshape((1, inp))?.t()?.contiguous()?;
         let bkg_b = vb.get(&[1], "bkg_decoder.bias")?.to_vec1::<f32>()?[0];
-        Ok(Self {
-            obj_w,
-            obj_b,
-            bkg_w,
-            bkg_b,
-            cfg: cfg.clone(),
-        })
+        Ok(Self { obj_w, obj_b, bkg_w, bkg_b, cfg: cfg.clone() })
     }
 
     pub fn config(&self) -> &HeadConfig {
@@ -131,6 +122,15 @@ impl DinoiserHead {
         Ok(Tensor::from_vec(out, (h * w, proj), inter.device())?)
     }
 
+    /// The full thresholded correlation matrix `C` (`[h·w, h·w]`, entries `< γ` zeroed), for
+    /// inspection and tests; [`Self::refine`] computes it in row chunks instead.
+    pub fn correlations(&self, inter: &Tensor) -> Result<Tensor> {
+        let p = l2_normalize_last(&self.project(inter)?)?;
+        let c = p.matmul(&p.t()?)?;
+        let keep = c.ge(GAMMA as f64)?.to_dtype(DType::F32)?;
+        Ok((c * keep)?)
+    }
+
     /// Refined MaskCLIP features `F'_n = Σ_m C[n,m] F_m / (Σ_m C[n,m] + 1e-6)` with
     /// `C = PᵀP` of the L2-normalised `obj_proj` output, entries `< γ` zeroed.
     /// `dense`: MaskCLIP features `[h, w, E]` (not normalised); `inter`: `[h, w, in]`.
@@ -146,8 +146,7 @@ impl DinoiserHead {
             }
         };
         let n = h * w;
-        let p = self.project(inter)?;
-        let p = p.broadcast_div(&p.sqr()?.sum_keepdim(1)?.sqrt()?)?;
+        let p = l2_normalize_last(&self.project(inter)?)?;
         let pt = p.t()?.contiguous()?;
         let f = dense.to_dtype(DType::F32)?.reshape((n, e))?;
         let mut rows = Vec::with_capacity(n.div_ceil(CORR_CHUNK));
@@ -168,7 +167,7 @@ impl DinoiserHead {
     pub fn background(&self, inter: &Tensor) -> Result<Tensor> {
         let (h, w) = self.check_inter(inter)?;
         let g = inter.to_dtype(DType::F32)?.reshape((h * w, self.cfg.in_dim))?;
-        let g = g.broadcast_div(&g.sqr()?.sum_keepdim(1)?.sqrt()?)?;
+        let g = l2_normalize_last(&g)?;
         let logit = (g.matmul(&self.bkg_w)? + self.bkg_b as f64)?;
         Ok(candle_nn::ops::sigmoid(&logit)?.reshape((h, w))?)
     }
@@ -182,8 +181,8 @@ pub(crate) fn l2_normalize_last(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
     use crate::weights::{ComputePath, Stored, TensorStore};
+    use candle_core::Device;
     use std::sync::Arc;
 
     fn lcg(seed: &mut u64) -> f32 {
@@ -290,7 +289,12 @@ mod tests {
             let mut sum = 0f64;
             for b in 0..n {
                 let c: f64 = pn[a].iter().zip(&pn[b]).map(|(x, y)| x * y).sum();
-                let c = if c < GAMMA as f64 { zeroed += 1; 0.0 } else { c };
+                let c = if c < GAMMA as f64 {
+                    zeroed += 1;
+                    0.0
+                } else {
+                    c
+                };
                 sum += c;
                 for k in 0..e {
                     acc[k] += c * f[b * e + k] as f64;

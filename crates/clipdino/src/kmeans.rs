@@ -25,12 +25,7 @@ pub struct KMeansOptions {
 
 impl KMeansOptions {
     pub fn new(k: usize) -> Self {
-        Self {
-            k,
-            max_iter: 50,
-            tol: 1e-5,
-            seed: 0x00C0_FFEE,
-        }
+        Self { k, max_iter: 50, tol: 1e-5, seed: 0x00C0_FFEE }
     }
 }
 
@@ -82,16 +77,24 @@ fn normalize(v: &mut [f32]) {
     }
 }
 
+/// Index and cosine of the centroid closest to `x` (ties keep the lowest index).
+fn nearest(x: &[f32], centroids: &[Vec<f32>]) -> (usize, f32) {
+    let (mut best, mut best_sim) = (0usize, f32::NEG_INFINITY);
+    for (c, cen) in centroids.iter().enumerate() {
+        let s = dot(x, cen);
+        if s > best_sim {
+            best = c;
+            best_sim = s;
+        }
+    }
+    (best, best_sim)
+}
+
 /// K-Means on a `[.., d]` feature tensor (e.g. a `[gh, gw, E]` patch grid), rows in order.
 pub fn kmeans_tensor(features: &Tensor, opts: &KMeansOptions) -> Result<KMeans> {
     let d = match features.dims().last() {
         Some(&d) if features.rank() >= 2 => d,
-        _ => {
-            return Err(Error::invalid(
-                "features",
-                format!("expected a [.., d] tensor, got {:?}", features.dims()),
-            ))
-        }
+        _ => return Err(Error::invalid("features", format!("expected a [.., d] tensor, got {:?}", features.dims()))),
     };
     let data = features.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     kmeans(&data, d, opts)
@@ -101,9 +104,12 @@ pub fn kmeans_tensor(features: &Tensor, opts: &KMeansOptions) -> Result<KMeans> 
 pub fn kmeans(data: &[f32], d: usize, opts: &KMeansOptions) -> Result<KMeans> {
     let k = opts.k;
     if !K_RANGE.contains(&k) {
-        return Err(Error::invalid("k", format!("{k} clusters requested, allowed {}..={}", K_RANGE.start(), K_RANGE.end())));
+        return Err(Error::invalid(
+            "k",
+            format!("{k} clusters requested, allowed {}..={}", K_RANGE.start(), K_RANGE.end()),
+        ));
     }
-    if d == 0 || data.is_empty() || data.len() % d != 0 {
+    if d == 0 || data.is_empty() || !data.len().is_multiple_of(d) {
         return Err(Error::invalid("features", format!("{} values do not form non-empty rows of {d}", data.len())));
     }
     let n = data.len() / d;
@@ -158,28 +164,21 @@ pub fn kmeans(data: &[f32], d: usize, opts: &KMeansOptions) -> Result<KMeans> {
     for _ in 0..opts.max_iter.max(1) {
         iterations += 1;
         let mut changed = false;
-        for i in 0..n {
-            let (mut best, mut best_sim) = (0usize, f32::NEG_INFINITY);
-            for (c, cen) in centroids.iter().enumerate() {
-                let s = dot(row(i), cen);
-                if s > best_sim {
-                    best = c;
-                    best_sim = s;
-                }
-            }
-            if assignments[i] != best as u32 {
-                assignments[i] = best as u32;
+        for (i, (a, sim)) in assignments.iter_mut().zip(sims.iter_mut()).enumerate() {
+            let (best, best_sim) = nearest(row(i), &centroids);
+            if *a != best as u32 {
+                *a = best as u32;
                 changed = true;
             }
-            sims[i] = best_sim;
+            *sim = best_sim;
         }
         if !changed {
             break;
         }
         let mut sums = vec![vec![0f32; d]; k];
         let mut counts = vec![0usize; k];
-        for i in 0..n {
-            let a = assignments[i] as usize;
+        for (i, &a) in assignments.iter().enumerate() {
+            let a = a as usize;
             counts[a] += 1;
             for (s, v) in sums[a].iter_mut().zip(row(i)) {
                 *s += v;
@@ -213,24 +212,12 @@ pub fn kmeans(data: &[f32], d: usize, opts: &KMeansOptions) -> Result<KMeans> {
     }
     // final assignment against the final centroids
     let mut inertia = 0f32;
-    for i in 0..n {
-        let (mut best, mut best_sim) = (0usize, f32::NEG_INFINITY);
-        for (c, cen) in centroids.iter().enumerate() {
-            let s = dot(row(i), cen);
-            if s > best_sim {
-                best = c;
-                best_sim = s;
-            }
-        }
-        assignments[i] = best as u32;
+    for (i, a) in assignments.iter_mut().enumerate() {
+        let (best, best_sim) = nearest(row(i), &centroids);
+        *a = best as u32;
         inertia += 1.0 - best_sim;
     }
-    Ok(KMeans {
-        assignments,
-        centroids,
-        iterations,
-        inertia,
-    })
+    Ok(KMeans { assignments, centroids, iterations, inertia })
 }
 
 #[cfg(test)]
@@ -250,9 +237,9 @@ mod tests {
         let (mut data, mut truth) = (Vec::new(), Vec::new());
         for i in 0..per * k {
             let c = i % k;
-            for j in 0..d {
-                let scale = 1.0 + (i % 3) as f32; // norms vary: cosine must not care
-                data.push((centres[c][j] + noise * (rng.next_f64() as f32 - 0.5)) * scale);
+            let scale = 1.0 + (i % 3) as f32; // norms vary: cosine must not care
+            for &v in &centres[c] {
+                data.push((v + noise * (rng.next_f64() as f32 - 0.5)) * scale);
             }
             truth.push(c);
         }

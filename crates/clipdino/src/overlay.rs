@@ -51,7 +51,7 @@ pub fn color(i: u32) -> [u8; 3] {
         return *c;
     }
     let hue = (i as f32 * 137.507_77).rem_euclid(360.0);
-    let (s, v) = if i % 2 == 0 { (0.75, 0.95) } else { (0.55, 0.75) };
+    let (s, v) = if i.is_multiple_of(2) { (0.75, 0.95) } else { (0.55, 0.75) };
     hsv_to_rgb(hue, s, v)
 }
 
@@ -80,10 +80,7 @@ pub fn color_hex(i: u32) -> String {
 
 fn check_len(label_map: &[u32], width: usize, height: usize) -> Result<()> {
     if width.checked_mul(height) != Some(label_map.len()) {
-        return Err(Error::invalid(
-            "label_map",
-            format!("{} entries for a {width}×{height} image", label_map.len()),
-        ));
+        return Err(Error::invalid("label_map", format!("{} entries for a {width}×{height} image", label_map.len())));
     }
     Ok(())
 }
@@ -97,7 +94,13 @@ fn alpha_of(opacity: f32) -> u8 {
 
 /// RGBA overlay: each pixel gets its label's colour with alpha = `opacity` (0..=1). With
 /// `isolate = Some(l)` only label `l` is drawn; every other pixel is fully transparent.
-pub fn overlay_rgba(label_map: &[u32], width: usize, height: usize, opacity: f32, isolate: Option<u32>) -> Result<Vec<u8>> {
+pub fn overlay_rgba(
+    label_map: &[u32],
+    width: usize,
+    height: usize,
+    opacity: f32,
+    isolate: Option<u32>,
+) -> Result<Vec<u8>> {
     check_len(label_map, width, height)?;
     let a = alpha_of(opacity);
     let mut out = Vec::with_capacity(label_map.len() * 4);
@@ -124,13 +127,17 @@ pub fn colorize(label_map: &[u32], width: usize, height: usize) -> Result<Vec<u8
 
 /// The overlay composited over an RGB photo (`rgb.len() == 3·width·height`):
 /// `out = (1 − α)·photo + α·colour`, with the same `isolate` rule as [`overlay_rgba`].
-pub fn blend_rgb(rgb: &[u8], label_map: &[u32], width: usize, height: usize, opacity: f32, isolate: Option<u32>) -> Result<Vec<u8>> {
+pub fn blend_rgb(
+    rgb: &[u8],
+    label_map: &[u32],
+    width: usize,
+    height: usize,
+    opacity: f32,
+    isolate: Option<u32>,
+) -> Result<Vec<u8>> {
     check_len(label_map, width, height)?;
     if rgb.len() != label_map.len() * 3 {
-        return Err(Error::invalid(
-            "image",
-            format!("{} bytes of RGB for a {width}×{height} label map", rgb.len()),
-        ));
+        return Err(Error::invalid("image", format!("{} bytes of RGB for a {width}×{height} label map", rgb.len())));
     }
     let a = alpha_of(opacity) as u32;
     let mut out = Vec::with_capacity(rgb.len());

@@ -16,6 +16,8 @@
 mod resize;
 mod window;
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
 pub use resize::{resize_bilinear, resize_bilinear_vec, short_side_size};
@@ -25,7 +27,8 @@ use crate::clip::{self, ClipModel};
 use crate::config::{ClipConfig, HeadConfig};
 use crate::dinoiser::{l2_normalize_last, DinoiserHead, DELTA, FOREGROUND_THRESHOLD};
 use crate::error::{Error, Result};
-use crate::weights::Vb;
+use crate::loaders::Bundle;
+use crate::weights::{ComputePath, Vb};
 use resize::{resize_into, Placement};
 
 /// Logit scale of the MaskCLIP / DINOiser classifier (`softmax(output * 100)` upstream; the
@@ -62,10 +65,7 @@ impl EncodeOptions {
     }
     /// The paper's evaluation protocol: short side 448, windows 448 with stride 224.
     pub fn paper() -> Self {
-        Self {
-            short_side: Some(448),
-            window: Some(Window { size: 448, stride: 224 }),
-        }
+        Self { short_side: Some(448), window: Some(Window { size: 448, stride: 224 }) }
     }
     /// The upstream demo: the image as it is, one pass.
     pub fn full_res() -> Self {
@@ -353,13 +353,7 @@ where
                 return Err(Error::invalid("bkg", format!("window {i}: {:?} for a {grid:?} patch grid", bk.dims())));
             }
         }
-        windows.push(WindowFeatures {
-            pixels: b,
-            grid,
-            dense: out.dense,
-            refined: out.refined,
-            bkg: out.bkg,
-        });
+        windows.push(WindowFeatures { pixels: b, grid, dense: out.dense, refined: out.refined, bkg: out.bkg });
     }
     Ok(ImageFeatures {
         image_height: h,
@@ -387,7 +381,8 @@ pub fn patch_probabilities(features: &Tensor, labels: &Tensor) -> Result<Vec<f32
 pub fn apply_background_rule(probs: &mut [f32], n_labels: usize, fg_score: &[f32], background: usize) {
     for (row, &b) in probs.chunks_exact_mut(n_labels).zip(fg_score) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        // upstream: uncertain & ~(score > 0.5)
+        // upstream: uncertain & ~(score > 0.5), so a NaN score counts as background too
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if max < DELTA && !(b > FOREGROUND_THRESHOLD) {
             row[background] = 1.0;
         }
@@ -442,15 +437,8 @@ pub fn segment_features(feats: &ImageFeatures, labels: &Tensor, opts: &SegmentOp
         }
         // upsample ×patch to the padded window, keep the unpadded part, accumulate
         let b = w.pixels;
-        let place = Placement {
-            rows: b.height,
-            cols: b.width,
-            dst_h: ph,
-            dst_w: pw,
-            y0: b.y0,
-            x0: b.x0,
-            accumulate: true,
-        };
+        let place =
+            Placement { rows: b.height, cols: b.width, dst_h: ph, dst_w: pw, y0: b.y0, x0: b.x0, accumulate: true };
         resize_into(&planes, n_labels, gh, gw, gh * p, gw * p, &mut acc, place);
         for y in b.y0..b.y0 + b.height {
             for c in &mut count[y * pw + b.x0..][..b.width] {
@@ -471,11 +459,7 @@ pub fn segment_features(feats: &ImageFeatures, labels: &Tensor, opts: &SegmentOp
     if oh == 0 || ow == 0 {
         return Err(Error::invalid("output_size", format!("{ow}×{oh}")));
     }
-    let probs = if (oh, ow) != (ph, pw) {
-        resize_bilinear_vec(&acc, n_labels, ph, pw, oh, ow)?
-    } else {
-        acc
-    };
+    let probs = if (oh, ow) != (ph, pw) { resize_bilinear_vec(&acc, n_labels, ph, pw, oh, ow)? } else { acc };
     let hw = oh * ow;
     let mut best = vec![0u32; hw];
     let mut conf = probs[..hw].to_vec();
@@ -527,12 +511,14 @@ impl Segmenter {
             Some(h) => Some(DinoiserHead::new(&vb.pp("dinoiser"), h)?),
             None => None,
         };
-        Ok(Self {
-            clip,
-            head,
-            head_cfg,
-            clip_cfg: clip_cfg.clone(),
-        })
+        Ok(Self { clip, head, head_cfg, clip_cfg: clip_cfg.clone() })
+    }
+
+    /// Build from a loaded [`Bundle`] (consumed, so the weights are not copied).
+    pub fn from_bundle(bundle: Bundle, device: &Device, path: ComputePath) -> Result<Self> {
+        let Bundle { clip, head, store } = bundle;
+        let vb = Vb::new(Arc::new(store), device.clone(), path);
+        Self::new(&vb, &clip, head.as_ref())
     }
 
     pub fn has_head(&self) -> bool {
@@ -540,29 +526,23 @@ impl Segmenter {
     }
 
     /// Run the image tower (+ head) on `image_chw01` (`[3, H, W]`, RGB in [0, 1]).
-    pub fn encode_image(&self, image_chw01: &Tensor, opts: &EncodeOptions, progress: &mut dyn FnMut(Progress)) -> Result<ImageFeatures> {
+    pub fn encode_image(
+        &self,
+        image_chw01: &Tensor,
+        opts: &EncodeOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImageFeatures> {
         let patch = self.clip_cfg.vision.patch_size;
         let layer = self.head_cfg.layer;
         encode_with(image_chw01, opts, patch, |i, n, crop| {
             let pixels = clip::preprocess(crop, patch)?;
-            let mut report = |block: usize, blocks: usize| {
-                progress(Progress {
-                    window: i,
-                    windows: n,
-                    block,
-                    blocks,
-                })
-            };
+            let mut report = |block: usize, blocks: usize| progress(Progress { window: i, windows: n, block, blocks });
             let out = self.clip.vision.forward(&pixels, layer, &mut report)?;
             let (refined, bkg) = match &self.head {
                 Some(h) => (Some(h.refine(&out.dense, &out.inter)?), Some(h.background(&out.inter)?)),
                 None => (None, None),
             };
-            Ok(WindowOutputs {
-                dense: out.dense,
-                refined,
-                bkg,
-            })
+            Ok(WindowOutputs { dense: out.dense, refined, bkg })
         })
     }
 

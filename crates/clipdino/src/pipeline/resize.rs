@@ -63,7 +63,16 @@ pub(crate) struct Placement {
 /// Resize `src` (`c × ih × iw`, row-major) to `oh × ow`, writing only the top-left
 /// `rows × cols` part of the result into `dst` at `place`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn resize_into(src: &[f32], c: usize, ih: usize, iw: usize, oh: usize, ow: usize, dst: &mut [f32], place: Placement) {
+pub(crate) fn resize_into(
+    src: &[f32],
+    c: usize,
+    ih: usize,
+    iw: usize,
+    oh: usize,
+    ow: usize,
+    dst: &mut [f32],
+    place: Placement,
+) {
     debug_assert_eq!(src.len(), c * ih * iw);
     debug_assert!(place.rows <= oh && place.cols <= ow);
     debug_assert_eq!(dst.len(), c * place.dst_h * place.dst_w);
@@ -106,15 +115,7 @@ pub fn resize_bilinear_vec(src: &[f32], c: usize, ih: usize, iw: usize, oh: usiz
         return Ok(src.to_vec());
     }
     let mut out = vec![0f32; c * oh * ow];
-    let place = Placement {
-        rows: oh,
-        cols: ow,
-        dst_h: oh,
-        dst_w: ow,
-        y0: 0,
-        x0: 0,
-        accumulate: false,
-    };
+    let place = Placement { rows: oh, cols: ow, dst_h: oh, dst_w: ow, y0: 0, x0: 0, accumulate: false };
     resize_into(src, c, ih, iw, oh, ow, &mut out, place);
     Ok(out)
 }
@@ -130,15 +131,13 @@ pub fn resize_bilinear(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (c, oh, ow), x.device())?)
 }
 
-/// `(height, width)` after scaling the short side to `short` and keeping the aspect ratio;
-/// the long side is rounded half up (mmcv `rescale_size`: `int(x·s + 0.5)`).
+/// `(height, width)` after scaling the short side to `short` and keeping the aspect ratio,
+/// as mmcv `rescale_size` (the upstream test pipeline's `Resize`, keep_ratio):
+/// `scale = short / min(h, w)`, each side `int(side · scale + 0.5)`.
 pub fn short_side_size(height: usize, width: usize, short: usize) -> (usize, usize) {
-    let scale_long = |long: usize, s: usize| ((long as f64 * short as f64 / s as f64 + 0.5) as usize).max(1);
-    if height <= width {
-        (short, scale_long(width, height))
-    } else {
-        (scale_long(height, width), short)
-    }
+    let scale = short as f64 / height.min(width).max(1) as f64;
+    let side = |s: usize| ((s as f64 * scale + 0.5) as usize).max(1);
+    (side(height), side(width))
 }
 
 #[cfg(test)]

@@ -36,11 +36,7 @@ fn fake_encoder(e: usize, patch: usize) -> impl FnMut(usize, usize, &Tensor) -> 
         let dense = Tensor::from_vec(dense, (gh, gw, e), &Device::Cpu)?;
         let refined = (dense.clone() * 0.5)?.sin()?;
         let bkg: Vec<f32> = (0..gh * gw).map(|k| if (k + i) % 3 == 0 { 0.3 } else { 0.8 }).collect();
-        Ok(WindowOutputs {
-            dense,
-            refined: Some(refined),
-            bkg: Some(Tensor::from_vec(bkg, (gh, gw), &Device::Cpu)?),
-        })
+        Ok(WindowOutputs { dense, refined: Some(refined), bkg: Some(Tensor::from_vec(bkg, (gh, gw), &Device::Cpu)?) })
     }
 }
 
@@ -100,7 +96,9 @@ fn windows_accumulate_like_the_naive_formula() {
         let feats = encode_with(&image(h, w), &opts, p, fake_encoder(e, p)).unwrap();
         let labels = labels(l, e);
         for mode in [Mode::MaskClip, Mode::Dinoiser] {
-            let seg = segment_features(&feats, &labels, &SegmentOptions { mode, background: Some(2), output_size: None }).unwrap();
+            let seg =
+                segment_features(&feats, &labels, &SegmentOptions { mode, background: Some(2), output_size: None })
+                    .unwrap();
             assert_eq!((seg.height, seg.width), (h, w));
             let want = naive(&feats, &seg.patch_probs, l);
             let got = seg.probs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -150,9 +148,7 @@ fn background_rule_only_in_dinoiser_mode() {
     let feats = encode_with(&image(40, 40), &EncodeOptions::full_res(), p, fake_encoder(e, p)).unwrap();
     let lab = labels(l, e);
     let with = |mode, background| {
-        segment_features(&feats, &lab, &SegmentOptions { mode, background, output_size: None })
-            .unwrap()
-            .patch_probs[0]
+        segment_features(&feats, &lab, &SegmentOptions { mode, background, output_size: None }).unwrap().patch_probs[0]
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
@@ -168,7 +164,8 @@ fn output_size_and_errors() {
     let feats = encode_with(&image(20, 30), &EncodeOptions::full_res(), p, fake_encoder(e, p)).unwrap();
     assert_eq!(feats.grid(), (3, 4));
     let lab = labels(2, e);
-    let seg = segment_features(&feats, &lab, &SegmentOptions { output_size: Some((5, 7)), ..Default::default() }).unwrap();
+    let seg =
+        segment_features(&feats, &lab, &SegmentOptions { output_size: Some((5, 7)), ..Default::default() }).unwrap();
     assert_eq!(seg.probs.dims(), &[2, 5, 7]);
     assert_eq!(seg.labels.len(), 35);
     let bad = |o: SegmentOptions, t: &Tensor| segment_features(&feats, t, &o).is_err();
@@ -179,10 +176,7 @@ fn output_size_and_errors() {
     let mut no_head = feats.clone();
     no_head.windows[0].refined = None;
     assert!(!no_head.has_refined());
-    assert!(matches!(
-        segment_features(&no_head, &lab, &SegmentOptions::default()),
-        Err(Error::InvalidInput { .. })
-    ));
+    assert!(matches!(segment_features(&no_head, &lab, &SegmentOptions::default()), Err(Error::InvalidInput { .. })));
     assert!(segment_features(&no_head, &lab, &SegmentOptions { mode: Mode::MaskClip, ..Default::default() }).is_ok());
     assert!(no_head.patch_grid(FeatureKind::Refined).is_err());
     // bad images and options
@@ -200,10 +194,15 @@ fn output_size_and_errors() {
 #[test]
 fn resizes_short_side_and_cuts_windows() {
     let mut crops = vec![];
-    let feats = encode_with(&image(90, 130), &EncodeOptions { short_side: Some(64), window: Some(Window { size: 64, stride: 32 }) }, 16, |i, n, crop| {
-        crops.push((i, n, crop.dims().to_vec()));
-        fake_encoder(3, 16)(i, n, crop)
-    })
+    let feats = encode_with(
+        &image(90, 130),
+        &EncodeOptions { short_side: Some(64), window: Some(Window { size: 64, stride: 32 }) },
+        16,
+        |i, n, crop| {
+            crops.push((i, n, crop.dims().to_vec()));
+            fake_encoder(3, 16)(i, n, crop)
+        },
+    )
     .unwrap();
     assert_eq!((feats.height, feats.width), (64, 92));
     assert_eq!(crops, vec![(0, 2, vec![3, 64, 64]), (1, 2, vec![3, 64, 64])]);
@@ -229,8 +228,8 @@ fn patch_grid_averages_aligned_windows() {
     assert_eq!(g.dims(), &[6, 8, 3]);
     let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     // independent count: each window covers 4×4 cells starting at (y0/p, x0/p)
-    let mut acc = vec![0f32; 6 * 8 * 3];
-    let mut cnt = vec![0f32; 6 * 8];
+    let mut acc = [0f32; 6 * 8 * 3];
+    let mut cnt = [0f32; 6 * 8];
     for w in &feats.windows {
         let (r0, c0) = (w.pixels.y0 / p, w.pixels.x0 / p);
         for i in 0..4 {
@@ -253,7 +252,10 @@ fn patch_grid_single_window_is_identity_and_unaligned_windows_fill_every_cell() 
     let feats = encode_with(&image(45, 61), &EncodeOptions::full_res(), p, fake_encoder(e, p)).unwrap();
     let g = feats.patch_grid(FeatureKind::Refined).unwrap();
     let want = feats.windows[0].refined.as_ref().unwrap();
-    assert_eq!(g.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    assert_eq!(
+        g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
     // 92-wide image, 64-px windows at x0 = 0 and 28: cells 0..6 all get a value
     let opts = EncodeOptions { short_side: Some(64), window: Some(Window { size: 64, stride: 64 }) };
     let feats = encode_with(&image(90, 130), &opts, p, fake_encoder(e, p)).unwrap();
