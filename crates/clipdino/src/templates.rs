@@ -193,7 +193,11 @@ pub struct ClassList {
 impl ClassList {
     /// The class names, in label-index order.
     pub fn names(&self) -> Vec<&'static str> {
-        self.text.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
+        self.text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -207,7 +211,10 @@ impl ClassList {
     /// Looks a list up by id (`voc21`, `context60`, `coco_object`, `coco_stuff`, `ade20k`,
     /// `cityscapes`).
     pub fn by_id(id: &str) -> Option<ClassList> {
-        CLASS_LISTS.iter().copied().find(|c| c.id.eq_ignore_ascii_case(id.trim()))
+        CLASS_LISTS
+            .iter()
+            .copied()
+            .find(|c| c.id.eq_ignore_ascii_case(id.trim()))
     }
 }
 

@@ -113,10 +113,14 @@ impl ClipTokenizer {
         // Special tokens: HF names first, then open_clip's own spelling.
         let find = |names: [&str; 2]| names.iter().find_map(|n| tok.token_to_id(n));
         let sot = find([SOT_TOKEN, "<start_of_text>"]).ok_or_else(|| {
-            Error::Tokenizer(format!("tokenizer.json: no `{SOT_TOKEN}` token in the vocabulary"))
+            Error::Tokenizer(format!(
+                "tokenizer.json: no `{SOT_TOKEN}` token in the vocabulary"
+            ))
         })?;
         let eot = find([EOT_TOKEN, "<end_of_text>"]).ok_or_else(|| {
-            Error::Tokenizer(format!("tokenizer.json: no `{EOT_TOKEN}` token in the vocabulary"))
+            Error::Tokenizer(format!(
+                "tokenizer.json: no `{EOT_TOKEN}` token in the vocabulary"
+            ))
         })?;
         Ok(Self {
             pre_tokenizer,
@@ -172,8 +176,7 @@ impl ClipTokenizer {
             .tokenize(|piece| self.model.tokenize(piece.get()))
             .map_err(|e| tok_err("BPE", e))?;
         let mut ids = Vec::new();
-        for (piece, _, tokens) in pretok.get_splits(OffsetReferential::Original, OffsetType::None)
-        {
+        for (piece, _, tokens) in pretok.get_splits(OffsetReferential::Original, OffsetType::None) {
             let tokens = tokens
                 .as_ref()
                 .ok_or_else(|| Error::Tokenizer(format!("piece {piece:?} was not tokenized")))?;
@@ -210,10 +213,9 @@ impl ClipTokenizer {
             if id == self.sot || id == self.eot {
                 continue;
             }
-            let token = self
-                .model
-                .id_to_token(id)
-                .ok_or_else(|| Error::invalid("token id", format!("{id} is not in the vocabulary")))?;
+            let token = self.model.id_to_token(id).ok_or_else(|| {
+                Error::invalid("token id", format!("{id} is not in the vocabulary"))
+            })?;
             let token = token.replace("</w>", " ");
             for c in token.chars() {
                 match table.get(&c) {
@@ -237,7 +239,8 @@ fn byte_encoder() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0u32..256 {
-        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap_or('\0')
         } else {
@@ -312,11 +315,17 @@ fn ftfy_fix_segment(segment: &str, unescape: bool) -> String {
             text = ftfy_unescape_html(&text);
         }
         // (fix_encoding: mojibake repair is not replicated.)
-        text = text.chars().fold(String::with_capacity(text.len()), |mut s, c| {
-            fix_char(c, &mut s);
-            s
-        });
-        if text.contains('\r') || text.contains('\u{2028}') || text.contains('\u{2029}') || text.contains('\u{85}') {
+        text = text
+            .chars()
+            .fold(String::with_capacity(text.len()), |mut s, c| {
+                fix_char(c, &mut s);
+                s
+            });
+        if text.contains('\r')
+            || text.contains('\u{2028}')
+            || text.contains('\u{2029}')
+            || text.contains('\u{85}')
+        {
             text = text
                 .replace("\r\n", "\n")
                 .replace(['\r', '\u{2028}', '\u{2029}', '\u{85}'], "\n");
@@ -540,7 +549,11 @@ fn ftfy_unescape_html(text: &str) -> String {
         if (1..=24).contains(&run) && bytes.get(j) == Some(&b';') {
             let m = &text[start..=j];
             let name = &text[start + 1..=j];
-            let replacement = if let Some(v) = tables.html5.get(name).or_else(|| tables.ftfy_upper.get(name)) {
+            let replacement = if let Some(v) = tables
+                .html5
+                .get(name)
+                .or_else(|| tables.ftfy_upper.get(name))
+            {
                 v.clone()
             } else if m.starts_with("&#") {
                 let u = html_unescape(m);
@@ -583,7 +596,13 @@ pub fn html_unescape(text: &str) -> String {
                 Some(b'x' | b'X') => (16, after + 2),
                 _ => (10, after + 1),
             };
-            let is_digit = |b: u8| if radix == 16 { b.is_ascii_hexdigit() } else { b.is_ascii_digit() };
+            let is_digit = |b: u8| {
+                if radix == 16 {
+                    b.is_ascii_hexdigit()
+                } else {
+                    b.is_ascii_digit()
+                }
+            };
             // `#x…` needs a hex digit; `#` + decimal digit wins first in the regex, and
             // `x` is not a decimal digit, so there is no ambiguity.
             let mut j = digits_start;
@@ -610,7 +629,8 @@ pub fn html_unescape(text: &str) -> String {
             let mut end = after;
             let mut count = 0;
             for (k, c) in rest.char_indices() {
-                if count == 32 || matches!(c, '\t' | '\n' | '\u{0C}' | ' ' | '<' | '&' | '#' | ';') {
+                if count == 32 || matches!(c, '\t' | '\n' | '\u{0C}' | ' ' | '<' | '&' | '#' | ';')
+                {
                     break;
                 }
                 count += 1;
@@ -680,7 +700,10 @@ mod tests {
         let e = t.encode("a photo of a cat.").unwrap();
         assert_eq!(e.ids, [49406, 320, 1125, 539, 320, 2368, 269, 49407]);
         assert!(!e.truncated);
-        assert_eq!(t.encode("it's ok").unwrap().ids, [49406, 585, 568, 2481, 49407]);
+        assert_eq!(
+            t.encode("it's ok").unwrap().ids,
+            [49406, 585, 568, 2481, 49407]
+        );
         assert_eq!((t.sot(), t.eot(), t.vocab_size()), (49406, 49407, 49408));
         assert_eq!(t.context_length(), 77);
     }
@@ -730,7 +753,10 @@ mod tests {
         for text in ["<|endoftext|>", "a <end_of_text> b", "<|startoftext|> x"] {
             let ids = t.encode(text).unwrap().ids;
             let inner = &ids[1..ids.len() - 1];
-            assert!(!inner.contains(&t.eot()) && !inner.contains(&t.sot()), "{text}: {ids:?}");
+            assert!(
+                !inner.contains(&t.eot()) && !inner.contains(&t.sot()),
+                "{text}: {ids:?}"
+            );
         }
     }
 
@@ -740,7 +766,10 @@ mod tests {
         let cases = [
             ("Tom &amp;amp; Jerry", "tom & jerry"),
             ("P&EACUTE;REZ", "pérez"),
-            ("ﬁsh “quoted” ＬＯＵＤ\u{3000}ｶﾀｶﾅ", "fish \"quoted\" loud カタカナ"),
+            (
+                "ﬁsh “quoted” ＬＯＵＤ\u{3000}ｶﾀｶﾅ",
+                "fish \"quoted\" loud カタカナ",
+            ),
             ("a\u{92}s \u{1b}[31mred\u{1b}[0m", "a's red"),
             ("  A\t\tB\nC  ", "a b c"),
             ("a < b &amp;amp; c", "a < b & c"),
@@ -791,7 +820,9 @@ mod tests {
         let wordlevel = br#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
             "normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,
             "model":{"type":"WordLevel","vocab":{"a":0},"unk_token":"a"}}"#;
-        let err = ClipTokenizer::from_json_bytes(wordlevel).unwrap_err().to_string();
+        let err = ClipTokenizer::from_json_bytes(wordlevel)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a BPE model"), "{err}");
     }
 

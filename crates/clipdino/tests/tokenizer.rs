@@ -24,11 +24,26 @@ use serde::Deserialize;
 ///   random strings hit it as false positives: ftfy turns their legitimate `ëœ` into Hangul
 ///   `뜜`, `Üœ` into Syriac `ܜ` and `âœ` into `✠`, so here we arguably do better.
 const KNOWN_DIVERGENCES: &[(&str, &str)] = &[
-    ("<start_of_text>", "special-token text kept as text (open_clip: control id 49406)"),
-    ("a <end_of_text> b", "special-token text kept as text (open_clip: control id 49407)"),
-    ("cafÃ©", "mojibake repair (ftfy fix_encoding: latin-1 → utf-8) not replicated"),
-    ("Ã¼ber", "mojibake repair (ftfy fix_encoding: latin-1 → utf-8) not replicated"),
-    ("âœ” No problems", "mojibake repair (ftfy fix_encoding: windows-1252 → utf-8) not replicated"),
+    (
+        "<start_of_text>",
+        "special-token text kept as text (open_clip: control id 49406)",
+    ),
+    (
+        "a <end_of_text> b",
+        "special-token text kept as text (open_clip: control id 49407)",
+    ),
+    (
+        "cafÃ©",
+        "mojibake repair (ftfy fix_encoding: latin-1 → utf-8) not replicated",
+    ),
+    (
+        "Ã¼ber",
+        "mojibake repair (ftfy fix_encoding: latin-1 → utf-8) not replicated",
+    ),
+    (
+        "âœ” No problems",
+        "mojibake repair (ftfy fix_encoding: windows-1252 → utf-8) not replicated",
+    ),
     (
         "baseradiator μγΩC, ëœœèâç ",
         "ftfy decode_inconsistent_utf8 false positive: `ëœ` → `뜜` (not replicated)",
@@ -61,7 +76,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tokenizer/cases.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tokenizer/cases.json"
+    );
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     serde_json::from_slice(&bytes).expect("cases.json is not valid")
 }
@@ -71,7 +89,11 @@ fn agreement_with_open_clip() {
     let fx = fixture();
     let tok = ClipTokenizer::embedded().expect("embedded tokenizer");
     assert_eq!(tok.context_length(), fx.context_length);
-    assert!(fx.cases.len() >= 2000, "fixture has only {} cases", fx.cases.len());
+    assert!(
+        fx.cases.len() >= 2000,
+        "fixture has only {} cases",
+        fx.cases.len()
+    );
 
     let known: HashMap<&str, &str> = KNOWN_DIVERGENCES.iter().copied().collect();
     let mut total: HashMap<&str, (usize, usize)> = HashMap::new();
@@ -94,7 +116,10 @@ fn agreement_with_open_clip() {
             case.text,
             case.ids,
             got,
-            known.get(case.text.as_str()).copied().unwrap_or("UNEXPLAINED")
+            known
+                .get(case.text.as_str())
+                .copied()
+                .unwrap_or("UNEXPLAINED")
         );
         if !known.contains_key(case.text.as_str()) {
             unexplained.push(case.text.clone());
@@ -123,7 +148,10 @@ fn agreement_with_open_clip() {
         assert!(n > 0, "no {kind} cases");
         assert_eq!(ok, n, "{kind} strings must agree 100 %");
     }
-    assert!(unexplained.is_empty(), "unexplained differences: {unexplained:?}");
+    assert!(
+        unexplained.is_empty(),
+        "unexplained differences: {unexplained:?}"
+    );
 }
 
 #[test]
@@ -144,7 +172,11 @@ fn every_class_name_is_in_the_fixture() {
         .collect();
     for list in CLASS_LISTS {
         for name in list.names() {
-            assert!(class_texts.contains(&name), "{}: {name:?} missing from cases.json", list.id);
+            assert!(
+                class_texts.contains(&name),
+                "{}: {name:?} missing from cases.json",
+                list.id
+            );
         }
     }
 }
