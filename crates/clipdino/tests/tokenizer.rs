@@ -180,3 +180,42 @@ fn every_class_name_is_in_the_fixture() {
         }
     }
 }
+
+/// The Hugging Face hub's `tokenizer.json` of the OpenCLIP models is laid out by
+/// transformers' `CLIPConverter`: the upstream regex without our two IGNORECASE spellings,
+/// a `ByteLevel` pre-tokenizer with `use_regex: true` and a `RobertaProcessing` post-processor.
+/// Rebuild that layout from the shipped file and check it loads and agrees on every class-name
+/// and template string (a user may hand us the hub file instead of the shipped one).
+#[test]
+fn hub_layout_file_agrees() {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(clipdino::tokenizer::EMBEDDED_TOKENIZER_JSON).unwrap();
+    json["pre_tokenizer"] = serde_json::json!({
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split",
+             "pattern": {"Regex": "'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+"},
+             "behavior": "Removed", "invert": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+        ]
+    });
+    json["post_processor"] = serde_json::json!({
+        "type": "RobertaProcessing",
+        "sep": ["<|endoftext|>", 49407], "cls": ["<|startoftext|>", 49406],
+        "trim_offsets": false, "add_prefix_space": false
+    });
+    let bytes = serde_json::to_vec(&json).unwrap();
+    let tok = ClipTokenizer::from_json_bytes(&bytes).expect("hub-layout file loads");
+    let fx = fixture();
+    let mut n = 0;
+    for case in fx.cases.iter().filter(|c| c.kind != "misc") {
+        assert_eq!(
+            tok.encode(&case.text).unwrap().ids,
+            case.ids,
+            "{:?}",
+            case.text
+        );
+        n += 1;
+    }
+    assert!(n > 1000);
+}
