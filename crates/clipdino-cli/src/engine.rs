@@ -1,0 +1,321 @@
+//! Model loading and the segmentation run shared by `segment`, `eval` and `bench`: weight files
+//! from the command line → `clipdino::loaders::Bundle` → `Segmenter`, label embeddings with
+//! truncation warnings, and image encoding with a progress bar.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
+use clipdino::loaders::{self, Bundle};
+use clipdino::pipeline::{
+    self, EncodeOptions, ImageFeatures, Mode, SegmentOptions, Segmentation, Segmenter, Window,
+    WindowOutputs,
+};
+use clipdino::templates::TemplateSet;
+use clipdino::tokenizer::ClipTokenizer;
+use clipdino::{clip, ComputePath, Vb};
+use image::RgbImage;
+
+use crate::files;
+use crate::progress;
+
+/// Where the weights come from.
+#[derive(Args, Clone, Default)]
+pub struct ModelArgs {
+    /// A GGUF bundle written by `clipdino convert`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["clip", "config", "head"])]
+    pub model: Option<PathBuf>,
+    /// open_clip weights (`open_clip_model.safetensors` or `open_clip_pytorch_model.bin`).
+    #[arg(long, value_name = "FILE")]
+    pub clip: Option<PathBuf>,
+    /// `open_clip_config.json` for --clip (default: inferred from the weight shapes).
+    #[arg(long, value_name = "FILE", requires = "clip")]
+    pub config: Option<PathBuf>,
+    /// CLIP-DINOiser checkpoint `last.pt` for --clip.
+    #[arg(long, value_name = "FILE", requires = "clip")]
+    pub head: Option<PathBuf>,
+    /// Matrix multiplication: dequantize to f32 at load, or keep quantized kernels.
+    #[arg(long, value_enum, default_value_t = Compute::F32)]
+    pub compute: Compute,
+}
+
+impl ModelArgs {
+    pub fn given(&self) -> bool {
+        self.model.is_some() || self.clip.is_some()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+pub enum Compute {
+    #[default]
+    F32,
+    Quantized,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ModeArg {
+    /// MaskCLIP features refined by the CLIP-DINOiser head (+ background rule).
+    Dinoiser,
+    /// Raw MaskCLIP dense features.
+    Maskclip,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum TemplatesArg {
+    /// The 80 ImageNet prompt templates.
+    Full,
+    /// The CLIP paper's 7-template subset.
+    Fast,
+}
+
+/// How the image is processed (shared by `segment` and `eval`).
+#[derive(Args, Clone)]
+pub struct PipelineArgs {
+    /// Features: CLIP-DINOiser (needs the head) or raw MaskCLIP.
+    #[arg(long, value_enum, default_value_t = ModeArg::Dinoiser)]
+    pub mode: ModeArg,
+    /// Resize the image so its short side has this many pixels (aspect kept).
+    #[arg(long, default_value_t = 448, value_name = "PX")]
+    pub short_side: usize,
+    /// Sliding-window side in pixels (mmseg `slide`; the paper uses 448 with stride 224).
+    #[arg(long, value_name = "PX", requires = "stride", conflicts_with = "full_res")]
+    pub window: Option<usize>,
+    /// Sliding-window stride in pixels.
+    #[arg(long, value_name = "PX", requires = "window")]
+    pub stride: Option<usize>,
+    /// Feed the image at its own resolution in one pass (the upstream demo).
+    #[arg(long)]
+    pub full_res: bool,
+    /// Prompt templates averaged per label.
+    #[arg(long, value_enum, default_value_t = TemplatesArg::Full)]
+    pub templates: TemplatesArg,
+}
+
+/// Encode + segment options resolved against a loaded model.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub encode: EncodeOptions,
+    pub segment: SegmentOptions,
+}
+
+impl PipelineArgs {
+    pub fn templates(&self) -> TemplateSet {
+        match self.templates {
+            TemplatesArg::Full => TemplateSet::Full,
+            TemplatesArg::Fast => TemplateSet::Fast,
+        }
+    }
+
+    pub fn encode_options(&self) -> Result<EncodeOptions> {
+        if self.full_res {
+            return Ok(EncodeOptions {
+                short_side: None,
+                window: None,
+            });
+        }
+        if self.short_side == 0 {
+            bail!("--short-side must be a positive number of pixels");
+        }
+        let window = match (self.window, self.stride) {
+            (Some(size), Some(stride)) => {
+                if size == 0 || stride == 0 || stride > size {
+                    bail!("--window {size} --stride {stride}: both must be positive and the stride at most the window");
+                }
+                Some(Window { size, stride })
+            }
+            _ => None,
+        };
+        Ok(EncodeOptions {
+            short_side: Some(self.short_side),
+            window,
+        })
+    }
+
+    /// Check the options against the model: DINOiser mode needs the head.
+    pub fn options(&self, engine: &Engine, background: Option<usize>) -> Result<RunOptions> {
+        let mode = match self.mode {
+            ModeArg::Dinoiser => Mode::Dinoiser,
+            ModeArg::Maskclip => Mode::MaskClip,
+        };
+        if mode == Mode::Dinoiser && !engine.segmenter.has_head() {
+            bail!(
+                "{} has no CLIP-DINOiser head: pass --head last.pt (or convert with it), or use --mode maskclip",
+                engine.source
+            );
+        }
+        Ok(RunOptions {
+            encode: self.encode_options()?,
+            segment: SegmentOptions {
+                mode,
+                background,
+                output_size: None,
+            },
+        })
+    }
+}
+
+/// Read the weight files named on the command line, as `(file name, bytes)` for
+/// `loaders::load_model_files`.
+pub fn read_model_inputs(
+    clip: Option<&Path>,
+    config: Option<&Path>,
+    head: Option<&Path>,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (p, what) in [(clip, "weights file"), (config, "config file"), (head, "head checkpoint")] {
+        if let Some(p) = p {
+            out.push((p.display().to_string(), files::read_input(p, what)?));
+        }
+    }
+    Ok(out)
+}
+
+/// Rows divided by their L2 norm.
+fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.broadcast_div(&x.sqr()?.sum_keepdim(candle_core::D::Minus1)?.sqrt()?)
+}
+
+/// A loaded model: the segmenter, the tokenizer, and how long loading took.
+pub struct Engine {
+    pub segmenter: Segmenter,
+    pub tokenizer: ClipTokenizer,
+    /// The weight file(s), for messages.
+    pub source: String,
+    pub load_seconds: f64,
+}
+
+/// What an encode returns beyond the pipeline's features: the `ln_2` features per window (for
+/// `--dump`).
+pub struct Encoded {
+    pub features: ImageFeatures,
+    pub inter: Option<Vec<Tensor>>,
+    pub seconds: f64,
+}
+
+impl Engine {
+    pub fn load(args: &ModelArgs) -> Result<Self> {
+        let t0 = Instant::now();
+        let inputs = match (&args.model, &args.clip) {
+            (Some(m), _) => read_model_inputs(Some(m), None, None)?,
+            (None, Some(c)) => read_model_inputs(Some(c), args.config.as_deref(), args.head.as_deref())?,
+            (None, None) => bail!("no model given: pass --model model.gguf, or --clip weights [--config open_clip_config.json] [--head last.pt]"),
+        };
+        let source = inputs
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let sp = progress::spinner("loading weights");
+        let bundle = loaders::load_model_files(&inputs)?;
+        drop(inputs);
+        let engine = Self::from_bundle(bundle, args.compute, source, t0);
+        sp.finish_and_clear();
+        engine
+    }
+
+    pub fn from_bundle(bundle: Bundle, compute: Compute, source: String, t0: Instant) -> Result<Self> {
+        let path = match compute {
+            Compute::F32 => ComputePath::F32,
+            Compute::Quantized => ComputePath::Quantized,
+        };
+        let vb = Vb::new(Arc::new(bundle.store), Device::Cpu, path);
+        let segmenter = Segmenter::new(&vb, &bundle.clip, bundle.head.as_ref())?;
+        let tokenizer = ClipTokenizer::embedded()?;
+        Ok(Self {
+            segmenter,
+            tokenizer,
+            source,
+            load_seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// L2-normalised label embeddings `[L, E]` (METHOD.md §5: every template filled with the
+    /// label, each prompt embedding L2-normalised, averaged per label, normalised again).
+    /// Labels whose prompts exceed the 77-token context are truncated by the tokenizer, with a
+    /// warning naming them.
+    pub fn embed_labels(&self, labels: &[String], set: TemplateSet) -> Result<Tensor> {
+        let cfg = &self.segmenter.clip_cfg.text;
+        let mut prompts: Vec<Vec<u32>> = Vec::with_capacity(labels.len() * set.len());
+        for label in labels {
+            let mut truncated = false;
+            for prompt in set.apply(label) {
+                let enc = self.tokenizer.encode(&prompt)?;
+                if let Some(&bad) = enc.ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+                    bail!(
+                        "{}: the text tower's vocabulary has {} tokens, but the CLIP tokenizer gives token id {bad} for \"{label}\"; these weights cannot encode text labels",
+                        self.source,
+                        cfg.vocab_size
+                    );
+                }
+                truncated |= enc.truncated;
+                prompts.push(enc.ids);
+            }
+            if truncated {
+                let short: String = label.chars().take(40).collect();
+                let ell = if short.len() < label.len() { "…" } else { "" };
+                progress::warn(format!(
+                    "label \"{short}{ell}\" is longer than the 77-token context in its prompts; it was truncated"
+                ));
+            }
+        }
+        let emb = self.segmenter.clip.text.forward(&prompts)?;
+        let emb = l2_normalize(&emb)?.reshape((labels.len(), set.len(), ()))?;
+        Ok(l2_normalize(&emb.mean(1)?)?)
+    }
+
+    /// Encode an image (expensive); `keep_inter` also returns the head's input features.
+    pub fn encode(&self, img: &RgbImage, opts: &EncodeOptions, keep_inter: bool) -> Result<Encoded> {
+        let t0 = Instant::now();
+        let x = files::image_to_tensor(img)?;
+        let seg = &self.segmenter;
+        let patch = seg.clip_cfg.vision.patch_size;
+        let layer = seg.head_cfg.layer;
+        let blocks = seg.clip_cfg.vision.layers as u64;
+        let mut inters = Vec::new();
+        let pb = progress::bar(blocks, "encoding image");
+        // The same steps as `Segmenter::encode_image`, keeping the `ln_2` features for dumps.
+        let features = pipeline::encode_with(&x, opts, patch, |i, n, crop| {
+            pb.set_length(blocks * n as u64);
+            pb.set_message(if n > 1 {
+                format!("window {}/{n}", i + 1)
+            } else {
+                "encoding image".to_string()
+            });
+            let pixels = clip::preprocess(crop, patch)?;
+            let mut report = |done: usize, _total: usize| pb.set_position(i as u64 * blocks + done as u64);
+            let out = seg.clip.vision.forward(&pixels, layer, &mut report)?;
+            let (refined, bkg) = match &seg.head {
+                Some(h) => (Some(h.refine(&out.dense, &out.inter)?), Some(h.background(&out.inter)?)),
+                None => (None, None),
+            };
+            if keep_inter {
+                inters.push(out.inter);
+            }
+            Ok(WindowOutputs {
+                dense: out.dense,
+                refined,
+                bkg,
+            })
+        });
+        pb.finish_and_clear();
+        let features = features.map_err(|e| anyhow!(e))?;
+        Ok(Encoded {
+            features,
+            inter: keep_inter.then_some(inters),
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    pub fn segment(&self, feats: &ImageFeatures, labels: &Tensor, opts: &SegmentOptions) -> Result<Segmentation> {
+        Ok(self.segmenter.segment(feats, labels, opts)?)
+    }
+
+    /// Encode + segment at the image's own size.
+    pub fn segment_image(&self, img: &RgbImage, labels: &Tensor, opts: &RunOptions, keep_inter: bool) -> Result<Segmentation> {
+        let enc = self.encode(img, &opts.encode, keep_inter)?;
+        self.segment(&enc.features, labels, &opts.segment)
+    }
+}

@@ -1,0 +1,129 @@
+//! `clipdino random-weights`: seeded random weights written in the exact upstream file formats
+//! (`open_clip_model.safetensors`, `open_clip_pytorch_model.bin`, `open_clip_config.json` and a
+//! CLIP-DINOiser `last.pt`), for benchmarks and tests on machines without the real weights.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::Device;
+use clap::{Args, ValueEnum};
+use clipdino::{loaders, ClipConfig, HeadConfig, TensorStore, TextConfig, VisionConfig};
+
+use crate::files::OutputDir;
+use crate::progress;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Arch {
+    /// OpenCLIP ViT-B/16 (the real architecture; ≈ 600 MB per weight file).
+    #[value(name = "vit-b-16")]
+    VitB16,
+    /// A tiny ViT (width 64, 4 blocks) with the full CLIP vocabulary, for fast tests.
+    Tiny,
+}
+
+#[derive(Args)]
+pub struct RandomWeightsArgs {
+    #[arg(long, value_enum)]
+    arch: Arch,
+    /// Seed of the deterministic generator.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder (created if needed).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+/// The tiny test architecture: the shapes of `tests/fixtures/tiny` (embed 32, vision width 64 with
+/// 2 heads and 4 blocks, text width 64 with 2 heads and 2 blocks) but the full 49 408-token
+/// vocabulary, so that real labels can be tokenised.
+pub fn tiny_config() -> ClipConfig {
+    ClipConfig {
+        embed_dim: 32,
+        vision: VisionConfig {
+            width: 64,
+            layers: 4,
+            heads: 2,
+            patch_size: 16,
+            image_size: 224,
+            mlp_dim: 256,
+        },
+        text: TextConfig {
+            width: 64,
+            layers: 2,
+            heads: 2,
+            context_length: 77,
+            vocab_size: 49408,
+            mlp_dim: 256,
+        },
+    }
+}
+
+/// Config and head config of an architecture (ViT-B/16's head projects to 256 channels).
+pub fn arch_configs(arch: Arch) -> (ClipConfig, HeadConfig) {
+    match arch {
+        Arch::VitB16 => {
+            let c = ClipConfig::vit_b_16();
+            let h = HeadConfig::for_clip(&c, 256);
+            (c, h)
+        }
+        Arch::Tiny => {
+            let c = tiny_config();
+            let h = HeadConfig::for_clip(&c, 32);
+            (c, h)
+        }
+    }
+}
+
+/// Tensors of a store as (name, f32 tensor) pairs, sorted by name.
+fn entries(store: &TensorStore) -> Result<Vec<(String, candle_core::Tensor)>> {
+    store
+        .names()
+        .into_iter()
+        .map(|n| {
+            let s = store
+                .get(n)
+                .ok_or_else(|| anyhow::anyhow!("tensor {n} vanished from the store"))?;
+            Ok((n.to_string(), s.to_f32(&Device::Cpu)?))
+        })
+        .collect()
+}
+
+pub fn run(a: RandomWeightsArgs) -> Result<()> {
+    let out = OutputDir::prepare(&a.out, "output folder")?;
+    let res = (|| -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let (cfg, head_cfg) = arch_configs(a.arch);
+        let pb = progress::bar(5, "random weights");
+        let clip = loaders::random_clip_store(&cfg, a.seed);
+        let head = loaders::random_head_store(&head_cfg, a.seed.wrapping_add(1));
+        pb.inc(1);
+        let safetensors = loaders::write_safetensors(&clip)?;
+        let clip_entries = entries(&clip)?;
+        pb.inc(1);
+        let bin = loaders::write_torch_pickle(&clip_entries, None, &[])?;
+        pb.inc(1);
+        let last_pt = loaders::write_torch_pickle(&entries(&head)?, Some("model_state_dict"), &[("epoch", 0)])?;
+        pb.inc(1);
+        let json = cfg.to_open_clip_json().into_bytes();
+        pb.finish_and_clear();
+        Ok(vec![
+            ("open_clip_model.safetensors", safetensors),
+            ("open_clip_pytorch_model.bin", bin),
+            ("open_clip_config.json", json),
+            ("last.pt", last_pt),
+        ])
+    })();
+    let files = match res {
+        Ok(f) => f,
+        Err(e) => {
+            out.abandon();
+            return Err(e);
+        }
+    };
+    let dir = out.path().to_path_buf();
+    let sizes: Vec<(String, usize)> = files.iter().map(|(n, b)| (n.to_string(), b.len())).collect();
+    out.commit(&files)?;
+    for (n, len) in sizes {
+        println!("{:>10}  {}", crate::convert::human_bytes(len as u64), dir.join(n).display());
+    }
+    Ok(())
+}

@@ -1,0 +1,744 @@
+//! The `clipdino` binary as a user runs it: real processes, real files.
+//!
+//! Models: `clipdino random-weights --arch tiny` (the `tests/fixtures/tiny` shapes with the full
+//! CLIP vocabulary, so real labels tokenise) generated once per run, and the upstream-written
+//! fixture files of `tests/fixtures/tiny` for the converter. Images and masks: the VOC sample of
+//! `tests/fixtures/voc`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const BIN: &str = env!("CARGO_BIN_EXE_clipdino");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture(p: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(p)
+}
+
+fn voc_image() -> PathBuf {
+    fixture("voc/images/voc_sample.jpg")
+}
+
+/// A fresh scratch folder, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("clipdino-cli-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+    fn s(&self, p: &str) -> String {
+        self.path(p).display().to_string()
+    }
+    /// Every file below the folder, relative, sorted.
+    fn files(&self) -> Vec<String> {
+        fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
+            for e in fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(base, &p, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().display().to_string());
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(&self.0, &self.0, &mut v);
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(BIN).args(args).output().expect("run clipdino")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", o.status, stdout(o), stderr(o));
+    stdout(o)
+}
+
+/// A failed run with exactly one stderr line `error: …` containing every word of `words`.
+#[track_caller]
+fn one_line_error(o: &Output, words: &[&str]) -> String {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success\nstdout:\n{}\nstderr:\n{err}", stdout(o));
+    assert_ne!(o.status.code(), Some(0));
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr, got:\n{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for w in words {
+        assert!(lines[0].contains(w), "error line lacks {w:?}: {}", lines[0]);
+    }
+    lines[0].to_string()
+}
+
+/// The tiny random model in the upstream formats, written once per test run (to a fixed place,
+/// so runs do not pile up copies).
+fn tiny() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clipdino-cli-tiny-seed7");
+        let _ = fs::remove_dir_all(&d);
+        ok(&run(&["random-weights", "--arch", "tiny", "--seed", "7", "--out", &d.display().to_string()]));
+        d
+    })
+}
+
+fn tiny_args() -> Vec<String> {
+    let d = tiny();
+    vec![
+        "--clip".into(),
+        d.join("open_clip_model.safetensors").display().to_string(),
+        "--config".into(),
+        d.join("open_clip_config.json").display().to_string(),
+        "--head".into(),
+        d.join("last.pt").display().to_string(),
+    ]
+}
+
+/// `extra` plus `default` flags that `extra` does not set itself.
+fn with_defaults(extra: &[&str], defaults: &[(&str, &str)]) -> Vec<String> {
+    let mut a: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    for (flag, value) in defaults {
+        let resized = *flag == "--short-side" && extra.contains(&"--full-res");
+        if !extra.contains(flag) && !resized {
+            a.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    a
+}
+
+/// `segment` with the tiny model on the VOC photo; fast defaults unless `extra` overrides them.
+fn segment_args(extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["segment".into()];
+    a.extend(tiny_args());
+    a.extend(["--image".into(), voc_image().display().to_string()]);
+    a.extend(with_defaults(extra, &[("--templates", "fast"), ("--short-side", "96")]));
+    a
+}
+
+/// `(width, height)` of a PNG from its IHDR chunk.
+fn png_size(path: &Path) -> (u32, u32) {
+    let b = fs::read(path).unwrap();
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "{} is not a PNG", path.display());
+    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    (be(16), be(20))
+}
+
+/// Per-label area percentages from `segment`'s table.
+fn areas(out: &str, labels: &[&str]) -> Vec<f64> {
+    labels
+        .iter()
+        .map(|l| {
+            let line = out
+                .lines()
+                .find(|x| x.split_whitespace().next() == Some(l) || x.starts_with(&format!("{l} ")))
+                .unwrap_or_else(|| panic!("no area line for {l} in\n{out}"));
+            let rest = line[l.len()..].trim();
+            rest.split_whitespace().next().unwrap().parse::<f64>().unwrap()
+        })
+        .collect()
+}
+
+// --- npy --------------------------------------------------------------------------------
+
+struct Npy {
+    descr: String,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+fn read_npy(path: &Path) -> Npy {
+    let b = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[..6], b"\x93NUMPY", "{}", path.display());
+    assert_eq!((b[6], b[7]), (1, 0), "format version 1.0");
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    assert_eq!((10 + hlen) % 64, 0, "data aligned to 64 bytes");
+    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+    assert!(header.ends_with('\n'));
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    let descr = header.split("'descr': '").nth(1).unwrap().split('\'').next().unwrap().to_string();
+    let shape_s = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_s
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let data = b[10 + hlen..].to_vec();
+    let item = match descr.as_str() {
+        "<f4" => 4,
+        "<i8" => 8,
+        d => panic!("unexpected descr {d}"),
+    };
+    assert_eq!(data.len(), shape.iter().product::<usize>() * item, "{}: data size", path.display());
+    Npy { descr, shape, data }
+}
+
+impl Npy {
+    fn f32s(&self) -> Vec<f32> {
+        assert_eq!(self.descr, "<f4");
+        self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+    fn i64s(&self) -> Vec<i64> {
+        assert_eq!(self.descr, "<i8");
+        self.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+}
+
+// --- label PNGs (read / write for eval) ---------------------------------------------------
+
+fn read_mask(path: &Path) -> (usize, usize, Vec<u8>) {
+    let mut dec = png::Decoder::new(std::io::Cursor::new(fs::read(path).unwrap()));
+    dec.set_transformations(png::Transformations::IDENTITY);
+    let mut r = dec.read_info().unwrap();
+    let mut buf = vec![0; r.output_buffer_size().unwrap()];
+    let info = r.next_frame(&mut buf).unwrap();
+    assert_eq!(info.bit_depth, png::BitDepth::Eight);
+    buf.truncate((info.width * info.height) as usize);
+    (info.width as usize, info.height as usize, buf)
+}
+
+fn write_grey(path: &Path, w: usize, h: usize, data: &[u8]) {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, w as u32, h as u32);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header().unwrap();
+        wr.write_image_data(data).unwrap();
+    }
+    fs::write(path, out).unwrap();
+}
+
+/// Set `rows × cols` of a `w`-wide map to `v`, asserting the rectangle held only `was`.
+fn relabel(map: &mut [u8], w: usize, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, was: u8, v: u8) {
+    for y in rows {
+        for x in cols.clone() {
+            assert_eq!(map[y * w + x], was, "fixture rectangle is not pure class {was}");
+            map[y * w + x] = v;
+        }
+    }
+}
+
+fn eval_json(args: &[String]) -> serde_json::Value {
+    let out = ok(&run(args));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn per_class(j: &serde_json::Value, class: &str) -> Option<f64> {
+    j["per_class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["class"] == class)
+        .unwrap_or_else(|| panic!("no class {class}"))["IoU"]
+        .as_f64()
+}
+
+fn eval_predictions(pred_dir: &Path, mask_dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut a: Vec<String> = [
+        "eval",
+        "--predictions",
+        &pred_dir.display().to_string(),
+        "--masks",
+        &mask_dir.display().to_string(),
+        "--classes",
+        &fixture("voc/classes.txt").display().to_string(),
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    eval_json(&a)
+}
+
+// =========================================================================================
+// random-weights, convert, segment
+// =========================================================================================
+
+#[test]
+fn random_weights_writes_the_upstream_files_deterministically() {
+    let d = tiny();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(d.join("open_clip_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_cfg"]["text_cfg"]["vocab_size"], 49408);
+    assert_eq!(cfg["model_cfg"]["vision_cfg"]["width"], 64);
+    let st = fs::read(d.join("open_clip_model.safetensors")).unwrap();
+    let hlen = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&st[8..8 + hlen]).unwrap();
+    assert_eq!(header["visual.conv1.weight"]["shape"], serde_json::json!([64, 3, 16, 16]));
+    assert_eq!(header["token_embedding.weight"]["shape"], serde_json::json!([49408, 64]));
+    for f in ["open_clip_pytorch_model.bin", "last.pt"] {
+        assert_eq!(&fs::read(d.join(f)).unwrap()[..2], b"PK", "{f} is a torch zip checkpoint");
+    }
+    // Same seed, same bytes; no stray files.
+    let s = Scratch::new("rw-again");
+    ok(&run(&["random-weights", "--arch", "tiny", "--seed", "7", "--out", &s.s("w")]));
+    assert_eq!(
+        s.files(),
+        ["w/last.pt", "w/open_clip_config.json", "w/open_clip_model.safetensors", "w/open_clip_pytorch_model.bin"]
+    );
+    for f in ["open_clip_model.safetensors", "open_clip_pytorch_model.bin", "last.pt"] {
+        assert!(fs::read(d.join(f)).unwrap() == fs::read(s.path("w").join(f)).unwrap(), "{f} differs");
+    }
+}
+
+#[test]
+fn the_torch_bin_and_safetensors_files_give_the_same_segmentation() {
+    let s = Scratch::new("bin-vs-st");
+    let d = tiny();
+    let mut outs = Vec::new();
+    for f in ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"] {
+        let mask = s.s(&format!("{f}.png"));
+        let mut a: Vec<String> = vec!["segment".into(), "--clip".into(), d.join(f).display().to_string()];
+        a.extend(["--config", &d.join("open_clip_config.json").display().to_string()].map(String::from));
+        a.extend(["--head", &d.join("last.pt").display().to_string()].map(String::from));
+        a.extend(["--image", &voc_image().display().to_string(), "--labels", "person,table,background"].map(String::from));
+        a.extend(["--short-side", "96", "--templates", "fast", "--mask-out", &mask].map(String::from));
+        ok(&run(&a));
+        outs.push(fs::read(&mask).unwrap());
+    }
+    assert!(outs[0] == outs[1]);
+}
+
+#[test]
+fn convert_every_quant_then_segment_with_the_bundle() {
+    let s = Scratch::new("convert");
+    let labels = ["person", "table", "background"];
+    // Reference: the f32 weights loaded directly.
+    ok(&run(&segment_args(&["--labels", "person,table,background", "--mask-out", &s.s("direct.png")])));
+    for q in ["f32", "f16", "q8_0", "q4_0"] {
+        let bundle = s.s(&format!("tiny-{q}.gguf"));
+        let mut a: Vec<String> = vec!["convert".into()];
+        a.extend(tiny_args());
+        a.extend(["--quant", q, "--out", &bundle].map(String::from));
+        let out = ok(&run(&a));
+        assert!(out.contains("input") && out.contains("output") && out.contains(&bundle), "{out}");
+        // the per-dtype breakdown lists the chosen storage type
+        assert!(out.lines().any(|l| l.trim_start().starts_with(q) && l.contains("tensors")), "{out}");
+        let size = fs::metadata(&bundle).unwrap().len();
+
+        let overlay = s.s(&format!("overlay-{q}.png"));
+        let mask = s.s(&format!("mask-{q}.png"));
+        let seg = ok(&run(&[
+            "segment", "--model", &bundle, "--image", &voc_image().display().to_string(),
+            "--labels", "person,table,background", "--templates", "fast", "--short-side", "96",
+            "--out", &overlay, "--mask-out", &mask,
+        ]));
+        assert_eq!(png_size(Path::new(&overlay)), (500, 375));
+        assert_eq!(png_size(Path::new(&mask)), (500, 375));
+        let a = areas(&seg, &labels);
+        assert!((a.iter().sum::<f64>() - 100.0).abs() < 0.05, "{a:?}\n{seg}");
+        if q == "f32" {
+            // f32 bundle = the original weights: identical label map.
+            assert!(fs::read(&mask).unwrap() == fs::read(s.path("direct.png")).unwrap());
+        }
+        if q == "q8_0" {
+            ok(&run(&[
+                "segment", "--model", &bundle, "--compute", "quantized",
+                "--image", &voc_image().display().to_string(), "--labels", "person,table,background",
+                "--templates", "fast", "--short-side", "96",
+            ]));
+        }
+        eprintln!("{q}: bundle {size} bytes");
+    }
+    let sizes: Vec<u64> = ["f32", "f16", "q8_0", "q4_0"]
+        .iter()
+        .map(|q| fs::metadata(s.path(&format!("tiny-{q}.gguf"))).unwrap().len())
+        .collect();
+    assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2] && sizes[2] > sizes[3], "{sizes:?}");
+    // Only the outputs we asked for, no temporary files.
+    assert!(s.files().iter().all(|f| !f.contains(".part") && !f.starts_with('.')), "{:?}", s.files());
+}
+
+#[test]
+fn convert_reads_the_upstream_torch_and_safetensors_files_alike() {
+    let s = Scratch::new("convert-upstream");
+    let t = |f: &str| fixture(&format!("tiny/{f}")).display().to_string();
+    for (clip, out) in [("open_clip_model.safetensors", "a.gguf"), ("open_clip_pytorch_model.bin", "b.gguf")] {
+        ok(&run(&[
+            "convert", "--clip", &t(clip), "--config", &t("open_clip_config.json"), "--head", &t("last.pt"),
+            "--quant", "q8_0", "--out", &s.s(out),
+        ]));
+    }
+    assert!(fs::read(s.path("a.gguf")).unwrap() == fs::read(s.path("b.gguf")).unwrap());
+    // The fixture's text tower has a 1000-token vocabulary: real labels cannot be encoded, and
+    // the user is told so.
+    one_line_error(
+        &run(&[
+            "segment", "--model", &s.s("a.gguf"), "--image", &voc_image().display().to_string(),
+            "--labels", "cat,dog", "--short-side", "64",
+        ]),
+        &["vocabulary", "1000"],
+    );
+}
+
+#[test]
+fn segment_dump_writes_npy_files_with_the_right_shapes() {
+    let s = Scratch::new("dump");
+    let out = ok(&run(&segment_args(&[
+        "--short-side", "224", "--labels", "person,dining table,background", "--dump", &s.s("dump"),
+    ])));
+    assert!(out.contains("dump:"), "{out}");
+    let f = |n: &str| read_npy(&s.path("dump").join(n));
+    // 500×375 at short side 224 → 299×224 (or 298): a 14×19 patch grid.
+    let (gh, gw) = (14, 19);
+    assert_eq!(f("text_emb.npy").shape, [3, 32]);
+    assert_eq!(f("dense.npy").shape, [gh, gw, 32]);
+    assert_eq!(f("inter.npy").shape, [gh, gw, 64]);
+    assert_eq!(f("refined.npy").shape, [gh, gw, 32]);
+    assert_eq!(f("bkg.npy").shape, [gh, gw]);
+    let probs = f("probs.npy");
+    assert_eq!(probs.shape, [3, gh, gw]);
+    let labels = f("labels.npy");
+    assert_eq!(labels.shape, [375, 500]);
+    assert!(labels.i64s().iter().all(|&l| (0..3).contains(&l)));
+    let p = probs.f32s();
+    assert!(p.iter().all(|&v| (0.0..=1.0 + 1e-6).contains(&v)));
+    // Label embeddings are unit vectors.
+    for row in f("text_emb.npy").f32s().chunks(32) {
+        let n: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((n - 1.0).abs() < 1e-4, "{n}");
+    }
+
+    // MaskCLIP mode, sliding windows: probabilities of each patch sum to 1; same grid.
+    let out = ok(&run(&segment_args(&[
+        "--short-side", "224", "--window", "160", "--stride", "96", "--mode", "maskclip",
+        "--labels", "person,dining table,background", "--dump", &s.s("dump2"),
+    ])));
+    assert!(out.contains("windows"), "{out}");
+    let probs = read_npy(&s.path("dump2/probs.npy"));
+    assert_eq!(probs.shape, [3, gh, gw]);
+    let p = probs.f32s();
+    let n = gh * gw;
+    for k in 0..n {
+        let sum: f32 = (0..3).map(|l| p[l * n + k]).sum();
+        assert!((sum - 1.0).abs() < 1e-4, "patch {k}: {sum}");
+    }
+    assert_eq!(read_npy(&s.path("dump2/labels.npy")).shape, [375, 500]);
+}
+
+#[test]
+fn segment_kmeans_view_and_full_resolution() {
+    let s = Scratch::new("kmeans");
+    ok(&run(&segment_args(&[
+        "--labels", "person,background", "--kmeans", "4", "--kmeans-out", &s.s("k.png"),
+    ])));
+    // MaskCLIP clusters beside CLIP-DINOiser clusters.
+    assert_eq!(png_size(&s.path("k.png")), (1000, 375));
+    let out = ok(&run(&segment_args(&["--full-res", "--labels", "person,background", "--out", &s.s("o.jpg")])));
+    assert!(out.contains("processed at 500×375"), "{out}");
+    assert_eq!(&fs::read(s.path("o.jpg")).unwrap()[..2], b"\xff\xd8");
+}
+
+#[test]
+fn a_label_over_77_tokens_is_truncated_with_a_warning() {
+    let long = vec!["very"; 90].join(" ");
+    let o = run(&segment_args(&["--labels", &format!("cat,{long}")]));
+    ok(&o);
+    let err = stderr(&o);
+    assert!(err.contains("warning:") && err.contains("truncated") && err.contains("very very"), "{err}");
+}
+
+// =========================================================================================
+// eval
+// =========================================================================================
+
+#[test]
+fn eval_ground_truth_against_itself_is_100() {
+    let j = eval_predictions(&fixture("voc/masks"), &fixture("voc/masks"), &[]);
+    assert_eq!(j["images"], 1);
+    assert_eq!(j["pixels"], 187_500);
+    assert_eq!(j["mIoU"], 100.0);
+    assert_eq!(j["aAcc"], 100.0);
+    for c in ["background", "bottle", "chair", "diningtable", "person"] {
+        assert_eq!(per_class(&j, c), Some(100.0), "{c}");
+    }
+    // Classes absent from both are undefined and left out of the mean.
+    assert_eq!(per_class(&j, "aeroplane"), None);
+}
+
+#[test]
+fn eval_scores_a_known_perturbation_as_computed_by_hand() {
+    let s = Scratch::new("eval-perturb");
+    let (w, h, mut pred) = read_mask(&fixture("voc/masks/voc_sample.png"));
+    assert_eq!((w, h), (500, 375));
+    // 40×50 px of pure background (class 0) predicted as aeroplane (1), and 40×50 px of pure
+    // person (15) predicted as background.
+    relabel(&mut pred, w, 0..40, 0..50, 0, 1);
+    relabel(&mut pred, w, 200..240, 0..50, 15, 0);
+    fs::create_dir_all(s.path("pred")).unwrap();
+    write_grey(&s.path("pred/voc_sample.png"), w, h, &pred);
+    let j = eval_predictions(&s.path("pred"), &fixture("voc/masks"), &[]);
+
+    // Ground-truth pixel counts (fixtures/voc/README.md): background 62317, person 62316.
+    // background: I = 62317 − 2000, pred area = 62317 − 2000 + 2000, U = 62317 + 62317 − 60317.
+    let bg = 60317.0 / 64317.0;
+    // aeroplane: I = 0, U = 2000 → 0 (counts in the mean, like mmseg).
+    // person: I = 62316 − 2000, U = 62316.
+    let person = 60316.0 / 62316.0;
+    let miou = (bg + 0.0 + 1.0 + 1.0 + 1.0 + person) / 6.0;
+    let close = |a: Option<f64>, b: f64| (a.unwrap() - 100.0 * b).abs() < 1e-9;
+    assert!(close(per_class(&j, "background"), bg), "{j}");
+    assert!(close(per_class(&j, "aeroplane"), 0.0), "{j}");
+    assert!(close(per_class(&j, "person"), person), "{j}");
+    assert!(close(per_class(&j, "chair"), 1.0), "{j}");
+    assert!(close(j["mIoU"].as_f64(), miou), "{j}");
+    assert!(close(j["aAcc"].as_f64(), (187_500.0 - 4000.0) / 187_500.0), "{j}");
+
+    // The same predictions with the perturbed rectangles marked "ignore" (255) in the ground
+    // truth score 100 again.
+    let (_, _, mut gt) = read_mask(&fixture("voc/masks/voc_sample.png"));
+    relabel(&mut gt, w, 0..40, 0..50, 0, 255);
+    relabel(&mut gt, w, 200..240, 0..50, 15, 255);
+    fs::create_dir_all(s.path("gt")).unwrap();
+    write_grey(&s.path("gt/voc_sample.png"), w, h, &gt);
+    let j = eval_predictions(&s.path("pred"), &s.path("gt"), &[]);
+    assert_eq!(j["mIoU"], 100.0, "{j}");
+    assert_eq!(j["pixels"], 187_500 - 4000);
+    // ... unless 255 is not the ignore index, and then 255 is no class at all.
+    let o = run(&[
+        "eval", "--predictions", &s.s("pred"), "--masks", &s.s("gt"),
+        "--classes", &fixture("voc/classes.txt").display().to_string(), "--ignore-index", "254",
+    ]);
+    one_line_error(&o, &["255", "ignore index 254"]);
+}
+
+#[test]
+fn eval_runs_the_model_and_prints_a_table() {
+    let mut a: Vec<String> = vec!["eval".into()];
+    a.extend(tiny_args());
+    a.extend(
+        [
+            "--images", &fixture("voc/images").display().to_string(),
+            "--masks", &fixture("voc/masks").display().to_string(),
+            "--classes", &fixture("voc/classes.txt").display().to_string(),
+            "--short-side", "64", "--templates", "fast",
+        ]
+        .map(String::from),
+    );
+    let table = ok(&run(&a));
+    assert!(table.contains("mIoU") && table.contains("diningtable") && table.contains("images 1"), "{table}");
+    a.push("--json".into());
+    let j = eval_json(&a);
+    let miou = j["mIoU"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&miou), "{j}");
+    assert_eq!(j["pixels"], 187_500);
+    assert_eq!(j["per_class"].as_array().unwrap().len(), 21);
+}
+
+#[test]
+fn eval_bad_inputs() {
+    let s = Scratch::new("eval-bad");
+    let classes = fixture("voc/classes.txt").display().to_string();
+    let masks = fixture("voc/masks").display().to_string();
+    fs::create_dir_all(s.path("empty")).unwrap();
+    one_line_error(
+        &run(&["eval", "--predictions", &s.s("empty"), "--masks", &masks, "--classes", &classes]),
+        &["no prediction voc_sample.png"],
+    );
+    fs::create_dir_all(s.path("small")).unwrap();
+    write_grey(&s.path("small/voc_sample.png"), 4, 3, &[0; 12]);
+    one_line_error(
+        &run(&["eval", "--predictions", &s.s("small"), "--masks", &masks, "--classes", &classes]),
+        &["4×3", "500×375"],
+    );
+    fs::write(s.path("none.txt"), "\n\n").unwrap();
+    one_line_error(
+        &run(&["eval", "--predictions", &masks, "--masks", &masks, "--classes", &s.s("none.txt")]),
+        &["lists no classes"],
+    );
+    one_line_error(
+        &run(&["eval", "--predictions", &masks, "--masks", &s.s("nowhere"), "--classes", &classes]),
+        &["cannot read mask folder", "nowhere"],
+    );
+    // Predictions with labels beyond the class list.
+    fs::create_dir_all(s.path("wide")).unwrap();
+    write_grey(&s.path("wide/voc_sample.png"), 500, 375, &vec![40; 500 * 375]);
+    one_line_error(
+        &run(&["eval", "--predictions", &s.s("wide"), "--masks", &masks, "--classes", &classes]),
+        &["predicted value 40"],
+    );
+}
+
+// =========================================================================================
+// bad input to segment and convert: one line in words, exit code ≠ 0, nothing written
+// =========================================================================================
+
+/// Run `segment` with outputs into a fresh folder and assert the error and that no file
+/// appeared.
+#[track_caller]
+fn segment_fails(tag: &str, image: Option<&Path>, extra: &[&str], words: &[&str]) -> String {
+    let s = Scratch::new(tag);
+    fs::write(s.path("input.txt"), "not an image\n").unwrap();
+    let before = s.files();
+    let mut a: Vec<String> = vec!["segment".into()];
+    a.extend(tiny_args());
+    a.extend(["--image".into(), image.map(Path::to_path_buf).unwrap_or_else(voc_image).display().to_string()]);
+    let (out, dump) = (s.s("overlay.png"), s.s("dump"));
+    a.extend(with_defaults(
+        extra,
+        &[("--short-side", "64"), ("--templates", "fast"), ("--out", &out), ("--dump", &dump)],
+    ));
+    let line = one_line_error(&run(&a), words);
+    assert_eq!(s.files(), before, "files left behind");
+    assert!(!s.path("dump").exists(), "dump folder left behind");
+    line
+}
+
+#[test]
+fn bad_images() {
+    let s = Scratch::new("bad-images");
+    segment_fails("img-missing", Some(&s.path("nope.jpg")), &["--labels", "cat"], &["cannot read image", "nope.jpg"]);
+    fs::write(s.path("empty.png"), b"").unwrap();
+    segment_fails("img-empty", Some(&s.path("empty.png")), &["--labels", "cat"], &["empty.png", "empty (0 bytes)"]);
+    fs::write(s.path("notes.txt"), "hello, this is text\n").unwrap();
+    segment_fails("img-text", Some(&s.path("notes.txt")), &["--labels", "cat"], &["notes.txt", "not an image"]);
+    let jpg = fs::read(voc_image()).unwrap();
+    fs::write(s.path("cut.jpg"), &jpg[..jpg.len() / 3]).unwrap();
+    segment_fails("img-cut", Some(&s.path("cut.jpg")), &["--labels", "cat"], &["cut.jpg", "truncated"]);
+    // Over the caps: only the header is read, so these are quick.
+    write_grey(&s.path("wide.png"), 16385, 1, &vec![0; 16385]);
+    segment_fails("img-wide", Some(&s.path("wide.png")), &["--labels", "cat"], &["16385×1", "16384 px a side"]);
+    write_grey(&s.path("big.png"), 8000, 6000, &vec![0; 8000 * 6000]);
+    segment_fails("img-big", Some(&s.path("big.png")), &["--labels", "cat"], &["8000×6000", "40 megapixels"]);
+    segment_fails("img-dir", Some(&s.0), &["--labels", "cat"], &["is a directory"]);
+}
+
+#[test]
+fn bad_labels() {
+    segment_fails("lab-empty", None, &["--labels", ""], &["label list is empty"]);
+    segment_fails("lab-commas", None, &["--labels", " , "], &["label 1 of 2", "empty"]);
+    segment_fails("lab-dup", None, &["--labels", "cat,dog,Cat,sky,dog"], &["duplicate labels", "\"cat\"", "\"Cat\"", "\"dog\""]);
+    let many: Vec<String> = (0..301).map(|i| format!("thing {i}")).collect();
+    segment_fails("lab-many", None, &["--labels", &many.join(",")], &["301 labels", "limit is 300"]);
+    segment_fails("lab-bg", None, &["--labels", "cat,dog", "--background", "sky"], &["--background \"sky\"", "not one of the labels"]);
+}
+
+#[test]
+fn bad_outputs() {
+    let s = Scratch::new("bad-out");
+    fs::write(s.path("file"), "x").unwrap();
+    // A dump folder that cannot be created (its parent is a file), or that is a file.
+    segment_fails("out-dump", None, &["--labels", "cat", "--dump", &s.s("file/dump")], &["cannot create dump folder", "file/dump"]);
+    segment_fails("out-dump-file", None, &["--labels", "cat", "--dump", &s.s("file")], &["exists and is not a directory"]);
+    segment_fails("out-overlay", None, &["--labels", "cat", "--out", &s.s("no/such/dir/o.png")], &["cannot write overlay", "o.png"]);
+    segment_fails("out-kmeans", None, &["--labels", "cat", "--kmeans", "40", "--kmeans-out", &s.s("k.png")], &["--kmeans 40", "2..=16"]);
+    assert_eq!(fs::read_to_string(s.path("file")).unwrap(), "x");
+}
+
+#[test]
+fn bad_weights() {
+    let s = Scratch::new("bad-weights");
+    let t = |f: &str| tiny().join(f).display().to_string();
+    let img = voc_image().display().to_string();
+    let seg = |model: &[&str]| {
+        let mut a: Vec<String> = vec!["segment".into()];
+        a.extend(model.iter().map(|x| x.to_string()));
+        a.extend(["--image", &img, "--labels", "cat,dog", "--short-side", "64"].map(String::from));
+        run(&a)
+    };
+    fs::write(s.path("notes.txt"), "these are not weights\n").unwrap();
+    one_line_error(&seg(&["--clip", &s.s("notes.txt")]), &["notes.txt"]);
+    one_line_error(&seg(&["--clip", &s.s("missing.safetensors")]), &["cannot read weights file", "missing.safetensors"]);
+    fs::write(s.path("zero.safetensors"), b"").unwrap();
+    one_line_error(&seg(&["--clip", &s.s("zero.safetensors")]), &["zero.safetensors", "empty (0 bytes)"]);
+    let st = fs::read(t("open_clip_model.safetensors")).unwrap();
+    fs::write(s.path("cut.safetensors"), &st[..st.len() / 2]).unwrap();
+    one_line_error(&seg(&["--clip", &s.s("cut.safetensors")]), &["cut.safetensors"]);
+    // A DINOiser checkpoint where the CLIP weights belong.
+    one_line_error(&seg(&["--clip", &t("last.pt")]), &["CLIP-DINOiser checkpoint", "CLIP weights"]);
+    // A CLIP checkpoint where the head belongs.
+    one_line_error(
+        &seg(&["--clip", &t("open_clip_model.safetensors"), "--head", &t("open_clip_pytorch_model.bin")]),
+        &["two CLIP weight files", "open_clip_pytorch_model.bin"],
+    );
+    // Weights that do not match the config: the tensor and the file are named.
+    let upstream = fixture("tiny/open_clip_model.safetensors").display().to_string();
+    one_line_error(
+        &seg(&["--clip", &upstream, "--config", &t("open_clip_config.json")]),
+        &["token_embedding.weight", "open_clip_model.safetensors", "[49408, 64]"],
+    );
+    // A non-GGUF file as --model.
+    one_line_error(&seg(&["--model", &s.s("notes.txt")]), &["notes.txt"]);
+    // DINOiser mode without the head.
+    one_line_error(
+        &seg(&["--clip", &t("open_clip_model.safetensors"), "--config", &t("open_clip_config.json")]),
+        &["no CLIP-DINOiser head", "--mode maskclip"],
+    );
+    assert_eq!(s.files(), ["cut.safetensors", "notes.txt", "zero.safetensors"]);
+}
+
+#[test]
+fn convert_bad_inputs_leave_nothing() {
+    let s = Scratch::new("convert-bad");
+    let t = |f: &str| tiny().join(f).display().to_string();
+    one_line_error(
+        &run(&["convert", "--clip", &t("open_clip_model.safetensors"), "--head", &t("last.pt"), "--quant", "q4_0", "--out", &s.s("no/dir/m.gguf")]),
+        &["cannot write output file", "m.gguf"],
+    );
+    fs::write(s.path("notes.txt"), "text").unwrap();
+    one_line_error(
+        &run(&["convert", "--clip", &s.s("notes.txt"), "--quant", "q8_0", "--out", &s.s("m.gguf")]),
+        &["notes.txt"],
+    );
+    let o = run(&["convert", "--clip", &t("open_clip_model.safetensors"), "--quant", "q3", "--out", &s.s("m.gguf")]);
+    assert!(!o.status.success() && stderr(&o).contains("q3"));
+    assert_eq!(s.files(), ["notes.txt"]);
+}
+
+// =========================================================================================
+// full size
+// =========================================================================================
+
+#[test]
+fn full_size_vit_b_16_random_weights_segment_at_224() {
+    let s = Scratch::new("vitb16");
+    let t = std::time::Instant::now();
+    let out = ok(&run(&["random-weights", "--arch", "vit-b-16", "--seed", "0", "--out", &s.s("w")]));
+    let t_gen = t.elapsed().as_secs_f64();
+    assert!(out.contains("open_clip_model.safetensors"), "{out}");
+    let cfg = fs::read_to_string(s.path("w/open_clip_config.json")).unwrap();
+    assert!(cfg.contains("\"width\":768") || cfg.contains("\"width\": 768"), "{cfg}");
+    let t = std::time::Instant::now();
+    let w = |f: &str| s.path("w").join(f).display().to_string();
+    let out = ok(&run(&[
+        "segment", "--clip", &w("open_clip_model.safetensors"), "--config", &w("open_clip_config.json"),
+        "--head", &w("last.pt"), "--image", &voc_image().display().to_string(),
+        "--labels", "person,table,background", "--short-side", "224", "--templates", "fast",
+        "--dump", &s.s("dump"),
+    ]));
+    let t_seg = t.elapsed().as_secs_f64();
+    assert!(out.contains("14×19 patches"), "{out}");
+    assert_eq!(read_npy(&s.path("dump/dense.npy")).shape, [14, 19, 512]);
+    assert_eq!(read_npy(&s.path("dump/inter.npy")).shape, [14, 19, 768]);
+    assert_eq!(read_npy(&s.path("dump/refined.npy")).shape, [14, 19, 512]);
+    eprintln!("ViT-B/16 random weights: generate + write {t_gen:.1} s, segment (load + run) {t_seg:.1} s\n{out}");
+}
