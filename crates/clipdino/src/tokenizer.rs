@@ -10,7 +10,8 @@
 //!
 //! Steps 3–4 come from a Hugging Face `tokenizers` JSON file (`assets/tokenizer.json`, built by
 //! `tests/reference/make_tokenizer.py`; the hub's `tokenizer.json` of the OpenCLIP models loads
-//! too). Steps 1–2 are done here in Rust, because `tokenizers` has no ftfy and no HTML
+//! too, minus two case-folding quirks of upstream's regex that only the shipped file spells out:
+//! `'ſ` and U+0345). Steps 1–2 are done here in Rust, because `tokenizers` has no ftfy and no HTML
 //! unescaping. Of ftfy we replicate every fixer except mojibake repair (`fix_encoding`, a
 //! heuristic re-decoding of text that went through the wrong codec): HTML entities (with ftfy's
 //! "no `<` in the line" rule and its upper-case aliases), C1 controls as Windows-1252, Latin
