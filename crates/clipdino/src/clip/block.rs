@@ -84,14 +84,20 @@ pub struct MultiheadAttention {
 
 impl MultiheadAttention {
     pub fn new(width: usize, heads: usize, vb: &Vb) -> Result<Self> {
-        if heads == 0 || width % heads != 0 {
+        if heads == 0 || !width.is_multiple_of(heads) {
             return Err(Error::config(
                 "heads",
                 format!("width {width} is not divisible by {heads} heads"),
             ));
         }
         Ok(Self {
-            in_proj: Linear::with_names(width, 3 * width, vb, "in_proj_weight", Some("in_proj_bias"))?,
+            in_proj: Linear::with_names(
+                width,
+                3 * width,
+                vb,
+                "in_proj_weight",
+                Some("in_proj_bias"),
+            )?,
             out_proj: Linear::new(width, width, &vb.pp("out_proj"))?,
             width,
             heads,
@@ -127,7 +133,13 @@ impl MultiheadAttention {
         self.attend_in_groups(qkv, n_query, mask, ATTN_SCORES_BUDGET)
     }
 
-    fn attend_in_groups(&self, qkv: &Tensor, n_query: usize, mask: Option<&Tensor>, budget: usize) -> Result<Tensor> {
+    fn attend_in_groups(
+        &self,
+        qkv: &Tensor,
+        n_query: usize,
+        mask: Option<&Tensor>,
+        budget: usize,
+    ) -> Result<Tensor> {
         let (b, t, _) = qkv.dims3()?;
         let d = self.width / self.heads;
         let (q, k, v) = self.split_heads(qkv)?;
@@ -145,7 +157,11 @@ impl MultiheadAttention {
         let mut outs = Vec::with_capacity(bh.div_ceil(group));
         for start in (0..bh).step_by(group) {
             let g = group.min(bh - start);
-            let (q, k, v) = (q.narrow(0, start, g)?, k.narrow(0, start, g)?, v.narrow(0, start, g)?);
+            let (q, k, v) = (
+                q.narrow(0, start, g)?,
+                k.narrow(0, start, g)?,
+                v.narrow(0, start, g)?,
+            );
             let scores = q.matmul(&k.t()?)?;
             let scores = match mask {
                 Some(m) => scores.broadcast_add(m)?,
@@ -153,7 +169,11 @@ impl MultiheadAttention {
             };
             outs.push(candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?);
         }
-        let out = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 0)? };
+        let out = if outs.len() == 1 {
+            outs.remove(0)
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
         let out = out
             .reshape((b, self.heads, n_query, d))?
             .transpose(1, 2)?
@@ -227,24 +247,47 @@ mod tests {
             ("out_proj.weight", vec![w, w]),
             ("out_proj.bias", vec![w]),
         ] {
-            store.insert(name, Stored::Float(Tensor::randn(0f32, 0.3, shape, &dev).unwrap()));
+            store.insert(
+                name,
+                Stored::Float(Tensor::randn(0f32, 0.3, shape, &dev).unwrap()),
+            );
         }
         let vb = Vb::new(Arc::new(store), dev.clone(), ComputePath::F32);
         let mha = MultiheadAttention::new(w, heads, &vb).unwrap();
         let x = Tensor::randn(0f32, 1.0, (b, t, w), &dev).unwrap();
         let qkv = mha.qkv(&x).unwrap();
         let mask = Tensor::from_vec(
-            (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect::<Vec<_>>(),
+            (0..t * t)
+                .map(|i| {
+                    if i % t > i / t {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect::<Vec<_>>(),
             (t, t),
             &dev,
         )
         .unwrap();
         for (n_query, mask) in [(t, None), (t, Some(&mask)), (1, None)] {
-            let all = mha.attend_in_groups(&qkv, n_query, mask, usize::MAX).unwrap();
+            let all = mha
+                .attend_in_groups(&qkv, n_query, mask, usize::MAX)
+                .unwrap();
             for budget in [1, n_query * t * 3] {
                 let grouped = mha.attend_in_groups(&qkv, n_query, mask, budget).unwrap();
-                let d = (&all - &grouped).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-                assert!(d.to_scalar::<f32>().unwrap() < 1e-6, "budget {budget}, {n_query} queries");
+                let d = (&all - &grouped)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap();
+                assert!(
+                    d.to_scalar::<f32>().unwrap() < 1e-6,
+                    "budget {budget}, {n_query} queries"
+                );
             }
         }
     }

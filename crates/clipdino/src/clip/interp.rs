@@ -69,17 +69,24 @@ pub fn resize_bicubic_hwc(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tens
     let y = wy.matmul(&x.contiguous()?.reshape((gh, gw * c))?)?;
     let y = y.reshape((out_h, gw, c))?;
     // Columns, one batched product per output row: [out_h, out_w, gw] · [out_h, gw, C].
-    let wx = wx.unsqueeze(0)?.broadcast_as((out_h, out_w, gw))?.contiguous()?;
+    let wx = wx
+        .unsqueeze(0)?
+        .broadcast_as((out_h, out_w, gw))?
+        .contiguous()?;
     Ok(wx.matmul(&y)?)
 }
 
 #[cfg(test)]
+#[allow(clippy::excessive_precision)] // expected values pasted as PyTorch printed them
 mod tests {
     use super::*;
 
     fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -95,11 +102,22 @@ mod tests {
 
     #[test]
     fn rows_sum_to_one() {
-        for (n_in, n_out) in [(14, 3), (14, 4), (14, 6), (14, 28), (14, 45), (4, 7), (1, 3)] {
+        for (n_in, n_out) in [
+            (14, 3),
+            (14, 4),
+            (14, 6),
+            (14, 28),
+            (14, 45),
+            (4, 7),
+            (1, 3),
+        ] {
             let m = bicubic_matrix(n_in, n_out);
             for i in 0..n_out {
                 let s: f32 = m[i * n_in..(i + 1) * n_in].iter().sum();
-                assert!((s - 1.0).abs() < 1e-6, "{n_in}->{n_out} row {i} sums to {s}");
+                assert!(
+                    (s - 1.0).abs() < 1e-6,
+                    "{n_in}->{n_out} row {i} sums to {s}"
+                );
             }
         }
     }
@@ -127,8 +145,18 @@ mod tests {
     fn matches_torch_1d_down_and_up() {
         let r: Vec<f32> = (0..14).map(|i| (i as f32 * 0.7).sin()).collect();
         let t = Tensor::from_vec(r, (1, 14, 1), &Device::Cpu).unwrap();
-        let down = resize_bicubic_hwc(&t, 1, 4).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let up = resize_bicubic_hwc(&t, 1, 20).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let down = resize_bicubic_hwc(&t, 1, 4)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let up = resize_bicubic_hwc(&t, 1, 20)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let d1 = max_abs_diff(&down, &TORCH_14_TO_4);
         let d2 = max_abs_diff(&up, &TORCH_14_TO_20);
         assert!(d1 < 1e-5, "down max |Δ| {d1}: {down:?}");

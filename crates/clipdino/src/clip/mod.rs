@@ -16,6 +16,8 @@ use candle_core::{DType, Tensor};
 
 use crate::config::{ClipConfig, IMAGE_MEAN, IMAGE_STD};
 use crate::error::{Error, Result};
+use crate::templates::TemplateSet;
+use crate::tokenizer::ClipTokenizer;
 use crate::weights::Vb;
 
 /// Largest patch grid (h·w) the image tower accepts: 64×64 patches, e.g. 1024×1024 px at
@@ -26,13 +28,19 @@ pub const MAX_PATCHES: usize = 4096;
 /// multiple of `patch`, **then** normalise with CLIP's mean/std (as CLIP-DINOiser does, so
 /// padded pixels become `−mean/std`).
 pub fn preprocess(image_chw01: &Tensor, patch: usize) -> Result<Tensor> {
-    let (c, h, w) = image_chw01
-        .dims3()
-        .map_err(|_| Error::invalid("image", format!("expected [3, H, W], got {:?}", image_chw01.dims())))?;
+    let (c, h, w) = image_chw01.dims3().map_err(|_| {
+        Error::invalid(
+            "image",
+            format!("expected [3, H, W], got {:?}", image_chw01.dims()),
+        )
+    })?;
     if c != 3 || h == 0 || w == 0 || patch == 0 {
         return Err(Error::invalid(
             "image",
-            format!("expected a non-empty [3, H, W] image and patch > 0, got {:?} and patch {patch}", image_chw01.dims()),
+            format!(
+                "expected a non-empty [3, H, W] image and patch > 0, got {:?} and patch {patch}",
+                image_chw01.dims()
+            ),
         ));
     }
     let pad_h = h.div_ceil(patch) * patch - h;
@@ -63,6 +71,46 @@ impl ClipModel {
             cfg: cfg.clone(),
         })
     }
+
+    /// Label embeddings `[L, embed]` for zero-shot classification (open_clip's
+    /// `build_zero_shot_classifier`): every template of `set` filled with the label, all prompts of
+    /// all labels encoded in one batched call, each L2-normalised, averaged per label, and the
+    /// average L2-normalised again.
+    pub fn embed_labels(
+        &self,
+        tok: &ClipTokenizer,
+        labels: &[String],
+        set: TemplateSet,
+    ) -> Result<Tensor> {
+        let n = set.templates().len();
+        let embed = self.cfg.embed_dim;
+        if labels.is_empty() || n == 0 {
+            return Ok(Tensor::zeros(
+                (labels.len(), embed),
+                DType::F32,
+                self.text.device(),
+            )?);
+        }
+        let mut prompts = Vec::with_capacity(labels.len() * n);
+        for label in labels {
+            for prompt in set.apply(label) {
+                prompts.push(tok.encode(&prompt)?.ids);
+            }
+        }
+        let e = l2_normalize(&self.text.forward(&prompts)?)?;
+        let e = e.reshape((labels.len(), n, embed))?.mean(1)?;
+        l2_normalize(&e)
+    }
+}
+
+/// Rows divided by their L2 norm (floored at 1e-12 like `F.normalize`).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x
+        .sqr()?
+        .sum_keepdim(candle_core::D::Minus1)?
+        .sqrt()?
+        .maximum(1e-12)?;
+    Ok(x.broadcast_div(&norm)?)
 }
 
 #[cfg(test)]

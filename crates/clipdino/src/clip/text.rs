@@ -70,7 +70,14 @@ impl TextTransformer {
             Stored::Quant(q) => TokenEmbedding::Quant(q),
         };
         let blocks = (0..t.layers)
-            .map(|i| ResidualAttentionBlock::new(t.width, t.heads, t.mlp_dim, &vb.pp("transformer.resblocks").pp(i)))
+            .map(|i| {
+                ResidualAttentionBlock::new(
+                    t.width,
+                    t.heads,
+                    t.mlp_dim,
+                    &vb.pp("transformer.resblocks").pp(i),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             token_embedding,
@@ -106,18 +113,29 @@ impl TextTransformer {
             if ids.is_empty() || ids.len() > self.cfg.context_length {
                 return Err(Error::invalid(
                     "tokens",
-                    format!("prompt {i} has {} tokens, expected 1..={}", ids.len(), self.cfg.context_length),
+                    format!(
+                        "prompt {i} has {} tokens, expected 1..={}",
+                        ids.len(),
+                        self.cfg.context_length
+                    ),
                 ));
             }
             if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
                 return Err(Error::invalid(
                     "tokens",
-                    format!("prompt {i} holds token id {bad}, vocabulary size is {}", self.cfg.vocab_size),
+                    format!(
+                        "prompt {i} holds token id {bad}, vocabulary size is {}",
+                        self.cfg.vocab_size
+                    ),
                 ));
             }
         }
         if tokens.is_empty() {
-            return Ok(Tensor::zeros((0, self.embed_dim), DType::F32, &self.device)?);
+            return Ok(Tensor::zeros(
+                (0, self.embed_dim),
+                DType::F32,
+                &self.device,
+            )?);
         }
         let lens: Vec<usize> = tokens.iter().map(Vec::len).collect();
         let mut order: Vec<usize> = (0..tokens.len()).collect();
@@ -213,7 +231,14 @@ mod tests {
         let ids = Tensor::new(&[3u32, 0, 49, 3, 17], &dev).unwrap();
         let got = TokenEmbedding::Quant(q.clone()).gather(&ids).unwrap();
         let want = q.dequantize(&dev).unwrap().index_select(&ids, 0).unwrap();
-        let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(d, 0.0);
     }
 
@@ -229,13 +254,30 @@ mod tests {
         assert_eq!(plan_chunks(&lens), vec![0..42, 42..43]);
         // Chunk size cap.
         let lens = vec![7; 2 * TEXT_CHUNK + 1];
-        assert_eq!(plan_chunks(&lens), vec![0..TEXT_CHUNK, TEXT_CHUNK..2 * TEXT_CHUNK, 2 * TEXT_CHUNK..2 * TEXT_CHUNK + 1]);
+        assert_eq!(
+            plan_chunks(&lens),
+            vec![
+                0..TEXT_CHUNK,
+                TEXT_CHUNK..2 * TEXT_CHUNK,
+                2 * TEXT_CHUNK..2 * TEXT_CHUNK + 1
+            ]
+        );
     }
 
     #[test]
     fn causal_mask_layout() {
-        let m = causal_mask(3, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let m = causal_mask(3, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let inf = f32::NEG_INFINITY;
-        assert_eq!(m, vec![vec![0.0, inf, inf], vec![0.0, 0.0, inf], vec![0.0, 0.0, 0.0]]);
+        assert_eq!(
+            m,
+            vec![
+                vec![0.0, inf, inf],
+                vec![0.0, 0.0, inf],
+                vec![0.0, 0.0, 0.0]
+            ]
+        );
     }
 }

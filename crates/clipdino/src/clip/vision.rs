@@ -55,7 +55,14 @@ impl VisionTransformer {
         let v = &cfg.vision;
         let (w, p, g) = (v.width, v.patch_size, v.grid());
         let blocks = (0..v.layers)
-            .map(|i| ResidualAttentionBlock::new(w, v.heads, v.mlp_dim, &vb.pp("transformer.resblocks").pp(i)))
+            .map(|i| {
+                ResidualAttentionBlock::new(
+                    w,
+                    v.heads,
+                    v.mlp_dim,
+                    &vb.pp("transformer.resblocks").pp(i),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             conv1: vb.qmatmul(w, 3 * p * p, "conv1.weight")?,
@@ -87,7 +94,10 @@ impl VisionTransformer {
             return Ok(self.positional_embedding.clone());
         }
         let cls = self.positional_embedding.narrow(0, 0, 1)?;
-        let grid = self.positional_embedding.narrow(0, 1, g * g)?.reshape((g, g, width))?;
+        let grid = self
+            .positional_embedding
+            .narrow(0, 1, g * g)?
+            .reshape((g, g, width))?;
         let grid = resize_bicubic_hwc(&grid, h, w)?.reshape((h * w, width))?;
         Ok(Tensor::cat(&[&cls, &grid], 0)?)
     }
@@ -101,14 +111,20 @@ impl VisionTransformer {
         inter_layer: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<VisionOutput> {
-        let (b, c, hh, ww) = pixels
-            .dims4()
-            .map_err(|_| Error::invalid("pixels", format!("expected [1, 3, H, W], got {:?}", pixels.dims())))?;
+        let (b, c, hh, ww) = pixels.dims4().map_err(|_| {
+            Error::invalid(
+                "pixels",
+                format!("expected [1, 3, H, W], got {:?}", pixels.dims()),
+            )
+        })?;
         let p = self.cfg.patch_size;
         if b != 1 || c != 3 || hh == 0 || ww == 0 || hh % p != 0 || ww % p != 0 {
             return Err(Error::invalid(
                 "pixels",
-                format!("expected [1, 3, H, W] with H, W positive multiples of {p}, got {:?}", pixels.dims()),
+                format!(
+                    "expected [1, 3, H, W] with H, W positive multiples of {p}, got {:?}",
+                    pixels.dims()
+                ),
             ));
         }
         let layers = self.blocks.len();
@@ -168,19 +184,31 @@ impl VisionTransformer {
             inter = Some(ln2);
         }
         // MaskCLIP value path (patch tokens only; the CLS row is dropped afterwards anyway).
-        let v = qkv.narrow(1, 1, hw)?.narrow(2, 2 * width, width)?.contiguous()?;
+        let v = qkv
+            .narrow(1, 1, hw)?
+            .narrow(2, 2 * width, width)?
+            .contiguous()?;
         let v = (last.attn.out_proj(&v)? + x.narrow(1, 1, hw)?)?;
         let v = last.mlp_residual(&v)?;
         progress(layers, layers);
 
         let pooled = self.ln_post.forward(&out.narrow(1, 0, 1)?)?;
-        let pooled = self.proj.forward(&pooled.reshape((1, width))?)?.reshape(self.embed_dim)?;
+        let pooled = self
+            .proj
+            .forward(&pooled.reshape((1, width))?)?
+            .reshape(self.embed_dim)?;
         let dense = self.ln_post.forward(&v.reshape((hw, width))?)?;
         let dense = self.proj.forward(&dense)?.reshape((h, w, self.embed_dim))?;
         let inter = inter
-            .ok_or_else(|| Error::invalid("inter_layer", format!("block {inter_layer} was not run")))?
+            .ok_or_else(|| {
+                Error::invalid("inter_layer", format!("block {inter_layer} was not run"))
+            })?
             .narrow(1, 1, hw)?
             .reshape((h, w, width))?;
-        Ok(VisionOutput { pooled, dense, inter })
+        Ok(VisionOutput {
+            pooled,
+            dense,
+            inter,
+        })
     }
 }
