@@ -1,1 +1,29 @@
-//! The browser app (placeholder until the app lands).
+//! The clipdino browser app: a Yew UI thread and one Web Worker that owns the model.
+//!
+//! * [`protocol`]: the message enums between them; [`transport`]: how they travel.
+//! * [`state`]: plain state, actions and reducer, share-link codec (unit-tested natively).
+//! * [`components`], [`hooks`], [`context`], [`canvas`]: the UI; it never does tensor math.
+//! * [`worker`]: weights download + Cache API, photo decoding, the model and its cached
+//!   image features.
+
+pub mod canvas;
+pub mod components;
+pub mod context;
+pub mod hooks;
+pub mod palette;
+pub mod protocol;
+pub mod samples;
+pub mod state;
+pub mod transport;
+pub mod worker;
+
+/// UI entry point (`src/bin/app.rs`).
+pub fn start_app() {
+    console_error_panic_hook::set_once();
+    yew::Renderer::<components::App>::new().render();
+}
+
+/// Worker entry point (`src/bin/worker.rs`).
+pub fn start_worker() {
+    worker::start();
+}

@@ -1,0 +1,5 @@
+//! UI thread entry point (Trunk builds it as the main wasm module).
+
+fn main() {
+    clipdino_web::start_app();
+}

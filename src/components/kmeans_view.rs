@@ -1,0 +1,86 @@
+//! CLIPSelf-style K-Means view: the patch features clustered into k groups, raw MaskCLIP beside
+//! the CLIP-DINOiser-refined ones, in matched colours.
+
+use web_sys::{HtmlCanvasElement, HtmlInputElement};
+use yew::prelude::*;
+
+use crate::canvas;
+use crate::context::AppCtx;
+use crate::palette;
+use crate::state::{Action, KMeansView as View, K_MAX, K_MIN};
+
+const ALPHA: u8 = 170;
+
+fn paint(node: &NodeRef, view: Option<&View>, refined: bool) {
+    let Some(c) = node.cast::<HtmlCanvasElement>() else { return };
+    let map = view.and_then(|v| if refined { v.refined.as_deref() } else { Some(&*v.raw) });
+    match (view, map) {
+        (Some(v), Some(map)) => {
+            let colours: Vec<[u8; 3]> = (0..v.k).map(palette::colour).collect();
+            let rgba = canvas::label_rgba(map, &colours, ALPHA, None);
+            if let Err(e) = canvas::put_rgba(&c, v.width, v.height, &rgba) {
+                web_sys::console::error_1(&e.into());
+            }
+        }
+        _ => canvas::clear(&c),
+    }
+}
+
+#[component]
+pub fn KMeansView() -> Html {
+    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let raw = use_node_ref();
+    let refined = use_node_ref();
+    let s = &*ctx.state;
+    {
+        let (raw, refined) = (raw.clone(), refined.clone());
+        let view = s.kmeans.clone();
+        use_effect_with((view.as_ref().map(|v| v.id), s.photo.as_ref().map(|p| p.id)), move |_| {
+            paint(&raw, view.as_deref(), false);
+            paint(&refined, view.as_deref(), true);
+        });
+    }
+    let on_k = {
+        let ctx = ctx.clone();
+        Callback::from(move |e: InputEvent| {
+            if let Some(i) = e.target_dyn_into::<HtmlInputElement>() {
+                if let Ok(k) = i.value().parse::<usize>() {
+                    ctx.dispatch(Action::SetK(k));
+                }
+            }
+        })
+    };
+    let Some(photo) = &s.photo else { return html! {} };
+    let view = s.kmeans.as_deref();
+    let has_refined = view.map(|v| v.refined.is_some()).unwrap_or(true);
+    let stale = view.is_none_or(|v| v.k != s.settings.k);
+    html! {
+        <section class="kmeans" aria-label="K-Means view">
+            <div class="kmeans-head">
+                <h2>{ "Feature clusters (K-Means)" }</h2>
+                <label class="k">
+                    { format!("k = {}", s.settings.k) }
+                    <input type="range" min={K_MIN.to_string()} max={K_MAX.to_string()} value={s.settings.k.to_string()} oninput={on_k} data-role="k" />
+                </label>
+                <p class="muted">{ "Each patch's dense feature is clustered; object-shaped clusters mean good dense features (as in CLIPSelf). Same colour = overlapping clusters." }</p>
+            </div>
+            <div class={classes!("kmeans-panels", stale.then_some("stale"))}>
+                <figure>
+                    <div class="frame">
+                        <img src={photo.preview_url.clone()} alt="" />
+                        <canvas ref={raw} class="overlay" data-role="kmeans-raw" data-k={view.map(|v| v.k.to_string()).unwrap_or_default()}></canvas>
+                    </div>
+                    <figcaption>{ "MaskCLIP (raw CLIP features)" }</figcaption>
+                </figure>
+                <figure>
+                    <div class="frame">
+                        <img src={photo.preview_url.clone()} alt="" />
+                        <canvas ref={refined} class={classes!("overlay", (!has_refined).then_some("hidden"))} data-role="kmeans-refined"></canvas>
+                        if !has_refined { <div class="badge">{ "needs the CLIP-DINOiser head" }</div> }
+                    </div>
+                    <figcaption>{ "CLIP-DINOiser (refined)" }</figcaption>
+                </figure>
+            </div>
+        </section>
+    }
+}

@@ -1,0 +1,54 @@
+//! Mode (CLIP-DINOiser / raw MaskCLIP), processing resolution, prompt templates.
+
+use yew::prelude::*;
+
+use crate::context::AppCtx;
+use crate::state::{Action, Mode, Resolution, Templates};
+
+fn choice<T: PartialEq + Copy + 'static>(
+    ctx: &AppCtx,
+    current: T,
+    value: T,
+    label: &str,
+    hint: &str,
+    disabled: bool,
+    make: fn(T) -> Action,
+) -> Html {
+    let ctx = ctx.clone();
+    let onclick = Callback::from(move |_| ctx.dispatch(make(value)));
+    let on = current == value;
+    html! {
+        <button class={classes!("seg", on.then_some("on"))} aria-pressed={on.to_string()} title={hint.to_string()} {disabled} {onclick}>
+            { label.to_string() }
+        </button>
+    }
+}
+
+#[component]
+pub fn SettingsPanel() -> Html {
+    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let st = &ctx.state.settings;
+    let no_head = ctx.state.model.as_ref().is_some_and(|m| !m.has_head);
+    html! {
+        <section class="settings" aria-label="Settings">
+            <h2>{ "Settings" }</h2>
+            <div class="setting" role="group" aria-label="Mode" data-role="mode">
+                <span class="name">{ "Mode" }</span>
+                { choice(&ctx, st.mode, Mode::Dinoiser, "CLIP-DINOiser", "MaskCLIP features refined by the CLIP-DINOiser head (sharper, object-shaped regions)", no_head, Action::SetMode) }
+                { choice(&ctx, st.mode, Mode::MaskClip, "MaskCLIP (raw)", "Raw MaskCLIP dense features: no refinement (instant to switch, same image encoding)", false, Action::SetMode) }
+            </div>
+            <div class="setting" role="group" aria-label="Resolution" data-role="resolution">
+                <span class="name">{ "Resolution" }</span>
+                { choice(&ctx, st.resolution, Resolution::Fast, "Fast · 224", "Short side 224 px, one pass", false, Action::SetResolution) }
+                { choice(&ctx, st.resolution, Resolution::Balanced, "Balanced · 336", "Short side 336 px, one pass", false, Action::SetResolution) }
+                { choice(&ctx, st.resolution, Resolution::Paper, "Paper · 448", "Short side 448 px with 448 px sliding windows, stride 224 (the paper's protocol; slowest)", false, Action::SetResolution) }
+            </div>
+            <div class="setting" role="group" aria-label="Prompt templates" data-role="templates">
+                <span class="name">{ "Prompts" }</span>
+                { choice(&ctx, st.templates, Templates::Fast, "7 templates", "The CLIP paper's 7 prompt templates per label (fast)", false, Action::SetTemplates) }
+                { choice(&ctx, st.templates, Templates::Full, "80 templates", "All 80 ImageNet prompt templates per label (slower to embed, slightly better)", false, Action::SetTemplates) }
+            </div>
+            if no_head { <p class="muted">{ "These weights have no CLIP-DINOiser head, so only raw MaskCLIP is available." }</p> }
+        </section>
+    }
+}

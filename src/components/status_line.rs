@@ -1,0 +1,55 @@
+//! What the worker is doing for the photo (decode, encode per block / window, label
+//! embedding, segmentation), and a small debug line with counters the page tests read.
+
+use yew::prelude::*;
+
+use crate::context::AppCtx;
+use crate::protocol::Stage;
+
+#[component]
+pub fn StatusLine() -> Html {
+    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let s = &*ctx.state;
+    let work = s.work.as_ref().map(|w| {
+        let what = match w.stage {
+            Stage::Decode => "Opening the photo".to_string(),
+            Stage::Encode => format!(
+                "Encoding the photo: block {} of {}{}",
+                w.done,
+                w.total.unwrap_or(0),
+                w.item.as_ref().map(|i| format!(" ({i})")).unwrap_or_default()
+            ),
+            Stage::Embed => format!(
+                "Embedding labels: {} of {}{}",
+                w.done + 1,
+                w.total.unwrap_or(0),
+                w.item.as_ref().map(|i| format!(" — “{i}”")).unwrap_or_default()
+            ),
+            Stage::Segment => "Segmenting".to_string(),
+            Stage::KMeans => "Clustering features".to_string(),
+            _ => "Working".to_string(),
+        };
+        let pct = w.total.filter(|t| *t > 0).map(|t| (w.done as f64 / t as f64 * 100.0).min(100.0));
+        (what, pct)
+    });
+    let waiting_for_model = s.model.is_none() && s.photo.is_some();
+    let debug = format!(
+        "image encodes: {} · segmentation: {} · k-means: {}",
+        s.encodes,
+        s.segmentation.as_ref().map(|x| format!("{}×{} in {:.0} ms", x.width, x.height, x.millis)).unwrap_or_else(|| "–".into()),
+        s.kmeans.as_ref().map(|x| format!("k={} in {:.0} ms", x.k, x.millis)).unwrap_or_else(|| "–".into()),
+    );
+    html! {
+        <section class="status" aria-live="polite">
+            if let Some((what, pct)) = work {
+                <div class="work" data-role="work">
+                    <span>{ what }</span>
+                    <progress max="100" value={pct.map(|p| format!("{p:.1}")).unwrap_or_default()}></progress>
+                </div>
+            } else if waiting_for_model {
+                <div class="work"><span class="muted">{ "The photo will be processed as soon as the model is loaded." }</span></div>
+            }
+            <p class="debug muted" data-role="debug" data-encodes={s.encodes.to_string()}>{ debug }</p>
+        </section>
+    }
+}

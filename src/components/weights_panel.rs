@@ -1,0 +1,156 @@
+//! Model weights: progress of the download (bytes, %, from cache), the large-download offer,
+//! the loaded model's description, and picking local weight files.
+
+use web_sys::HtmlInputElement;
+use yew::prelude::*;
+
+use crate::components::notice::Notice;
+use crate::context::AppCtx;
+use crate::hooks::use_page_files::files_of;
+use crate::protocol::Stage;
+use crate::state::{Action, Area, LoadPhase};
+
+pub fn mb(bytes: u64) -> String {
+    if bytes >= 100_000_000 {
+        format!("{:.0} MB", bytes as f64 / 1e6)
+    } else {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    }
+}
+
+#[component]
+pub fn WeightsPanel() -> Html {
+    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let picker = use_node_ref();
+    let s = &*ctx.state;
+
+    let pick = {
+        let picker = picker.clone();
+        Callback::from(move |_| {
+            if let Some(i) = picker.cast::<HtmlInputElement>() {
+                i.click();
+            }
+        })
+    };
+    let picked = {
+        let ctx = ctx.clone();
+        Callback::from(move |e: Event| {
+            let Some(input) = e.target_dyn_into::<HtmlInputElement>() else { return };
+            let files = files_of(input.files());
+            input.set_value("");
+            ctx.load_files(files);
+        })
+    };
+    let file_input = html! {
+        <input ref={picker} type="file" multiple=true class="hidden" data-role="weights-input"
+            accept=".gguf,.safetensors,.bin,.pt,.pth,.json" onchange={picked} />
+    };
+    let pick_button = |label: &str| html! {
+        <button class="secondary" onclick={pick.clone()} title="A .gguf bundle, or CLIP .safetensors/.bin (+ open_clip_config.json) with the DINOiser last.pt">{ label.to_string() }</button>
+    };
+
+    let body = match &s.load {
+        LoadPhase::Active { id, stage, item, done, total, from_cache } => {
+            let id = *id;
+            let cancel = {
+                let ctx = ctx.clone();
+                Callback::from(move |_| ctx.cancel(id))
+            };
+            let pct = total.filter(|t| *t > 0).map(|t| (*done as f64 / t as f64 * 100.0).min(100.0));
+            let what = match stage {
+                Stage::Probe => "Looking for the model…".to_string(),
+                Stage::Download if *from_cache => format!("Loading {} from the browser cache", item.clone().unwrap_or_default()),
+                Stage::Download => format!("Downloading {}", item.clone().unwrap_or_default()),
+                Stage::ReadFile => format!("Reading {}", item.clone().unwrap_or_default()),
+                Stage::Build => "Building the model…".to_string(),
+                _ => "Loading…".to_string(),
+            };
+            let amount = match (stage, total) {
+                (Stage::Download | Stage::ReadFile, Some(t)) => format!("{} of {}", mb(*done), mb(*t)),
+                (Stage::Download | Stage::ReadFile, None) => mb(*done),
+                _ => String::new(),
+            };
+            html! {
+                <div class="weights-progress" data-stage={format!("{stage:?}")} data-from-cache={from_cache.to_string()}>
+                    <div class="row">
+                        <span class="what">{ what }</span>
+                        <span class="amount">{ amount }</span>
+                        if let Some(p) = pct { <span class="pct" data-role="weights-pct">{ format!("{p:.0} %") }</span> }
+                        <button class="link" onclick={cancel}>{ "Cancel" }</button>
+                    </div>
+                    <progress max="100" value={pct.map(|p| format!("{p:.1}")).unwrap_or_default()}></progress>
+                </div>
+            }
+        }
+        LoadPhase::Checking { .. } => html! {
+            <div class="weights-progress"><div class="row"><span class="what">{ "Looking for the model…" }</span></div><progress></progress></div>
+        },
+        LoadPhase::Offer { set, total_bytes, notes } => {
+            let set2 = set.clone();
+            let start = {
+                let ctx = ctx.clone();
+                Callback::from(move |_| ctx.load_urls(vec![set2.clone()], None))
+            };
+            let decline = {
+                let ctx = ctx.clone();
+                Callback::from(move |_| ctx.dispatch(Action::DeclineDownload))
+            };
+            let size = total_bytes.map(|b| format!("≈ {}", mb(b))).unwrap_or_else(|| "a large download".into());
+            html! {
+                <div class="offer" data-role="weights-offer">
+                    <p>
+                        { "To segment photos this page needs model weights. " }
+                        if !notes.is_empty() { <span class="muted">{ format!("({}) ", notes.join(" ")) }</span> }
+                        { format!("It can download {} — {size}, kept in your browser for next time.", set.label) }
+                    </p>
+                    <div class="buttons">
+                        <button class="primary" onclick={start}>{ format!("Download ({size})") }</button>
+                        { pick_button("Use files from my disk…") }
+                        <button class="link" onclick={decline}>{ "Not now" }</button>
+                    </div>
+                </div>
+            }
+        }
+        LoadPhase::Idle => match &s.model {
+            Some(m) => {
+                let origin = if m.from_cache { "loaded from cache".to_string() } else { format!("from {}", m.source) };
+                html! {
+                    <div class="model-ready" data-role="model-ready" data-from-cache={m.from_cache.to_string()}>
+                        <span class="dot ok"></span>
+                        <span>
+                            <strong>{ "Model ready" }</strong>
+                            { format!(" · {} · {} · {} · {:.1} s", origin, m.storage, mb(m.bytes), m.millis / 1000.0) }
+                            if !m.has_head { <em>{ " · no CLIP-DINOiser head: MaskCLIP only" }</em> }
+                        </span>
+                        <span class="muted arch" title={m.files.join(", ")}>{ m.architecture.clone() }</span>
+                        { pick_button("Other weights…") }
+                        if let Some(note) = &m.cache_note { <p class="muted">{ note.clone() }</p> }
+                    </div>
+                }
+            }
+            None => {
+                let retry = {
+                    let ctx = ctx.clone();
+                    Callback::from(move |_| ctx.load_configured())
+                };
+                html! {
+                    <div class="model-missing">
+                        <span class="dot"></span>
+                        <span>{ if s.worker_ready { "No model loaded." } else { "Starting…" } }</span>
+                        if s.worker_ready {
+                            <button class="secondary" onclick={retry}>{ "Try the download again" }</button>
+                        }
+                        { pick_button("Choose weight files…") }
+                    </div>
+                }
+            }
+        },
+    };
+    html! {
+        <section class="weights" aria-label="Model weights">
+            { body }
+            { file_input }
+            <Notice area={Area::Weights} />
+        </section>
+    }
+}

@@ -1,0 +1,231 @@
+//! What every component reaches through Yew context: the state handle and the worker, plus
+//! the commands that send a request *and* record it in the state (so that replies to older
+//! requests are dropped by the reducer).
+
+use wasm_bindgen::JsValue;
+use web_sys::File;
+use yew::prelude::*;
+
+use crate::hooks::use_worker::WorkerHandle;
+use crate::protocol::{ImageInput, LocalFile, Request, Att, WeightSet};
+use crate::samples::Sample;
+use crate::state::{Action, Area, Kind, Photo, PhotoSource, State};
+
+#[derive(Clone, PartialEq)]
+pub struct AppCtx {
+    pub state: UseReducerHandle<State>,
+    pub worker: WorkerHandle,
+}
+
+/// Resolve a site-relative URL against the page (works under any sub-path).
+pub fn resolve(rel: &str) -> String {
+    let base = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.base_uri().ok().flatten())
+        .unwrap_or_default();
+    web_sys::Url::new_with_base(rel, &base)
+        .map(|u| u.href())
+        .unwrap_or_else(|_| rel.to_string())
+}
+
+/// What a dropped / picked / pasted file is, judged by type and name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileRole {
+    Photo,
+    Weights,
+    Unknown,
+}
+
+pub const WEIGHT_EXTENSIONS: [&str; 6] = ["gguf", "safetensors", "bin", "pt", "pth", "json"];
+const IMAGE_EXTENSIONS: [&str; 11] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "avif", "tif", "tiff", "ico", "jfif"];
+
+pub fn role_of(name: &str, mime: &str) -> FileRole {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    if WEIGHT_EXTENSIONS.contains(&ext.as_str()) {
+        FileRole::Weights
+    } else if mime.starts_with("image/") || IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+        FileRole::Photo
+    } else {
+        FileRole::Unknown
+    }
+}
+
+impl AppCtx {
+    pub fn dispatch(&self, a: Action) {
+        self.state.dispatch(a);
+    }
+
+    /// Ask the worker to load `candidates` (see [`Request::LoadUrls`]).
+    pub fn load_urls(&self, candidates: Vec<WeightSet>, confirm_above: Option<u64>) {
+        let id = self.worker.next_id();
+        self.dispatch(Action::WeightsRequested(id));
+        self.worker.send(
+            &Request::LoadUrls {
+                id,
+                candidates,
+                confirm_above,
+            },
+            vec![],
+        );
+    }
+
+    /// Load the weights the page URL / share link names (or the defaults).
+    pub fn load_configured(&self) {
+        let (sets, confirm) = self.state.weights_source.candidates(resolve);
+        self.load_urls(sets, confirm);
+    }
+
+    pub fn load_files(&self, files: Vec<File>) {
+        if files.is_empty() {
+            return;
+        }
+        let id = self.worker.next_id();
+        let mut list = Vec::new();
+        let mut atts: Vec<JsValue> = Vec::new();
+        for (i, f) in files.into_iter().enumerate() {
+            list.push(LocalFile {
+                name: f.name(),
+                size: f.size() as u64,
+                blob: Att(i),
+            });
+            atts.push(f.into());
+        }
+        self.dispatch(Action::WeightsRequested(id));
+        self.worker.send(&Request::LoadFiles { id, files: list }, atts);
+    }
+
+    pub fn cancel(&self, id: u64) {
+        self.worker.send(&Request::Cancel { id }, vec![]);
+    }
+
+    pub fn open_sample(&self, sample: &Sample) {
+        let id = self.worker.next_id();
+        self.dispatch(Action::PhotoRequested(Photo {
+            id,
+            source: PhotoSource::Sample(sample.id.to_string()),
+            preview_url: sample.url(),
+            size: None,
+        }));
+        self.worker.send(
+            &Request::SetImage {
+                id,
+                input: ImageInput::Url { url: resolve(&sample.url()) },
+                resolution: self.state.settings.resolution,
+            },
+            vec![],
+        );
+    }
+
+    pub fn open_photo(&self, file: File) {
+        let id = self.worker.next_id();
+        let name = if file.name().is_empty() { "pasted image".to_string() } else { file.name() };
+        let preview_url = web_sys::Url::create_object_url_with_blob(&file).unwrap_or_default();
+        self.dispatch(Action::PhotoRequested(Photo {
+            id,
+            source: PhotoSource::Local { name: name.clone() },
+            preview_url,
+            size: None,
+        }));
+        self.worker.send(
+            &Request::SetImage {
+                id,
+                input: ImageInput::File(LocalFile {
+                    name,
+                    size: file.size() as u64,
+                    blob: Att(0),
+                }),
+                resolution: self.state.settings.resolution,
+            },
+            vec![file.into()],
+        );
+    }
+
+    /// Route files from a drop, paste or picker: photos to the photo, weight files to the
+    /// model, anything else gets a message in `area`.
+    pub fn open_files(&self, files: Vec<File>, area: Area) {
+        let mut photos = Vec::new();
+        let mut weights = Vec::new();
+        let mut unknown = Vec::new();
+        for f in files {
+            match role_of(&f.name(), &f.type_()) {
+                FileRole::Photo => photos.push(f),
+                FileRole::Weights => weights.push(f),
+                FileRole::Unknown => unknown.push(f.name()),
+            }
+        }
+        if !unknown.is_empty() {
+            self.dispatch(Action::Notice(
+                area,
+                format!(
+                    "{} is neither a photo nor a weights file (.gguf, .safetensors, .bin, .pt, .json).",
+                    unknown.iter().map(|n| format!("“{n}”")).collect::<Vec<_>>().join(", ")
+                ),
+                true,
+            ));
+        }
+        if let Some(p) = photos.into_iter().last() {
+            self.open_photo(p);
+        }
+        if !weights.is_empty() {
+            self.load_files(weights);
+        }
+    }
+
+    pub fn send_segment(&self) -> Option<u64> {
+        let s = &*self.state;
+        let photo = s.photo.as_ref()?;
+        if s.model.is_none() || s.labels.is_empty() {
+            return None;
+        }
+        let id = self.worker.next_id();
+        self.dispatch(Action::Sent(Kind::Segment, id));
+        self.worker.send(
+            &Request::Segment {
+                id,
+                image: photo.id,
+                labels: s.label_texts(),
+                background: s.background_index(),
+                mode: s.settings.mode,
+                resolution: s.settings.resolution,
+                templates: s.settings.templates,
+            },
+            vec![],
+        );
+        Some(id)
+    }
+
+    pub fn send_kmeans(&self) -> Option<u64> {
+        let s = &*self.state;
+        let photo = s.photo.as_ref()?;
+        s.model.as_ref()?;
+        let id = self.worker.next_id();
+        self.dispatch(Action::Sent(Kind::KMeans, id));
+        self.worker.send(
+            &Request::KMeans {
+                id,
+                image: photo.id,
+                k: s.settings.k,
+                resolution: s.settings.resolution,
+            },
+            vec![],
+        );
+        Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_routed_by_type_and_name() {
+        assert_eq!(role_of("IMG_1.JPG", ""), FileRole::Photo);
+        assert_eq!(role_of("image.png", "image/png"), FileRole::Photo);
+        assert_eq!(role_of("", "image/png"), FileRole::Photo, "pasted images have no name");
+        assert_eq!(role_of("clip-dinoiser-q4_0.gguf", ""), FileRole::Weights);
+        assert_eq!(role_of("open_clip_pytorch_model.bin", "application/octet-stream"), FileRole::Weights);
+        assert_eq!(role_of("last.pt", ""), FileRole::Weights);
+        assert_eq!(role_of("notes.txt", "text/plain"), FileRole::Unknown);
+        assert_eq!(role_of("archive", ""), FileRole::Unknown);
+    }
+}

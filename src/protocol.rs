@@ -1,0 +1,394 @@
+//! The messages between the UI thread and the model worker: one enum each way.
+//!
+//! A message travels as a JSON string plus a list of *attachments* (`Blob`s and `ArrayBuffer`s,
+//! see [`crate::transport`]). Binary payloads — a photo, a weight file, a label map — are never
+//! serialised: the message names them by index ([`Att`]) and the buffers are transferred.
+//!
+//! Every request carries an id. The worker keeps only the newest request of each kind and
+//! tags every reply with the id it answers, so the UI can drop replies to superseded requests.
+
+use serde::{Deserialize, Serialize};
+
+/// Request id, unique per page session (allocated by the UI, increasing).
+pub type RequestId = u64;
+
+/// Index into the attachment list that travels beside a message.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Att(pub usize);
+
+/// Segmentation head: CLIP-DINOiser refinement, or raw MaskCLIP features.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    #[default]
+    Dinoiser,
+    MaskClip,
+}
+
+/// Processing resolution: the photo's short side in pixels; `Paper` also uses the paper's
+/// 448×448 sliding window with stride 224.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Resolution {
+    Fast,
+    #[default]
+    Balanced,
+    Paper,
+}
+
+impl Resolution {
+    pub const ALL: [Resolution; 3] = [Resolution::Fast, Resolution::Balanced, Resolution::Paper];
+
+    pub fn short_side(self) -> u32 {
+        match self {
+            Resolution::Fast => 224,
+            Resolution::Balanced => 336,
+            Resolution::Paper => 448,
+        }
+    }
+
+    /// Sliding window (side, stride) in pixels, or `None` for a single whole-image pass.
+    pub fn window(self) -> Option<(u32, u32)> {
+        match self {
+            Resolution::Paper => Some((448, 224)),
+            _ => None,
+        }
+    }
+
+    pub fn from_short_side(px: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.short_side() == px)
+    }
+}
+
+/// Prompt templates averaged per label: the CLIP paper's 7 or the full 80 ImageNet ones.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Templates {
+    #[default]
+    Fast,
+    Full,
+}
+
+impl Templates {
+    pub fn count(self) -> usize {
+        match self {
+            Templates::Fast => 7,
+            Templates::Full => 80,
+        }
+    }
+}
+
+/// A weight file on the web.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RemoteFile {
+    pub url: String,
+    /// File name shown to the user and used for format detection (`last.pt`, `x.gguf`, …).
+    pub name: String,
+}
+
+/// A complete set of weight files (a GGUF bundle, or CLIP + optional config + DINOiser head).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WeightSet {
+    /// Short description for the user ("CLIP-DINOiser bundle from this site").
+    pub label: String,
+    pub files: Vec<RemoteFile>,
+    /// Known download size when the server does not say (the hub files are ≈ 600 MB).
+    pub approx_bytes: Option<u64>,
+}
+
+/// A file the user picked or dropped, carried as a `Blob` attachment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LocalFile {
+    pub name: String,
+    pub size: u64,
+    pub blob: Att,
+}
+
+/// Where the photo comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ImageInput {
+    /// A URL the worker fetches (sample photos of the site).
+    Url { url: String },
+    /// Bytes the user dropped, pasted or picked.
+    File(LocalFile),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Request {
+    /// Load the first set of `candidates` that is cached or reachable. When it is neither
+    /// cached nor smaller than `confirm_above` bytes, answer `NeedsConfirmation` instead.
+    LoadUrls {
+        id: RequestId,
+        candidates: Vec<WeightSet>,
+        confirm_above: Option<u64>,
+    },
+    /// Load weight files picked by the user (format detected from content).
+    LoadFiles { id: RequestId, files: Vec<LocalFile> },
+    /// Decode a photo (EXIF orientation applied, downscaled for processing) and encode it as
+    /// soon as a model is loaded.
+    SetImage {
+        id: RequestId,
+        input: ImageInput,
+        resolution: Resolution,
+    },
+    /// Segment the image of request `image` with `labels`. Cheap when the image features for
+    /// (`image`, `resolution`) are cached: only new labels are embedded.
+    Segment {
+        id: RequestId,
+        image: RequestId,
+        labels: Vec<String>,
+        /// Index of the background label, if any (CLIP-DINOiser background rule).
+        background: Option<usize>,
+        mode: Mode,
+        resolution: Resolution,
+        templates: Templates,
+    },
+    /// Cluster the dense features of image `image` into `k` groups, raw and refined.
+    KMeans {
+        id: RequestId,
+        image: RequestId,
+        k: usize,
+        resolution: Resolution,
+    },
+    /// Stop the request with this id (a download stops at the next chunk).
+    Cancel { id: RequestId },
+}
+
+impl Request {
+    pub fn id(&self) -> RequestId {
+        match self {
+            Request::LoadUrls { id, .. }
+            | Request::LoadFiles { id, .. }
+            | Request::SetImage { id, .. }
+            | Request::Segment { id, .. }
+            | Request::KMeans { id, .. }
+            | Request::Cancel { id } => *id,
+        }
+    }
+}
+
+/// What the worker is doing, for progress lines.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Looking for cached copies and asking servers for sizes.
+    Probe,
+    /// Downloading (or reading from the Cache API when `from_cache`); `done`/`total` in bytes.
+    Download,
+    /// Reading a local file; bytes.
+    ReadFile,
+    /// Parsing weights and building the model.
+    Build,
+    /// Decoding the photo.
+    Decode,
+    /// Running the image encoder; `done`/`total` in transformer blocks (over all windows).
+    Encode,
+    /// Embedding labels with the text encoder; `done`/`total` in labels.
+    Embed,
+    /// Classifying patches, refining, upsampling.
+    Segment,
+    KMeans,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ModelInfo {
+    /// Where the weights came from (URL host or "local files").
+    pub source: String,
+    pub files: Vec<String>,
+    pub bytes: u64,
+    pub from_cache: bool,
+    /// Whether a CLIP-DINOiser head is present (else only raw MaskCLIP works).
+    pub has_head: bool,
+    /// Storage type(s) of the weights, e.g. "q4_0 + f32".
+    pub storage: String,
+    /// e.g. "ViT 12×768, patch 16 · text 12×512 · embed 512".
+    pub architecture: String,
+    pub millis: f64,
+    /// Why the weights were not stored in the Cache API, when they were not.
+    pub cache_note: Option<String>,
+}
+
+/// Where an error belongs on the page.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorContext {
+    Weights,
+    Image,
+    Labels,
+    Segment,
+    KMeans,
+    Worker,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Response {
+    /// The worker started and waits for requests.
+    Ready,
+    Progress {
+        id: RequestId,
+        stage: Stage,
+        /// File or item being worked on, if any.
+        item: Option<String>,
+        done: u64,
+        total: Option<u64>,
+        from_cache: bool,
+    },
+    /// The chosen weights are large and not cached: ask the user first.
+    NeedsConfirmation {
+        id: RequestId,
+        set: WeightSet,
+        total_bytes: Option<u64>,
+        /// What was tried before this set (e.g. "no bundle on this site").
+        notes: Vec<String>,
+    },
+    Loaded { id: RequestId, info: ModelInfo },
+    ImageDecoded {
+        id: RequestId,
+        /// Size of the photo after EXIF orientation.
+        width: u32,
+        height: u32,
+    },
+    ImageEncoded {
+        id: RequestId,
+        resolution: Resolution,
+        /// Image encodes done by this worker so far (a cheap label edit must not change it).
+        encodes: u64,
+        grid: (usize, usize),
+        windows: usize,
+        millis: f64,
+    },
+    Segmentation {
+        id: RequestId,
+        /// Label map size (the processing resolution, same aspect as the photo).
+        width: u32,
+        height: u32,
+        labels: Vec<String>,
+        /// `width·height` bytes: label index per pixel.
+        label_map: Att,
+        /// `width·height` bytes: winning probability × 255.
+        confidence: Att,
+        /// Fraction of the pixels per label.
+        areas: Vec<f32>,
+        encodes: u64,
+        millis: f64,
+        /// Non-fatal remarks (e.g. a label truncated to 77 tokens).
+        warnings: Vec<String>,
+    },
+    KMeans {
+        id: RequestId,
+        k: usize,
+        /// Patch grid size.
+        width: u32,
+        height: u32,
+        /// `width·height` bytes: cluster per patch of the raw MaskCLIP features.
+        raw: Att,
+        /// The same for CLIP-DINOiser-refined features (absent without a head); clusters are
+        /// matched to `raw` so that equal colours mean overlapping clusters.
+        refined: Option<Att>,
+        encodes: u64,
+        millis: f64,
+    },
+    Error {
+        id: Option<RequestId>,
+        context: ErrorContext,
+        message: String,
+    },
+}
+
+impl Response {
+    pub fn id(&self) -> Option<RequestId> {
+        match self {
+            Response::Ready => None,
+            Response::Progress { id, .. }
+            | Response::NeedsConfirmation { id, .. }
+            | Response::Loaded { id, .. }
+            | Response::ImageDecoded { id, .. }
+            | Response::ImageEncoded { id, .. }
+            | Response::Segmentation { id, .. }
+            | Response::KMeans { id, .. } => Some(*id),
+            Response::Error { id, .. } => *id,
+        }
+    }
+}
+
+/// JSON text of a message (the string part of an envelope).
+pub fn to_json<T: Serialize>(msg: &T) -> String {
+    // Serialising these plain enums cannot fail (no maps with non-string keys, no I/O).
+    serde_json::to_string(msg).unwrap_or_else(|e| format!("{{\"serialise_error\":\"{e}\"}}"))
+}
+
+/// Parse the string part of an envelope.
+pub fn from_json<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| format!("malformed message: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_through_json() {
+        let reqs = vec![
+            Request::LoadUrls {
+                id: 1,
+                candidates: vec![WeightSet {
+                    label: "bundle".into(),
+                    files: vec![RemoteFile {
+                        url: "models/clip-dinoiser-q4_0.gguf".into(),
+                        name: "clip-dinoiser-q4_0.gguf".into(),
+                    }],
+                    approx_bytes: Some(90_000_000),
+                }],
+                confirm_above: Some(200 << 20),
+            },
+            Request::LoadFiles {
+                id: 2,
+                files: vec![LocalFile { name: "last.pt".into(), size: 7, blob: Att(0) }],
+            },
+            Request::SetImage {
+                id: 3,
+                input: ImageInput::File(LocalFile { name: "a.jpg".into(), size: 9, blob: Att(0) }),
+                resolution: Resolution::Paper,
+            },
+            Request::Segment {
+                id: 4,
+                image: 3,
+                labels: vec!["cat".into(), "background".into()],
+                background: Some(1),
+                mode: Mode::MaskClip,
+                resolution: Resolution::Fast,
+                templates: Templates::Full,
+            },
+            Request::KMeans { id: 5, image: 3, k: 6, resolution: Resolution::Balanced },
+            Request::Cancel { id: 1 },
+        ];
+        for (i, r) in reqs.iter().enumerate() {
+            let back: Request = from_json(&to_json(r)).unwrap();
+            assert_eq!(&back, r);
+            assert_eq!(back.id(), [1, 2, 3, 4, 5, 1][i]);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip_through_json() {
+        let r = Response::Segmentation {
+            id: 9,
+            width: 4,
+            height: 2,
+            labels: vec!["a".into()],
+            label_map: Att(0),
+            confidence: Att(1),
+            areas: vec![1.0],
+            encodes: 1,
+            millis: 3.5,
+            warnings: vec![],
+        };
+        let back: Response = from_json(&to_json(&r)).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.id(), Some(9));
+        assert!(from_json::<Response>("{\"Nope\":1}").is_err());
+    }
+
+    #[test]
+    fn resolutions() {
+        assert_eq!(Resolution::from_short_side(448), Some(Resolution::Paper));
+        assert_eq!(Resolution::from_short_side(500), None);
+        assert_eq!(Resolution::Paper.window(), Some((448, 224)));
+        assert_eq!(Resolution::Fast.window(), None);
+    }
+}

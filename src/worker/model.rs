@@ -1,0 +1,269 @@
+//! The model as the worker holds it: a `clipdino` [`Segmenter`], the tokenizer, and a
+//! per-label embedding cache. All tensor math is in the `clipdino` crate; this file only picks
+//! options and converts results into the compact maps the UI draws.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use clipdino::kmeans::{kmeans_tensor, KMeansOptions};
+use clipdino::loaders::{load_model_files, Bundle};
+use clipdino::pipeline::{self, EncodeOptions, FeatureKind, ImageFeatures, Segmenter, SegmentOptions, Window};
+use clipdino::templates::TemplateSet;
+use clipdino::tokenizer::ClipTokenizer;
+use clipdino::{ComputePath, Stored, Vb};
+
+use crate::protocol::{Mode, ModelInfo, Resolution, Templates};
+
+pub struct Model {
+    pub seg: Segmenter,
+    pub info: ModelInfo,
+    tokenizer: ClipTokenizer,
+    /// `(label, templates)` → L2-normalised embedding `[E]`, plus whether a prompt was cut.
+    embeddings: RefCell<HashMap<(String, Templates), (Tensor, bool)>>,
+}
+
+fn storage_summary(bundle: &Bundle) -> String {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (_, t) in bundle.store.iter() {
+        let name = match t {
+            Stored::Float(_) | Stored::Quant(_) => t.dtype_name(),
+        };
+        *counts.entry(name).or_default() += 1;
+    }
+    let mut v: Vec<(String, usize)> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.into_iter().map(|(n, _)| n).collect::<Vec<_>>().join(" + ")
+}
+
+impl Model {
+    /// Parse weight files (format detected from content) and build the model. `info` is
+    /// completed here with what the files turned out to hold.
+    pub fn build(files: Vec<(String, Vec<u8>)>, tokenizer: ClipTokenizer, mut info: ModelInfo) -> Result<Model, String> {
+        let bundle = load_model_files(&files).map_err(|e| e.to_string())?;
+        drop(files);
+        let c = &bundle.clip;
+        info.has_head = bundle.head.is_some();
+        info.storage = storage_summary(&bundle);
+        info.architecture = format!(
+            "ViT {}×{}, patch {} · text {}×{} · embed {}",
+            c.vision.layers, c.vision.width, c.vision.patch_size, c.text.layers, c.text.width, c.embed_dim
+        );
+        if c.text.vocab_size < tokenizer.vocab_size() {
+            return Err(format!(
+                "{} holds a text tower for {} tokens, but the CLIP tokenizer has {}.",
+                bundle.store.source(),
+                c.text.vocab_size,
+                tokenizer.vocab_size()
+            ));
+        }
+        let tokenizer = tokenizer
+            .with_context_length(c.text.context_length)
+            .map_err(|e| e.to_string())?;
+        let Bundle { clip, head, store } = bundle;
+        let vb = Vb::new(Arc::new(store), Device::Cpu, ComputePath::F32);
+        let seg = Segmenter::new(&vb, &clip, head.as_ref()).map_err(|e| e.to_string())?;
+        Ok(Model {
+            seg,
+            info,
+            tokenizer,
+            embeddings: RefCell::new(HashMap::new()),
+        })
+    }
+
+    pub fn patch(&self) -> usize {
+        self.seg.clip_cfg.vision.patch_size
+    }
+
+    /// Processing size `(width, height)` and encoder options for a `w × h` photo. A single
+    /// pass that would exceed the encoder's patch budget (a panorama) uses windows instead.
+    pub fn plan(&self, res: Resolution, w: u32, h: u32) -> (u32, u32, EncodeOptions) {
+        let short = res.short_side() as usize;
+        let (ph, pw) = pipeline::short_side_size(h as usize, w as usize, short);
+        let p = self.patch();
+        let window = match res.window() {
+            Some((size, stride)) => Some(Window {
+                size: size as usize,
+                stride: stride as usize,
+            }),
+            None if ph.div_ceil(p) * pw.div_ceil(p) > clipdino::clip::MAX_PATCHES => Some(Window {
+                size: short,
+                stride: short / 2,
+            }),
+            None => None,
+        };
+        let opts = EncodeOptions {
+            short_side: Some(short),
+            window,
+        };
+        (pw as u32, ph as u32, opts)
+    }
+
+    pub fn encode(
+        &self,
+        chw01: Vec<f32>,
+        w: u32,
+        h: u32,
+        opts: &EncodeOptions,
+        progress: &mut dyn FnMut(pipeline::Progress),
+    ) -> Result<ImageFeatures, String> {
+        let t = Tensor::from_vec(chw01, (3, h as usize, w as usize), &Device::Cpu).map_err(|e| e.to_string())?;
+        self.seg.encode_image(&t, opts, progress).map_err(|e| e.to_string())
+    }
+
+    pub fn is_embedded(&self, label: &str, templates: Templates) -> bool {
+        self.embeddings.borrow().contains_key(&(label.to_string(), templates))
+    }
+
+    /// Embed one label (cached). Returns whether a prompt had to be cut to the context length.
+    pub fn embed(&self, label: &str, templates: Templates) -> Result<bool, String> {
+        let key = (label.to_string(), templates);
+        if let Some((_, cut)) = self.embeddings.borrow().get(&key) {
+            return Ok(*cut);
+        }
+        let set = match templates {
+            Templates::Fast => TemplateSet::Fast,
+            Templates::Full => TemplateSet::Full,
+        };
+        let mut cut = false;
+        for prompt in set.apply(label) {
+            cut |= self.tokenizer.encode(&prompt).map_err(|e| e.to_string())?.truncated;
+        }
+        let e = self
+            .seg
+            .clip
+            .embed_labels(&self.tokenizer, &[label.to_string()], set)
+            .and_then(|t| Ok(t.squeeze(0)?))
+            .map_err(|e| format!("embedding “{label}”: {e}"))?;
+        self.embeddings.borrow_mut().insert(key, (e, cut));
+        Ok(cut)
+    }
+
+    /// Stack cached embeddings into `[L, E]` (every label must have been embedded).
+    pub fn label_matrix(&self, labels: &[String], templates: Templates) -> Result<Tensor, String> {
+        let cache = self.embeddings.borrow();
+        let rows: Vec<Tensor> = labels
+            .iter()
+            .map(|l| {
+                cache
+                    .get(&(l.clone(), templates))
+                    .map(|(t, _)| t.clone())
+                    .ok_or_else(|| format!("“{l}” is not embedded"))
+            })
+            .collect::<Result<_, _>>()?;
+        Tensor::stack(&rows, 0).map_err(|e| e.to_string())
+    }
+
+    /// Segment cached features. Returns the label map, confidence (×255) and area fractions.
+    pub fn segment(
+        &self,
+        feats: &ImageFeatures,
+        labels: &Tensor,
+        mode: Mode,
+        background: Option<usize>,
+    ) -> Result<(u32, u32, Vec<u8>, Vec<u8>, Vec<f32>), String> {
+        let mode = match mode {
+            Mode::Dinoiser if feats.has_refined() => pipeline::Mode::Dinoiser,
+            _ => pipeline::Mode::MaskClip,
+        };
+        let opts = SegmentOptions {
+            mode,
+            background,
+            output_size: Some((feats.height, feats.width)),
+        };
+        let s = self.seg.segment(feats, labels, &opts).map_err(|e| e.to_string())?;
+        let n_labels = labels.dim(0).map_err(|e| e.to_string())?;
+        let areas = clipdino::overlay::area_fractions(&s.labels, n_labels);
+        let map: Vec<u8> = s.labels.iter().map(|&l| l.min(255) as u8).collect();
+        let conf: Vec<u8> = s
+            .confidence
+            .iter()
+            .map(|&c| (c.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect();
+        Ok((s.width as u32, s.height as u32, map, conf, areas))
+    }
+
+    /// K-Means of the raw (and, with a head, refined) patch features, as per-pixel cluster
+    /// maps of the processed image. Clusters are numbered by size in the raw map, and refined
+    /// clusters take the number of the raw cluster they overlap most.
+    pub fn kmeans(&self, feats: &ImageFeatures, k: usize) -> Result<(u32, u32, Vec<u8>, Option<Vec<u8>>), String> {
+        let opts = KMeansOptions::new(k);
+        let run = |kind| -> Result<Vec<u32>, String> {
+            let grid = feats.patch_grid(kind).map_err(|e| e.to_string())?;
+            let km = kmeans_tensor(&grid, &opts).map_err(|e| e.to_string())?;
+            feats
+                .grid_to_pixels(&km.assignments, feats.height, feats.width)
+                .map_err(|e| e.to_string())
+        };
+        let raw = relabel_by_size(&run(FeatureKind::Raw)?, k);
+        let refined = if feats.has_refined() {
+            let r = run(FeatureKind::Refined)?;
+            Some(match_clusters(&raw, &r, k))
+        } else {
+            None
+        };
+        let to_u8 = |v: Vec<u32>| v.into_iter().map(|c| c.min(255) as u8).collect::<Vec<u8>>();
+        Ok((feats.width as u32, feats.height as u32, to_u8(raw), refined.map(to_u8)))
+    }
+}
+
+/// Renumber clusters so that 0 is the largest (ties: lower old id first).
+pub fn relabel_by_size(map: &[u32], k: usize) -> Vec<u32> {
+    let mut counts = vec![0usize; k];
+    for &c in map {
+        if let Some(n) = counts.get_mut(c as usize) {
+            *n += 1;
+        }
+    }
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
+    let mut new_id = vec![0u32; k];
+    for (new, &old) in order.iter().enumerate() {
+        new_id[old] = new as u32;
+    }
+    map.iter().map(|&c| new_id.get(c as usize).copied().unwrap_or(c)).collect()
+}
+
+/// Renumber `other`'s clusters to the `reference` clusters they overlap most: greedy matching
+/// on the overlap table, largest overlap first (k ≤ 16, so this is instant).
+pub fn match_clusters(reference: &[u32], other: &[u32], k: usize) -> Vec<u32> {
+    let mut overlap = vec![0usize; k * k];
+    for (&r, &o) in reference.iter().zip(other) {
+        if (r as usize) < k && (o as usize) < k {
+            overlap[o as usize * k + r as usize] += 1;
+        }
+    }
+    let mut pairs: Vec<(usize, usize, usize)> = (0..k)
+        .flat_map(|o| (0..k).map(move |r| (o, r)))
+        .map(|(o, r)| (overlap[o * k + r], o, r))
+        .collect();
+    pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut map_o = vec![None; k];
+    let mut used_r = vec![false; k];
+    for (_, o, r) in pairs {
+        if map_o[o].is_none() && !used_r[r] {
+            map_o[o] = Some(r as u32);
+            used_r[r] = true;
+        }
+    }
+    other
+        .iter()
+        .map(|&o| map_o.get(o as usize).copied().flatten().unwrap_or(o))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clusters_are_numbered_by_size_and_matched() {
+        let raw = [2, 2, 2, 0, 0, 1];
+        assert_eq!(relabel_by_size(&raw, 3), [0, 0, 0, 1, 1, 2]);
+        // `other` is `reference` with ids permuted and one pixel moved.
+        let reference = [0, 0, 0, 1, 1, 2];
+        let other = [1, 1, 2, 2, 2, 0];
+        assert_eq!(match_clusters(&reference, &other, 3), [0, 0, 1, 1, 1, 2]);
+    }
+}

@@ -1,0 +1,166 @@
+// End-to-end flow of the built site in headless Chromium, with random tiny-model weights:
+// weights download with progress → sample photo → labels → overlay + legend → label edit without
+// re-encoding → reload from the Cache API → K-Means → share link in a fresh page.
+// Screenshots of every step land in test-output/page/.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { startServer } from './server.mjs';
+import {
+  DIST,
+  attr,
+  canvasColours,
+  canvasHash,
+  checkDist,
+  chips,
+  launch,
+  legend,
+  matchColours,
+  newPage,
+  nextSegmentation,
+  screenshot,
+  testWeights,
+} from './helpers.mjs';
+
+describe('clipdino page: main flow', { timeout: 600_000 }, () => {
+  let server, browser, page, context, site;
+
+  before(async () => {
+    checkDist();
+    server = await startServer({ dist: DIST, weights: testWeights() });
+    site = `${server.origin}/demo/clipdino/`;
+    browser = await launch();
+    ({ context, page } = await newPage(browser));
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  it('loads the site bundle with progress up to 100 %', async () => {
+    await page.goto(site);
+    await page.waitForSelector('[data-role=model-ready]', { timeout: 120_000 });
+    const pct = await page.evaluate(() => window.__pct);
+    assert.ok(pct.includes('100 %'), `progress seen: ${pct}`);
+    assert.ok(pct.some((p) => parseInt(p) < 100), `no intermediate progress in ${pct}`);
+    assert.equal(await page.getAttribute('[data-role=model-ready]', 'data-from-cache'), 'false');
+    assert.match(await page.textContent('[data-role=model-ready]'), /q4_0/);
+    await screenshot(page, 'weights-loaded');
+  });
+
+  it('segments a sample photo with three typed labels', async () => {
+    await page.click('[data-sample=chelsea]');
+    await page.waitForSelector('[data-role=photo]');
+    await page.fill('[data-role=label-input]', 'cat, wall, floor');
+    await page.press('[data-role=label-input]', 'Enter');
+    await nextSegmentation(page, '');
+    assert.deepEqual(await chips(page), ['cat', 'wall', 'floor']);
+    const leg = await legend(page);
+    assert.deepEqual(leg.map((l) => l.label), ['cat', 'wall', 'floor'], 'the legend lists exactly the labels');
+    const pixels = await canvasColours(page, '[data-role=overlay]');
+    const seen = matchColours(pixels, leg.map((l) => l.color));
+    assert.ok(seen.size >= 2, `overlay shows ${seen.size} label colour(s): ${JSON.stringify(pixels.slice(0, 8))}`);
+    // Every overlay pixel carries a legend colour.
+    const stray = pixels.filter((p) => matchColours([p], leg.map((l) => l.color)).size === 0);
+    assert.equal(stray.length, 0, `pixels in colours outside the legend: ${JSON.stringify(stray.slice(0, 5))}`);
+    assert.equal(await attr(page, 'data-encodes'), '1');
+    await screenshot(page, 'segmented');
+  });
+
+  it('shows label and confidence on hover, isolates a label from the legend', async () => {
+    const box = await page.locator('[data-role=overlay]').boundingBox();
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    const text = await page.textContent('[data-role=hover]');
+    assert.match(text, /^(cat|wall|floor) · \d+ %$/);
+    const before = await canvasColours(page, '[data-role=overlay]');
+    const [first] = await legend(page);
+    await page.click(`[data-role=legend] [data-label="${first.label}"]`);
+    await page.waitForSelector('.entry.isolated');
+    const only = matchColours(await canvasColours(page, '[data-role=overlay]'), (await legend(page)).map((l) => l.color));
+    assert.ok(only.size <= 1 && [...only].every((c) => c === first.color), `isolated overlay shows ${[...only]}`);
+    await screenshot(page, 'isolated');
+    await page.click(`[data-role=legend] [data-label="${first.label}"]`);
+    await page.waitForSelector('.entry.isolated', { state: 'detached' });
+    assert.deepEqual(await canvasColours(page, '[data-role=overlay]'), before);
+  });
+
+  it('re-segments on a label edit without encoding the image again', async () => {
+    const seg = await attr(page, 'data-segmentation');
+    const encodes = await attr(page, 'data-encodes');
+    const before = await canvasHash(page, '[data-role=overlay]');
+    await page.click('.chip[data-label=wall] .chip-text');
+    await page.fill('[data-role=chip-edit]', 'window');
+    await page.press('[data-role=chip-edit]', 'Enter');
+    await nextSegmentation(page, seg);
+    assert.deepEqual((await legend(page)).map((l) => l.label), ['cat', 'window', 'floor']);
+    assert.notEqual(await canvasHash(page, '[data-role=overlay]'), before, 'the overlay changed');
+    assert.equal(await attr(page, 'data-encodes'), encodes, 'no new image encode for a label edit');
+    assert.match(await page.textContent('[data-role=debug]'), new RegExp(`image encodes: ${encodes}`));
+    await screenshot(page, 'label-edited');
+  });
+
+  it('switches to raw MaskCLIP without re-encoding', async () => {
+    const seg = await attr(page, 'data-segmentation');
+    await page.click('[data-role=mode] button:has-text("MaskCLIP")');
+    await nextSegmentation(page, seg);
+    assert.equal(await attr(page, 'data-encodes'), '1');
+    await page.click('[data-role=mode] button:has-text("CLIP-DINOiser")');
+    await nextSegmentation(page, await attr(page, 'data-segmentation'));
+  });
+
+  it('reloads the weights from the Cache API', async () => {
+    const mark = server.log.length;
+    await page.reload();
+    await page.waitForSelector('[data-role=model-ready][data-from-cache=true]', { timeout: 60_000 });
+    assert.match(await page.textContent('[data-role=model-ready]'), /loaded from cache/);
+    const refetched = server.log.slice(mark).filter((r) => r.path.endsWith('.gguf'));
+    assert.deepEqual(refetched, [], 'no network request for the weights after a reload');
+    // The fragment restored labels and sample; the photo is segmented again.
+    assert.deepEqual(await chips(page), ['cat', 'window', 'floor']);
+    await nextSegmentation(page, '');
+    await screenshot(page, 'reloaded-from-cache');
+  });
+
+  it('shows k K-Means colours', async () => {
+    await page.locator('[data-role=k]').fill('5');
+    await page.waitForSelector('[data-role=kmeans-raw][data-k="5"]', { timeout: 60_000 });
+    const raw = await canvasColours(page, '[data-role=kmeans-raw]');
+    const refined = await canvasColours(page, '[data-role=kmeans-refined]');
+    assert.equal(raw.length, 5, `raw clusters: ${JSON.stringify(raw)}`);
+    assert.ok(refined.length >= 2 && refined.length <= 5, `refined clusters: ${JSON.stringify(refined)}`);
+    await page.locator('.kmeans').scrollIntoViewIfNeeded();
+    await screenshot(page, 'kmeans');
+  });
+
+  it('restores labels and settings from a share link in a fresh page', async () => {
+    await page.click('[data-role=resolution] button:has-text("Fast")');
+    await page.click('[data-role=templates] button:has-text("80")');
+    await page.click('[data-role=mode] button:has-text("MaskCLIP")');
+    await page.click('[data-role=share]');
+    const url = await page.inputValue('[data-role=share-url]');
+    assert.match(url, /#labels=cat,window,floor&mode=maskclip&res=224&tpl=80&k=5/);
+    assert.match(url, /sample=chelsea/);
+    const fresh = await newPage(browser);
+    await fresh.page.goto(url);
+    await fresh.page.waitForSelector('[data-role=model-ready]', { timeout: 120_000 });
+    assert.deepEqual(await chips(fresh.page), ['cat', 'window', 'floor']);
+    for (const [group, text] of [['mode', 'MaskCLIP'], ['resolution', 'Fast'], ['templates', '80']]) {
+      const pressed = await fresh.page.getAttribute(`[data-role=${group}] button:has-text("${text}")`, 'aria-pressed');
+      assert.equal(pressed, 'true', `${group} restored`);
+    }
+    await nextSegmentation(fresh.page, '');
+    assert.deepEqual((await legend(fresh.page)).map((l) => l.label), ['cat', 'window', 'floor']);
+    await screenshot(fresh.page, 'share-link-restored');
+    assert.deepEqual(fresh.page.errors, []);
+    await fresh.context.close();
+  });
+
+  it('asked nothing of any other host and logged no errors', async () => {
+    assert.deepEqual(page.errors, []);
+    const foreign = page.requests.filter((u) => !u.startsWith(server.origin) && !u.startsWith('blob:') && !u.startsWith('data:'));
+    assert.deepEqual(foreign, [], 'requests to other hosts');
+    const posts = server.log.filter((r) => r.method !== 'GET' && r.method !== 'HEAD');
+    assert.deepEqual(posts, [], 'the page never uploads anything');
+  });
+});

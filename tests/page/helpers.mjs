@@ -1,0 +1,169 @@
+// Shared set-up for the page tests: the built site, random weights, Chromium, screenshots and
+// canvas read-outs.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+export const ROOT = path.resolve(import.meta.dirname, '../..');
+export const OUT = path.join(ROOT, 'test-output/page');
+export const DIST = path.join(ROOT, 'dist');
+
+/** Chromium flags that work headless as root on CI machines without network. */
+const FLAGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+export function checkDist() {
+  for (const f of ['index.html', 'worker_loader.js', 'worker.js', 'worker_bg.wasm', 'tokenizer.json', 'samples/chelsea.jpg']) {
+    if (!fs.existsSync(path.join(DIST, f))) {
+      throw new Error(`dist/${f} is missing: build the site first (scripts/build-site.sh)`);
+    }
+  }
+}
+
+function cli(args) {
+  execFileSync('cargo', ['run', '--quiet', '--release', '--locked', '-p', 'clipdino-cli', '--', ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+}
+
+/**
+ * A folder with random tiny-model weights in the upstream formats plus a Q4_0 GGUF bundle:
+ * `$CLIPDINO_TEST_WEIGHTS` if set (made by `clipdino random-weights`), else generated once
+ * into test-output/page/weights with the CLI.
+ */
+export function testWeights() {
+  let dir = process.env.CLIPDINO_TEST_WEIGHTS;
+  if (!dir) {
+    dir = path.join(OUT, 'weights');
+    if (!fs.existsSync(path.join(dir, 'last.pt'))) {
+      cli(['random-weights', '--arch', 'tiny', '--seed', '7', '--out', dir]);
+    }
+  }
+  dir = path.resolve(dir);
+  const bundle = path.join(dir, 'clip-dinoiser-q4_0.gguf');
+  if (!fs.existsSync(bundle)) {
+    cli([
+      'convert',
+      '--clip', path.join(dir, 'open_clip_model.safetensors'),
+      '--config', path.join(dir, 'open_clip_config.json'),
+      '--head', path.join(dir, 'last.pt'),
+      '--quant', 'q4_0',
+      '--out', bundle,
+    ]);
+  }
+  return dir;
+}
+
+export async function launch() {
+  return chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: FLAGS });
+}
+
+/** A fresh browser context (own cache storage) whose page records console errors. */
+export async function newPage(browser) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+  await context.grantPermissions(['clipboard-read', 'clipboard-write']);
+  const page = await context.newPage();
+  page.errors = [];
+  page.requests = [];
+  // Page and worker requests alike.
+  context.on('request', (r) => page.requests.push(r.url()));
+  page.on('pageerror', (e) => page.errors.push(String(e)));
+  page.on('console', (m) => {
+    if (m.type() === 'error') page.errors.push(m.text());
+  });
+  // Record every weights percentage the page ever shows (they change quickly).
+  await page.addInitScript(() => {
+    window.__pct = [];
+    new MutationObserver(() => {
+      const el = document.querySelector('[data-role=weights-pct]');
+      if (el && window.__pct.at(-1) !== el.textContent) window.__pct.push(el.textContent);
+    }).observe(document, { subtree: true, childList: true, characterData: true });
+  });
+  return { context, page };
+}
+
+let shot = 0;
+export async function screenshot(page, name) {
+  fs.mkdirSync(OUT, { recursive: true });
+  shot += 1;
+  const file = path.join(OUT, `${String(shot).padStart(2, '0')}-${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  return file;
+}
+
+/** Colours (#rrggbb) with pixel counts of the non-transparent pixels of a canvas. */
+export async function canvasColours(page, selector) {
+  return page.$eval(selector, (c) => {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    const m = new Map();
+    for (let i = 0; i < d.length; i += 4) {
+      if (d[i + 3] === 0) continue;
+      const k = (d[i] << 16) | (d[i + 1] << 8) | d[i + 2];
+      m.set(k, (m.get(k) ?? 0) + 1);
+    }
+    return [...m.entries()].map(([k, n]) => ({ hex: '#' + k.toString(16).padStart(6, '0'), n }));
+  });
+}
+
+/** A cheap fingerprint of a canvas' pixels. */
+export async function canvasHash(page, selector) {
+  return page.$eval(selector, (c) => {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let h = 2166136261;
+    for (let i = 0; i < d.length; i++) h = Math.imul(h ^ d[i], 16777619) >>> 0;
+    return `${c.width}x${c.height}:${h}`;
+  });
+}
+
+function rgb(hex) {
+  return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+}
+
+/** Which legend colours appear on the canvas (alpha blending rounds channels by a step or two). */
+export function matchColours(pixels, legend, tolerance = 4) {
+  const found = new Set();
+  for (const { hex } of pixels) {
+    const p = rgb(hex);
+    for (const l of legend) {
+      const q = rgb(l);
+      if (p.every((v, i) => Math.abs(v - q[i]) <= tolerance)) found.add(l);
+    }
+  }
+  return found;
+}
+
+export async function legend(page) {
+  return page.$$eval('[data-role=legend] [data-label]', (els) =>
+    els.map((e) => ({ label: e.dataset.label, color: e.dataset.color })),
+  );
+}
+
+export async function chips(page) {
+  return page.$$eval('[data-role=chips] .chip[data-label]', (els) => els.map((e) => e.dataset.label));
+}
+
+export async function attr(page, name) {
+  return page.$eval('.app', (el, n) => el.getAttribute(n), name);
+}
+
+/** Wait until the segmentation id on the root differs from `previous`. */
+export async function nextSegmentation(page, previous, timeout = 60_000) {
+  await page.waitForFunction(
+    (prev) => {
+      const v = document.querySelector('.app')?.dataset.segmentation;
+      return v && v !== prev;
+    },
+    previous,
+    { timeout },
+  );
+  return attr(page, 'data-segmentation');
+}

@@ -1,0 +1,123 @@
+// A tiny static server for the page tests: the release `dist/` under two sub-paths, random-weight
+// files in upstream formats, and a few deliberately broken downloads. It logs every request so that
+// tests can check what the page fetched (and that it fetched nothing else).
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const TYPES = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.wasm': 'application/wasm',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json',
+  '.svg': 'image/svg+xml',
+  '.jpg': 'image/jpeg',
+  '.png': 'image/png',
+  '.md': 'text/markdown; charset=utf-8',
+};
+
+function typeOf(file) {
+  return TYPES[path.extname(file).toLowerCase()] ?? 'application/octet-stream';
+}
+
+/// Resolve `rel` inside `root`, refusing anything that escapes it.
+function inside(root, rel) {
+  const p = path.resolve(root, '.' + path.posix.normalize('/' + decodeURIComponent(rel)));
+  return p.startsWith(path.resolve(root)) ? p : null;
+}
+
+function sendFile(req, res, file, { throttle = false } = {}) {
+  let stat;
+  try {
+    stat = fs.statSync(file);
+    if (stat.isDirectory()) {
+      file = path.join(file, 'index.html');
+      stat = fs.statSync(file);
+    }
+  } catch {
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    return res.end('not found');
+  }
+  res.writeHead(200, { 'content-type': typeOf(file), 'content-length': stat.size, 'cache-control': 'no-cache' });
+  if (req.method === 'HEAD') return res.end();
+  if (!throttle) return fs.createReadStream(file).pipe(res);
+  // Weights arrive in 64 KiB pieces, so that the page shows real progress.
+  const data = fs.readFileSync(file);
+  let off = 0;
+  const step = () => {
+    if (res.destroyed) return;
+    if (off >= data.length) return res.end();
+    res.write(data.subarray(off, off + 65536));
+    off += 65536;
+    setTimeout(step, 8);
+  };
+  step();
+}
+
+/**
+ * Start the server. `dist`: the built site; `weights`: folder with open_clip_model.safetensors,
+ * open_clip_config.json, last.pt and clip-dinoiser-q4_0.gguf.
+ * Routes: /demo/clipdino/… = site with its model bundle, /bare/… = site without one,
+ * /weights/<file>, /broken/{truncated.gguf, cut-transfer.gguf, missing.gguf}.
+ */
+export async function startServer({ dist, weights }) {
+  const log = [];
+  const bundle = path.join(weights, 'clip-dinoiser-q4_0.gguf');
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://x');
+    log.push({ method: req.method, path: url.pathname, time: Date.now() });
+    const p = url.pathname;
+    if (p === '/demo/clipdino/models/clip-dinoiser-q4_0.gguf') return sendFile(req, res, bundle, { throttle: true });
+    if (p.startsWith('/demo/clipdino/')) {
+      const f = inside(dist, p.slice('/demo/clipdino/'.length));
+      return f ? sendFile(req, res, f) : res.writeHead(403).end();
+    }
+    if (p.startsWith('/bare/')) {
+      const f = inside(dist, p.slice('/bare/'.length));
+      return f ? sendFile(req, res, f) : res.writeHead(403).end();
+    }
+    if (p.startsWith('/weights/')) {
+      const f = inside(weights, p.slice('/weights/'.length));
+      return f ? sendFile(req, res, f, { throttle: true }) : res.writeHead(403).end();
+    }
+    if (p === '/broken/truncated.gguf') {
+      // A file that is itself cut short (honest Content-Length).
+      const data = fs.readFileSync(bundle);
+      const half = data.subarray(0, data.length >> 1);
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': half.length });
+      return res.end(req.method === 'HEAD' ? undefined : half);
+    }
+    if (p === '/broken/cut-transfer.gguf') {
+      // The server promises the whole file and hangs up half way.
+      const data = fs.readFileSync(bundle);
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': data.length });
+      if (req.method === 'HEAD') return res.end();
+      res.write(data.subarray(0, data.length >> 1));
+      return setTimeout(() => res.destroy(), 50);
+    }
+    if (p === '/') {
+      res.writeHead(302, { location: '/demo/clipdino/' });
+      return res.end();
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    res.end('not found');
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  return {
+    origin: `http://127.0.0.1:${port}`,
+    log,
+    close: () => new Promise((resolve) => {
+      server.closeAllConnections();
+      server.close(resolve);
+    }),
+  };
+}
+
+// `node tests/page/server.mjs <dist> <weights>`: serve by hand for a look in a browser.
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const [dist = 'dist', weights = 'test-output/page/weights'] = process.argv.slice(2);
+  const s = await startServer({ dist, weights });
+  console.log(`serving ${dist} at ${s.origin}/demo/clipdino/`);
+}
