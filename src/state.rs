@@ -131,7 +131,7 @@ impl WeightsSource {
             WeightsSource::Default => (
                 vec![
                     WeightSet {
-                        label: "the CLIP-DINOiser bundle of this site".into(),
+                        label: "CLIP-DINOiser bundle of this site".into(),
                         files: vec![remote(&resolve(SITE_BUNDLE))],
                         approx_bytes: None,
                     },

@@ -5,6 +5,7 @@ use web_sys::{HtmlCanvasElement, HtmlInputElement};
 use yew::prelude::*;
 
 use crate::canvas;
+use crate::components::viewer::frame_style;
 use crate::context::AppCtx;
 use crate::palette;
 use crate::state::{Action, KMeansView as View, K_MAX, K_MIN};
@@ -66,14 +67,14 @@ pub fn KMeansView() -> Html {
             </div>
             <div class={classes!("kmeans-panels", stale.then_some("stale"))}>
                 <figure>
-                    <div class="frame">
+                    <div class="frame" style={frame_style(photo.size, 45)}>
                         <img src={photo.preview_url.clone()} alt="" />
                         <canvas ref={raw} class="overlay" data-role="kmeans-raw" data-k={view.map(|v| v.k.to_string()).unwrap_or_default()}></canvas>
                     </div>
                     <figcaption>{ "MaskCLIP (raw CLIP features)" }</figcaption>
                 </figure>
                 <figure>
-                    <div class="frame">
+                    <div class="frame" style={frame_style(photo.size, 45)}>
                         <img src={photo.preview_url.clone()} alt="" />
                         <canvas ref={refined} class={classes!("overlay", (!has_refined).then_some("hidden"))} data-role="kmeans-refined"></canvas>
                         if !has_refined { <div class="badge">{ "needs the CLIP-DINOiser head" }</div> }

@@ -80,7 +80,7 @@ pub fn LabelsEditor() -> Html {
             <div class="chips" data-role="chips">
                 { for s.labels.iter().map(|l| html! { <LabelChip key={l.id} label={l.clone()} /> }) }
                 <input class="label-input" placeholder={if s.labels.is_empty() { "Type labels: cat, sofa, window…" } else { "Add a label…" }}
-                    value={(*draft).clone()} {oninput} {onkeydown} aria-label="New label" data-role="label-input" maxlength="400" />
+                    value={(*draft).clone()} {oninput} {onkeydown} aria-label="New label" data-role="label-input" />
                 <button class="secondary small" onclick={add}>{ "Add" }</button>
             </div>
             <div class="label-tools">

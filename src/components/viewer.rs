@@ -130,7 +130,7 @@ pub fn Viewer() -> Html {
                 <button class="secondary" disabled={!has_seg} onclick={download_map} data-role="download-map"
                     title="Grey PNG at the photo's size: pixel value = label number in the legend (0 = first)">{ "Download label map" }</button>
             </div>
-            <div class="frame">
+            <div class="frame" style={frame_style(photo.size, 70)}>
                 <img ref={img} src={photo.preview_url.clone()} alt="Your photo" data-role="photo" />
                 <canvas ref={overlay} class={classes!("overlay", (!has_seg).then_some("hidden"))} data-role="overlay"
                     onmousemove={on_move} onmouseleave={on_leave}></canvas>
@@ -144,6 +144,17 @@ pub fn Viewer() -> Html {
             </div>
             if let Some(c) = credit { <p class="credit muted">{ format!("{c}{size}") }</p> }
         </section>
+    }
+}
+
+/// The frame keeps the photo's aspect ratio, fills the width, and stays within `vh`% of the
+/// window height; photo and overlay canvas both fill it, so they always line up.
+pub fn frame_style(size: Option<(u32, u32)>, vh: u32) -> String {
+    match size {
+        Some((w, h)) if w > 0 && h > 0 => {
+            format!("aspect-ratio:{w}/{h};width:min(100%, calc({vh}vh * {w} / {h}))")
+        }
+        _ => String::new(),
     }
 }
 

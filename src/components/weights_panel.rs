@@ -100,9 +100,9 @@ pub fn WeightsPanel() -> Html {
                 <div class="offer" data-role="weights-offer">
                     <p>
                         { "To segment photos this page needs model weights. " }
-                        if !notes.is_empty() { <span class="muted">{ format!("({}) ", notes.join(" ")) }</span> }
                         { format!("It can download {} — {size}, kept in your browser for next time.", set.label) }
                     </p>
+                    if !notes.is_empty() { <p class="muted small">{ format!("Checked first: {}", notes.join(" ")) }</p> }
                     <div class="buttons">
                         <button class="primary" onclick={start}>{ format!("Download ({size})") }</button>
                         { pick_button("Use files from my disk…") }

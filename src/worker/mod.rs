@@ -140,7 +140,15 @@ async fn yield_now() {
 
 /// Worker entry point (called by `src/bin/worker.rs`).
 pub fn start() {
-    console_error_panic_hook::set_once();
+    // A bug must not leave the page waiting forever: say so, then log as usual.
+    std::panic::set_hook(Box::new(|info| {
+        post_error(
+            None,
+            ErrorContext::Worker,
+            format!("The model worker crashed ({info}). Reload the page to start it again."),
+        );
+        console_error_panic_hook::hook(info);
+    }));
     let shared: Shared = Rc::new(RefCell::new(Inner::default()));
     let s = shared.clone();
     let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| on_message(&s, ev));
@@ -332,12 +340,13 @@ async fn load_urls(shared: &Shared, gen: u64, id: RequestId, candidates: Vec<Wei
                 chosen = Some((set, false, total));
                 break;
             }
-            Some(why) => notes.push(format!("{}: {}", set.label, why)),
+            Some(why) => notes.push(format!("{} — {}.", set.label, why.trim_end_matches('.'))),
         }
     }
     let Some((set, cached, total)) = chosen else {
         let mut msg = String::from("No model weights could be loaded. ");
         msg.push_str(&notes.join(" "));
+        msg.push(' ');
         msg.push_str(" You can pick the weight files from your disk instead (.gguf, or .safetensors/.bin with last.pt).");
         return post_error(Some(id), ErrorContext::Weights, msg);
     };

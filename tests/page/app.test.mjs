@@ -4,10 +4,13 @@
 // Screenshots of every step land in test-output/page/.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 
 import { startServer } from './server.mjs';
 import {
   DIST,
+  OUT,
   attr,
   canvasColours,
   canvasHash,
@@ -19,13 +22,16 @@ import {
   newPage,
   nextSegmentation,
   screenshot,
+  screenshotPrefix,
   testWeights,
+  waitLegend,
 } from './helpers.mjs';
 
 describe('clipdino page: main flow', { timeout: 600_000 }, () => {
   let server, browser, page, context, site;
 
   before(async () => {
+    screenshotPrefix('flow');
     checkDist();
     server = await startServer({ dist: DIST, weights: testWeights() });
     site = `${server.origin}/demo/clipdino/`;
@@ -54,10 +60,8 @@ describe('clipdino page: main flow', { timeout: 600_000 }, () => {
     await page.waitForSelector('[data-role=photo]');
     await page.fill('[data-role=label-input]', 'cat, wall, floor');
     await page.press('[data-role=label-input]', 'Enter');
-    await nextSegmentation(page, '');
     assert.deepEqual(await chips(page), ['cat', 'wall', 'floor']);
-    const leg = await legend(page);
-    assert.deepEqual(leg.map((l) => l.label), ['cat', 'wall', 'floor'], 'the legend lists exactly the labels');
+    const leg = await waitLegend(page, ['cat', 'wall', 'floor']);
     const pixels = await canvasColours(page, '[data-role=overlay]');
     const seen = matchColours(pixels, leg.map((l) => l.color));
     assert.ok(seen.size >= 2, `overlay shows ${seen.size} label colour(s): ${JSON.stringify(pixels.slice(0, 8))}`);
@@ -85,6 +89,19 @@ describe('clipdino page: main flow', { timeout: 600_000 }, () => {
     assert.deepEqual(await canvasColours(page, '[data-role=overlay]'), before);
   });
 
+  it('downloads the overlay and the label map as PNGs at the photo size', async () => {
+    for (const [role, name] of [['download-overlay', /^clipdino-overlay\.png$/], ['download-map', /^clipdino-labels_0-cat_1-wall_2-floor\.png$/]]) {
+      const [download] = await Promise.all([page.waitForEvent('download'), page.click(`[data-role=${role}]`)]);
+      assert.match(download.suggestedFilename(), name);
+      const file = path.join(OUT, download.suggestedFilename());
+      await download.saveAs(file);
+      const png = fs.readFileSync(file);
+      assert.equal(png.subarray(1, 4).toString(), 'PNG');
+      // IHDR: width and height of the chelsea sample (451 × 300).
+      assert.deepEqual([png.readUInt32BE(16), png.readUInt32BE(20)], [451, 300]);
+    }
+  });
+
   it('re-segments on a label edit without encoding the image again', async () => {
     const seg = await attr(page, 'data-segmentation');
     const encodes = await attr(page, 'data-encodes');
@@ -93,7 +110,7 @@ describe('clipdino page: main flow', { timeout: 600_000 }, () => {
     await page.fill('[data-role=chip-edit]', 'window');
     await page.press('[data-role=chip-edit]', 'Enter');
     await nextSegmentation(page, seg);
-    assert.deepEqual((await legend(page)).map((l) => l.label), ['cat', 'window', 'floor']);
+    await waitLegend(page, ['cat', 'window', 'floor']);
     assert.notEqual(await canvasHash(page, '[data-role=overlay]'), before, 'the overlay changed');
     assert.equal(await attr(page, 'data-encodes'), encodes, 'no new image encode for a label edit');
     assert.match(await page.textContent('[data-role=debug]'), new RegExp(`image encodes: ${encodes}`));
@@ -149,8 +166,7 @@ describe('clipdino page: main flow', { timeout: 600_000 }, () => {
       const pressed = await fresh.page.getAttribute(`[data-role=${group}] button:has-text("${text}")`, 'aria-pressed');
       assert.equal(pressed, 'true', `${group} restored`);
     }
-    await nextSegmentation(fresh.page, '');
-    assert.deepEqual((await legend(fresh.page)).map((l) => l.label), ['cat', 'window', 'floor']);
+    await waitLegend(fresh.page, ['cat', 'window', 'floor']);
     await screenshot(fresh.page, 'share-link-restored');
     assert.deepEqual(fresh.page.errors, []);
     await fresh.context.close();

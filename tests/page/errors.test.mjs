@@ -18,7 +18,9 @@ import {
   newPage,
   nextSegmentation,
   screenshot,
+  screenshotPrefix,
   testWeights,
+  waitLegend,
 } from './helpers.mjs';
 
 /** A valid PNG header (signature + IHDR) claiming `w × h` pixels, with no image data. */
@@ -35,10 +37,20 @@ function pngHeader(w, h) {
   return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), len, body, crc]);
 }
 
-async function notice(page, area) {
-  const sel = `.notice[data-area=${area}]`;
-  await page.waitForSelector(sel, { timeout: 60_000 });
-  return page.textContent(`${sel} .notice-text`);
+/** Wait for the message in `area` to match `re` (an older message may still be showing). */
+async function expectNotice(page, area, re) {
+  const sel = `.notice[data-area=${area}] .notice-text`;
+  try {
+    await page.waitForFunction(
+      ([s, src, flags]) => new RegExp(src, flags).test(document.querySelector(s)?.textContent ?? ''),
+      [sel, re.source, re.flags],
+      { timeout: 60_000 },
+    );
+  } catch {
+    const now = await page.$eval(sel, (e) => e.textContent).catch(() => '(no message)');
+    assert.fail(`message in ${area} never matched ${re}; it says: ${now}`);
+  }
+  return page.textContent(sel);
 }
 
 async function dismiss(page, area) {
@@ -50,6 +62,7 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
   let server, browser, page, weights;
 
   before(async () => {
+    screenshotPrefix('errors');
     checkDist();
     weights = testWeights();
     server = await startServer({ dist: DIST, weights });
@@ -73,7 +86,7 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
     ];
     for (const [i, [file, re]] of cases.entries()) {
       await page.setInputFiles('[data-role=photo-input]', file);
-      assert.match(await notice(page, 'photo'), re);
+      await expectNotice(page, 'photo', re);
       if (i === 0) await screenshot(page, 'broken-photo');
       await dismiss(page, 'photo');
     }
@@ -81,8 +94,7 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
     await page.click('[data-sample=coffee]');
     await page.fill('[data-role=label-input]', 'cup, table');
     await page.press('[data-role=label-input]', 'Enter');
-    await nextSegmentation(page, '');
-    assert.deepEqual((await legend(page)).map((l) => l.label), ['cup', 'table']);
+    await waitLegend(page, ['cup', 'table']);
   });
 
   it('respects EXIF orientation', async () => {
@@ -90,6 +102,10 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
     // Stored 96 × 48 with orientation 6 (rotate 90°): shown 48 × 96.
     await page.waitForFunction(() => document.querySelector('.credit')?.textContent.includes('exif-rotated.jpg'));
     assert.match(await page.textContent('.credit'), /48 × 96 px/);
+    await page.waitForFunction(() => {
+      const i = document.querySelector('[data-role=photo]');
+      return i?.complete && i.naturalWidth > 0 && i.src.startsWith('blob:');
+    });
     const natural = await page.$eval('[data-role=photo]', (i) => [i.naturalWidth, i.naturalHeight]);
     assert.deepEqual(natural, [48, 96], 'the preview is upright too');
   });
@@ -101,9 +117,7 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
       mimeType: 'application/octet-stream',
       buffer: bundle.subarray(0, bundle.length >> 1),
     });
-    const text = await notice(page, 'weights');
-    assert.match(text, /could not be loaded.*truncated/i);
-    assert.match(text, /previously loaded model stays in use/);
+    await expectNotice(page, 'weights', /could not be loaded.*truncated.*previously loaded model stays in use/is);
     await screenshot(page, 'truncated-weights');
     await dismiss(page, 'weights');
     await page.setInputFiles('[data-role=weights-input]', {
@@ -111,7 +125,7 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
       mimeType: 'application/octet-stream',
       buffer: Buffer.from('this is not a weights file at all'),
     });
-    assert.match(await notice(page, 'weights'), /open_clip_model\.safetensors is not a weights file we can read/);
+    await expectNotice(page, 'weights', /open_clip_model\.safetensors is not a weights file we can read/);
     await dismiss(page, 'weights');
     // The model still segments.
     await page.click('[data-sample=chelsea]');
@@ -119,22 +133,22 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
     await page.fill('[data-role=label-input]', 'floor');
     await page.press('[data-role=label-input]', 'Enter');
     await nextSegmentation(page, seg);
-    assert.deepEqual((await legend(page)).map((l) => l.label), ['cup', 'table', 'floor']);
+    await waitLegend(page, ['cup', 'table', 'floor']);
   });
 
   it('explains label problems', async () => {
     await page.fill('[data-role=label-input]', 'CUP');
     await page.press('[data-role=label-input]', 'Enter');
-    assert.match(await notice(page, 'labels'), /“CUP” is already in the list/);
+    await expectNotice(page, 'labels', /“CUP” is already in the list/);
     await page.fill('[data-role=label-input]', 'x'.repeat(120));
     await page.press('[data-role=label-input]', 'Enter');
-    assert.match(await notice(page, 'labels'), /too long: labels have at most 80 characters/);
+    await expectNotice(page, 'labels', /too long: labels have at most 80 characters/);
     await page.press('[data-role=label-input]', 'Enter');
-    assert.match(await notice(page, 'labels'), /Empty label/);
+    await expectNotice(page, 'labels', /Empty label/);
     const many = Array.from({ length: 250 }, (_, i) => `thing ${i}`).join(', ');
     await page.fill('[data-role=label-input]', many);
     await page.press('[data-role=label-input]', 'Enter');
-    assert.match(await notice(page, 'labels'), /At most 200 labels/);
+    await expectNotice(page, 'labels', /At most 200 labels/);
     assert.equal((await chips(page)).length, 200);
     await screenshot(page, 'too-many-labels');
     // 200 labels still segment (one byte per pixel label map).
@@ -145,7 +159,7 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
   it('says when a download is cut off', async () => {
     const { page: p, context } = await newPage(browser);
     await p.goto(`${server.origin}/demo/clipdino/?model=/broken/cut-transfer.gguf`);
-    assert.match(await notice(p, 'weights'), /(incomplete|broke off)/);
+    await expectNotice(p, 'weights', /(incomplete|broke off)/);
     assert.match(await p.textContent('.weights'), /Choose weight files/);
     await screenshot(p, 'cut-download');
     await context.close();
@@ -159,7 +173,7 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
     assert.ok(!p.requests.some((u) => u.includes('huggingface')), 'nothing is fetched before the user agrees');
     await screenshot(p, 'hub-offer');
     await p.click('[data-role=weights-offer] button.primary');
-    assert.match(await notice(p, 'weights'), /Could not reach huggingface\.co .*pick the weight files from your disk/);
+    await expectNotice(p, 'weights', /Could not reach huggingface\.co .*pick the weight files from your disk/);
     await screenshot(p, 'hub-unreachable');
     await p.setInputFiles('[data-role=weights-input]', [
       path.join(weights, 'open_clip_model.safetensors'),

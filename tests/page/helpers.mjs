@@ -92,10 +92,15 @@ export async function newPage(browser) {
 }
 
 let shot = 0;
+let prefix = 'page';
+/** Name screenshots `<prefix>-NN-<step>.png` (one prefix per test file). */
+export function screenshotPrefix(p) {
+  prefix = p;
+}
 export async function screenshot(page, name) {
   fs.mkdirSync(OUT, { recursive: true });
   shot += 1;
-  const file = path.join(OUT, `${String(shot).padStart(2, '0')}-${name}.png`);
+  const file = path.join(OUT, `${prefix}-${String(shot).padStart(2, '0')}-${name}.png`);
   await page.screenshot({ path: file, fullPage: true });
   return file;
 }
@@ -166,4 +171,19 @@ export async function nextSegmentation(page, previous, timeout = 60_000) {
     { timeout },
   );
   return attr(page, 'data-segmentation');
+}
+
+/** Wait until the legend lists exactly `labels` (a segmentation for an older label set may come first). */
+export async function waitLegend(page, labels, timeout = 60_000) {
+  await page.waitForFunction(
+    (want) => {
+      const got = [...document.querySelectorAll('[data-role=legend] [data-label]')].map((e) => e.dataset.label);
+      return JSON.stringify(got) === JSON.stringify(want);
+    },
+    labels,
+    { timeout },
+  ).catch(async () => {
+    throw new Error(`the legend never listed ${JSON.stringify(labels)}; it shows ${JSON.stringify((await legend(page)).map((l) => l.label))}`);
+  });
+  return legend(page);
 }
