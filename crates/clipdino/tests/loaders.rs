@@ -697,7 +697,7 @@ fn gguf_of_another_model_or_incomplete_metadata() -> R<()> {
     )
     .unwrap_err();
     assert_names(&e, "clipdino.clip_config");
-    let e = read_gguf_bundle(&gguf_with(&[arch.clone()])?, "b.gguf").unwrap_err();
+    let e = read_gguf_bundle(&gguf_with(std::slice::from_ref(&arch))?, "b.gguf").unwrap_err();
     assert_names(&e, "clipdino.format_version");
     let e = read_gguf_bundle(
         &gguf_with(&[arch.clone(), ("clipdino.format_version", Value::U32(99))])?,
@@ -989,5 +989,116 @@ fn random_weights_are_deterministic_complete_and_scaled() -> R<()> {
         layer: 0,
     };
     loaders::validate_head_store(&head, &hc, "")?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Mutations: damaged files must give errors (or, when the damage only hits data, weights),
+// never a panic. Deterministic: a fixed xorshift stream.
+// ------------------------------------------------------------------------------------------
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Overwrite 1–4 bytes, half of them within the first `head` bytes (where headers live).
+    fn mutate(&mut self, bytes: &[u8], head: usize) -> Vec<u8> {
+        let mut m = bytes.to_vec();
+        for _ in 0..1 + self.next() % 4 {
+            let region = if self.next() % 2 == 0 {
+                m.len().min(head)
+            } else {
+                m.len()
+            };
+            let pos = self.next() as usize % region;
+            m[pos] = match self.next() % 4 {
+                0 => 0xff,
+                1 => 0,
+                2 => m[pos] ^ (1 << (self.next() % 8)),
+                _ => self.next() as u8,
+            };
+        }
+        m
+    }
+}
+
+#[test]
+fn mutated_files_never_panic() -> R<()> {
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut files = fixture_files(&[
+        "open_clip_model.safetensors",
+        "open_clip_pytorch_model.bin",
+        "last.pt",
+    ]);
+    for q in [Quant::F32, Quant::Q4_0] {
+        files.push((format!("{q}.gguf"), write_gguf_bundle(&tiny_bundle(9), q)?));
+    }
+    for (name, bytes) in &files {
+        let mut errors = 0;
+        for _ in 0..300 {
+            let m = rng.mutate(bytes, 4096);
+            if let Err(e) = load_model_files(&[(name.clone(), m)]) {
+                errors += 1;
+                let msg = e.to_string();
+                assert!(!msg.is_empty());
+            }
+        }
+        assert!(errors > 0, "{name}: no mutation was detected");
+    }
+
+    // The zip CRC catches most damage to `data.pkl`: damage the pickle itself and re-zip it, so
+    // the unpickler sees it.
+    let bin = fixture("open_clip_pytorch_model.bin");
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bin))?;
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i)?;
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut v)?;
+        entries.push((f.name().to_string(), v));
+    }
+    let pkl = entries
+        .iter()
+        .find(|(n, _)| n.ends_with("/data.pkl"))
+        .map(|(_, v)| v.clone())
+        .expect("data.pkl");
+    let storages: Vec<(String, Vec<u8>)> = entries
+        .iter()
+        .filter_map(|(n, v)| {
+            n.split_once("/data/")
+                .map(|(_, k)| (k.to_string(), v.clone()))
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = storages
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    assert_eq!(
+        read_torch_pickle(&torch_zip(&pkl, &refs), "rezipped.bin")?.len(),
+        86
+    );
+    // More iterations for a longer local fuzzing run: CLIPDINO_FUZZ_ITERS=100000.
+    let iters: usize = std::env::var("CLIPDINO_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400);
+    let mut errors = 0;
+    for _ in 0..iters {
+        let m = rng.mutate(&pkl, pkl.len());
+        if let Err(e) = read_torch_pickle(&torch_zip(&m, &refs), "mutated.bin") {
+            errors += 1;
+            assert_names(&e, "mutated.bin");
+        }
+    }
+    assert!(
+        errors > 100,
+        "only {errors} of 400 damaged pickles were refused"
+    );
     Ok(())
 }

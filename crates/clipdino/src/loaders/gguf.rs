@@ -399,11 +399,11 @@ fn load_tensor(dtype: GgmlDType, raw: &[u8], dims: &[usize]) -> Result<Stored> {
         GgmlDType::BF16 => Stored::Float(Tensor::from_raw_buffer(raw, DType::BF16, dims, &dev)?),
         _ => {
             // candle reinterprets the bytes as blocks: give it a suitably aligned buffer.
-            let q = if (raw.as_ptr() as usize) % 8 == 0 {
+            let q = if (raw.as_ptr() as usize).is_multiple_of(8) {
                 ggml_file::qtensor_from_ggml(dtype, raw, dims.to_vec(), &dev)?
             } else {
                 let copy = raw.to_vec();
-                if (copy.as_ptr() as usize) % 8 != 0 {
+                if !(copy.as_ptr() as usize).is_multiple_of(8) {
                     return Err(Error::invalid(
                         "gguf tensor",
                         "could not get an aligned buffer",
@@ -463,7 +463,12 @@ pub fn read_gguf_bundle(bytes: &[u8], source: &str) -> Result<Bundle> {
         }
         None => None,
     };
-    debug_assert_eq!(scan.tensor_count as usize, content.tensor_infos.len());
+    if content.tensor_infos.len() as u64 != scan.tensor_count {
+        return Err(Error::NotWeights {
+            source_name: source.to_string(),
+            detail: "GGUF tensor names repeat".into(),
+        });
+    }
 
     let mut store = TensorStore::new(source);
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
@@ -475,10 +480,14 @@ pub fn read_gguf_bundle(bytes: &[u8], source: &str) -> Result<Bundle> {
             source_name: source.to_string(),
             detail: format!("tensor `{name}`: {detail}"),
         };
+        let corrupt = |detail: String| Error::NotWeights {
+            source_name: source.to_string(),
+            detail: format!("tensor `{name}`: {detail}"),
+        };
         let elems = dims
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| trunc(format!("shape {dims:?} overflows")))?;
+            .ok_or_else(|| corrupt(format!("shape {dims:?} overflows")))?;
         let (bs, ts) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
         if elems % bs != 0 {
             return Err(Error::ShapeMismatch {
@@ -490,15 +499,15 @@ pub fn read_gguf_bundle(bytes: &[u8], source: &str) -> Result<Bundle> {
         }
         let nbytes = (elems / bs)
             .checked_mul(ts)
-            .ok_or_else(|| trunc("size overflows".into()))?;
+            .ok_or_else(|| corrupt("size overflows".into()))?;
         let start = content
             .tensor_data_offset
             .checked_add(info.offset)
             .and_then(|s| usize::try_from(s).ok())
-            .ok_or_else(|| trunc("offset overflows".into()))?;
+            .ok_or_else(|| corrupt("offset overflows".into()))?;
         let end = start
             .checked_add(nbytes)
-            .ok_or_else(|| trunc("size overflows".into()))?;
+            .ok_or_else(|| corrupt("size overflows".into()))?;
         if end > bytes.len() {
             return Err(trunc(format!(
                 "needs bytes {start}..{end}, the file has {}",

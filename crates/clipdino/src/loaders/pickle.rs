@@ -212,7 +212,7 @@ impl<'a> Unpickler<'a> {
         };
         match (top, what) {
             (Obj::Dict(d, m), "SETITEMS") => {
-                if items.len() % 2 != 0 {
+                if !items.len().is_multiple_of(2) {
                     return Err(Error::NotWeights {
                         source_name: self.source.to_string(),
                         detail: "SETITEMS with an odd number of items".into(),
@@ -766,9 +766,21 @@ fn read_entry<R: Read + Seek>(
     (&mut f)
         .take(limit as u64)
         .read_to_end(&mut out)
-        .map_err(|e| Error::Truncated {
-            source_name: source.to_string(),
-            detail: format!("archive entry `{name}`: {e}"),
+        .map_err(|e| {
+            let detail = format!("archive entry `{name}`: {e}");
+            let source_name = source.to_string();
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::Truncated {
+                    source_name,
+                    detail,
+                }
+            } else {
+                // e.g. a CRC mismatch: the bytes are there but damaged.
+                Error::NotWeights {
+                    source_name,
+                    detail,
+                }
+            }
         })?;
     Ok(out)
 }

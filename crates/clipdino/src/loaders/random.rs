@@ -211,9 +211,7 @@ pub fn random_clip_store(cfg: &ClipConfig, seed: u64) -> TensorStore {
     // open_clip initialises `logit_scale` to ln(1/0.07) (a literal: platform `ln` may differ).
     g.store.insert(
         "logit_scale",
-        Stored::Float(
-            Tensor::from_slice(&[2.659_260_036_932_778_f32], (), &Device::Cpu).expect("scalar"),
-        ),
+        Stored::Float(Tensor::from_slice(&[2.659_26_f32], (), &Device::Cpu).expect("scalar")),
     );
     g.store
 }

@@ -20,7 +20,7 @@ pub fn looks_like_safetensors(bytes: &[u8]) -> bool {
         return false;
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0xff; 8]));
-    n >= 2 && n <= MAX_HEADER_BYTES && bytes[8] == b'{'
+    (2..=MAX_HEADER_BYTES).contains(&n) && bytes[8] == b'{'
 }
 
 /// Read every tensor of a safetensors file. f32 / f16 / bf16 are kept as they are, f64 becomes
@@ -162,7 +162,7 @@ pub fn write_safetensors_entries(
     }
     let mut h = serde_json::Value::Object(header).to_string().into_bytes();
     // Pad the header with spaces so that the data starts 8-byte aligned (as the reference writer does).
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + data.len());
