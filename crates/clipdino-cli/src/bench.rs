@@ -23,7 +23,12 @@ pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Square image sides to time, comma-separated.
-    #[arg(long, default_value = "224,336,448", value_delimiter = ',', value_name = "PX,..")]
+    #[arg(
+        long,
+        default_value = "224,336,448",
+        value_delimiter = ',',
+        value_name = "PX,.."
+    )]
     sizes: Vec<usize>,
     /// Timed runs per measurement (the median is reported), after one warm-up run.
     #[arg(long, default_value_t = 5, value_name = "N")]
@@ -34,7 +39,16 @@ pub struct BenchArgs {
 }
 
 const LABELS10: [&str; 10] = [
-    "person", "dog", "cat", "car", "tree", "sky", "road", "building", "grass", "background",
+    "person",
+    "dog",
+    "cat",
+    "car",
+    "tree",
+    "sky",
+    "road",
+    "building",
+    "grass",
+    "background",
 ];
 
 /// Median milliseconds of `runs` calls of `f` after one warm-up call.
@@ -48,7 +62,11 @@ fn time_ms<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Ok(if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) })
+    Ok(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    })
 }
 
 /// A deterministic, textured test image (smooth gradients plus stripes).
@@ -89,16 +107,34 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("--sizes must be image sides between 1 and 1024 px");
     }
     let (engine, weights, gen_s) = if a.model.given() {
-        (Engine::load(&a.model)?, a.model.model.clone().or(a.model.clip.clone()).map(|p| p.display().to_string()).unwrap_or_default(), None)
+        (
+            Engine::load(&a.model)?,
+            a.model
+                .model
+                .clone()
+                .or(a.model.clip.clone())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            None,
+        )
     } else {
         let sp = progress::spinner("random ViT-B/16 weights");
         let t = Instant::now();
         let bundle = random_vit_b_16()?;
         let gen = t.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        let e = Engine::from_bundle(bundle, a.model.compute, "random ViT-B/16 weights".into(), t0)?;
+        let e = Engine::from_bundle(
+            bundle,
+            a.model.compute,
+            "random ViT-B/16 weights".into(),
+            t0,
+        )?;
         sp.finish_and_clear();
-        (e, "random ViT-B/16 weights (in memory)".to_string(), Some(gen))
+        (
+            e,
+            "random ViT-B/16 weights (in memory)".to_string(),
+            Some(gen),
+        )
     };
     let seg = &engine.segmenter;
     let has_head = seg.has_head();
@@ -130,8 +166,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let feats = engine.encode(&img, &opts, false)?.features;
         let head_ms = match &seg.head {
             Some(h) => {
-                let x = clip::preprocess(&files::image_to_tensor(&img)?, seg.clip_cfg.vision.patch_size)?;
-                let out = seg.clip.vision.forward(&x, seg.head_cfg.layer, &mut |_, _| {})?;
+                let x = clip::preprocess(
+                    &files::image_to_tensor(&img)?,
+                    seg.clip_cfg.vision.patch_size,
+                )?;
+                let out = seg
+                    .clip
+                    .vision
+                    .forward(&x, seg.head_cfg.layer, &mut |_, _| {})?;
                 Some(time_ms(a.runs, || {
                     Ok((h.refine(&out.dense, &out.inter)?, h.background(&out.inter)?))
                 })?)
@@ -140,15 +182,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
         };
         pb.inc(1);
         let sopts = SegmentOptions {
-            mode: if has_head { Mode::Dinoiser } else { Mode::MaskClip },
+            mode: if has_head {
+                Mode::Dinoiser
+            } else {
+                Mode::MaskClip
+            },
             background: Some(LABELS10.len() - 1),
             output_size: None,
         };
         let segment_ms = time_ms(a.runs, || engine.segment(&feats, &emb, &sopts))?;
         pb.inc(1);
-        let kind = if has_head { FeatureKind::Refined } else { FeatureKind::Raw };
+        let kind = if has_head {
+            FeatureKind::Refined
+        } else {
+            FeatureKind::Raw
+        };
         let grid = feats.patch_grid(kind)?;
-        let kmeans_ms = time_ms(a.runs, || Ok(kmeans::kmeans_tensor(&grid, &KMeansOptions::new(8))?))?;
+        let kmeans_ms = time_ms(a.runs, || {
+            Ok(kmeans::kmeans_tensor(&grid, &KMeansOptions::new(8))?)
+        })?;
         pb.inc(1);
         rows.push(SizeRow {
             size,
@@ -194,7 +246,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(g) = gen_s {
         println!("random weights generated in {g:.2} s");
     }
-    println!("load (weights → model): {:.0} ms", engine.load_seconds * 1e3);
+    println!(
+        "load (weights → model): {:.0} ms",
+        engine.load_seconds * 1e3
+    );
     println!();
     let mut head = format!("{:<30}", "stage (ms)");
     for r in &rows {
@@ -211,7 +266,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         println!("{s}");
     };
-    line("patch grid", &|r| Some((r.grid * r.grid) as f64));
+    let mut patches = format!("{:<30}", "patches");
+    for r in &rows {
+        patches += &format!("{:>10}", format!("{0}×{0}", r.grid));
+    }
+    println!("{patches}");
     line("encode image (tower + head)", &|r| Some(r.encode_ms));
     line("  DINOiser head alone", &|r| r.head_ms);
     line("segment, 10 labels", &|r| Some(r.segment_ms));
@@ -219,7 +278,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!();
     println!("{:<30}{:>10}", "encode labels (ms)", "");
     for (n, set, t, ms) in &label_rows {
-        println!("{:<30}{ms:>10.1}", format!("{n} label{}, {set} ({} prompts)", if *n == 1 { "" } else { "s" }, n * t));
+        println!(
+            "{:<30}{ms:>10.1}",
+            format!(
+                "{n} label{}, {set} ({} prompts)",
+                if *n == 1 { "" } else { "s" },
+                n * t
+            )
+        );
     }
     Ok(())
 }

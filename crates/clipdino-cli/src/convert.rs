@@ -67,7 +67,10 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     files::check_writable_file(&a.out, "output file")?;
     let inputs = read_model_inputs(Some(&a.clip), a.config.as_deref(), a.head.as_deref())?;
     let input_bytes: u64 = inputs.iter().map(|(_, b)| b.len() as u64).sum();
-    let sizes: Vec<(String, u64)> = inputs.iter().map(|(n, b)| (n.clone(), b.len() as u64)).collect();
+    let sizes: Vec<(String, u64)> = inputs
+        .iter()
+        .map(|(n, b)| (n.clone(), b.len() as u64))
+        .collect();
 
     let sp = progress::spinner("reading weights");
     let bundle = loaders::load_model_files(&inputs)?;
@@ -97,7 +100,9 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         println!("  {dt:<6} {count:>4} tensors  {:>10}", human_bytes(b));
     }
     if check.head.is_none() {
-        progress::warn("no DINOiser head (--head last.pt) in the bundle: it supports --mode maskclip only");
+        progress::warn(
+            "no DINOiser head (--head last.pt) in the bundle: it supports --mode maskclip only",
+        );
     }
     Ok(())
 }

@@ -3,7 +3,6 @@
 //! truncation warnings, and image encoding with a progress bar.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
@@ -16,7 +15,7 @@ use clipdino::pipeline::{
 };
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
-use clipdino::{clip, ComputePath, Vb};
+use clipdino::{clip, ComputePath};
 use image::RgbImage;
 
 use crate::files;
@@ -81,7 +80,12 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 448, value_name = "PX")]
     pub short_side: usize,
     /// Sliding-window side in pixels (mmseg `slide`; the paper uses 448 with stride 224).
-    #[arg(long, value_name = "PX", requires = "stride", conflicts_with = "full_res")]
+    #[arg(
+        long,
+        value_name = "PX",
+        requires = "stride",
+        conflicts_with = "full_res"
+    )]
     pub window: Option<usize>,
     /// Sliding-window stride in pixels.
     #[arg(long, value_name = "PX", requires = "window")]
@@ -165,17 +169,16 @@ pub fn read_model_inputs(
     head: Option<&Path>,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
-    for (p, what) in [(clip, "weights file"), (config, "config file"), (head, "head checkpoint")] {
+    for (p, what) in [
+        (clip, "weights file"),
+        (config, "config file"),
+        (head, "head checkpoint"),
+    ] {
         if let Some(p) = p {
             out.push((p.display().to_string(), files::read_input(p, what)?));
         }
     }
     Ok(out)
-}
-
-/// Rows divided by their L2 norm.
-fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.broadcast_div(&x.sqr()?.sum_keepdim(candle_core::D::Minus1)?.sqrt()?)
 }
 
 /// A loaded model: the segmenter, the tokenizer, and how long loading took.
@@ -216,13 +219,17 @@ impl Engine {
         engine
     }
 
-    pub fn from_bundle(bundle: Bundle, compute: Compute, source: String, t0: Instant) -> Result<Self> {
+    pub fn from_bundle(
+        bundle: Bundle,
+        compute: Compute,
+        source: String,
+        t0: Instant,
+    ) -> Result<Self> {
         let path = match compute {
             Compute::F32 => ComputePath::F32,
             Compute::Quantized => ComputePath::Quantized,
         };
-        let vb = Vb::new(Arc::new(bundle.store), Device::Cpu, path);
-        let segmenter = Segmenter::new(&vb, &bundle.clip, bundle.head.as_ref())?;
+        let segmenter = Segmenter::from_bundle(bundle, &Device::Cpu, path)?;
         let tokenizer = ClipTokenizer::embedded()?;
         Ok(Self {
             segmenter,
@@ -232,26 +239,22 @@ impl Engine {
         })
     }
 
-    /// L2-normalised label embeddings `[L, E]` (METHOD.md §5: every template filled with the
-    /// label, each prompt embedding L2-normalised, averaged per label, normalised again).
-    /// Labels whose prompts exceed the 77-token context are truncated by the tokenizer, with a
-    /// warning naming them.
+    /// L2-normalised label embeddings `[L, E]` (`ClipModel::embed_labels`). The prompts are
+    /// tokenised here first to check them against the model's vocabulary and to warn about labels
+    /// whose prompts exceed the 77-token context (the tokenizer truncates them).
     pub fn embed_labels(&self, labels: &[String], set: TemplateSet) -> Result<Tensor> {
-        let cfg = &self.segmenter.clip_cfg.text;
-        let mut prompts: Vec<Vec<u32>> = Vec::with_capacity(labels.len() * set.len());
+        let vocab = self.segmenter.clip_cfg.text.vocab_size;
         for label in labels {
             let mut truncated = false;
             for prompt in set.apply(label) {
                 let enc = self.tokenizer.encode(&prompt)?;
-                if let Some(&bad) = enc.ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+                if let Some(&bad) = enc.ids.iter().find(|&&id| id as usize >= vocab) {
                     bail!(
-                        "{}: the text tower's vocabulary has {} tokens, but the CLIP tokenizer gives token id {bad} for \"{label}\"; these weights cannot encode text labels",
-                        self.source,
-                        cfg.vocab_size
+                        "{}: the text tower's vocabulary has {vocab} tokens, but the CLIP tokenizer gives token id {bad} for \"{label}\"; these weights cannot encode text labels",
+                        self.source
                     );
                 }
                 truncated |= enc.truncated;
-                prompts.push(enc.ids);
             }
             if truncated {
                 let short: String = label.chars().take(40).collect();
@@ -261,13 +264,19 @@ impl Engine {
                 ));
             }
         }
-        let emb = self.segmenter.clip.text.forward(&prompts)?;
-        let emb = l2_normalize(&emb)?.reshape((labels.len(), set.len(), ()))?;
-        Ok(l2_normalize(&emb.mean(1)?)?)
+        Ok(self
+            .segmenter
+            .clip
+            .embed_labels(&self.tokenizer, labels, set)?)
     }
 
     /// Encode an image (expensive); `keep_inter` also returns the head's input features.
-    pub fn encode(&self, img: &RgbImage, opts: &EncodeOptions, keep_inter: bool) -> Result<Encoded> {
+    pub fn encode(
+        &self,
+        img: &RgbImage,
+        opts: &EncodeOptions,
+        keep_inter: bool,
+    ) -> Result<Encoded> {
         let t0 = Instant::now();
         let x = files::image_to_tensor(img)?;
         let seg = &self.segmenter;
@@ -285,10 +294,14 @@ impl Engine {
                 "encoding image".to_string()
             });
             let pixels = clip::preprocess(crop, patch)?;
-            let mut report = |done: usize, _total: usize| pb.set_position(i as u64 * blocks + done as u64);
+            let mut report =
+                |done: usize, _total: usize| pb.set_position(i as u64 * blocks + done as u64);
             let out = seg.clip.vision.forward(&pixels, layer, &mut report)?;
             let (refined, bkg) = match &seg.head {
-                Some(h) => (Some(h.refine(&out.dense, &out.inter)?), Some(h.background(&out.inter)?)),
+                Some(h) => (
+                    Some(h.refine(&out.dense, &out.inter)?),
+                    Some(h.background(&out.inter)?),
+                ),
                 None => (None, None),
             };
             if keep_inter {
@@ -301,7 +314,12 @@ impl Engine {
             })
         });
         pb.finish_and_clear();
-        let features = features.map_err(|e| anyhow!(e))?;
+        let features = features.map_err(|e| match e {
+            clipdino::Error::GridTooLarge { .. } => {
+                anyhow!("{e}; use a smaller --short-side, or --window instead of --full-res")
+            }
+            e => anyhow!(e),
+        })?;
         Ok(Encoded {
             features,
             inter: keep_inter.then_some(inters),
@@ -309,12 +327,23 @@ impl Engine {
         })
     }
 
-    pub fn segment(&self, feats: &ImageFeatures, labels: &Tensor, opts: &SegmentOptions) -> Result<Segmentation> {
+    pub fn segment(
+        &self,
+        feats: &ImageFeatures,
+        labels: &Tensor,
+        opts: &SegmentOptions,
+    ) -> Result<Segmentation> {
         Ok(self.segmenter.segment(feats, labels, opts)?)
     }
 
     /// Encode + segment at the image's own size.
-    pub fn segment_image(&self, img: &RgbImage, labels: &Tensor, opts: &RunOptions, keep_inter: bool) -> Result<Segmentation> {
+    pub fn segment_image(
+        &self,
+        img: &RgbImage,
+        labels: &Tensor,
+        opts: &RunOptions,
+        keep_inter: bool,
+    ) -> Result<Segmentation> {
         let enc = self.encode(img, &opts.encode, keep_inter)?;
         self.segment(&enc.features, labels, &opts.segment)
     }

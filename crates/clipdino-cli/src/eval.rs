@@ -50,12 +50,23 @@ pub struct EvalArgs {
 const IMAGE_EXTS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
 
 fn list_dir(dir: &Path, what: &str) -> Result<Vec<PathBuf>> {
-    let rd = fs::read_dir(dir)
-        .map_err(|e| anyhow!("cannot read {what} {}: {}", dir.display(), files::io_words(&e)))?;
+    let rd = fs::read_dir(dir).map_err(|e| {
+        anyhow!(
+            "cannot read {what} {}: {}",
+            dir.display(),
+            files::io_words(&e)
+        )
+    })?;
     let mut out = Vec::new();
     for entry in rd {
         let p = entry
-            .map_err(|e| anyhow!("cannot read {what} {}: {}", dir.display(), files::io_words(&e)))?
+            .map_err(|e| {
+                anyhow!(
+                    "cannot read {what} {}: {}",
+                    dir.display(),
+                    files::io_words(&e)
+                )
+            })?
             .path();
         if p.is_file() {
             out.push(p);
@@ -109,7 +120,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .filter(|p| ext_is(p, &["png"]))
         .collect();
     if masks.is_empty() {
-        bail!("mask folder {} holds no .png label images", a.masks.display());
+        bail!(
+            "mask folder {} holds no .png label images",
+            a.masks.display()
+        );
     }
 
     let mut cm = ConfusionMatrix::new(classes.len(), Some(a.ignore_index));
@@ -119,7 +133,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
             for m in &masks {
                 let s = stem(m);
                 let p = find_by_stem(&preds, &s, &["png"]).ok_or_else(|| {
-                    anyhow!("no prediction {s}.png in {} for mask {}", pred_dir.display(), m.display())
+                    anyhow!(
+                        "no prediction {s}.png in {} for mask {}",
+                        pred_dir.display(),
+                        m.display()
+                    )
                 })?;
                 let gt = files::read_label_png(m)?;
                 let pred = files::read_label_png(p)?;
@@ -139,7 +157,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     find_by_stem(&images, &s, IMAGE_EXTS)
                         .map(|i| (i.clone(), m.clone()))
                         .ok_or_else(|| {
-                            anyhow!("no image named {s}.* in {} for mask {}", img_dir.display(), m.display())
+                            anyhow!(
+                                "no image named {s}.* in {} for mask {}",
+                                img_dir.display(),
+                                m.display()
+                            )
                         })
                 })
                 .collect::<Result<_>>()?;
@@ -172,7 +194,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn add(cm: &mut ConfusionMatrix, pred: &LabelMap, gt: &LabelMap, pred_path: &Path, gt_path: &Path) -> Result<()> {
+fn add(
+    cm: &mut ConfusionMatrix,
+    pred: &LabelMap,
+    gt: &LabelMap,
+    pred_path: &Path,
+    gt_path: &Path,
+) -> Result<()> {
     if (pred.width, pred.height) != (gt.width, gt.height) {
         bail!(
             "{} is {}×{} px but its mask {} is {}×{} px",
@@ -184,8 +212,12 @@ fn add(cm: &mut ConfusionMatrix, pred: &LabelMap, gt: &LabelMap, pred_path: &Pat
             gt.height
         );
     }
-    cm.add(&pred.data, &gt.data, &format!("{} / {}", pred_path.display(), gt_path.display()))
-        .context("scoring")?;
+    cm.add(
+        &pred.data,
+        &gt.data,
+        &format!("{} / {}", pred_path.display(), gt_path.display()),
+    )
+    .context("scoring")?;
     Ok(())
 }
 
@@ -223,7 +255,13 @@ impl Report {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let num = |x: f64| if x.is_nan() { serde_json::Value::Null } else { x.into() };
+        let num = |x: f64| {
+            if x.is_nan() {
+                serde_json::Value::Null
+            } else {
+                x.into()
+            }
+        };
         serde_json::json!({
             "images": self.images,
             "pixels": self.pixels,
@@ -244,7 +282,10 @@ impl Report {
             .max()
             .unwrap_or(5)
             .max(5);
-        let f = |x: Option<f64>| x.map(|v| format!("{v:7.2}")).unwrap_or_else(|| "      -".into());
+        let f = |x: Option<f64>| {
+            x.map(|v| format!("{v:7.2}"))
+                .unwrap_or_else(|| "      -".into())
+        };
         let mut s = format!("{:<w$}  {:>7}  {:>7}\n", "class", "IoU %", "Acc %");
         for (c, iou, acc) in &self.per_class {
             s += &format!("{c:<w$}  {}  {}\n", f(*iou), f(*acc));

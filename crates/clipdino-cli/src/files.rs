@@ -86,9 +86,7 @@ fn jpeg_truncated(bytes: &[u8]) -> bool {
 
 fn check_size(w: u32, h: u32, name: &str) -> Result<()> {
     if w > MAX_SIDE || h > MAX_SIDE {
-        bail!(
-            "{name} is {w}×{h} px, over the limit of {MAX_SIDE} px a side; downscale it first"
-        );
+        bail!("{name} is {w}×{h} px, over the limit of {MAX_SIDE} px a side; downscale it first");
     }
     if w as u64 * h as u64 > MAX_PIXELS {
         bail!(
@@ -188,7 +186,10 @@ pub fn encode_label_png(map: &LabelMap, palette: &[[u8; 3]]) -> Result<Vec<u8>> 
             let n = (max as usize + 1).max(1);
             let mut pal = Vec::with_capacity(3 * n);
             for i in 0..n {
-                let c = palette.get(i % palette.len().max(1)).copied().unwrap_or([0; 3]);
+                let c = palette
+                    .get(i % palette.len().max(1))
+                    .copied()
+                    .unwrap_or([0; 3]);
                 pal.extend_from_slice(&c);
             }
             enc.set_palette(pal);
@@ -259,9 +260,8 @@ impl OutputDir {
         }
         let created = !dir.exists();
         if created {
-            fs::create_dir_all(dir).map_err(|e| {
-                anyhow!("cannot create {what} {}: {}", dir.display(), io_words(&e))
-            })?;
+            fs::create_dir_all(dir)
+                .map_err(|e| anyhow!("cannot create {what} {}: {}", dir.display(), io_words(&e)))?;
         }
         let out = Self {
             dir: dir.to_path_buf(),
@@ -271,7 +271,11 @@ impl OutputDir {
         let probe = dir.join(format!(".probe{}", std::process::id()));
         if let Err(e) = fs::write(&probe, b"") {
             out.abandon();
-            bail!("cannot write into {what} {}: {}", dir.display(), io_words(&e));
+            bail!(
+                "cannot write into {what} {}: {}",
+                dir.display(),
+                io_words(&e)
+            );
         }
         let _ = fs::remove_file(&probe);
         Ok(out)
@@ -303,7 +307,13 @@ impl OutputDir {
                 let _ = fs::remove_file(&tmp);
                 cleanup(&staged);
                 self.abandon();
-                bail!("cannot write {} in {} {}: {}", name, self.what, self.dir.display(), io_words(&e));
+                bail!(
+                    "cannot write {} in {} {}: {}",
+                    name,
+                    self.what,
+                    self.dir.display(),
+                    io_words(&e)
+                );
             }
             staged.push((tmp, target));
         }
@@ -366,7 +376,11 @@ mod tests {
 
     #[test]
     fn truncated_jpeg_is_detected() {
-        let jpg = fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/voc/images/voc_sample.jpg")).unwrap();
+        let jpg = fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/voc/images/voc_sample.jpg"
+        ))
+        .unwrap();
         assert!(!jpeg_truncated(&jpg));
         assert!(decode_image(&jpg, "photo").is_ok());
         for cut in [jpg.len() / 3, jpg.len() - 2] {
@@ -393,7 +407,8 @@ mod tests {
         let d = tmpdir("outdir");
         let sub = d.join("new");
         let out = OutputDir::prepare(&sub, "dump directory").unwrap();
-        out.commit(&[("a.npy", vec![1]), ("b.npy", vec![2])]).unwrap();
+        out.commit(&[("a.npy", vec![1]), ("b.npy", vec![2])])
+            .unwrap();
         let mut names: Vec<_> = fs::read_dir(&sub)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -403,7 +418,9 @@ mod tests {
         // A file name that cannot be created: nothing is left, and the new dir is removed.
         let sub2 = d.join("new2");
         let out = OutputDir::prepare(&sub2, "dump directory").unwrap();
-        assert!(out.commit(&[("ok.npy", vec![1]), ("no/such/x.npy", vec![2])]).is_err());
+        assert!(out
+            .commit(&[("ok.npy", vec![1]), ("no/such/x.npy", vec![2])])
+            .is_err());
         assert!(!sub2.exists());
         fs::remove_dir_all(&d).unwrap();
     }

@@ -48,10 +48,7 @@ pub fn parse_class_file(text: &str, name: &str) -> Result<Vec<String>> {
 
 fn validate(labels: Vec<String>) -> Result<Vec<String>> {
     if labels.len() > MAX_LABELS {
-        bail!(
-            "{} labels given; the limit is {MAX_LABELS}",
-            labels.len()
-        );
+        bail!("{} labels given; the limit is {MAX_LABELS}", labels.len());
     }
     let mut dups: Vec<String> = Vec::new();
     for (i, l) in labels.iter().enumerate() {
@@ -118,7 +115,10 @@ mod tests {
     fn class_files() {
         let l = parse_class_file("background\naeroplane\n\nbicycle\n", "c.txt").unwrap();
         assert_eq!(l, ["background", "aeroplane", "bicycle"]);
-        assert!(parse_class_file("\n\n", "c.txt").unwrap_err().to_string().contains("c.txt"));
+        assert!(parse_class_file("\n\n", "c.txt")
+            .unwrap_err()
+            .to_string()
+            .contains("c.txt"));
     }
 
     #[test]

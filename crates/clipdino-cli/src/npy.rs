@@ -35,7 +35,11 @@ pub fn header(descr: Descr, shape: &[usize]) -> Result<Vec<u8>> {
         [n] => format!("({n},)"),
         _ => format!(
             "({})",
-            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let dict = format!(
@@ -106,7 +110,9 @@ mod tests {
     fn header_matches_numpy_byte_for_byte() {
         // python: np.save(f, np.zeros((2, 3), np.float32)); f.getvalue()[:64]
         let h = header(Descr::F32, &[2, 3]).unwrap();
-        let mut want = b"\x93NUMPY\x01\x00\x76\x00{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }".to_vec();
+        let mut want =
+            b"\x93NUMPY\x01\x00\x76\x00{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"
+                .to_vec();
         want.resize(127, b' ');
         want.push(b'\n');
         assert_eq!(h, want);

@@ -101,7 +101,11 @@ pub fn run(a: RandomWeightsArgs) -> Result<()> {
         pb.inc(1);
         let bin = loaders::write_torch_pickle(&clip_entries, None, &[])?;
         pb.inc(1);
-        let last_pt = loaders::write_torch_pickle(&entries(&head)?, Some("model_state_dict"), &[("epoch", 0)])?;
+        let last_pt = loaders::write_torch_pickle(
+            &entries(&head)?,
+            Some("model_state_dict"),
+            &[("epoch", 0)],
+        )?;
         pb.inc(1);
         let json = cfg.to_open_clip_json().into_bytes();
         pb.finish_and_clear();
@@ -120,10 +124,17 @@ pub fn run(a: RandomWeightsArgs) -> Result<()> {
         }
     };
     let dir = out.path().to_path_buf();
-    let sizes: Vec<(String, usize)> = files.iter().map(|(n, b)| (n.to_string(), b.len())).collect();
+    let sizes: Vec<(String, usize)> = files
+        .iter()
+        .map(|(n, b)| (n.to_string(), b.len()))
+        .collect();
     out.commit(&files)?;
     for (n, len) in sizes {
-        println!("{:>10}  {}", crate::convert::human_bytes(len as u64), dir.join(n).display());
+        println!(
+            "{:>10}  {}",
+            crate::convert::human_bytes(len as u64),
+            dir.join(n).display()
+        );
     }
     Ok(())
 }

@@ -90,19 +90,31 @@ fn dump_files(
     let feats = &enc.features;
     let mut files = vec![
         ("text_emb.npy", npy::encode_tensor(labels_emb)?),
-        ("dense.npy", npy::encode_tensor(&feats.patch_grid(FeatureKind::Raw)?)?),
+        (
+            "dense.npy",
+            npy::encode_tensor(&feats.patch_grid(FeatureKind::Raw)?)?,
+        ),
     ];
     if let Some(inter) = &enc.inter {
-        files.push(("inter.npy", npy::encode_tensor(&merge_windows(feats, inter)?)?));
+        files.push((
+            "inter.npy",
+            npy::encode_tensor(&merge_windows(feats, inter)?)?,
+        ));
     }
     if feats.has_refined() {
-        files.push(("refined.npy", npy::encode_tensor(&feats.patch_grid(FeatureKind::Refined)?)?));
+        files.push((
+            "refined.npy",
+            npy::encode_tensor(&feats.patch_grid(FeatureKind::Refined)?)?,
+        ));
         let bkg: Vec<Tensor> = feats
             .windows
             .iter()
             .filter_map(|w| w.bkg.as_ref().map(|b| b.unsqueeze(2)))
             .collect::<candle_core::Result<_>>()?;
-        files.push(("bkg.npy", npy::encode_tensor(&merge_windows(feats, &bkg)?.squeeze(2)?)?));
+        files.push((
+            "bkg.npy",
+            npy::encode_tensor(&merge_windows(feats, &bkg)?.squeeze(2)?)?,
+        ));
     }
     // Patch-level probabilities [L, gh, gw] (after the background rule).
     let per_window: Vec<Tensor> = seg
@@ -113,7 +125,10 @@ fn dump_files(
     let probs = merge_windows(feats, &per_window)?.permute((2, 0, 1))?;
     files.push(("probs.npy", npy::encode_tensor(&probs)?));
     let lm: Vec<i64> = seg.labels.iter().map(|&l| l as i64).collect();
-    files.push(("labels.npy", npy::encode_i64(&[seg.height, seg.width], &lm)?));
+    files.push((
+        "labels.npy",
+        npy::encode_i64(&[seg.height, seg.width], &lm)?,
+    ));
     Ok(files)
 }
 
@@ -124,13 +139,21 @@ pub fn run(a: SegmentArgs) -> Result<()> {
     let encode_opts = a.pipeline.encode_options()?;
     if let Some(k) = a.kmeans {
         if !K_RANGE.contains(&k) {
-            bail!("--kmeans {k}: the number of clusters must be in {}..={}", K_RANGE.start(), K_RANGE.end());
+            bail!(
+                "--kmeans {k}: the number of clusters must be in {}..={}",
+                K_RANGE.start(),
+                K_RANGE.end()
+            );
         }
     }
     if !(0.0..=1.0).contains(&a.opacity) {
         bail!("--opacity {} must be between 0 and 1", a.opacity);
     }
-    for (p, what) in [(&a.out, "overlay"), (&a.mask_out, "mask"), (&a.kmeans_out, "k-means view")] {
+    for (p, what) in [
+        (&a.out, "overlay"),
+        (&a.mask_out, "mask"),
+        (&a.kmeans_out, "k-means view"),
+    ] {
         if let Some(p) = p {
             files::check_writable_file(p, what)?;
         }
@@ -175,7 +198,8 @@ fn run_checked(
     // Outputs (each written atomically).
     if let Some(out) = &a.out {
         let rgb = overlay::blend_rgb(img.as_raw(), &seg.labels, w, h, a.opacity, None)?;
-        let im = RgbImage::from_raw(w as u32, h as u32, rgb).ok_or_else(|| anyhow!("overlay size"))?;
+        let im =
+            RgbImage::from_raw(w as u32, h as u32, rgb).ok_or_else(|| anyhow!("overlay size"))?;
         files::write_atomic(out, &encode_png_or_jpeg(&im, out)?, "overlay")?;
     }
     if let Some(out) = &a.mask_out {
@@ -241,10 +265,19 @@ fn run_checked(
         }
     );
     let areas = overlay::area_fractions(&seg.labels, labels.len());
-    let lw = labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(5);
+    let lw = labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     println!("{:<lw$}  {:>7}", "label", "area %");
     for (i, (l, f)) in labels.iter().zip(&areas).enumerate() {
-        let mark = if Some(i) == opts.segment.background { "  (background)" } else { "" };
+        let mark = if Some(i) == opts.segment.background {
+            "  (background)"
+        } else {
+            ""
+        };
         println!("{l:<lw$}  {:>7.2}{mark}", 100.0 * f);
     }
     println!(

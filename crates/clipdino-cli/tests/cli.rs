@@ -29,7 +29,8 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(tag: &str) -> Self {
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("clipdino-cli-{tag}-{}", std::process::id()));
+        let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("clipdino-cli-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         Scratch(d)
@@ -79,7 +80,13 @@ fn stderr(o: &Output) -> String {
 
 #[track_caller]
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", o.status, stdout(o), stderr(o));
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
     stdout(o)
 }
 
@@ -87,7 +94,11 @@ fn ok(o: &Output) -> String {
 #[track_caller]
 fn one_line_error(o: &Output, words: &[&str]) -> String {
     let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success\nstdout:\n{}\nstderr:\n{err}", stdout(o));
+    assert!(
+        !o.status.success(),
+        "expected failure, got success\nstdout:\n{}\nstderr:\n{err}",
+        stdout(o)
+    );
     assert_ne!(o.status.code(), Some(0));
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line on stderr, got:\n{err}");
@@ -105,7 +116,15 @@ fn tiny() -> &'static Path {
     DIR.get_or_init(|| {
         let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clipdino-cli-tiny-seed7");
         let _ = fs::remove_dir_all(&d);
-        ok(&run(&["random-weights", "--arch", "tiny", "--seed", "7", "--out", &d.display().to_string()]));
+        ok(&run(&[
+            "random-weights",
+            "--arch",
+            "tiny",
+            "--seed",
+            "7",
+            "--out",
+            &d.display().to_string(),
+        ]));
         d
     })
 }
@@ -139,14 +158,22 @@ fn segment_args(extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = vec!["segment".into()];
     a.extend(tiny_args());
     a.extend(["--image".into(), voc_image().display().to_string()]);
-    a.extend(with_defaults(extra, &[("--templates", "fast"), ("--short-side", "96")]));
+    a.extend(with_defaults(
+        extra,
+        &[("--templates", "fast"), ("--short-side", "96")],
+    ));
     a
 }
 
 /// `(width, height)` of a PNG from its IHDR chunk.
 fn png_size(path: &Path) -> (u32, u32) {
     let b = fs::read(path).unwrap();
-    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "{} is not a PNG", path.display());
+    assert_eq!(
+        &b[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{} is not a PNG",
+        path.display()
+    );
     let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     (be(16), be(20))
 }
@@ -161,7 +188,11 @@ fn areas(out: &str, labels: &[&str]) -> Vec<f64> {
                 .find(|x| x.split_whitespace().next() == Some(l) || x.starts_with(&format!("{l} ")))
                 .unwrap_or_else(|| panic!("no area line for {l} in\n{out}"));
             let rest = line[l.len()..].trim();
-            rest.split_whitespace().next().unwrap().parse::<f64>().unwrap()
+            rest.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
         })
         .collect()
 }
@@ -183,8 +214,21 @@ fn read_npy(path: &Path) -> Npy {
     let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
     assert!(header.ends_with('\n'));
     assert!(header.contains("'fortran_order': False"), "{header}");
-    let descr = header.split("'descr': '").nth(1).unwrap().split('\'').next().unwrap().to_string();
-    let shape_s = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let descr = header
+        .split("'descr': '")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap()
+        .to_string();
+    let shape_s = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
     let shape: Vec<usize> = shape_s
         .split(',')
         .map(str::trim)
@@ -197,18 +241,29 @@ fn read_npy(path: &Path) -> Npy {
         "<i8" => 8,
         d => panic!("unexpected descr {d}"),
     };
-    assert_eq!(data.len(), shape.iter().product::<usize>() * item, "{}: data size", path.display());
+    assert_eq!(
+        data.len(),
+        shape.iter().product::<usize>() * item,
+        "{}: data size",
+        path.display()
+    );
     Npy { descr, shape, data }
 }
 
 impl Npy {
     fn f32s(&self) -> Vec<f32> {
         assert_eq!(self.descr, "<f4");
-        self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        self.data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
     fn i64s(&self) -> Vec<i64> {
         assert_eq!(self.descr, "<i8");
-        self.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+        self.data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
 }
 
@@ -238,10 +293,21 @@ fn write_grey(path: &Path, w: usize, h: usize, data: &[u8]) {
 }
 
 /// Set `rows × cols` of a `w`-wide map to `v`, asserting the rectangle held only `was`.
-fn relabel(map: &mut [u8], w: usize, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, was: u8, v: u8) {
+fn relabel(
+    map: &mut [u8],
+    w: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    was: u8,
+    v: u8,
+) {
     for y in rows {
         for x in cols.clone() {
-            assert_eq!(map[y * w + x], was, "fixture rectangle is not pure class {was}");
+            assert_eq!(
+                map[y * w + x],
+                was,
+                "fixture rectangle is not pure class {was}"
+            );
             map[y * w + x] = v;
         }
     }
@@ -287,26 +353,57 @@ fn eval_predictions(pred_dir: &Path, mask_dir: &Path, extra: &[&str]) -> serde_j
 fn random_weights_writes_the_upstream_files_deterministically() {
     let d = tiny();
     let cfg: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(d.join("open_clip_config.json")).unwrap()).unwrap();
+        serde_json::from_str(&fs::read_to_string(d.join("open_clip_config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg["model_cfg"]["text_cfg"]["vocab_size"], 49408);
     assert_eq!(cfg["model_cfg"]["vision_cfg"]["width"], 64);
     let st = fs::read(d.join("open_clip_model.safetensors")).unwrap();
     let hlen = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&st[8..8 + hlen]).unwrap();
-    assert_eq!(header["visual.conv1.weight"]["shape"], serde_json::json!([64, 3, 16, 16]));
-    assert_eq!(header["token_embedding.weight"]["shape"], serde_json::json!([49408, 64]));
+    assert_eq!(
+        header["visual.conv1.weight"]["shape"],
+        serde_json::json!([64, 3, 16, 16])
+    );
+    assert_eq!(
+        header["token_embedding.weight"]["shape"],
+        serde_json::json!([49408, 64])
+    );
     for f in ["open_clip_pytorch_model.bin", "last.pt"] {
-        assert_eq!(&fs::read(d.join(f)).unwrap()[..2], b"PK", "{f} is a torch zip checkpoint");
+        assert_eq!(
+            &fs::read(d.join(f)).unwrap()[..2],
+            b"PK",
+            "{f} is a torch zip checkpoint"
+        );
     }
     // Same seed, same bytes; no stray files.
     let s = Scratch::new("rw-again");
-    ok(&run(&["random-weights", "--arch", "tiny", "--seed", "7", "--out", &s.s("w")]));
+    ok(&run(&[
+        "random-weights",
+        "--arch",
+        "tiny",
+        "--seed",
+        "7",
+        "--out",
+        &s.s("w"),
+    ]));
     assert_eq!(
         s.files(),
-        ["w/last.pt", "w/open_clip_config.json", "w/open_clip_model.safetensors", "w/open_clip_pytorch_model.bin"]
+        [
+            "w/last.pt",
+            "w/open_clip_config.json",
+            "w/open_clip_model.safetensors",
+            "w/open_clip_pytorch_model.bin"
+        ]
     );
-    for f in ["open_clip_model.safetensors", "open_clip_pytorch_model.bin", "last.pt"] {
-        assert!(fs::read(d.join(f)).unwrap() == fs::read(s.path("w").join(f)).unwrap(), "{f} differs");
+    for f in [
+        "open_clip_model.safetensors",
+        "open_clip_pytorch_model.bin",
+        "last.pt",
+    ] {
+        assert!(
+            fs::read(d.join(f)).unwrap() == fs::read(s.path("w").join(f)).unwrap(),
+            "{f} differs"
+        );
     }
 }
 
@@ -317,11 +414,39 @@ fn the_torch_bin_and_safetensors_files_give_the_same_segmentation() {
     let mut outs = Vec::new();
     for f in ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"] {
         let mask = s.s(&format!("{f}.png"));
-        let mut a: Vec<String> = vec!["segment".into(), "--clip".into(), d.join(f).display().to_string()];
-        a.extend(["--config", &d.join("open_clip_config.json").display().to_string()].map(String::from));
+        let mut a: Vec<String> = vec![
+            "segment".into(),
+            "--clip".into(),
+            d.join(f).display().to_string(),
+        ];
+        a.extend(
+            [
+                "--config",
+                &d.join("open_clip_config.json").display().to_string(),
+            ]
+            .map(String::from),
+        );
         a.extend(["--head", &d.join("last.pt").display().to_string()].map(String::from));
-        a.extend(["--image", &voc_image().display().to_string(), "--labels", "person,table,background"].map(String::from));
-        a.extend(["--short-side", "96", "--templates", "fast", "--mask-out", &mask].map(String::from));
+        a.extend(
+            [
+                "--image",
+                &voc_image().display().to_string(),
+                "--labels",
+                "person,table,background",
+            ]
+            .map(String::from),
+        );
+        a.extend(
+            [
+                "--short-side",
+                "96",
+                "--templates",
+                "fast",
+                "--mask-out",
+                &mask,
+            ]
+            .map(String::from),
+        );
         ok(&run(&a));
         outs.push(fs::read(&mask).unwrap());
     }
@@ -333,24 +458,48 @@ fn convert_every_quant_then_segment_with_the_bundle() {
     let s = Scratch::new("convert");
     let labels = ["person", "table", "background"];
     // Reference: the f32 weights loaded directly.
-    ok(&run(&segment_args(&["--labels", "person,table,background", "--mask-out", &s.s("direct.png")])));
+    ok(&run(&segment_args(&[
+        "--labels",
+        "person,table,background",
+        "--mask-out",
+        &s.s("direct.png"),
+    ])));
     for q in ["f32", "f16", "q8_0", "q4_0"] {
         let bundle = s.s(&format!("tiny-{q}.gguf"));
         let mut a: Vec<String> = vec!["convert".into()];
         a.extend(tiny_args());
         a.extend(["--quant", q, "--out", &bundle].map(String::from));
         let out = ok(&run(&a));
-        assert!(out.contains("input") && out.contains("output") && out.contains(&bundle), "{out}");
+        assert!(
+            out.contains("input") && out.contains("output") && out.contains(&bundle),
+            "{out}"
+        );
         // the per-dtype breakdown lists the chosen storage type
-        assert!(out.lines().any(|l| l.trim_start().starts_with(q) && l.contains("tensors")), "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(q) && l.contains("tensors")),
+            "{out}"
+        );
         let size = fs::metadata(&bundle).unwrap().len();
 
         let overlay = s.s(&format!("overlay-{q}.png"));
         let mask = s.s(&format!("mask-{q}.png"));
         let seg = ok(&run(&[
-            "segment", "--model", &bundle, "--image", &voc_image().display().to_string(),
-            "--labels", "person,table,background", "--templates", "fast", "--short-side", "96",
-            "--out", &overlay, "--mask-out", &mask,
+            "segment",
+            "--model",
+            &bundle,
+            "--image",
+            &voc_image().display().to_string(),
+            "--labels",
+            "person,table,background",
+            "--templates",
+            "fast",
+            "--short-side",
+            "96",
+            "--out",
+            &overlay,
+            "--mask-out",
+            &mask,
         ]));
         assert_eq!(png_size(Path::new(&overlay)), (500, 375));
         assert_eq!(png_size(Path::new(&mask)), (500, 375));
@@ -362,30 +511,65 @@ fn convert_every_quant_then_segment_with_the_bundle() {
         }
         if q == "q8_0" {
             ok(&run(&[
-                "segment", "--model", &bundle, "--compute", "quantized",
-                "--image", &voc_image().display().to_string(), "--labels", "person,table,background",
-                "--templates", "fast", "--short-side", "96",
+                "segment",
+                "--model",
+                &bundle,
+                "--compute",
+                "quantized",
+                "--image",
+                &voc_image().display().to_string(),
+                "--labels",
+                "person,table,background",
+                "--templates",
+                "fast",
+                "--short-side",
+                "96",
             ]));
         }
         eprintln!("{q}: bundle {size} bytes");
     }
     let sizes: Vec<u64> = ["f32", "f16", "q8_0", "q4_0"]
         .iter()
-        .map(|q| fs::metadata(s.path(&format!("tiny-{q}.gguf"))).unwrap().len())
+        .map(|q| {
+            fs::metadata(s.path(&format!("tiny-{q}.gguf")))
+                .unwrap()
+                .len()
+        })
         .collect();
-    assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2] && sizes[2] > sizes[3], "{sizes:?}");
+    assert!(
+        sizes[0] > sizes[1] && sizes[1] > sizes[2] && sizes[2] > sizes[3],
+        "{sizes:?}"
+    );
     // Only the outputs we asked for, no temporary files.
-    assert!(s.files().iter().all(|f| !f.contains(".part") && !f.starts_with('.')), "{:?}", s.files());
+    assert!(
+        s.files()
+            .iter()
+            .all(|f| !f.contains(".part") && !f.starts_with('.')),
+        "{:?}",
+        s.files()
+    );
 }
 
 #[test]
 fn convert_reads_the_upstream_torch_and_safetensors_files_alike() {
     let s = Scratch::new("convert-upstream");
     let t = |f: &str| fixture(&format!("tiny/{f}")).display().to_string();
-    for (clip, out) in [("open_clip_model.safetensors", "a.gguf"), ("open_clip_pytorch_model.bin", "b.gguf")] {
+    for (clip, out) in [
+        ("open_clip_model.safetensors", "a.gguf"),
+        ("open_clip_pytorch_model.bin", "b.gguf"),
+    ] {
         ok(&run(&[
-            "convert", "--clip", &t(clip), "--config", &t("open_clip_config.json"), "--head", &t("last.pt"),
-            "--quant", "q8_0", "--out", &s.s(out),
+            "convert",
+            "--clip",
+            &t(clip),
+            "--config",
+            &t("open_clip_config.json"),
+            "--head",
+            &t("last.pt"),
+            "--quant",
+            "q8_0",
+            "--out",
+            &s.s(out),
         ]));
     }
     assert!(fs::read(s.path("a.gguf")).unwrap() == fs::read(s.path("b.gguf")).unwrap());
@@ -393,8 +577,15 @@ fn convert_reads_the_upstream_torch_and_safetensors_files_alike() {
     // the user is told so.
     one_line_error(
         &run(&[
-            "segment", "--model", &s.s("a.gguf"), "--image", &voc_image().display().to_string(),
-            "--labels", "cat,dog", "--short-side", "64",
+            "segment",
+            "--model",
+            &s.s("a.gguf"),
+            "--image",
+            &voc_image().display().to_string(),
+            "--labels",
+            "cat,dog",
+            "--short-side",
+            "64",
         ]),
         &["vocabulary", "1000"],
     );
@@ -404,7 +595,12 @@ fn convert_reads_the_upstream_torch_and_safetensors_files_alike() {
 fn segment_dump_writes_npy_files_with_the_right_shapes() {
     let s = Scratch::new("dump");
     let out = ok(&run(&segment_args(&[
-        "--short-side", "224", "--labels", "person,dining table,background", "--dump", &s.s("dump"),
+        "--short-side",
+        "224",
+        "--labels",
+        "person,dining table,background",
+        "--dump",
+        &s.s("dump"),
     ])));
     assert!(out.contains("dump:"), "{out}");
     let f = |n: &str| read_npy(&s.path("dump").join(n));
@@ -430,8 +626,18 @@ fn segment_dump_writes_npy_files_with_the_right_shapes() {
 
     // MaskCLIP mode, sliding windows: probabilities of each patch sum to 1; same grid.
     let out = ok(&run(&segment_args(&[
-        "--short-side", "224", "--window", "160", "--stride", "96", "--mode", "maskclip",
-        "--labels", "person,dining table,background", "--dump", &s.s("dump2"),
+        "--short-side",
+        "224",
+        "--window",
+        "160",
+        "--stride",
+        "96",
+        "--mode",
+        "maskclip",
+        "--labels",
+        "person,dining table,background",
+        "--dump",
+        &s.s("dump2"),
     ])));
     assert!(out.contains("windows"), "{out}");
     let probs = read_npy(&s.path("dump2/probs.npy"));
@@ -449,11 +655,22 @@ fn segment_dump_writes_npy_files_with_the_right_shapes() {
 fn segment_kmeans_view_and_full_resolution() {
     let s = Scratch::new("kmeans");
     ok(&run(&segment_args(&[
-        "--labels", "person,background", "--kmeans", "4", "--kmeans-out", &s.s("k.png"),
+        "--labels",
+        "person,background",
+        "--kmeans",
+        "4",
+        "--kmeans-out",
+        &s.s("k.png"),
     ])));
     // MaskCLIP clusters beside CLIP-DINOiser clusters.
     assert_eq!(png_size(&s.path("k.png")), (1000, 375));
-    let out = ok(&run(&segment_args(&["--full-res", "--labels", "person,background", "--out", &s.s("o.jpg")])));
+    let out = ok(&run(&segment_args(&[
+        "--full-res",
+        "--labels",
+        "person,background",
+        "--out",
+        &s.s("o.jpg"),
+    ])));
     assert!(out.contains("processed at 500×375"), "{out}");
     assert_eq!(&fs::read(s.path("o.jpg")).unwrap()[..2], b"\xff\xd8");
 }
@@ -464,7 +681,10 @@ fn a_label_over_77_tokens_is_truncated_with_a_warning() {
     let o = run(&segment_args(&["--labels", &format!("cat,{long}")]));
     ok(&o);
     let err = stderr(&o);
-    assert!(err.contains("warning:") && err.contains("truncated") && err.contains("very very"), "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("truncated") && err.contains("very very"),
+        "{err}"
+    );
 }
 
 // =========================================================================================
@@ -511,7 +731,10 @@ fn eval_scores_a_known_perturbation_as_computed_by_hand() {
     assert!(close(per_class(&j, "person"), person), "{j}");
     assert!(close(per_class(&j, "chair"), 1.0), "{j}");
     assert!(close(j["mIoU"].as_f64(), miou), "{j}");
-    assert!(close(j["aAcc"].as_f64(), (187_500.0 - 4000.0) / 187_500.0), "{j}");
+    assert!(
+        close(j["aAcc"].as_f64(), (187_500.0 - 4000.0) / 187_500.0),
+        "{j}"
+    );
 
     // The same predictions with the perturbed rectangles marked "ignore" (255) in the ground
     // truth score 100 again.
@@ -525,8 +748,15 @@ fn eval_scores_a_known_perturbation_as_computed_by_hand() {
     assert_eq!(j["pixels"], 187_500 - 4000);
     // ... unless 255 is not the ignore index, and then 255 is no class at all.
     let o = run(&[
-        "eval", "--predictions", &s.s("pred"), "--masks", &s.s("gt"),
-        "--classes", &fixture("voc/classes.txt").display().to_string(), "--ignore-index", "254",
+        "eval",
+        "--predictions",
+        &s.s("pred"),
+        "--masks",
+        &s.s("gt"),
+        "--classes",
+        &fixture("voc/classes.txt").display().to_string(),
+        "--ignore-index",
+        "254",
     ]);
     one_line_error(&o, &["255", "ignore index 254"]);
 }
@@ -537,15 +767,24 @@ fn eval_runs_the_model_and_prints_a_table() {
     a.extend(tiny_args());
     a.extend(
         [
-            "--images", &fixture("voc/images").display().to_string(),
-            "--masks", &fixture("voc/masks").display().to_string(),
-            "--classes", &fixture("voc/classes.txt").display().to_string(),
-            "--short-side", "64", "--templates", "fast",
+            "--images",
+            &fixture("voc/images").display().to_string(),
+            "--masks",
+            &fixture("voc/masks").display().to_string(),
+            "--classes",
+            &fixture("voc/classes.txt").display().to_string(),
+            "--short-side",
+            "64",
+            "--templates",
+            "fast",
         ]
         .map(String::from),
     );
     let table = ok(&run(&a));
-    assert!(table.contains("mIoU") && table.contains("diningtable") && table.contains("images 1"), "{table}");
+    assert!(
+        table.contains("mIoU") && table.contains("diningtable") && table.contains("images 1"),
+        "{table}"
+    );
     a.push("--json".into());
     let j = eval_json(&a);
     let miou = j["mIoU"].as_f64().unwrap();
@@ -561,29 +800,74 @@ fn eval_bad_inputs() {
     let masks = fixture("voc/masks").display().to_string();
     fs::create_dir_all(s.path("empty")).unwrap();
     one_line_error(
-        &run(&["eval", "--predictions", &s.s("empty"), "--masks", &masks, "--classes", &classes]),
+        &run(&[
+            "eval",
+            "--predictions",
+            &s.s("empty"),
+            "--masks",
+            &masks,
+            "--classes",
+            &classes,
+        ]),
         &["no prediction voc_sample.png"],
     );
     fs::create_dir_all(s.path("small")).unwrap();
     write_grey(&s.path("small/voc_sample.png"), 4, 3, &[0; 12]);
     one_line_error(
-        &run(&["eval", "--predictions", &s.s("small"), "--masks", &masks, "--classes", &classes]),
+        &run(&[
+            "eval",
+            "--predictions",
+            &s.s("small"),
+            "--masks",
+            &masks,
+            "--classes",
+            &classes,
+        ]),
         &["4×3", "500×375"],
     );
     fs::write(s.path("none.txt"), "\n\n").unwrap();
     one_line_error(
-        &run(&["eval", "--predictions", &masks, "--masks", &masks, "--classes", &s.s("none.txt")]),
+        &run(&[
+            "eval",
+            "--predictions",
+            &masks,
+            "--masks",
+            &masks,
+            "--classes",
+            &s.s("none.txt"),
+        ]),
         &["lists no classes"],
     );
     one_line_error(
-        &run(&["eval", "--predictions", &masks, "--masks", &s.s("nowhere"), "--classes", &classes]),
+        &run(&[
+            "eval",
+            "--predictions",
+            &masks,
+            "--masks",
+            &s.s("nowhere"),
+            "--classes",
+            &classes,
+        ]),
         &["cannot read mask folder", "nowhere"],
     );
     // Predictions with labels beyond the class list.
     fs::create_dir_all(s.path("wide")).unwrap();
-    write_grey(&s.path("wide/voc_sample.png"), 500, 375, &vec![40; 500 * 375]);
+    write_grey(
+        &s.path("wide/voc_sample.png"),
+        500,
+        375,
+        &vec![40; 500 * 375],
+    );
     one_line_error(
-        &run(&["eval", "--predictions", &s.s("wide"), "--masks", &masks, "--classes", &classes]),
+        &run(&[
+            "eval",
+            "--predictions",
+            &s.s("wide"),
+            "--masks",
+            &masks,
+            "--classes",
+            &classes,
+        ]),
         &["predicted value 40"],
     );
 }
@@ -601,11 +885,23 @@ fn segment_fails(tag: &str, image: Option<&Path>, extra: &[&str], words: &[&str]
     let before = s.files();
     let mut a: Vec<String> = vec!["segment".into()];
     a.extend(tiny_args());
-    a.extend(["--image".into(), image.map(Path::to_path_buf).unwrap_or_else(voc_image).display().to_string()]);
+    a.extend([
+        "--image".into(),
+        image
+            .map(Path::to_path_buf)
+            .unwrap_or_else(voc_image)
+            .display()
+            .to_string(),
+    ]);
     let (out, dump) = (s.s("overlay.png"), s.s("dump"));
     a.extend(with_defaults(
         extra,
-        &[("--short-side", "64"), ("--templates", "fast"), ("--out", &out), ("--dump", &dump)],
+        &[
+            ("--short-side", "64"),
+            ("--templates", "fast"),
+            ("--out", &out),
+            ("--dump", &dump),
+        ],
     ));
     let line = one_line_error(&run(&a), words);
     assert_eq!(s.files(), before, "files left behind");
@@ -616,30 +912,98 @@ fn segment_fails(tag: &str, image: Option<&Path>, extra: &[&str], words: &[&str]
 #[test]
 fn bad_images() {
     let s = Scratch::new("bad-images");
-    segment_fails("img-missing", Some(&s.path("nope.jpg")), &["--labels", "cat"], &["cannot read image", "nope.jpg"]);
+    segment_fails(
+        "img-missing",
+        Some(&s.path("nope.jpg")),
+        &["--labels", "cat"],
+        &["cannot read image", "nope.jpg"],
+    );
     fs::write(s.path("empty.png"), b"").unwrap();
-    segment_fails("img-empty", Some(&s.path("empty.png")), &["--labels", "cat"], &["empty.png", "empty (0 bytes)"]);
+    segment_fails(
+        "img-empty",
+        Some(&s.path("empty.png")),
+        &["--labels", "cat"],
+        &["empty.png", "empty (0 bytes)"],
+    );
     fs::write(s.path("notes.txt"), "hello, this is text\n").unwrap();
-    segment_fails("img-text", Some(&s.path("notes.txt")), &["--labels", "cat"], &["notes.txt", "not an image"]);
+    segment_fails(
+        "img-text",
+        Some(&s.path("notes.txt")),
+        &["--labels", "cat"],
+        &["notes.txt", "not an image"],
+    );
     let jpg = fs::read(voc_image()).unwrap();
     fs::write(s.path("cut.jpg"), &jpg[..jpg.len() / 3]).unwrap();
-    segment_fails("img-cut", Some(&s.path("cut.jpg")), &["--labels", "cat"], &["cut.jpg", "truncated"]);
+    segment_fails(
+        "img-cut",
+        Some(&s.path("cut.jpg")),
+        &["--labels", "cat"],
+        &["cut.jpg", "truncated"],
+    );
     // Over the caps: only the header is read, so these are quick.
     write_grey(&s.path("wide.png"), 16385, 1, &vec![0; 16385]);
-    segment_fails("img-wide", Some(&s.path("wide.png")), &["--labels", "cat"], &["16385×1", "16384 px a side"]);
+    segment_fails(
+        "img-wide",
+        Some(&s.path("wide.png")),
+        &["--labels", "cat"],
+        &["16385×1", "16384 px a side"],
+    );
     write_grey(&s.path("big.png"), 8000, 6000, &vec![0; 8000 * 6000]);
-    segment_fails("img-big", Some(&s.path("big.png")), &["--labels", "cat"], &["8000×6000", "40 megapixels"]);
-    segment_fails("img-dir", Some(&s.0), &["--labels", "cat"], &["is a directory"]);
+    segment_fails(
+        "img-big",
+        Some(&s.path("big.png")),
+        &["--labels", "cat"],
+        &["8000×6000", "40 megapixels"],
+    );
+    segment_fails(
+        "img-dir",
+        Some(&s.0),
+        &["--labels", "cat"],
+        &["is a directory"],
+    );
+    // Within the caps, but too many patches for one pass at full resolution.
+    write_grey(&s.path("1100.png"), 1100, 1100, &vec![128; 1100 * 1100]);
+    segment_fails(
+        "img-grid",
+        Some(&s.path("1100.png")),
+        &["--labels", "cat", "--full-res"],
+        &["4096 patches", "--short-side"],
+    );
 }
 
 #[test]
 fn bad_labels() {
-    segment_fails("lab-empty", None, &["--labels", ""], &["label list is empty"]);
-    segment_fails("lab-commas", None, &["--labels", " , "], &["label 1 of 2", "empty"]);
-    segment_fails("lab-dup", None, &["--labels", "cat,dog,Cat,sky,dog"], &["duplicate labels", "\"cat\"", "\"Cat\"", "\"dog\""]);
+    segment_fails(
+        "lab-empty",
+        None,
+        &["--labels", ""],
+        &["label list is empty"],
+    );
+    segment_fails(
+        "lab-commas",
+        None,
+        &["--labels", " , "],
+        &["label 1 of 2", "empty"],
+    );
+    segment_fails(
+        "lab-dup",
+        None,
+        &["--labels", "cat,dog,Cat,sky,dog"],
+        &["duplicate labels", "\"cat\"", "\"Cat\"", "\"dog\""],
+    );
     let many: Vec<String> = (0..301).map(|i| format!("thing {i}")).collect();
-    segment_fails("lab-many", None, &["--labels", &many.join(",")], &["301 labels", "limit is 300"]);
-    segment_fails("lab-bg", None, &["--labels", "cat,dog", "--background", "sky"], &["--background \"sky\"", "not one of the labels"]);
+    segment_fails(
+        "lab-many",
+        None,
+        &["--labels", &many.join(",")],
+        &["301 labels", "limit is 300"],
+    );
+    segment_fails(
+        "lab-bg",
+        None,
+        &["--labels", "cat,dog", "--background", "sky"],
+        &["--background \"sky\"", "not one of the labels"],
+    );
 }
 
 #[test]
@@ -647,10 +1011,37 @@ fn bad_outputs() {
     let s = Scratch::new("bad-out");
     fs::write(s.path("file"), "x").unwrap();
     // A dump folder that cannot be created (its parent is a file), or that is a file.
-    segment_fails("out-dump", None, &["--labels", "cat", "--dump", &s.s("file/dump")], &["cannot create dump folder", "file/dump"]);
-    segment_fails("out-dump-file", None, &["--labels", "cat", "--dump", &s.s("file")], &["exists and is not a directory"]);
-    segment_fails("out-overlay", None, &["--labels", "cat", "--out", &s.s("no/such/dir/o.png")], &["cannot write overlay", "o.png"]);
-    segment_fails("out-kmeans", None, &["--labels", "cat", "--kmeans", "40", "--kmeans-out", &s.s("k.png")], &["--kmeans 40", "2..=16"]);
+    segment_fails(
+        "out-dump",
+        None,
+        &["--labels", "cat", "--dump", &s.s("file/dump")],
+        &["cannot create dump folder", "file/dump"],
+    );
+    segment_fails(
+        "out-dump-file",
+        None,
+        &["--labels", "cat", "--dump", &s.s("file")],
+        &["exists and is not a directory"],
+    );
+    segment_fails(
+        "out-overlay",
+        None,
+        &["--labels", "cat", "--out", &s.s("no/such/dir/o.png")],
+        &["cannot write overlay", "o.png"],
+    );
+    segment_fails(
+        "out-kmeans",
+        None,
+        &[
+            "--labels",
+            "cat",
+            "--kmeans",
+            "40",
+            "--kmeans-out",
+            &s.s("k.png"),
+        ],
+        &["--kmeans 40", "2..=16"],
+    );
     assert_eq!(fs::read_to_string(s.path("file")).unwrap(), "x");
 }
 
@@ -667,33 +1058,64 @@ fn bad_weights() {
     };
     fs::write(s.path("notes.txt"), "these are not weights\n").unwrap();
     one_line_error(&seg(&["--clip", &s.s("notes.txt")]), &["notes.txt"]);
-    one_line_error(&seg(&["--clip", &s.s("missing.safetensors")]), &["cannot read weights file", "missing.safetensors"]);
+    one_line_error(
+        &seg(&["--clip", &s.s("missing.safetensors")]),
+        &["cannot read weights file", "missing.safetensors"],
+    );
     fs::write(s.path("zero.safetensors"), b"").unwrap();
-    one_line_error(&seg(&["--clip", &s.s("zero.safetensors")]), &["zero.safetensors", "empty (0 bytes)"]);
+    one_line_error(
+        &seg(&["--clip", &s.s("zero.safetensors")]),
+        &["zero.safetensors", "empty (0 bytes)"],
+    );
     let st = fs::read(t("open_clip_model.safetensors")).unwrap();
     fs::write(s.path("cut.safetensors"), &st[..st.len() / 2]).unwrap();
-    one_line_error(&seg(&["--clip", &s.s("cut.safetensors")]), &["cut.safetensors"]);
+    one_line_error(
+        &seg(&["--clip", &s.s("cut.safetensors")]),
+        &["cut.safetensors"],
+    );
     // A DINOiser checkpoint where the CLIP weights belong.
-    one_line_error(&seg(&["--clip", &t("last.pt")]), &["CLIP-DINOiser checkpoint", "CLIP weights"]);
+    one_line_error(
+        &seg(&["--clip", &t("last.pt")]),
+        &["CLIP-DINOiser checkpoint", "CLIP weights"],
+    );
     // A CLIP checkpoint where the head belongs.
     one_line_error(
-        &seg(&["--clip", &t("open_clip_model.safetensors"), "--head", &t("open_clip_pytorch_model.bin")]),
+        &seg(&[
+            "--clip",
+            &t("open_clip_model.safetensors"),
+            "--head",
+            &t("open_clip_pytorch_model.bin"),
+        ]),
         &["two CLIP weight files", "open_clip_pytorch_model.bin"],
     );
     // Weights that do not match the config: the tensor and the file are named.
-    let upstream = fixture("tiny/open_clip_model.safetensors").display().to_string();
+    let upstream = fixture("tiny/open_clip_model.safetensors")
+        .display()
+        .to_string();
     one_line_error(
         &seg(&["--clip", &upstream, "--config", &t("open_clip_config.json")]),
-        &["token_embedding.weight", "open_clip_model.safetensors", "[49408, 64]"],
+        &[
+            "token_embedding.weight",
+            "open_clip_model.safetensors",
+            "[49408, 64]",
+        ],
     );
     // A non-GGUF file as --model.
     one_line_error(&seg(&["--model", &s.s("notes.txt")]), &["notes.txt"]);
     // DINOiser mode without the head.
     one_line_error(
-        &seg(&["--clip", &t("open_clip_model.safetensors"), "--config", &t("open_clip_config.json")]),
+        &seg(&[
+            "--clip",
+            &t("open_clip_model.safetensors"),
+            "--config",
+            &t("open_clip_config.json"),
+        ]),
         &["no CLIP-DINOiser head", "--mode maskclip"],
     );
-    assert_eq!(s.files(), ["cut.safetensors", "notes.txt", "zero.safetensors"]);
+    assert_eq!(
+        s.files(),
+        ["cut.safetensors", "notes.txt", "zero.safetensors"]
+    );
 }
 
 #[test]
@@ -701,15 +1123,41 @@ fn convert_bad_inputs_leave_nothing() {
     let s = Scratch::new("convert-bad");
     let t = |f: &str| tiny().join(f).display().to_string();
     one_line_error(
-        &run(&["convert", "--clip", &t("open_clip_model.safetensors"), "--head", &t("last.pt"), "--quant", "q4_0", "--out", &s.s("no/dir/m.gguf")]),
+        &run(&[
+            "convert",
+            "--clip",
+            &t("open_clip_model.safetensors"),
+            "--head",
+            &t("last.pt"),
+            "--quant",
+            "q4_0",
+            "--out",
+            &s.s("no/dir/m.gguf"),
+        ]),
         &["cannot write output file", "m.gguf"],
     );
     fs::write(s.path("notes.txt"), "text").unwrap();
     one_line_error(
-        &run(&["convert", "--clip", &s.s("notes.txt"), "--quant", "q8_0", "--out", &s.s("m.gguf")]),
+        &run(&[
+            "convert",
+            "--clip",
+            &s.s("notes.txt"),
+            "--quant",
+            "q8_0",
+            "--out",
+            &s.s("m.gguf"),
+        ]),
         &["notes.txt"],
     );
-    let o = run(&["convert", "--clip", &t("open_clip_model.safetensors"), "--quant", "q3", "--out", &s.s("m.gguf")]);
+    let o = run(&[
+        "convert",
+        "--clip",
+        &t("open_clip_model.safetensors"),
+        "--quant",
+        "q3",
+        "--out",
+        &s.s("m.gguf"),
+    ]);
     assert!(!o.status.success() && stderr(&o).contains("q3"));
     assert_eq!(s.files(), ["notes.txt"]);
 }
@@ -722,18 +1170,42 @@ fn convert_bad_inputs_leave_nothing() {
 fn full_size_vit_b_16_random_weights_segment_at_224() {
     let s = Scratch::new("vitb16");
     let t = std::time::Instant::now();
-    let out = ok(&run(&["random-weights", "--arch", "vit-b-16", "--seed", "0", "--out", &s.s("w")]));
+    let out = ok(&run(&[
+        "random-weights",
+        "--arch",
+        "vit-b-16",
+        "--seed",
+        "0",
+        "--out",
+        &s.s("w"),
+    ]));
     let t_gen = t.elapsed().as_secs_f64();
     assert!(out.contains("open_clip_model.safetensors"), "{out}");
     let cfg = fs::read_to_string(s.path("w/open_clip_config.json")).unwrap();
-    assert!(cfg.contains("\"width\":768") || cfg.contains("\"width\": 768"), "{cfg}");
+    assert!(
+        cfg.contains("\"width\":768") || cfg.contains("\"width\": 768"),
+        "{cfg}"
+    );
     let t = std::time::Instant::now();
     let w = |f: &str| s.path("w").join(f).display().to_string();
     let out = ok(&run(&[
-        "segment", "--clip", &w("open_clip_model.safetensors"), "--config", &w("open_clip_config.json"),
-        "--head", &w("last.pt"), "--image", &voc_image().display().to_string(),
-        "--labels", "person,table,background", "--short-side", "224", "--templates", "fast",
-        "--dump", &s.s("dump"),
+        "segment",
+        "--clip",
+        &w("open_clip_model.safetensors"),
+        "--config",
+        &w("open_clip_config.json"),
+        "--head",
+        &w("last.pt"),
+        "--image",
+        &voc_image().display().to_string(),
+        "--labels",
+        "person,table,background",
+        "--short-side",
+        "224",
+        "--templates",
+        "fast",
+        "--dump",
+        &s.s("dump"),
     ]));
     let t_seg = t.elapsed().as_secs_f64();
     assert!(out.contains("14×19 patches"), "{out}");

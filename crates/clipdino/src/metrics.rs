@@ -271,7 +271,10 @@ mod tests {
     fn bad_inputs_are_errors_and_leave_counts_untouched() {
         let mut cm = ConfusionMatrix::new(2, Some(255));
         assert!(cm.add(&[0, 1], &[0], "img").is_err());
-        let e = cm.add(&[0, 1], &[0, 7], "mask.png").unwrap_err().to_string();
+        let e = cm
+            .add(&[0, 1], &[0, 7], "mask.png")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mask.png") && e.contains("7"), "{e}");
         assert!(cm.add(&[0, 5], &[0, 1], "img").is_err());
         assert_eq!(cm.total(), 0);
