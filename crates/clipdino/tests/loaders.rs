@@ -378,6 +378,19 @@ fn load_model_files_combinations() -> R<()> {
         (1000, 77)
     );
 
+    // An open_clip training checkpoint: `{'epoch': 3, 'state_dict': {'module.visual…': …}}`.
+    let st = read_safetensors(&fixture("open_clip_model.safetensors"), "m.safetensors")?;
+    let prefixed: Vec<(String, Tensor)> = entries_of(&st)
+        .into_iter()
+        .map(|(n, t)| (format!("module.{n}"), t))
+        .collect();
+    let ckpt = write_torch_pickle(&prefixed, Some("state_dict"), &[("epoch", 3)])?;
+    let mut files = fixture_files(&["open_clip_config.json"]);
+    files.push(("epoch_3.pt".into(), ckpt));
+    let b4 = load_model_files(&files)?;
+    assert_eq!(b4.clip, cfg);
+    assert_same_stores(&b4.store, &st);
+
     // The bundle of the first, through GGUF and back via load_model_files.
     let g = write_gguf_bundle(&b, Quant::F32)?;
     let b3 = load_model_files(&[("tiny.gguf".to_string(), g)])?;

@@ -248,6 +248,30 @@ pub fn detect_file_kind(bytes: &[u8]) -> Option<FileKind> {
     }
 }
 
+/// open_clip training checkpoints (`epoch_N.pt`) hold `{'state_dict': {'module.visual…'}}`:
+/// strip whatever prefix sits in front of `visual.conv1.weight` from every name.
+fn strip_clip_prefix(store: TensorStore) -> TensorStore {
+    const ANCHOR: &str = "visual.conv1.weight";
+    if store.contains(ANCHOR) {
+        return store;
+    }
+    let prefix = match store
+        .names()
+        .into_iter()
+        .find_map(|n| n.strip_suffix(ANCHOR))
+    {
+        Some(p) if p.ends_with('.') => p.to_string(),
+        _ => return store,
+    };
+    let mut out = TensorStore::new(store.source());
+    for (name, t) in store.iter() {
+        if let Some(rest) = name.strip_prefix(&prefix) {
+            out.insert(rest, t.clone());
+        }
+    }
+    out
+}
+
 fn is_head_store(s: &TensorStore) -> bool {
     s.names().iter().any(|n| n.ends_with("obj_proj.weight")) && !s.contains("visual.conv1.weight")
 }
@@ -311,7 +335,7 @@ pub fn load_model_files(files: &[(String, Vec<u8>)]) -> Result<Bundle> {
                 config = Some((name, cfg));
                 continue;
             }
-            Some(FileKind::TorchZip) => read_torch_pickle(bytes, name)?,
+            Some(FileKind::TorchZip) => strip_clip_prefix(read_torch_pickle(bytes, name)?),
             Some(FileKind::Safetensors) => read_safetensors(bytes, name)?,
         };
         if is_head_store(&store) {
