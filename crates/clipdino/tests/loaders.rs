@@ -1024,7 +1024,7 @@ impl XorShift {
     fn mutate(&mut self, bytes: &[u8], head: usize) -> Vec<u8> {
         let mut m = bytes.to_vec();
         for _ in 0..1 + self.next() % 4 {
-            let region = if self.next() % 2 == 0 {
+            let region = if self.next().is_multiple_of(2) {
                 m.len().min(head)
             } else {
                 m.len()
