@@ -123,3 +123,19 @@ fn kmeans_matches_native() {
         assert_eq!(km.assignments, want, "k-means {key} k={k}: wasm differs from native");
     }
 }
+
+#[wasm_bindgen_test]
+fn random_weights_match_native() {
+    // The same seeded weights natively and in the browser (the bits are pinned natively in
+    // tests/loaders.rs): page tests and benchmarks rely on `clipdino random-weights` files.
+    let cfg: clipdino::ClipConfig = serde_json::from_value(serde_json::json!({
+        "embed_dim": 32,
+        "vision": {"width": 64, "layers": 3, "heads": 2, "patch_size": 4, "image_size": 16, "mlp_dim": 256},
+        "text": {"width": 64, "layers": 1, "heads": 2, "context_length": 8, "vocab_size": 96, "mlp_dim": 256}
+    }))
+    .unwrap();
+    let store = clipdino::loaders::random_clip_store(&cfg, 42);
+    let t = store.get("visual.class_embedding").unwrap().to_f32(&Device::Cpu).unwrap();
+    let first: Vec<u32> = t.to_vec1::<f32>().unwrap()[..4].iter().map(|x| x.to_bits()).collect();
+    assert_eq!(first, [0x3e0ea8fa, 0x3e0f464d, 0xbe9d91d5, 0x3d89aaa9]);
+}
