@@ -11,6 +11,7 @@
 
 use candle_core::{Module, Tensor, D};
 
+use super::fastmath;
 use crate::error::{Error, Result};
 use crate::linear::Linear;
 use crate::weights::Vb;
@@ -68,7 +69,9 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.c_proj.forward(&self.c_fc.forward(x)?.gelu_erf()?)
+        // c_fc's output is a fresh tensor: the GELU overwrites it.
+        self.c_proj
+            .forward(&fastmath::gelu_(self.c_fc.forward(x)?)?)
     }
 }
 
@@ -167,7 +170,8 @@ impl MultiheadAttention {
                 Some(m) => scores.broadcast_add(m)?,
                 None => scores,
             };
-            outs.push(candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?);
+            // `scores` is a fresh tensor: the softmax overwrites it.
+            outs.push(fastmath::softmax_last_dim_(scores)?.matmul(&v)?);
         }
         let out = if outs.len() == 1 {
             outs.remove(0)
