@@ -1,0 +1,63 @@
+// The peer: onnxruntime-web (wasm backend, SIMD, one thread) running the open_clip ViT-B/16
+// image tower exported by bench/export_onnx.py, in a Web Worker. Its .wasm files are served
+// from node_modules (no CDN).
+import * as ort from '/ort/ort.wasm.min.mjs';
+
+ort.env.wasm.wasmPaths = '/ort/';
+ort.env.wasm.numThreads = 1;
+ort.env.wasm.proxy = false;
+
+const fmt = (v) => v.toFixed(1);
+
+async function fetchBytes(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+function median(v) {
+  const s = [...v].sort((a, b) => a - b);
+  const n = s.length;
+  return n % 2 ? s[(n - 1) / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
+}
+
+async function run({ models, runs }) {
+  const out = [];
+  for (const m of models) {
+    const bytes = await fetchBytes(m.url);
+    const input = new Float32Array((await fetchBytes(m.input)).buffer);
+    const t0 = performance.now();
+    const session = await ort.InferenceSession.create(bytes, {
+      executionProviders: ['wasm'],
+      graphOptimizationLevel: 'all',
+    });
+    const createMs = performance.now() - t0;
+    const feeds = { pixels: new ort.Tensor('float32', input, m.shape) };
+    await session.run(feeds); // warm-up
+    const times = [];
+    let pooled = null;
+    for (let i = 0; i < runs; i++) {
+      const t = performance.now();
+      const r = await session.run(feeds);
+      times.push(performance.now() - t);
+      pooled = Array.from(r.pooled.data);
+    }
+    await session.release();
+    const res = {
+      name: m.name, size: m.shape.slice(2), variant: m.variant, bytes: bytes.length,
+      create_ms: createMs, median_ms: median(times), min_ms: Math.min(...times), max_ms: Math.max(...times),
+      runs_ms: times, pooled,
+    };
+    out.push(res);
+    postMessage({ type: 'progress', line: `[ort] ${m.name}: median ${fmt(res.median_ms)} ms (session ${fmt(createMs)} ms)` });
+  }
+  return { ort_version: ort.env.versions?.web ?? null, num_threads: ort.env.wasm.numThreads, models: out };
+}
+
+self.onmessage = async (e) => {
+  try {
+    postMessage({ type: 'done', result: await run(e.data) });
+  } catch (err) {
+    postMessage({ type: 'error', message: String((err && err.stack) || err) });
+  }
+};

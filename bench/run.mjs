@@ -1,0 +1,251 @@
+// Benchmark driver (called by bench/run.sh after the builds, weights and photo exist):
+//  1. the native run of the same steps (clipdino-bench-native, one thread), which also dumps the
+//     image-tower inputs;
+//  2. the ONNX export of the open_clip image tower at those input sizes (bench/export_onnx.py);
+//  3. headless Chromium (fresh profile) serving everything from 127.0.0.1: the clipdino wasm
+//     steps in a Web Worker, a fresh worker for the peak memory of the app's path, then
+//     onnxruntime-web (wasm, SIMD, 1 thread) on the exported towers;
+//  4. bench/results.json and a table on stdout.
+// Options: --runs N (5), --plan full|smoke, --data DIR (target/bench), --pkg DIR
+// (target/bench-web/pkg), --native-bin PATH, --out FILE (bench/results.json), --python PATH,
+// --skip-native / --skip-export / --skip-wasm / --skip-memory / --skip-ort (reuse earlier outputs).
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import { formatTable } from './table.mjs';
+
+const ROOT = path.resolve(import.meta.dirname, '..');
+
+function parseArgs(argv) {
+  const a = {
+    runs: 5, plan: 'full', data: 'target/bench', pkg: 'target/bench-web/pkg',
+    nativeBin: 'target/release/clipdino-bench-native', out: 'bench/results.json',
+    python: process.env.PYTHON ?? 'python3', skip: new Set(),
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i];
+    const v = () => {
+      if (i + 1 >= argv.length) throw new Error(`${k} needs a value`);
+      return argv[++i];
+    };
+    if (k === '--runs') a.runs = Number(v());
+    else if (k === '--plan') a.plan = v();
+    else if (k === '--data') a.data = v();
+    else if (k === '--pkg') a.pkg = v();
+    else if (k === '--native-bin') a.nativeBin = v();
+    else if (k === '--out') a.out = v();
+    else if (k === '--python') a.python = v();
+    else if (k.startsWith('--skip-')) a.skip.add(k.slice(7));
+    else throw new Error(`unknown option ${k}`);
+  }
+  if (!Number.isInteger(a.runs) || a.runs < 1) throw new Error('--runs must be a positive integer');
+  for (const key of ['data', 'pkg', 'nativeBin', 'out']) a[key] = path.resolve(ROOT, a[key]);
+  return a;
+}
+
+/** Load average and a timestamp, recorded around every phase (other jobs share the 2 cores). */
+function load(phase) {
+  const [l1, l5, l15] = os.loadavg();
+  return { phase, at: new Date().toISOString(), loadavg: [l1, l5, l15].map((x) => Number(x.toFixed(2))) };
+}
+
+const TYPES = {
+  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8', '.wasm': 'application/wasm', '.json': 'application/json',
+};
+
+/** Static files from a few roots, on 127.0.0.1 only. */
+function serve(routes) {
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://x');
+    const route = Object.keys(routes).find((p) => url.pathname.startsWith(p));
+    if (!route) return res.writeHead(404).end();
+    const root = path.resolve(routes[route]);
+    const file = path.resolve(root, '.' + path.posix.normalize('/' + decodeURIComponent(url.pathname.slice(route.length))));
+    if (!file.startsWith(root + path.sep) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+      return res.writeHead(404).end('not found');
+    }
+    res.writeHead(200, {
+      'content-type': TYPES[path.extname(file)] ?? 'application/octet-stream',
+      'content-length': fs.statSync(file).size,
+      'cache-control': 'no-store',
+    });
+    fs.createReadStream(file).pipe(res);
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
+}
+
+function chromiumVersion() {
+  try {
+    return execFileSync('/usr/bin/chromium', ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return null;
+  }
+}
+
+function machine() {
+  const cpuinfo = fs.readFileSync('/proc/cpuinfo', 'utf8');
+  const model = /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? null;
+  const flags = /flags\s*:\s*(.*)/.exec(cpuinfo)?.[1]?.split(' ') ?? [];
+  return {
+    nproc: Number(execFileSync('nproc', { encoding: 'utf8' }).trim()),
+    cpu_model: model,
+    simd_flags: ['sse4_2', 'avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'avx512_vnni'].filter((f) => flags.includes(f)),
+    mem_total_gib: Number((os.totalmem() / 2 ** 30).toFixed(1)),
+    chromium: chromiumVersion(),
+    node: process.version,
+    kernel: os.release(),
+  };
+}
+
+/** The commit measured, and uncommitted changes in the code that is timed. */
+function gitState() {
+  const git = (...args) => {
+    try {
+      return execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    } catch {
+      return null;
+    }
+  };
+  const dirty = git('status', '--porcelain', '--', 'crates/clipdino', 'crates/clipdino-bench-web', 'Cargo.lock');
+  return { commit: git('rev-parse', 'HEAD'), uncommitted: dirty ? dirty.split('\n') : [] };
+}
+
+function runNative(a, photo, loads) {
+  loads.push(load('native start'));
+  const out = path.join(a.data, 'native.json');
+  const args = [
+    '--weights', path.join(a.data, 'weights'), '--photo', photo.file, '--width', String(photo.width),
+    '--height', String(photo.height), '--runs', String(a.runs), '--plan', a.plan,
+    '--dump-inputs', path.join(a.data, 'inputs'), '--out', out,
+  ];
+  const r = spawnSync(a.nativeBin, args, {
+    stdio: 'inherit',
+    env: { ...process.env, RAYON_NUM_THREADS: '1', CANDLE_NUM_THREADS: '1' },
+  });
+  if (r.status !== 0) throw new Error(`native benchmark failed (${r.status ?? r.signal})`);
+  loads.push(load('native end'));
+  return JSON.parse(fs.readFileSync(out, 'utf8'));
+}
+
+/** Distinct tower input sizes `[H, W]` of the native run's tower steps. */
+function towerSizes(native) {
+  const seen = new Map();
+  for (const s of native.steps) {
+    if (s.step.op === 'tower' && s.compute === 'f32') seen.set(`${s.input[2]}x${s.input[3]}`, [s.input[2], s.input[3]]);
+  }
+  return [...seen.values()];
+}
+
+function runExport(a, sizes, loads) {
+  loads.push(load('onnx export start'));
+  const r = spawnSync(a.python, [
+    path.join(ROOT, 'bench/export_onnx.py'), '--weights', path.join(a.data, 'weights'),
+    '--out', path.join(a.data, 'onnx'), '--inputs', path.join(a.data, 'inputs'),
+    '--sizes', sizes.map(([h, w]) => `${h}x${w}`).join(','),
+  ], { stdio: 'inherit' });
+  if (r.status !== 0) throw new Error(`ONNX export failed (${r.status ?? r.signal})`);
+  loads.push(load('onnx export end'));
+}
+
+async function browserRuns(a, photo, sizes, loads) {
+  const server = await serve({
+    '/bench/': path.join(ROOT, 'bench'),
+    '/pkg/': a.pkg,
+    '/ort/': path.join(ROOT, 'node_modules/onnxruntime-web/dist'),
+    '/data/': a.data,
+  });
+  const base = `http://127.0.0.1:${server.address().port}`;
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'clipdino-bench-profile-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+  });
+  const out = {};
+  try {
+    const page = await context.newPage();
+    page.on('console', (m) => console.error(m.text()));
+    page.on('pageerror', (e) => console.error(`page error: ${e}`));
+    await page.goto(`${base}/bench/index.html`);
+    await page.waitForFunction(() => window.bench !== undefined);
+    const ours = (kind) => page.evaluate(
+      (cfg) => window.bench.run('worker.js', cfg),
+      { kind, runs: a.runs, photo: { url: '/data/photo.rgb', width: photo.width, height: photo.height }, weights: '/data/weights/' },
+    );
+    if (!a.skip.has('wasm')) {
+      loads.push(load('wasm start'));
+      out.wasm = await ours(a.plan);
+      loads.push(load('wasm end'));
+    }
+    if (!a.skip.has('memory')) {
+      loads.push(load('wasm memory run start'));
+      out.wasm_memory = await ours('memory');
+      loads.push(load('wasm memory run end'));
+    }
+    if (!a.skip.has('ort')) {
+      const models = [];
+      for (const [h, w] of sizes) {
+        for (const variant of ['f32', 'int8']) {
+          models.push({
+            name: `vit_b16_visual_${h}x${w}_${variant}`, variant, shape: [1, 3, h, w],
+            url: `/data/onnx/vit_b16_visual_${h}x${w}_${variant}.onnx`, input: `/data/inputs/tower_${h}x${w}.f32`,
+          });
+        }
+      }
+      loads.push(load('onnxruntime-web start'));
+      out.ort = await page.evaluate((cfg) => window.bench.run('ort-worker.js', cfg), { models, runs: a.runs });
+      loads.push(load('onnxruntime-web end'));
+    }
+  } finally {
+    await context.close();
+    server.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+  return out;
+}
+
+async function main() {
+  const a = parseArgs(process.argv.slice(2));
+  const photoMeta = JSON.parse(fs.readFileSync(path.join(a.data, 'photo.json'), 'utf8'));
+  const photo = { ...photoMeta, file: path.join(a.data, 'photo.rgb') };
+  const prev = fs.existsSync(a.out) ? JSON.parse(fs.readFileSync(a.out, 'utf8')) : {};
+  const loads = [load('start')];
+  const native = a.skip.has('native')
+    ? JSON.parse(fs.readFileSync(path.join(a.data, 'native.json'), 'utf8'))
+    : runNative(a, photo, loads);
+  const sizes = towerSizes(native);
+  if (!a.skip.has('export') && !a.skip.has('ort')) runExport(a, sizes, loads);
+  const exportFile = path.join(a.data, 'onnx/export.json');
+  const onnxExport = fs.existsSync(exportFile) ? JSON.parse(fs.readFileSync(exportFile, 'utf8')) : null;
+  const browser = await browserRuns(a, photo, sizes, loads);
+  loads.push(load('end'));
+  const results = {
+    generated: new Date().toISOString(),
+    runs: a.runs,
+    plan: a.plan,
+    machine: machine(),
+    git: gitState(),
+    photo: photoMeta,
+    load_average: loads,
+    native,
+    wasm: browser.wasm ?? prev.wasm ?? null,
+    wasm_memory: browser.wasm_memory ?? prev.wasm_memory ?? null,
+    ort: browser.ort ?? prev.ort ?? null,
+    onnx_export: onnxExport && { ...onnxExport, models: onnxExport.models.map(({ torch_pooled, ...m }) => m) },
+  };
+  fs.writeFileSync(a.out, JSON.stringify(results, null, 1) + '\n');
+  console.log(formatTable(results));
+  console.log(`\nwrote ${path.relative(ROOT, a.out)}`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

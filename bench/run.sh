@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One command for the whole benchmark (see BENCHMARKS.md):
+#   builds the clipdino CLI, the native bench binary and the bench wasm (+ wasm-bindgen),
+#   writes full-size random ViT-B/16 weights in the upstream formats and the four GGUF bundles,
+#   decodes the photo, then bench/run.mjs runs native (1 thread) → ONNX export → headless
+#   Chromium (clipdino wasm in a Web Worker, a fresh worker for peak memory, onnxruntime-web)
+#   and writes bench/results.json + prints the tables.
+#
+# Usage: bench/run.sh [run.mjs options, e.g. --runs 5 --plan smoke --skip-ort]
+# Environment: PROFILE=release (default; what ships) or bench-web (thin LTO, quicker to link);
+#   BENCH_DATA=target/bench (weights, ONNX models, inputs; ~3.5 GB);
+#   PYTHON=python with torch + open_clip_torch + onnx + onnxruntime (a virtualenv created by
+#   tests/reference/setup_venv.sh, plus `pip install onnx onnxruntime onnxscript`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PWD/node_modules/.bin:$PATH"
+PROFILE=${PROFILE:-release}
+DATA=${BENCH_DATA:-target/bench}
+PYTHON=${PYTHON:-tests/reference/.venv/bin/python}
+[ -x "$PYTHON" ] || PYTHON=python3
+case "$PROFILE" in release) OUTDIR=release ;; *) OUTDIR=$PROFILE ;; esac
+
+echo "== load before building: $(uptime)"
+# 1. builds
+[ -d node_modules/onnxruntime-web ] && [ -d node_modules/playwright-core ] || npm ci
+rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+command -v wasm-bindgen >/dev/null || cargo install wasm-bindgen-cli --version 0.2.130
+cargo build --locked --release -p clipdino-cli
+cargo build --locked --profile "$PROFILE" -p clipdino-bench-web --bin clipdino-bench-native
+# wasm32 builds read .cargo/config.toml: -C target-feature=+simd128
+cargo build --locked --profile "$PROFILE" --target wasm32-unknown-unknown -p clipdino-bench-web --lib
+PKG=target/bench-web/pkg
+wasm-bindgen --target web --no-typescript --out-dir "$PKG" \
+  "target/wasm32-unknown-unknown/$OUTDIR/clipdino_bench_web.wasm"
+ls -la "$PKG"
+
+# 2. weights: full-size random ViT-B/16 in the upstream formats + GGUF bundles
+W="$DATA/weights"
+if [ ! -f "$W/last.pt" ] || [ ! -f "$W/open_clip_model.safetensors" ]; then
+  target/release/clipdino random-weights --arch vit-b-16 --seed 0 --out "$W"
+fi
+for q in f32 f16 q8_0 q4_0; do
+  [ -f "$W/clip-dinoiser-$q.gguf" ] || target/release/clipdino convert \
+    --clip "$W/open_clip_model.safetensors" --config "$W/open_clip_config.json" --head "$W/last.pt" \
+    --quant "$q" --out "$W/clip-dinoiser-$q.gguf"
+done
+
+# 3. the photo as packed RGB (www/samples/china.jpg, 640×427)
+"$PYTHON" bench/photo.py --out "$DATA"
+
+# 4. native → ONNX export → Chromium → results
+echo "== load before running: $(uptime)"
+node bench/run.mjs --data "$DATA" --pkg "$PKG" --native-bin "target/$OUTDIR/clipdino-bench-native" \
+  --python "$PYTHON" "$@"
+echo "== load after running: $(uptime)"

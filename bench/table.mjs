@@ -1,0 +1,173 @@
+// Text tables from bench/results.json (used by run.mjs; `node bench/table.mjs [results.json]`
+// reprints them). Ratios are medians divided by medians.
+import fs from 'node:fs';
+import path from 'node:path';
+
+const MB = 1e6;
+const MiB = 2 ** 20;
+
+const f = (v, d = 1) => (v === null || v === undefined || Number.isNaN(v) ? '-' : Number(v).toFixed(d));
+const ratio = (a, b) => (a && b ? a / b : null);
+const x = (v) => (v === null ? '-' : `${v.toFixed(2)}×`);
+
+function table(head, rows) {
+  const all = [head, ...rows].map((r) => r.map((c) => String(c ?? '-')));
+  const w = head.map((_, i) => Math.max(...all.map((r) => r[i].length)));
+  const line = (r) => '| ' + r.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join(' | ') + ' |';
+  return [line(all[0]), '|' + w.map((n, i) => (i === 0 ? ':' : '') + '-'.repeat(n) + (i === 0 ? '' : ':')).join('|') + '|', ...all.slice(1).map(line)].join('\n');
+}
+
+/** Pairs of (wasm, native) results of the same step, matched by position and checked. */
+function pairs(res) {
+  const w = res.wasm?.steps ?? [];
+  const n = res.native?.steps ?? [];
+  const out = [];
+  for (let i = 0; i < Math.max(w.length, n.length); i++) {
+    const a = w[i];
+    const b = n[i];
+    if (a && b && JSON.stringify(a.step) !== JSON.stringify(b.step)) throw new Error(`step ${i} differs between wasm and native`);
+    out.push({ step: (a ?? b).step, wasm: a, native: b, model: (a ?? b).model, compute: (a ?? b).compute });
+  }
+  return out;
+}
+
+function maxAbsDiff(a, b) {
+  if (!a || !b || a.length !== b.length) return null;
+  return Math.max(...a.map((v, i) => Math.abs(v - b[i])));
+}
+
+function cosine(a, b) {
+  if (!a || !b || a.length !== b.length) return null;
+  let ab = 0, aa = 0, bb = 0;
+  for (let i = 0; i < a.length; i++) {
+    ab += a[i] * b[i];
+    aa += a[i] * a[i];
+    bb += b[i] * b[i];
+  }
+  return ab / Math.sqrt(aa * bb);
+}
+
+export function summarize(res) {
+  const P = pairs(res);
+  const med = (s) => s?.median_ms ?? null;
+  const ort = res.ort?.models ?? [];
+  const ortAt = (h, w, variant) => ort.find((m) => m.size[0] === h && m.size[1] === w && m.variant === variant);
+  const s = {};
+  s.loads = P.filter((p) => p.step.op === 'load').map((p) => ({
+    label: p.step.label, compute: p.step.compute, bytes: (p.wasm ?? p.native).bytes,
+    copy: p.wasm?.copy_into_wasm_ms ?? null,
+    wasm: med(p.wasm), wasm_parse: p.wasm?.parse.median_ms, wasm_build: p.wasm?.build.median_ms,
+    native: med(p.native),
+  }));
+  const f32 = (p) => p.compute === 'f32';
+  s.encode = P.filter((p) => p.step.op === 'encode' && f32(p)).map((p) => ({
+    preset: p.step.preset, processed: (p.wasm ?? p.native).processed, windows: (p.wasm ?? p.native).windows,
+    wasm: med(p.wasm), native: med(p.native),
+  }));
+  s.tower = P.filter((p) => p.step.op === 'tower').map((p) => {
+    const r = p.wasm ?? p.native;
+    const [h, w] = [r.input[2], r.input[3]];
+    const o32 = ortAt(h, w, 'f32');
+    const o8 = ortAt(h, w, 'int8');
+    return {
+      preset: p.step.preset, model: p.model, compute: p.compute, h, w, tokens: r.tokens,
+      wasm: med(p.wasm), native: med(p.native), ort_f32: o32?.median_ms ?? null, ort_int8: o8?.median_ms ?? null,
+      pooled_vs_ort_f32: p.compute === 'f32' ? maxAbsDiff(p.wasm?.pooled, o32?.pooled) : null,
+      cos_vs_ort_f32: cosine(p.wasm?.pooled, o32?.pooled),
+      wasm_vs_native_pooled: maxAbsDiff(p.wasm?.pooled, p.native?.pooled),
+    };
+  });
+  s.labels = P.filter((p) => p.step.op === 'labels').map((p) => ({
+    labels: p.step.labels, templates: p.step.templates, prompts: (p.wasm ?? p.native).prompts, wasm: med(p.wasm), native: med(p.native),
+  }));
+  s.cheap = ['head', 'segment', 'kmeans'].flatMap((op) => P.filter((p) => p.step.op === op).map((p) => ({
+    op, preset: p.step.preset, wasm: med(p.wasm), native: med(p.native),
+  })));
+  s.profiles = P.filter((p) => p.step.op === 'profile').map((p) => ({ model: p.model, compute: p.compute, wasm: p.wasm, native: p.native }));
+  s.kernels = P.filter((p) => p.step.op === 'kernels').map((p) => ({ wasm: p.wasm, native: p.native }))[0] ?? null;
+  const mem = res.wasm_memory?.steps ?? [];
+  s.memory = mem.map((m) => ({ op: m.step.op, preset: m.step.preset ?? '', bytes: m.memory.wasm_memory_bytes }));
+  s.peak_memory = mem.length ? Math.max(...mem.map((m) => m.memory.wasm_memory_bytes)) : null;
+  s.full_run_memory = res.wasm?.steps?.length ? Math.max(...res.wasm.steps.map((m) => m.memory.wasm_memory_bytes)) : null;
+
+  // targets
+  const t448 = s.tower.find((t) => t.preset === '448-window' && t.compute === 'f32');
+  const seg = Object.fromEntries(s.cheap.filter((c) => c.op === 'segment').map((c) => [c.preset, c.wasm]));
+  const label1 = s.labels.find((l) => l.labels === 1 && l.templates === 'fast');
+  const q4 = s.loads.find((l) => l.label === 'gguf q4_0');
+  const worstSeg = Math.max(...Object.values(seg).filter((v) => v !== null && v !== undefined));
+  s.targets = [
+    { target: 'image tower 448×448, wasm / native', limit: 1.5, value: ratio(t448?.wasm, t448?.native), unit: '×' },
+    { target: 'image tower 448×448, ours / onnxruntime-web f32', limit: 0.8, value: ratio(t448?.wasm, t448?.ort_f32), unit: '×' },
+    { target: 'image tower 448×448, ours / onnxruntime-web int8', limit: 0.8, value: ratio(t448?.wasm, t448?.ort_int8), unit: '×' },
+    { target: 'recolour after a label edit (segment, 10 labels, slowest preset)', limit: 150, value: Number.isFinite(worstSeg) ? worstSeg : null, unit: 'ms' },
+    { target: 'a new label, fast templates (7 prompts)', limit: 1000, value: label1?.wasm ?? null, unit: 'ms' },
+    { target: 'default download (CLIP + head, Q4_0 GGUF)', limit: 100, value: q4 ? q4.bytes / MB : null, unit: 'MB' },
+    { target: 'peak wasm memory, 448 sliding window (app path)', limit: 1000, value: s.peak_memory ? s.peak_memory / MB : null, unit: 'MB' },
+  ];
+  return s;
+}
+
+export function formatTable(res) {
+  const s = summarize(res);
+  const out = [];
+  const m = res.machine ?? {};
+  out.push(`machine: ${m.nproc} cores, ${m.cpu_model} (${(m.simd_flags ?? []).join(' ')}), ${m.mem_total_gib} GiB; ${m.chromium}; node ${m.node}`);
+  out.push(`native: ${res.native?.candle_threads} candle thread(s) (RAYON_NUM_THREADS=${res.native?.rayon_num_threads_env}); runs: median of ${res.runs} after 1 warm-up`);
+  out.push(`load average (1/5/15 min): ${(res.load_average ?? []).map((l) => `${l.phase} ${l.loadavg.join('/')}`).join('; ')}`);
+  out.push(`photo: ${res.photo?.source} ${res.photo?.width}×${res.photo?.height}`);
+  out.push('');
+  out.push('Targets');
+  out.push(table(['target', 'limit', 'measured', 'verdict'], s.targets.map((t) => [
+    t.target, `≤ ${t.limit} ${t.unit}`, t.value === null ? '-' : `${f(t.value, t.unit === '×' ? 2 : 0)} ${t.unit}`,
+    t.value === null ? 'not measured' : t.value <= t.limit ? 'met' : `missed by ${f(t.value / t.limit, 2)}×`,
+  ])));
+  out.push('');
+  out.push('Weights → model (load_model_files + Segmenter::from_bundle), ms');
+  out.push(table(['file(s)', 'compute', 'MB', 'copy into wasm', 'wasm parse', 'wasm build', 'wasm total', 'native total', 'wasm/native'],
+    s.loads.map((l) => [l.label, l.compute, f(l.bytes / MB), f(l.copy), f(l.wasm_parse), f(l.wasm_build), f(l.wasm), f(l.native), x(ratio(l.wasm, l.native))])));
+  out.push('');
+  out.push(`Image encode (tower + DINOiser head per window) of the ${res.photo?.width}×${res.photo?.height} photo, ms`);
+  out.push(table(['short side', 'processed', 'windows (patches)', 'wasm', 'native', 'wasm/native'],
+    s.encode.map((e) => [e.preset, e.processed?.join('×'), e.windows?.map((w) => w.join('×')).join(' + '), f(e.wasm), f(e.native), x(ratio(e.wasm, e.native))])));
+  out.push('');
+  out.push('Image tower alone (first window), ms — ours vs onnxruntime-web on the same input');
+  out.push(table(['input', 'tokens', 'weights / compute', 'ours wasm', 'native', 'wasm/native', 'ort f32', 'ort int8', 'ours/ort f32', 'ours/ort int8', 'pooled max|Δ| vs ort f32'],
+    s.tower.map((t) => [`${t.h}×${t.w}`, t.tokens, `${t.model} / ${t.compute}`, f(t.wasm), f(t.native), x(ratio(t.wasm, t.native)), f(t.ort_f32), f(t.ort_int8),
+      x(ratio(t.wasm, t.ort_f32)), x(ratio(t.wasm, t.ort_int8)), t.pooled_vs_ort_f32 === null ? '-' : t.pooled_vs_ort_f32.toExponential(1)])));
+  out.push('');
+  out.push('Label embeddings (ClipModel::embed_labels), ms');
+  out.push(table(['labels', 'templates', 'prompts', 'wasm', 'native', 'wasm/native'],
+    s.labels.map((l) => [l.labels, l.templates, l.prompts, f(l.wasm), f(l.native), x(ratio(l.wasm, l.native))])));
+  out.push('');
+  out.push('Cheap steps on cached features, ms (segment: 10 labels, output 640×427; k-means: k = 8)');
+  out.push(table(['step', 'preset', 'wasm', 'native', 'wasm/native'],
+    s.cheap.map((c) => [c.op, c.preset, f(c.wasm), f(c.native), x(ratio(c.wasm, c.native))])));
+  out.push('');
+  out.push(`Peak wasm memory, app path in a fresh worker (Q4_0 bundle dequantized to f32, 10 labels, 448 sliding window): ${f(s.peak_memory / MiB, 0)} MiB (${f(s.peak_memory / MB, 0)} MB)`);
+  out.push(table(['after step', 'memory.buffer.byteLength (MiB)'], s.memory.map((mm) => [`${mm.op} ${mm.preset}`, f(mm.bytes / MiB, 0)])));
+  out.push(`(the long run, which also parses the 600 MB safetensors, grew to ${f(s.full_run_memory / MiB, 0)} MiB)`);
+  for (const p of s.profiles) {
+    const w = p.wasm;
+    if (!w) continue;
+    const nat = Object.fromEntries((p.native?.ops ?? []).map((o) => [o.op, o]));
+    out.push('');
+    out.push(`Profile of the tower at ${w.input[2]}×${w.input[3]} (${w.tokens} tokens), ${p.model} / ${p.compute}: ` +
+      `wasm ${f(w.ops_ms_total)} ms, native ${f(p.native?.ops_ms_total)} ms; replica vs model max|Δ| dense ${w.max_abs_diff_vs_model?.dense}`);
+    out.push(table(['op', 'calls', 'wasm ms', 'share', 'wasm GFLOP/s', 'native ms', 'native GFLOP/s', 'wasm/native'],
+      w.ops.map((o) => [o.op, o.calls, f(o.ms), `${f(100 * o.share)}%`, f(o.gflops_per_s), f(nat[o.op]?.ms), f(nat[o.op]?.gflops_per_s), x(ratio(o.ms, nat[o.op]?.ms))])));
+  }
+  if (s.kernels?.wasm) {
+    const nat = s.kernels.native?.kernels ?? [];
+    out.push('');
+    out.push(`Kernels at ${s.kernels.wasm.tokens} tokens, ms (median)`);
+    out.push(table(['kernel', 'variant', 'wasm ms', 'wasm GFLOP/s', 'native ms', 'native GFLOP/s', 'wasm/native'],
+      s.kernels.wasm.kernels.map((k, i) => [k.kernel, k.variant, f(k.ms, 2), f(k.gflops_per_s), f(nat[i]?.ms, 2), f(nat[i]?.gflops_per_s), x(ratio(k.ms, nat[i]?.ms))])));
+  }
+  return out.join('\n');
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(import.meta.filename)) {
+  const file = process.argv[2] ?? path.join(import.meta.dirname, 'results.json');
+  console.log(formatTable(JSON.parse(fs.readFileSync(file, 'utf8'))));
+}
