@@ -241,6 +241,15 @@ pub struct KMeansView {
     pub millis: f64,
 }
 
+/// The last image encode of the current photo.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncodeInfo {
+    pub resolution: Resolution,
+    pub grid: (usize, usize),
+    pub windows: usize,
+    pub millis: f64,
+}
+
 /// Image-side work in progress (decode, encode, embed, segment, k-means).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Work {
@@ -297,8 +306,8 @@ pub struct State {
     pub photo: Option<Photo>,
     /// A photo sent to the worker and not decoded yet.
     pub pending_photo: Option<Photo>,
-    /// The image encoded for the current photo at this resolution (None while encoding).
-    pub encoded: Option<Resolution>,
+    /// The image encoded for the current photo (None while encoding).
+    pub encoded: Option<EncodeInfo>,
     pub segmentation: Option<Rc<SegView>>,
     pub kmeans: Option<Rc<KMeansView>>,
     pub work: Option<Work>,
@@ -559,11 +568,18 @@ impl State {
                 id,
                 resolution,
                 encodes,
-                ..
+                grid,
+                windows,
+                millis,
             } => {
                 self.encodes = self.encodes.max(encodes);
                 if self.photo.as_ref().is_some_and(|p| p.id == id) {
-                    self.encoded = Some(resolution);
+                    self.encoded = Some(EncodeInfo {
+                        resolution,
+                        grid,
+                        windows,
+                        millis,
+                    });
                 }
                 if matches!(self.work, Some(Work { stage: Stage::Encode, .. })) {
                     self.work = None;

@@ -34,8 +34,15 @@ pub fn StatusLine() -> Html {
     });
     let waiting_for_model = s.model.is_none() && s.photo.is_some();
     let debug = format!(
-        "image encodes: {} · segmentation: {} · k-means: {}",
+        "image encodes: {}{} · segmentation: {} · k-means: {}",
         s.encodes,
+        s.encoded
+            .as_ref()
+            .map(|e| {
+                let win = if e.windows > 1 { format!(", {} windows", e.windows) } else { String::new() };
+                format!(" (last: {}×{} patches{win} in {:.2} s)", e.grid.1, e.grid.0, e.millis / 1000.0)
+            })
+            .unwrap_or_default(),
         s.segmentation.as_ref().map(|x| format!("{}×{} in {:.0} ms", x.width, x.height, x.millis)).unwrap_or_else(|| "–".into()),
         s.kmeans.as_ref().map(|x| format!("k={} in {:.0} ms", x.k, x.millis)).unwrap_or_else(|| "–".into()),
     );
@@ -49,7 +56,10 @@ pub fn StatusLine() -> Html {
             } else if waiting_for_model {
                 <div class="work"><span class="muted">{ "The photo will be processed as soon as the model is loaded." }</span></div>
             }
-            <p class="debug muted" data-role="debug" data-encodes={s.encodes.to_string()}>{ debug }</p>
+            <p class="debug muted" data-role="debug" data-encodes={s.encodes.to_string()}
+                data-encode-ms={s.encoded.as_ref().map(|e| format!("{:.0}", e.millis)).unwrap_or_default()}
+                data-segment-ms={s.segmentation.as_ref().map(|x| format!("{:.0}", x.millis)).unwrap_or_default()}
+                data-kmeans-ms={s.kmeans.as_ref().map(|x| format!("{:.0}", x.millis)).unwrap_or_default()}>{ debug }</p>
         </section>
     }
 }

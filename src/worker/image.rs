@@ -127,3 +127,28 @@ pub async fn to_chw01(photo: &Decoded, w: u32, h: u32) -> Result<Vec<f32>, Strin
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png_header(w: u32, h: u32) -> Vec<u8> {
+        let mut v = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13];
+        v.extend_from_slice(b"IHDR");
+        v.extend_from_slice(&w.to_be_bytes());
+        v.extend_from_slice(&h.to_be_bytes());
+        v.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
+        v
+    }
+
+    #[test]
+    fn header_size_limits() {
+        assert!(check_header(&png_header(4000, 3000), "a.png").is_ok());
+        let e = check_header(&png_header(30000, 30000), "huge.png").unwrap_err();
+        assert!(e.contains("“huge.png” is 30000 × 30000 pixels (900 megapixels)"), "{e}");
+        assert!(check_header(&png_header(0, 10), "z.png").unwrap_err().contains("no pixels"));
+        // Unknown headers are left to the browser's decoder.
+        assert!(check_header(b"hello, this is text", "x.txt").is_ok());
+        assert!(check_header(&[], "empty").is_ok());
+    }
+}

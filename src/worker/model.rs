@@ -76,28 +76,9 @@ impl Model {
         self.seg.clip_cfg.vision.patch_size
     }
 
-    /// Processing size `(width, height)` and encoder options for a `w × h` photo. A single
-    /// pass that would exceed the encoder's patch budget (a panorama) uses windows instead.
+    /// Processing size and encoder options for a `w × h` photo (see [`plan`]).
     pub fn plan(&self, res: Resolution, w: u32, h: u32) -> (u32, u32, EncodeOptions) {
-        let short = res.short_side() as usize;
-        let (ph, pw) = pipeline::short_side_size(h as usize, w as usize, short);
-        let p = self.patch();
-        let window = match res.window() {
-            Some((size, stride)) => Some(Window {
-                size: size as usize,
-                stride: stride as usize,
-            }),
-            None if ph.div_ceil(p) * pw.div_ceil(p) > clipdino::clip::MAX_PATCHES => Some(Window {
-                size: short,
-                stride: short / 2,
-            }),
-            None => None,
-        };
-        let opts = EncodeOptions {
-            short_side: Some(short),
-            window,
-        };
-        (pw as u32, ph as u32, opts)
+        plan(res, w, h, self.patch())
     }
 
     pub fn encode(
@@ -208,6 +189,42 @@ impl Model {
     }
 }
 
+/// Longest processed side: keeps panoramas and thin strips within memory and the encoder's
+/// patch budget (a 336-px short side then allows up to 8:1).
+pub const MAX_LONG_SIDE: usize = 2688;
+
+/// Processing size `(width, height)` and encoder options for a `w × h` photo: the short side
+/// scaled to the resolution's (up or down), the long side capped at [`MAX_LONG_SIDE`]. A single
+/// pass that would still exceed the encoder's patch budget uses windows instead.
+pub fn plan(res: Resolution, w: u32, h: u32, patch: usize) -> (u32, u32, EncodeOptions) {
+    let short = res.short_side() as usize;
+    let (mut ph, mut pw) = pipeline::short_side_size(h.max(1) as usize, w.max(1) as usize, short);
+    let long = ph.max(pw);
+    if long > MAX_LONG_SIDE {
+        let s = MAX_LONG_SIDE as f64 / long as f64;
+        ph = ((ph as f64 * s).round() as usize).clamp(1, MAX_LONG_SIDE);
+        pw = ((pw as f64 * s).round() as usize).clamp(1, MAX_LONG_SIDE);
+    }
+    let p = patch.max(1);
+    let window = match res.window() {
+        Some((size, stride)) => Some(Window {
+            size: size as usize,
+            stride: stride as usize,
+        }),
+        None if ph.div_ceil(p) * pw.div_ceil(p) > clipdino::clip::MAX_PATCHES => Some(Window {
+            size: short,
+            stride: short / 2,
+        }),
+        None => None,
+    };
+    // The photo arrives already resized: the encoder's own short-side resize is then a no-op.
+    let opts = EncodeOptions {
+        short_side: Some(ph.min(pw)),
+        window,
+    };
+    (pw as u32, ph as u32, opts)
+}
+
 /// Renumber clusters so that 0 is the largest (ties: lower old id first).
 pub fn relabel_by_size(map: &[u32], k: usize) -> Vec<u32> {
     let mut counts = vec![0usize; k];
@@ -256,6 +273,33 @@ pub fn match_clusters(reference: &[u32], other: &[u32], k: usize) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processing_sizes() {
+        let (w, h, o) = plan(Resolution::Balanced, 640, 427, 16);
+        assert_eq!((w, h), (504, 336));
+        assert_eq!(o, EncodeOptions { short_side: Some(336), window: None });
+        assert_eq!(pipeline::short_side_size(336, 504, 336), (336, 504), "no second resize");
+        let (w, h, o) = plan(Resolution::Paper, 427, 640, 16);
+        assert_eq!((w, h), (448, 671));
+        assert_eq!(o.window, Some(Window { size: 448, stride: 224 }));
+        // Small photos are scaled up to the short side.
+        assert_eq!(plan(Resolution::Fast, 48, 96, 16).0, 224);
+        // A 1 × 1000 strip stays bounded.
+        let (w, h, o) = plan(Resolution::Balanced, 1, 1000, 16);
+        assert_eq!((w, h), (3, 2688));
+        assert_eq!(o.short_side, Some(3));
+        // An 8:1 panorama at 336 fits one pass; the patch budget holds everywhere.
+        for (w, h) in [(2688, 336), (5000, 300), (300, 5000), (7, 3)] {
+            for r in Resolution::ALL {
+                let (pw, ph, o) = plan(r, w, h, 16);
+                assert!(pw as usize <= MAX_LONG_SIDE && ph as usize <= MAX_LONG_SIDE);
+                if o.window.is_none() {
+                    assert!((pw as usize).div_ceil(16) * (ph as usize).div_ceil(16) <= clipdino::clip::MAX_PATCHES);
+                }
+            }
+        }
+    }
 
     #[test]
     fn clusters_are_numbered_by_size_and_matched() {

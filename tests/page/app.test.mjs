@@ -172,6 +172,17 @@ describe('clipdino page: main flow', { timeout: 600_000 }, () => {
     await fresh.context.close();
   });
 
+  it('follows a fragment edited by hand', async () => {
+    await page.evaluate(() => {
+      location.hash = 'labels=sky,grass&mode=dinoiser&res=336';
+    });
+    await page.waitForFunction(() => document.querySelectorAll('[data-role=chips] .chip[data-label]').length === 2);
+    assert.deepEqual(await chips(page), ['sky', 'grass']);
+    await waitLegend(page, ['sky', 'grass']);
+    // The page writes its own state back (sample, k, …) without a reload.
+    assert.match(await page.evaluate(() => location.hash), /^#labels=sky,grass&mode=dinoiser&res=336&tpl=80&k=5&opacity=55&sample=chelsea$/);
+  });
+
   it('asked nothing of any other host and logged no errors', async () => {
     assert.deepEqual(page.errors, []);
     const foreign = page.requests.filter((u) => !u.startsWith(server.origin) && !u.startsWith('blob:') && !u.startsWith('data:'));

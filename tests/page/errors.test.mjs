@@ -156,6 +156,17 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
     assert.equal((await legend(page)).length, 200);
   });
 
+  it('cancels a download on request', async () => {
+    const { page: p, context } = await newPage(browser);
+    await p.goto(`${server.origin}/demo/clipdino/?clip=/weights/open_clip_pytorch_model.bin&head=/weights/last.pt`);
+    await p.waitForSelector('.weights-progress[data-stage=Download]', { timeout: 60_000 });
+    await screenshot(p, 'downloading');
+    await p.click('.weights-progress button:has-text("Cancel")');
+    await expectNotice(p, 'weights', /^Download cancelled\.$/);
+    assert.equal(await p.getAttribute('.app', 'data-model'), 'none');
+    await context.close();
+  });
+
   it('says when a download is cut off', async () => {
     const { page: p, context } = await newPage(browser);
     await p.goto(`${server.origin}/demo/clipdino/?model=/broken/cut-transfer.gguf`);

@@ -57,18 +57,19 @@ function sendFile(req, res, file, { throttle = false } = {}) {
 
 /**
  * Start the server. `dist`: the built site; `weights`: folder with open_clip_model.safetensors,
- * open_clip_config.json, last.pt and clip-dinoiser-q4_0.gguf.
+ * open_clip_config.json, last.pt and clip-dinoiser-q4_0.gguf; `throttle`: send weights in
+ * small timed pieces (so that progress is visible).
  * Routes: /demo/clipdino/… = site with its model bundle, /bare/… = site without one,
  * /weights/<file>, /broken/{truncated.gguf, cut-transfer.gguf, missing.gguf}.
  */
-export async function startServer({ dist, weights }) {
+export async function startServer({ dist, weights, throttle = true }) {
   const log = [];
   const bundle = path.join(weights, 'clip-dinoiser-q4_0.gguf');
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
     log.push({ method: req.method, path: url.pathname, time: Date.now() });
     const p = url.pathname;
-    if (p === '/demo/clipdino/models/clip-dinoiser-q4_0.gguf') return sendFile(req, res, bundle, { throttle: true });
+    if (p === '/demo/clipdino/models/clip-dinoiser-q4_0.gguf') return sendFile(req, res, bundle, { throttle });
     if (p.startsWith('/demo/clipdino/')) {
       const f = inside(dist, p.slice('/demo/clipdino/'.length));
       return f ? sendFile(req, res, f) : res.writeHead(403).end();
@@ -79,7 +80,7 @@ export async function startServer({ dist, weights }) {
     }
     if (p.startsWith('/weights/')) {
       const f = inside(weights, p.slice('/weights/'.length));
-      return f ? sendFile(req, res, f, { throttle: true }) : res.writeHead(403).end();
+      return f ? sendFile(req, res, f, { throttle }) : res.writeHead(403).end();
     }
     if (p === '/broken/truncated.gguf') {
       // A file that is itself cut short (honest Content-Length).
