@@ -148,6 +148,60 @@ fn text_tower_matches_open_clip() {
     );
 }
 
+/// Shared-prefix encoding (cached keys/values of each prefix) equals encoding the full prompts.
+#[test]
+fn shared_prefixes_match_full_prompts() {
+    let t = tiny();
+    let m = model(t.store.clone(), &t.cfg, ComputePath::F32);
+    let rows = token_rows(expected(&t, "text.tokens"));
+    let ctx = t.cfg.text.context_length;
+    // SOT = 998 in the fixtures; an empty prefix is allowed too.
+    let prefixes: Vec<Vec<u32>> = vec![
+        vec![998],
+        vec![998, 5, 17, 300, 0, 997],
+        vec![],
+        vec![998, 42],
+    ];
+    let mut prompts = Vec::new();
+    let mut full = Vec::new();
+    for (k, r) in rows.iter().enumerate() {
+        let pi = k % prefixes.len();
+        let pre = &prefixes[pi];
+        // The row without its SOT (unless the prefix is empty), cut so that it fits, EOT kept last.
+        let body = if pre.is_empty() { &r[..] } else { &r[1..] };
+        let room = ctx - pre.len();
+        let mut suffix: Vec<u32> = body[..body.len().min(room) - 1].to_vec();
+        suffix.push(*body.last().unwrap());
+        full.push(pre.iter().chain(&suffix).copied().collect::<Vec<u32>>());
+        prompts.push((pi, suffix));
+    }
+    let want = m.text.forward(&full).unwrap();
+    let got = m.text.forward_shared_prefixes(&prefixes, &prompts).unwrap();
+    let d = max_abs_diff(&got, &want);
+    println!("shared prefixes vs full prompts: max |Δ| = {d:.3e}");
+    assert!(d <= 1e-5, "max |Δ| {d:e}");
+
+    let bad = |pre: Vec<Vec<u32>>, pr: Vec<(usize, Vec<u32>)>| {
+        matches!(
+            m.text.forward_shared_prefixes(&pre, &pr),
+            Err(Error::InvalidInput { .. })
+        )
+    };
+    assert!(
+        bad(vec![vec![998]], vec![(1, vec![5, 999])]),
+        "prefix index out of range"
+    );
+    assert!(
+        bad(vec![vec![998, 999]], vec![(0, vec![5, 7])]),
+        "pooling token in the prefix"
+    );
+    assert!(bad(vec![vec![998]], vec![(0, vec![])]), "empty suffix");
+    assert!(
+        bad(vec![vec![998; 70]], vec![(0, vec![5; 8])]),
+        "longer than the context"
+    );
+}
+
 #[test]
 fn text_tower_rejects_bad_prompts() {
     let t = tiny();
@@ -376,14 +430,15 @@ fn full_size_vit_b16_random_weights() {
 
     // Label embeddings: one batched call equals the definition computed prompt by prompt.
     let tok = ClipTokenizer::embedded().unwrap();
-    let labels = vec!["cat".to_string(), "traffic light".to_string()];
+    // A repeated label: identical prompts, whose shared prefix stops before the EOT.
+    let labels: Vec<String> = ["cat", "traffic light", "cat"].map(String::from).to_vec();
     let t0 = Instant::now();
     let got = m.embed_labels(&tok, &labels, TemplateSet::Fast).unwrap();
     println!(
-        "embed_labels, 2 labels × 7 templates: {:.3} s",
+        "embed_labels, 3 labels × 7 templates: {:.3} s",
         t0.elapsed().as_secs_f64()
     );
-    assert_eq!(got.dims(), &[2, 512]);
+    assert_eq!(got.dims(), &[3, 512]);
     for (i, label) in labels.iter().enumerate() {
         let mut acc = Tensor::zeros(512, DType::F32, &Device::Cpu).unwrap();
         for prompt in TemplateSet::Fast.apply(label) {

@@ -107,6 +107,10 @@ impl MultiheadAttention {
         })
     }
 
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
     /// `[B, T, w]` → `[B, T, 3w]`: q, k and v (in that order along the last dim).
     pub fn qkv(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.in_proj.forward(x)?)
@@ -118,7 +122,7 @@ impl MultiheadAttention {
 
     /// Split `[B, T, 3w]` into per-head `q, k, v`, each `[B·heads, T, head_dim]` and contiguous,
     /// with one copy.
-    fn split_heads(&self, qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    pub(crate) fn split_heads(&self, qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = qkv.dims3()?;
         let d = self.width / self.heads;
         let qkv = qkv

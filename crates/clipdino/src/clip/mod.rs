@@ -77,6 +77,9 @@ impl ClipModel {
     /// `build_zero_shot_classifier`): every template of `set` filled with the label, all prompts of
     /// all labels encoded in one batched call, each L2-normalised, averaged per label, and the
     /// average L2-normalised again.
+    ///
+    /// The tokens a template's prompts share before the label (`SOT a photo of a`) run once per
+    /// template, not once per label ([`TextTransformer::forward_shared_prefixes`], exact).
     pub fn embed_labels(
         &self,
         tok: &ClipTokenizer,
@@ -92,16 +95,49 @@ impl ClipModel {
                 self.text.device(),
             )?);
         }
-        let mut prompts = Vec::with_capacity(labels.len() * n);
-        for label in labels {
-            for prompt in set.apply(label) {
-                prompts.push(tok.encode(&prompt)?.ids);
+        // ids[label][template]
+        let ids = labels
+            .iter()
+            .map(|label| {
+                set.apply(label)
+                    .iter()
+                    .map(|prompt| Ok(tok.encode(prompt)?.ids))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let e = if labels.len() < 2 {
+            self.text.forward(&ids.concat())?
+        } else {
+            let mut prefixes = Vec::with_capacity(n);
+            let mut cut = Vec::with_capacity(n);
+            for j in 0..n {
+                let first = &ids[0][j];
+                // Longest common prefix, ending before any prompt's pooling token (its first
+                // largest id) so that every suffix holds it.
+                let mut len = ids.iter().map(|p| first_argmax(&p[j])).min().unwrap_or(0);
+                for p in &ids {
+                    len = len.min(first.iter().zip(&p[j]).take_while(|(a, b)| a == b).count());
+                }
+                prefixes.push(first[..len].to_vec());
+                cut.push(len);
             }
-        }
-        let e = l2_normalize(&self.text.forward(&prompts)?)?;
+            let prompts: Vec<(usize, Vec<u32>)> = ids
+                .iter()
+                .flat_map(|p| p.iter().enumerate().map(|(j, q)| (j, q[cut[j]..].to_vec())))
+                .collect();
+            self.text.forward_shared_prefixes(&prefixes, &prompts)?
+        };
+        let e = l2_normalize(&e)?;
         let e = e.reshape((labels.len(), n, embed))?.mean(1)?;
         l2_normalize(&e)
     }
+}
+
+/// Position of the first largest id (`torch.argmax`).
+fn first_argmax(ids: &[u32]) -> usize {
+    ids.iter()
+        .enumerate()
+        .fold(0, |best, (j, &id)| if id > ids[best] { j } else { best })
 }
 
 /// Rows divided by their L2 norm (floored at 1e-12 like `F.normalize`).

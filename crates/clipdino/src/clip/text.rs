@@ -13,6 +13,7 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::block::{LayerNorm, ResidualAttentionBlock};
+use super::fastmath;
 use crate::config::{ClipConfig, TextConfig};
 use crate::error::{Error, Result};
 use crate::weights::{Stored, Vb};
@@ -110,25 +111,7 @@ impl TextTransformer {
     /// longest prompt (see [`plan_chunks`]), so large label sets waste little on padding.
     pub fn forward(&self, tokens: &[Vec<u32>]) -> Result<Tensor> {
         for (i, ids) in tokens.iter().enumerate() {
-            if ids.is_empty() || ids.len() > self.cfg.context_length {
-                return Err(Error::invalid(
-                    "tokens",
-                    format!(
-                        "prompt {i} has {} tokens, expected 1..={}",
-                        ids.len(),
-                        self.cfg.context_length
-                    ),
-                ));
-            }
-            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-                return Err(Error::invalid(
-                    "tokens",
-                    format!(
-                        "prompt {i} holds token id {bad}, vocabulary size is {}",
-                        self.cfg.vocab_size
-                    ),
-                ));
-            }
+            self.check_prompt(i, ids.iter().copied(), ids.len())?;
         }
         if tokens.is_empty() {
             return Ok(Tensor::zeros(
@@ -153,6 +136,221 @@ impl TextTransformer {
         }
         let inverse = Tensor::from_vec(inverse, order.len(), &self.device)?;
         Ok(sorted.index_select(&inverse, 0)?)
+    }
+
+    fn check_prompt(&self, i: usize, ids: impl Iterator<Item = u32>, len: usize) -> Result<()> {
+        if len == 0 || len > self.cfg.context_length {
+            return Err(Error::invalid(
+                "tokens",
+                format!(
+                    "prompt {i} has {len} tokens, expected 1..={}",
+                    self.cfg.context_length
+                ),
+            ));
+        }
+        for id in ids {
+            if id as usize >= self.cfg.vocab_size {
+                return Err(Error::invalid(
+                    "tokens",
+                    format!(
+                        "prompt {i} holds token id {id}, vocabulary size is {}",
+                        self.cfg.vocab_size
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Same result as [`Self::forward`] on the prompts `prefixes[p] ++ suffix` for each
+    /// `(p, suffix)` of `prompts`, but every prefix runs once: under the causal mask its hidden
+    /// states do not depend on what follows, so the suffixes attend to cached per-layer keys and
+    /// values of their prefix. Zero-shot prompts (`"a photo of a {}."` for many labels) share
+    /// most of their tokens, so this saves most of the work of [`ClipModel::embed_labels`].
+    ///
+    /// Each suffix must be non-empty and hold the prompt's pooling position (its largest id,
+    /// EOT), i.e. no prefix token may be ≥ the prompt's EOT.
+    ///
+    /// [`ClipModel::embed_labels`]: super::ClipModel::embed_labels
+    pub fn forward_shared_prefixes(
+        &self,
+        prefixes: &[Vec<u32>],
+        prompts: &[(usize, Vec<u32>)],
+    ) -> Result<Tensor> {
+        for (i, (p, suffix)) in prompts.iter().enumerate() {
+            let prefix = prefixes.get(*p).ok_or_else(|| {
+                Error::invalid(
+                    "prefix",
+                    format!("prompt {i} uses prefix {p} of {}", prefixes.len()),
+                )
+            })?;
+            let full = prefix.iter().chain(suffix.iter()).copied();
+            self.check_prompt(i, full, prefix.len() + suffix.len())?;
+            let suffix_max = suffix.iter().copied().max();
+            let prefix_max = prefix.iter().copied().max();
+            match (suffix_max, prefix_max) {
+                (None, _) => {
+                    return Err(Error::invalid(
+                        "prefix",
+                        format!("prompt {i} has an empty suffix"),
+                    ))
+                }
+                (Some(sm), Some(pm)) if pm >= sm => {
+                    return Err(Error::invalid(
+                        "prefix",
+                        format!("prompt {i}: its pooling token (largest id) lies in the prefix"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if prompts.is_empty() {
+            return Ok(Tensor::zeros(
+                (0, self.embed_dim),
+                DType::F32,
+                &self.device,
+            )?);
+        }
+        let cache = self.run_prefixes(prefixes)?;
+        let lens: Vec<usize> = prompts.iter().map(|(_, s)| s.len()).collect();
+        let mut order: Vec<usize> = (0..prompts.len()).collect();
+        order.sort_by_key(|&i| lens[i]);
+        let mut outs = Vec::new();
+        for range in plan_chunks(&order.iter().map(|&i| lens[i]).collect::<Vec<_>>()) {
+            let chunk: Vec<(usize, &[u32])> = order[range]
+                .iter()
+                .map(|&i| (prompts[i].0, prompts[i].1.as_slice()))
+                .collect();
+            outs.push(self.forward_suffix_chunk(&cache, &chunk)?);
+        }
+        let sorted = Tensor::cat(&outs, 0)?;
+        let mut inverse = vec![0u32; order.len()];
+        for (k, &i) in order.iter().enumerate() {
+            inverse[i] = k as u32;
+        }
+        let inverse = Tensor::from_vec(inverse, order.len(), &self.device)?;
+        Ok(sorted.index_select(&inverse, 0)?)
+    }
+
+    /// Runs all prefixes as one causal batch (padded after their end, which no real position
+    /// sees) and keeps every layer's keys and values.
+    fn run_prefixes(&self, prefixes: &[Vec<u32>]) -> Result<PrefixCache> {
+        let n = prefixes.len();
+        let p = prefixes.iter().map(Vec::len).max().unwrap_or(0);
+        let lens = prefixes.iter().map(Vec::len).collect();
+        if p == 0 {
+            return Ok(PrefixCache {
+                k: vec![],
+                v: vec![],
+                lens,
+                p,
+            });
+        }
+        let width = self.cfg.width;
+        let mut ids = vec![0u32; n * p];
+        for (i, pre) in prefixes.iter().enumerate() {
+            ids[i * p..i * p + pre.len()].copy_from_slice(pre);
+        }
+        let ids = Tensor::from_vec(ids, n * p, &self.device)?;
+        let x = self.token_embedding.gather(&ids)?.reshape((n, p, width))?;
+        let mut x = x.broadcast_add(&self.positional_embedding.narrow(0, 0, p)?)?;
+        let mask = causal_mask(p, &self.device)?;
+        let (mut ks, mut vs) = (Vec::new(), Vec::new());
+        let last = self.blocks.len().saturating_sub(1);
+        for (l, block) in self.blocks.iter().enumerate() {
+            let qkv = block.attn.qkv(&block.ln_1.forward(&x)?)?;
+            let (_, k, v) = block.attn.split_heads(&qkv)?;
+            ks.push(k);
+            vs.push(v);
+            if l < last {
+                let h = (&x + block.attn.attend(&qkv, p, Some(&mask))?)?;
+                x = block.mlp_residual(&h)?;
+            }
+        }
+        Ok(PrefixCache {
+            k: ks,
+            v: vs,
+            lens,
+            p,
+        })
+    }
+
+    /// Suffixes `(prefix index, ids)`, each attending to its cached prefix and causally to itself.
+    fn forward_suffix_chunk(
+        &self,
+        cache: &PrefixCache,
+        rows: &[(usize, &[u32])],
+    ) -> Result<Tensor> {
+        let b = rows.len();
+        let s = rows.iter().map(|(_, r)| r.len()).max().unwrap_or(1);
+        let (p, width) = (cache.p, self.cfg.width);
+        let heads = self.blocks.first().map_or(1, |blk| blk.attn.heads());
+        let d = width / heads;
+        let n_keys = p + s;
+        let mut ids = vec![0u32; b * s];
+        let mut pos = vec![0u32; b * s];
+        let mut eot = Vec::with_capacity(b);
+        // Additive mask [b, 1, s, p + s]: own prefix visible, prefix padding hidden, suffix causal.
+        let mut mask = vec![f32::NEG_INFINITY; b * s * n_keys];
+        for (i, (pi, r)) in rows.iter().enumerate() {
+            let plen = cache.lens[*pi];
+            ids[i * s..i * s + r.len()].copy_from_slice(r);
+            for j in 0..s {
+                pos[i * s + j] = (plen + j).min(self.cfg.context_length - 1) as u32;
+                let m = &mut mask[(i * s + j) * n_keys..(i * s + j + 1) * n_keys];
+                m[..plen].fill(0.0);
+                m[p..p + j + 1].fill(0.0);
+            }
+            let at = r
+                .iter()
+                .enumerate()
+                .fold(0, |best, (j, &id)| if id > r[best] { j } else { best });
+            eot.push((i * s + at) as u32);
+        }
+        let ids = Tensor::from_vec(ids, b * s, &self.device)?;
+        let pos = Tensor::from_vec(pos, b * s, &self.device)?;
+        let mask = Tensor::from_vec(mask, (b, 1, s, n_keys), &self.device)?;
+        let pidx: Vec<u32> = rows.iter().map(|(pi, _)| *pi as u32).collect();
+        let pidx = Tensor::from_vec(pidx, b, &self.device)?;
+        let n_prefixes = cache.lens.len();
+        let x = self.token_embedding.gather(&ids)?;
+        let mut x =
+            (x + self.positional_embedding.index_select(&pos, 0)?)?.reshape((b, s, width))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        for (l, block) in self.blocks.iter().enumerate() {
+            let qkv = block.attn.qkv(&block.ln_1.forward(&x)?)?;
+            let (q, k, v) = block.attn.split_heads(&qkv)?;
+            let (k, v) = if p > 0 {
+                let gather = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.reshape((n_prefixes, heads, p, d))?
+                        .index_select(&pidx, 0)?
+                        .reshape((b * heads, p, d))?)
+                };
+                (
+                    Tensor::cat(&[&gather(&cache.k[l])?, &k], 1)?,
+                    Tensor::cat(&[&gather(&cache.v[l])?, &v], 1)?,
+                )
+            } else {
+                (k, v)
+            };
+            let scores = (q * scale)?.matmul(&k.t()?)?;
+            let scores = scores
+                .reshape((b, heads, s, n_keys))?
+                .broadcast_add(&mask)?
+                .reshape((b * heads, s, n_keys))?;
+            let out = fastmath::softmax_last_dim_(scores)?
+                .matmul(&v)?
+                .reshape((b, heads, s, d))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, s, width))?;
+            let h = (&x + block.attn.out_proj(&out)?)?;
+            x = block.mlp_residual(&h)?;
+        }
+        let eot = Tensor::from_vec(eot, b, &self.device)?;
+        let pooled = x.reshape((b * s, width))?.index_select(&eot, 0)?;
+        let pooled = self.ln_final.forward(&pooled)?;
+        Ok(self.text_projection.forward(&pooled)?)
     }
 
     fn forward_chunk(&self, tokens: &[&[u32]]) -> Result<Tensor> {
@@ -183,6 +381,15 @@ impl TextTransformer {
         let pooled = self.ln_final.forward(&pooled)?;
         Ok(self.text_projection.forward(&pooled)?)
     }
+}
+
+/// Per layer, the keys and values of a batch of prompt prefixes, `[N·heads, P, head_dim]` each
+/// (`P` the longest prefix; shorter ones padded after their end).
+struct PrefixCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    lens: Vec<usize>,
+    p: usize,
 }
 
 /// A forward pass streams every weight once, which costs about as much as this many extra token
