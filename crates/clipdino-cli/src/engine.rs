@@ -10,12 +10,11 @@ use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use clipdino::loaders::{self, Bundle};
 use clipdino::pipeline::{
-    self, EncodeOptions, ImageFeatures, Mode, SegmentOptions, Segmentation, Segmenter, Window,
-    WindowOutputs,
+    EncodeOptions, ImageFeatures, Mode, Progress, SegmentOptions, Segmentation, Segmenter, Window,
 };
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
-use clipdino::{clip, ComputePath};
+use clipdino::ComputePath;
 use image::RgbImage;
 
 use crate::files;
@@ -280,38 +279,14 @@ impl Engine {
         let t0 = Instant::now();
         let x = files::image_to_tensor(img)?;
         let seg = &self.segmenter;
-        let patch = seg.clip_cfg.vision.patch_size;
-        let layer = seg.head_cfg.layer;
         let blocks = seg.clip_cfg.vision.layers as u64;
-        let mut inters = Vec::new();
         let pb = progress::bar(blocks, "encoding image");
-        // The same steps as `Segmenter::encode_image`, keeping the `ln_2` features for dumps.
-        let features = pipeline::encode_with(&x, opts, patch, |i, n, crop| {
-            pb.set_length(blocks * n as u64);
-            pb.set_message(if n > 1 {
-                format!("window {}/{n}", i + 1)
-            } else {
-                "encoding image".to_string()
-            });
-            let pixels = clip::preprocess(crop, patch)?;
-            let mut report =
-                |done: usize, _total: usize| pb.set_position(i as u64 * blocks + done as u64);
-            let out = seg.clip.vision.forward(&pixels, layer, &mut report)?;
-            let (refined, bkg) = match &seg.head {
-                Some(h) => (
-                    Some(h.refine(&out.dense, &out.inter)?),
-                    Some(h.background(&out.inter)?),
-                ),
-                None => (None, None),
-            };
-            if keep_inter {
-                inters.push(out.inter);
+        let features = seg.encode_image(&x, opts, &mut |p: Progress| {
+            pb.set_length(blocks * p.windows as u64);
+            if p.windows > 1 {
+                pb.set_message(format!("window {}/{}", p.window + 1, p.windows));
             }
-            Ok(WindowOutputs {
-                dense: out.dense,
-                refined,
-                bkg,
-            })
+            pb.set_position((p.window * p.blocks + p.block) as u64);
         });
         pb.finish_and_clear();
         let features = features.map_err(|e| match e {
@@ -320,9 +295,10 @@ impl Engine {
             }
             e => anyhow!(e),
         })?;
+        let inter = keep_inter.then(|| features.windows.iter().filter_map(|w| w.inter.clone()).collect());
         Ok(Encoded {
             features,
-            inter: keep_inter.then_some(inters),
+            inter,
             seconds: t0.elapsed().as_secs_f64(),
         })
     }

@@ -127,7 +127,7 @@ fn head_matches_reference_from_fixture_features() {
         // one full-resolution window built from these features
         let image = get(&exp, &format!("{key}.image"));
         let feats = encode_with(&image, &EncodeOptions::full_res(), 16, |_, _, _| {
-            Ok(WindowOutputs { dense: dense.clone(), refined: Some(refined.clone()), bkg: Some(bkg.clone()) })
+            Ok(WindowOutputs { dense: dense.clone(), refined: Some(refined.clone()), bkg: Some(bkg.clone()), inter: None })
         })
         .unwrap();
         assert_eq!(feats.grid(), (h, w));

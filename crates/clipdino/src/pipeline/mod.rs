@@ -139,6 +139,8 @@ pub struct WindowOutputs {
     pub refined: Option<Tensor>,
     /// Foreground score `[gh, gw]` in (0, 1) (None without a head).
     pub bkg: Option<Tensor>,
+    /// The `ln_2` features `[gh, gw, C]` the head reads (None when the encoder does not keep them).
+    pub inter: Option<Tensor>,
 }
 
 /// Cached features of one window.
@@ -151,6 +153,8 @@ pub struct WindowFeatures {
     pub dense: Tensor,
     pub refined: Option<Tensor>,
     pub bkg: Option<Tensor>,
+    /// `ln_2` features of block `HeadConfig::layer` `[gh, gw, C]` (for dumps and analysis).
+    pub inter: Option<Tensor>,
 }
 
 /// Which dense features [`ImageFeatures::patch_grid`] returns.
@@ -353,7 +357,7 @@ where
                 return Err(Error::invalid("bkg", format!("window {i}: {:?} for a {grid:?} patch grid", bk.dims())));
             }
         }
-        windows.push(WindowFeatures { pixels: b, grid, dense: out.dense, refined: out.refined, bkg: out.bkg });
+        windows.push(WindowFeatures { pixels: b, grid, dense: out.dense, refined: out.refined, bkg: out.bkg, inter: out.inter });
     }
     Ok(ImageFeatures {
         image_height: h,
@@ -542,7 +546,7 @@ impl Segmenter {
                 Some(h) => (Some(h.refine(&out.dense, &out.inter)?), Some(h.background(&out.inter)?)),
                 None => (None, None),
             };
-            Ok(WindowOutputs { dense: out.dense, refined, bkg })
+            Ok(WindowOutputs { dense: out.dense, refined, bkg, inter: Some(out.inter) })
         })
     }
 

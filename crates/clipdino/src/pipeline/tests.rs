@@ -36,7 +36,7 @@ fn fake_encoder(e: usize, patch: usize) -> impl FnMut(usize, usize, &Tensor) -> 
         let dense = Tensor::from_vec(dense, (gh, gw, e), &Device::Cpu)?;
         let refined = (dense.clone() * 0.5)?.sin()?;
         let bkg: Vec<f32> = (0..gh * gw).map(|k| if (k + i) % 3 == 0 { 0.3 } else { 0.8 }).collect();
-        Ok(WindowOutputs { dense, refined: Some(refined), bkg: Some(Tensor::from_vec(bkg, (gh, gw), &Device::Cpu)?) })
+        Ok(WindowOutputs { dense, refined: Some(refined), bkg: Some(Tensor::from_vec(bkg, (gh, gw), &Device::Cpu)?), inter: None })
     }
 }
 
@@ -186,7 +186,7 @@ fn output_size_and_errors() {
     assert!(enc(&image(8, 8), &EncodeOptions { short_side: None, window: Some(Window { size: 4, stride: 8 }) }));
     // an encoder returning a wrong grid is caught
     let wrong = encode_with(&image(20, 30), &EncodeOptions::full_res(), p, |_, _, _| {
-        Ok(WindowOutputs { dense: Tensor::zeros((2, 2, e), DType::F32, &dev())?, refined: None, bkg: None })
+        Ok(WindowOutputs { dense: Tensor::zeros((2, 2, e), DType::F32, &dev())?, refined: None, bkg: None, inter: None })
     });
     assert!(wrong.is_err());
 }
@@ -220,7 +220,7 @@ fn patch_grid_averages_aligned_windows() {
         let (_, h, w) = crop.dims3()?;
         let (gh, gw) = (h / p, w / p);
         let v: Vec<f32> = (0..gh * gw * e).map(|k| k as f32).collect();
-        Ok(WindowOutputs { dense: Tensor::from_vec(v, (gh, gw, e), &Device::Cpu)?, refined: None, bkg: None })
+        Ok(WindowOutputs { dense: Tensor::from_vec(v, (gh, gw, e), &Device::Cpu)?, refined: None, bkg: None, inter: None })
     })
     .unwrap();
     assert_eq!(feats.windows.len(), 6);
