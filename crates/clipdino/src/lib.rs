@@ -14,6 +14,7 @@ pub mod loaders;
 pub mod metrics;
 pub mod overlay;
 pub mod pipeline;
+mod rng;
 pub mod templates;
 pub mod tokenizer;
 pub mod weights;

@@ -13,26 +13,8 @@
 use candle_core::{Device, Tensor};
 
 use crate::config::{ClipConfig, HeadConfig};
+use crate::rng::SplitMix64;
 use crate::weights::{Stored, TensorStore};
-
-/// splitmix64 (Steele, Lea & Flood 2014).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (-1, 1) with 53 bits.
-    fn uniform_pm1(&mut self) -> f64 {
-        let u = (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-        2.0 * u - 1.0
-    }
-}
 
 /// Natural logarithm for `x` in (0, 1], from arithmetic only (platform `ln` may differ in the
 /// last bit between native libm and wasm). |error| < 1e-15 relative.
@@ -85,8 +67,8 @@ impl Gaussian {
             return s;
         }
         loop {
-            let u = self.rng.uniform_pm1();
-            let v = self.rng.uniform_pm1();
+            let u = 2.0 * self.rng.next_f64() - 1.0;
+            let v = 2.0 * self.rng.next_f64() - 1.0;
             let s = u * u + v * v;
             if s > 0.0 && s < 1.0 {
                 let f = (-2.0 * ln_portable(s) / s).sqrt();
