@@ -22,5 +22,5 @@ cargo test -p clipdino --target wasm32-unknown-unknown --locked --test wasm
 step "release build of the site (trunk build --release)"
 scripts/build-site.sh
 
-step "page tests (playwright-core + /usr/bin/chromium against dist/ on 127.0.0.1)"
-node --test tests/page/
+step "page tests (playwright-core + /usr/bin/chromium against dist/ on 127.0.0.1) and the SIMD check of the shipped wasm"
+node --test --test-concurrency=1 tests/page/ bench/simd.test.mjs
