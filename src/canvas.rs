@@ -3,7 +3,9 @@
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::{Clamped, JsCast};
-use web_sys::{CanvasRenderingContext2d, HtmlAnchorElement, HtmlCanvasElement, HtmlImageElement, ImageData};
+use web_sys::{
+    CanvasRenderingContext2d, HtmlAnchorElement, HtmlCanvasElement, HtmlImageElement, ImageData,
+};
 
 use crate::transport::js_error_text;
 
@@ -41,8 +43,10 @@ pub fn put_rgba(canvas: &HtmlCanvasElement, w: u32, h: u32, rgba: &[u8]) -> Resu
         canvas.set_height(h);
     }
     let ctx = context_2d(canvas)?;
-    let data = ImageData::new_with_u8_clamped_array_and_sh(Clamped(rgba), w, h).map_err(|e| js_error_text(&e))?;
-    ctx.put_image_data(&data, 0.0, 0.0).map_err(|e| js_error_text(&e))
+    let data = ImageData::new_with_u8_clamped_array_and_sh(Clamped(rgba), w, h)
+        .map_err(|e| js_error_text(&e))?;
+    ctx.put_image_data(&data, 0.0, 0.0)
+        .map_err(|e| js_error_text(&e))
 }
 
 pub fn clear(canvas: &HtmlCanvasElement) {
@@ -52,7 +56,9 @@ pub fn clear(canvas: &HtmlCanvasElement) {
 }
 
 fn new_canvas(w: u32, h: u32) -> Result<HtmlCanvasElement, String> {
-    let doc = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
+    let doc = web_sys::window()
+        .and_then(|w| w.document())
+        .ok_or("no document")?;
     let c: HtmlCanvasElement = doc
         .create_element("canvas")
         .map_err(|e| js_error_text(&e))?
@@ -67,15 +73,22 @@ fn new_canvas(w: u32, h: u32) -> Result<HtmlCanvasElement, String> {
 fn export_size(img: &HtmlImageElement) -> (u32, u32) {
     let (w, h) = (img.natural_width().max(1), img.natural_height().max(1));
     let s = (4096.0 / w.max(h) as f64).min(1.0);
-    (((w as f64 * s).round() as u32).max(1), ((h as f64 * s).round() as u32).max(1))
+    (
+        ((w as f64 * s).round() as u32).max(1),
+        ((h as f64 * s).round() as u32).max(1),
+    )
 }
 
 /// Save `canvas` as a PNG file called `name`.
 fn save_png(canvas: &HtmlCanvasElement, name: &str) -> Result<(), String> {
     let name = name.to_string();
     let cb = Closure::once_into_js(move |blob: JsValue| {
-        let Some(blob) = blob.dyn_ref::<web_sys::Blob>() else { return };
-        let Ok(url) = web_sys::Url::create_object_url_with_blob(blob) else { return };
+        let Some(blob) = blob.dyn_ref::<web_sys::Blob>() else {
+            return;
+        };
+        let Ok(url) = web_sys::Url::create_object_url_with_blob(blob) else {
+            return;
+        };
         let a: Option<HtmlAnchorElement> = web_sys::window()
             .and_then(|w| w.document())
             .and_then(|d| d.create_element("a").ok())
@@ -98,7 +111,11 @@ fn save_png(canvas: &HtmlCanvasElement, name: &str) -> Result<(), String> {
 }
 
 /// The photo with the overlay drawn on top, at the photo's size.
-pub fn download_overlay(img: &HtmlImageElement, overlay: &HtmlCanvasElement, name: &str) -> Result<(), String> {
+pub fn download_overlay(
+    img: &HtmlImageElement,
+    overlay: &HtmlCanvasElement,
+    name: &str,
+) -> Result<(), String> {
     let (w, h) = export_size(img);
     let c = new_canvas(w, h)?;
     let ctx = context_2d(&c)?;
@@ -111,7 +128,13 @@ pub fn download_overlay(img: &HtmlImageElement, overlay: &HtmlCanvasElement, nam
 }
 
 /// The label map as a grey PNG at the photo's size: pixel value = label index (legend order).
-pub fn download_label_map(img: &HtmlImageElement, map: &[u8], mw: u32, mh: u32, name: &str) -> Result<(), String> {
+pub fn download_label_map(
+    img: &HtmlImageElement,
+    map: &[u8],
+    mw: u32,
+    mh: u32,
+    name: &str,
+) -> Result<(), String> {
     let grey: Vec<u8> = map.iter().flat_map(|&v| [v, v, v, 255]).collect();
     let small = new_canvas(mw, mh)?;
     put_rgba(&small, mw, mh, &grey)?;

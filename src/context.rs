@@ -7,7 +7,7 @@ use web_sys::File;
 use yew::prelude::*;
 
 use crate::hooks::use_worker::WorkerHandle;
-use crate::protocol::{ImageInput, LocalFile, Request, Att, WeightSet};
+use crate::protocol::{Att, ImageInput, LocalFile, Request, WeightSet};
 use crate::samples::Sample;
 use crate::state::{Action, Area, Kind, Photo, PhotoSource, State};
 
@@ -37,10 +37,15 @@ pub enum FileRole {
 }
 
 pub const WEIGHT_EXTENSIONS: [&str; 6] = ["gguf", "safetensors", "bin", "pt", "pth", "json"];
-const IMAGE_EXTENSIONS: [&str; 11] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "avif", "tif", "tiff", "ico", "jfif"];
+const IMAGE_EXTENSIONS: [&str; 11] = [
+    "jpg", "jpeg", "png", "webp", "gif", "bmp", "avif", "tif", "tiff", "ico", "jfif",
+];
 
 pub fn role_of(name: &str, mime: &str) -> FileRole {
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
     if WEIGHT_EXTENSIONS.contains(&ext.as_str()) {
         FileRole::Weights
     } else if mime.starts_with("image/") || IMAGE_EXTENSIONS.contains(&ext.as_str()) {
@@ -91,7 +96,8 @@ impl AppCtx {
             atts.push(f.into());
         }
         self.dispatch(Action::WeightsRequested(id));
-        self.worker.send(&Request::LoadFiles { id, files: list }, atts);
+        self.worker
+            .send(&Request::LoadFiles { id, files: list }, atts);
     }
 
     pub fn cancel(&self, id: u64) {
@@ -109,7 +115,9 @@ impl AppCtx {
         self.worker.send(
             &Request::SetImage {
                 id,
-                input: ImageInput::Url { url: resolve(&sample.url()) },
+                input: ImageInput::Url {
+                    url: resolve(&sample.url()),
+                },
                 resolution: self.state.settings.resolution,
             },
             vec![],
@@ -118,7 +126,11 @@ impl AppCtx {
 
     pub fn open_photo(&self, file: File) {
         let id = self.worker.next_id();
-        let name = if file.name().is_empty() { "pasted image".to_string() } else { file.name() };
+        let name = if file.name().is_empty() {
+            "pasted image".to_string()
+        } else {
+            file.name()
+        };
         let preview_url = web_sys::Url::create_object_url_with_blob(&file).unwrap_or_default();
         self.dispatch(Action::PhotoRequested(Photo {
             id,
@@ -221,9 +233,16 @@ mod tests {
     fn files_are_routed_by_type_and_name() {
         assert_eq!(role_of("IMG_1.JPG", ""), FileRole::Photo);
         assert_eq!(role_of("image.png", "image/png"), FileRole::Photo);
-        assert_eq!(role_of("", "image/png"), FileRole::Photo, "pasted images have no name");
+        assert_eq!(
+            role_of("", "image/png"),
+            FileRole::Photo,
+            "pasted images have no name"
+        );
         assert_eq!(role_of("clip-dinoiser-q4_0.gguf", ""), FileRole::Weights);
-        assert_eq!(role_of("open_clip_pytorch_model.bin", "application/octet-stream"), FileRole::Weights);
+        assert_eq!(
+            role_of("open_clip_pytorch_model.bin", "application/octet-stream"),
+            FileRole::Weights
+        );
         assert_eq!(role_of("last.pt", ""), FileRole::Weights);
         assert_eq!(role_of("notes.txt", "text/plain"), FileRole::Unknown);
         assert_eq!(role_of("archive", ""), FileRole::Unknown);

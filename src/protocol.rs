@@ -120,7 +120,10 @@ pub enum Request {
         confirm_above: Option<u64>,
     },
     /// Load weight files picked by the user (format detected from content).
-    LoadFiles { id: RequestId, files: Vec<LocalFile> },
+    LoadFiles {
+        id: RequestId,
+        files: Vec<LocalFile>,
+    },
     /// Decode a photo (EXIF orientation applied, downscaled for processing) and encode it as
     /// soon as a model is loaded.
     SetImage {
@@ -236,7 +239,10 @@ pub enum Response {
         /// What was tried before this set (e.g. "no bundle on this site").
         notes: Vec<String>,
     },
-    Loaded { id: RequestId, info: ModelInfo },
+    Loaded {
+        id: RequestId,
+        info: ModelInfo,
+    },
     ImageDecoded {
         id: RequestId,
         /// Size of the photo after EXIF orientation.
@@ -323,7 +329,7 @@ mod tests {
 
     #[test]
     fn requests_round_trip_through_json() {
-        let reqs = vec![
+        let reqs = [
             Request::LoadUrls {
                 id: 1,
                 candidates: vec![WeightSet {
@@ -338,11 +344,19 @@ mod tests {
             },
             Request::LoadFiles {
                 id: 2,
-                files: vec![LocalFile { name: "last.pt".into(), size: 7, blob: Att(0) }],
+                files: vec![LocalFile {
+                    name: "last.pt".into(),
+                    size: 7,
+                    blob: Att(0),
+                }],
             },
             Request::SetImage {
                 id: 3,
-                input: ImageInput::File(LocalFile { name: "a.jpg".into(), size: 9, blob: Att(0) }),
+                input: ImageInput::File(LocalFile {
+                    name: "a.jpg".into(),
+                    size: 9,
+                    blob: Att(0),
+                }),
                 resolution: Resolution::Paper,
             },
             Request::Segment {
@@ -354,7 +368,12 @@ mod tests {
                 resolution: Resolution::Fast,
                 templates: Templates::Full,
             },
-            Request::KMeans { id: 5, image: 3, k: 6, resolution: Resolution::Balanced },
+            Request::KMeans {
+                id: 5,
+                image: 3,
+                k: 6,
+                resolution: Resolution::Balanced,
+            },
             Request::Cancel { id: 1 },
         ];
         for (i, r) in reqs.iter().enumerate() {

@@ -74,14 +74,19 @@ mod tests {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/www/");
         for s in SAMPLES {
             for rel in [s.url(), s.thumb_url()] {
-                let meta = std::fs::metadata(format!("{root}{rel}")).unwrap_or_else(|e| panic!("{rel}: {e}"));
+                let meta = std::fs::metadata(format!("{root}{rel}"))
+                    .unwrap_or_else(|e| panic!("{rel}: {e}"));
                 assert!(meta.len() <= 200 * 1024, "{rel} is {} bytes", meta.len());
             }
             assert_eq!(Sample::by_id(s.id), Some(&s));
         }
         let licences = std::fs::read_to_string(format!("{root}samples/LICENSES.md")).unwrap();
         for s in SAMPLES {
-            assert!(licences.contains(&format!("`{}.jpg`", s.id)), "{} has no licence entry", s.id);
+            assert!(
+                licences.contains(&format!("`{}.jpg`", s.id)),
+                "{} has no licence entry",
+                s.id
+            );
         }
     }
 }

@@ -11,8 +11,8 @@ use std::rc::Rc;
 use yew::Reducible;
 
 use crate::palette;
-pub use crate::protocol::{Mode, Resolution, Templates};
 use crate::protocol::{ErrorContext, ModelInfo, RemoteFile, RequestId, Response, Stage, WeightSet};
+pub use crate::protocol::{Mode, Resolution, Templates};
 
 /// Most labels one segmentation takes (label maps are one byte per pixel).
 pub const MAX_LABELS: usize = 200;
@@ -136,7 +136,8 @@ impl WeightsSource {
                         approx_bytes: None,
                     },
                     WeightSet {
-                        label: "OpenCLIP ViT-B/16 (Hugging Face) + CLIP-DINOiser head (GitHub)".into(),
+                        label: "OpenCLIP ViT-B/16 (Hugging Face) + CLIP-DINOiser head (GitHub)"
+                            .into(),
                         files: vec![remote(HUB_CLIP), remote(HUB_CONFIG), remote(HUB_HEAD)],
                         approx_bytes: Some(HUB_APPROX_BYTES),
                     },
@@ -145,7 +146,7 @@ impl WeightsSource {
             ),
             WeightsSource::Bundle(url) => (
                 vec![WeightSet {
-                    label: format!("the model bundle {}", file_name_of(url)),
+                    label: format!("Model bundle {}", file_name_of(url)),
                     files: vec![remote(&resolve(url))],
                     approx_bytes: None,
                 }],
@@ -164,7 +165,9 @@ impl WeightsSource {
                         label: format!(
                             "CLIP weights {}{}",
                             file_name_of(clip),
-                            head.as_deref().map(|h| format!(" + head {}", file_name_of(h))).unwrap_or_default()
+                            head.as_deref()
+                                .map(|h| format!(" + head {}", file_name_of(h)))
+                                .unwrap_or_default()
                         ),
                         files,
                         approx_bytes: None,
@@ -177,9 +180,10 @@ impl WeightsSource {
 }
 
 /// Progress of the current weights request.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub enum LoadPhase {
     /// Nothing requested (worker not ready yet, or finished).
+    #[default]
     Idle,
     /// A request is out; the worker looks for caches and sizes.
     Checking { id: RequestId },
@@ -323,12 +327,6 @@ pub struct State {
     pub requested_sample: Option<String>,
 }
 
-impl Default for LoadPhase {
-    fn default() -> Self {
-        LoadPhase::Idle
-    }
-}
-
 impl State {
     pub fn label_texts(&self) -> Vec<String> {
         self.labels.iter().map(|l| l.text.clone()).collect()
@@ -343,11 +341,19 @@ impl State {
     }
 
     pub fn notice(&self, area: Area) -> Option<&Notice> {
-        self.notices.iter().find(|(a, _)| *a == area).map(|(_, n)| n)
+        self.notices
+            .iter()
+            .find(|(a, _)| *a == area)
+            .map(|(_, n)| n)
     }
 
     pub fn sample_id(&self) -> Option<&str> {
-        match self.photo.as_ref().or(self.pending_photo.as_ref()).map(|p| &p.source) {
+        match self
+            .photo
+            .as_ref()
+            .or(self.pending_photo.as_ref())
+            .map(|p| &p.source)
+        {
             Some(PhotoSource::Sample(id)) => Some(id),
             _ => None,
         }
@@ -390,13 +396,23 @@ impl State {
                 "“{short}…” is too long: labels have at most {MAX_LABEL_CHARS} characters."
             ));
         }
-        if self.labels.iter().any(|l| l.text.to_lowercase() == text.to_lowercase()) {
+        if self
+            .labels
+            .iter()
+            .any(|l| l.text.to_lowercase() == text.to_lowercase())
+        {
             return Err(format!("“{text}” is already in the list."));
         }
         if self.labels.len() >= MAX_LABELS {
-            return Err(format!("At most {MAX_LABELS} labels: “{text}” was not added."));
+            return Err(format!(
+                "At most {MAX_LABELS} labels: “{text}” was not added."
+            ));
         }
-        let slot = if is_background(&text) { usize::MAX } else { self.free_slot() };
+        let slot = if is_background(&text) {
+            usize::MAX
+        } else {
+            self.free_slot()
+        };
         self.next_label_id += 1;
         self.labels.push(Label {
             id: self.next_label_id,
@@ -517,7 +533,14 @@ impl State {
                         from_cache,
                     }
                 }
-                Some(_) => self.work = Some(Work { stage, item, done, total }),
+                Some(_) => {
+                    self.work = Some(Work {
+                        stage,
+                        item,
+                        done,
+                        total,
+                    })
+                }
                 None => {}
             },
             Response::NeedsConfirmation {
@@ -581,7 +604,13 @@ impl State {
                         millis,
                     });
                 }
-                if matches!(self.work, Some(Work { stage: Stage::Encode, .. })) {
+                if matches!(
+                    self.work,
+                    Some(Work {
+                        stage: Stage::Encode,
+                        ..
+                    })
+                ) {
                     self.work = None;
                 }
             }
@@ -604,7 +633,9 @@ impl State {
                 self.work = None;
                 let n = width as usize * height as usize;
                 match (payload(label_map), payload(confidence)) {
-                    (Some(m), Some(c)) if m.len() == n && c.len() == n && areas.len() == labels.len() => {
+                    (Some(m), Some(c))
+                        if m.len() == n && c.len() == n && areas.len() == labels.len() =>
+                    {
                         let colours = self.colours_for(&labels);
                         self.segmentation = Some(Rc::new(SegView {
                             id,
@@ -645,21 +676,53 @@ impl State {
                 if !self.is_latest(Kind::KMeans, id) {
                     return;
                 }
-                if matches!(self.work, Some(Work { stage: Stage::KMeans, .. })) {
+                if matches!(
+                    self.work,
+                    Some(Work {
+                        stage: Stage::KMeans,
+                        ..
+                    })
+                ) {
                     self.work = None;
                 }
                 let n = width as usize * height as usize;
                 let raw = payload(raw).filter(|r| r.len() == n);
                 let refined = refined.map(|a| payload(a).filter(|r| r.len() == n));
                 match (raw, refined) {
-                    (Some(raw), None) => self.kmeans = Some(Rc::new(KMeansView { id, k, width, height, raw, refined: None, millis })),
-                    (Some(raw), Some(Some(r))) => {
-                        self.kmeans = Some(Rc::new(KMeansView { id, k, width, height, raw, refined: Some(r), millis }))
+                    (Some(raw), None) => {
+                        self.kmeans = Some(Rc::new(KMeansView {
+                            id,
+                            k,
+                            width,
+                            height,
+                            raw,
+                            refined: None,
+                            millis,
+                        }))
                     }
-                    _ => self.set_notice(Area::Result, "The worker sent a malformed k-means result.", true),
+                    (Some(raw), Some(Some(r))) => {
+                        self.kmeans = Some(Rc::new(KMeansView {
+                            id,
+                            k,
+                            width,
+                            height,
+                            raw,
+                            refined: Some(r),
+                            millis,
+                        }))
+                    }
+                    _ => self.set_notice(
+                        Area::Result,
+                        "The worker sent a malformed k-means result.",
+                        true,
+                    ),
                 }
             }
-            Response::Error { id, context, message } => self.on_error(id, context, message),
+            Response::Error {
+                id,
+                context,
+                message,
+            } => self.on_error(id, context, message),
         }
     }
 
@@ -693,7 +756,10 @@ impl State {
             }
             ErrorContext::Worker => {
                 self.work = None;
-                if matches!(self.load, LoadPhase::Active { .. } | LoadPhase::Checking { .. }) {
+                if matches!(
+                    self.load,
+                    LoadPhase::Active { .. } | LoadPhase::Checking { .. }
+                ) {
                     self.load = LoadPhase::Idle;
                 }
                 self.set_notice(Area::Result, message, true);
@@ -841,7 +907,11 @@ impl State {
                     .iter()
                     .any(|l| l.id != id && l.text.to_lowercase() == first.to_lowercase())
                 {
-                    self.set_notice(Area::Labels, format!("“{first}” is already in the list."), true);
+                    self.set_notice(
+                        Area::Labels,
+                        format!("“{first}” is already in the list."),
+                        true,
+                    );
                 } else {
                     let was_bg = is_background(&self.labels[pos].text);
                     let slot = if is_background(&first) {
@@ -908,7 +978,8 @@ impl State {
             }
             Action::PhotoRequested(photo) => {
                 self.latest.image = photo.id;
-                if !matches!(&photo.source, PhotoSource::Sample(id) if Some(id) == self.requested_sample.as_ref()) {
+                if !matches!(&photo.source, PhotoSource::Sample(id) if Some(id) == self.requested_sample.as_ref())
+                {
                     self.requested_sample = None;
                 }
                 let old = self.pending_photo.replace(photo);
@@ -1059,7 +1130,11 @@ impl Share {
                     _ => bad(&mut warnings),
                 },
                 "sample" => {
-                    if value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') && !value.is_empty() {
+                    if value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                        && !value.is_empty()
+                    {
                         share.sample = Some(value)
                     } else {
                         bad(&mut warnings)
@@ -1073,7 +1148,12 @@ impl Share {
             }
         }
         let url_ok = |u: &Option<String>| u.as_deref().is_none_or(is_fetchable_url);
-        for (name, u) in [("model", &model), ("clip", &clip), ("head", &head), ("config", &config)] {
+        for (name, u) in [
+            ("model", &model),
+            ("clip", &clip),
+            ("head", &head),
+            ("config", &config),
+        ] {
             if !url_ok(u) {
                 warnings.push(format!(
                     "Ignored `{name}`: only http(s) or site-relative URLs can be fetched."
@@ -1084,10 +1164,17 @@ impl Share {
         let (model, clip, head, config) = (keep(model), keep(clip), keep(head), keep(config));
         share.weights = match (model, clip) {
             (Some(m), _) => WeightsSource::Bundle(m),
-            (None, Some(c)) => WeightsSource::Pair { clip: c, head, config },
+            (None, Some(c)) => WeightsSource::Pair {
+                clip: c,
+                head,
+                config,
+            },
             (None, None) => {
                 if head.is_some() {
-                    warnings.push("A `head` URL needs a `clip` URL beside it; using the default weights.".into());
+                    warnings.push(
+                        "A `head` URL needs a `clip` URL beside it; using the default weights."
+                            .into(),
+                    );
                 }
                 WeightsSource::Default
             }
@@ -1103,10 +1190,13 @@ impl Share {
             parts.push(format!("labels={}", enc.join(",")));
         }
         if let Some(m) = self.mode {
-            parts.push(format!("mode={}", match m {
-                Mode::Dinoiser => "dinoiser",
-                Mode::MaskClip => "maskclip",
-            }));
+            parts.push(format!(
+                "mode={}",
+                match m {
+                    Mode::Dinoiser => "dinoiser",
+                    Mode::MaskClip => "maskclip",
+                }
+            ));
         }
         if let Some(r) = self.resolution {
             parts.push(format!("res={}", r.short_side()));
@@ -1169,7 +1259,12 @@ mod tests {
         s.labels.iter().map(|l| l.text.as_str()).collect()
     }
 
-    fn seg_response(id: RequestId, labels: &[&str], w: u32, h: u32) -> (Response, Vec<Rc<Vec<u8>>>) {
+    fn seg_response(
+        id: RequestId,
+        labels: &[&str],
+        w: u32,
+        h: u32,
+    ) -> (Response, Vec<Rc<Vec<u8>>>) {
         let n = (w * h) as usize;
         (
             Response::Segmentation {
@@ -1193,20 +1288,31 @@ mod tests {
         let s = with_labels("  cat , dog,,  Cat, sky   blue ,dog");
         assert_eq!(texts(&s), ["cat", "dog", "sky blue"]);
         let n = s.notice(Area::Labels).expect("duplicates are reported");
-        assert!(n.error && n.text.contains("“Cat” is already in the list."), "{}", n.text);
+        assert!(
+            n.error && n.text.contains("“Cat” is already in the list."),
+            "{}",
+            n.text
+        );
     }
 
     #[test]
     fn empty_and_overlong_labels_are_refused_with_a_message() {
         let mut s = with_labels(" , ,");
         assert!(s.labels.is_empty());
-        assert!(s.notice(Area::Labels).unwrap().text.starts_with("Empty label"));
+        assert!(s
+            .notice(Area::Labels)
+            .unwrap()
+            .text
+            .starts_with("Empty label"));
         s.apply(Action::AddLabels("x".repeat(MAX_LABEL_CHARS + 1)));
         assert!(s.labels.is_empty());
         assert!(s.notice(Area::Labels).unwrap().text.contains("too long"));
         s.apply(Action::AddLabels("x".repeat(MAX_LABEL_CHARS)));
         assert_eq!(s.labels.len(), 1);
-        assert!(s.notice(Area::Labels).is_none(), "a good label clears the message");
+        assert!(
+            s.notice(Area::Labels).is_none(),
+            "a good label clears the message"
+        );
     }
 
     #[test]
@@ -1230,7 +1336,10 @@ mod tests {
         let dog = s.labels[1].id;
         s.apply(Action::EditLabel(dog, "puppy".into()));
         assert_eq!(texts(&s), ["cat", "puppy", "tree"]);
-        assert_eq!(s.labels.iter().map(|l| l.colour()).collect::<Vec<_>>(), before);
+        assert_eq!(
+            s.labels.iter().map(|l| l.colour()).collect::<Vec<_>>(),
+            before
+        );
         // Removing "cat" keeps the others' colours; a new label reuses the free slot.
         s.apply(Action::RemoveLabel(s.labels[0].id));
         assert_eq!(s.labels[0].colour(), before[1]);
@@ -1244,7 +1353,11 @@ mod tests {
         let mut s = with_labels("cat,dog");
         let (cat, dog) = (s.labels[0].id, s.labels[1].id);
         s.apply(Action::EditLabel(cat, " DOG ".into()));
-        assert_eq!(texts(&s), ["cat", "dog"], "an edit into a duplicate is refused");
+        assert_eq!(
+            texts(&s),
+            ["cat", "dog"],
+            "an edit into a duplicate is refused"
+        );
         assert!(s.notice(Area::Labels).unwrap().error);
         s.apply(Action::EditLabel(cat, "kitten, bird".into()));
         assert_eq!(texts(&s), ["kitten", "dog", "bird"], "commas split an edit");
@@ -1296,15 +1409,26 @@ mod tests {
         s.apply(Action::Worker(new, p));
         let seg = s.segmentation.clone().unwrap();
         assert_eq!((seg.width, seg.height, seg.labels.len()), (3, 2, 2));
-        assert_eq!(seg.colours, vec![s.labels[0].colour(), s.labels[1].colour()]);
+        assert_eq!(
+            seg.colours,
+            vec![s.labels[0].colour(), s.labels[1].colour()]
+        );
         // Stale progress and errors are ignored too.
         s.apply(Action::Worker(
-            Response::Error { id: Some(5), context: ErrorContext::Segment, message: "old".into() },
+            Response::Error {
+                id: Some(5),
+                context: ErrorContext::Segment,
+                message: "old".into(),
+            },
             vec![],
         ));
         assert!(s.notice(Area::Result).is_none());
         s.apply(Action::Worker(
-            Response::Error { id: Some(7), context: ErrorContext::Segment, message: "boom".into() },
+            Response::Error {
+                id: Some(7),
+                context: ErrorContext::Segment,
+                message: "boom".into(),
+            },
             vec![],
         ));
         assert_eq!(s.notice(Area::Result).unwrap().text, "boom");
@@ -1335,7 +1459,9 @@ mod tests {
     fn photo(id: RequestId, url: &str) -> Photo {
         Photo {
             id,
-            source: PhotoSource::Local { name: "x.jpg".into() },
+            source: PhotoSource::Local {
+                name: "x.jpg".into(),
+            },
             preview_url: url.into(),
             size: None,
         }
@@ -1346,12 +1472,23 @@ mod tests {
         let mut s = State::default();
         s.apply(Action::PhotoRequested(photo(3, "blob:a")));
         assert!(s.photo.is_none() && s.pending_photo.is_some());
-        s.apply(Action::Worker(Response::ImageDecoded { id: 3, width: 640, height: 480 }, vec![]));
+        s.apply(Action::Worker(
+            Response::ImageDecoded {
+                id: 3,
+                width: 640,
+                height: 480,
+            },
+            vec![],
+        ));
         assert_eq!(s.photo.as_ref().unwrap().size, Some((640, 480)));
         // A corrupt file: message, the previous photo stays, its blob URL is freed.
         s.apply(Action::PhotoRequested(photo(4, "blob:b")));
         s.apply(Action::Worker(
-            Response::Error { id: Some(4), context: ErrorContext::Image, message: "not an image".into() },
+            Response::Error {
+                id: Some(4),
+                context: ErrorContext::Image,
+                message: "not an image".into(),
+            },
             vec![],
         ));
         assert_eq!(s.photo.as_ref().unwrap().id, 3);
@@ -1361,14 +1498,28 @@ mod tests {
         // A good one replaces the first.
         s.apply(Action::PhotoRequested(photo(6, "blob:c")));
         assert!(s.notice(Area::Photo).is_none());
-        s.apply(Action::Worker(Response::ImageDecoded { id: 6, width: 1, height: 1 }, vec![]));
+        s.apply(Action::Worker(
+            Response::ImageDecoded {
+                id: 6,
+                width: 1,
+                height: 1,
+            },
+            vec![],
+        ));
         assert_eq!(s.photo.as_ref().unwrap().preview_url, "blob:c");
         assert_eq!(s.stale_urls, ["blob:b", "blob:a"]);
         s.apply(Action::UrlsRevoked(2));
         assert!(s.stale_urls.is_empty());
         // A decode reply for a superseded photo does nothing.
         s.apply(Action::PhotoRequested(photo(8, "blob:d")));
-        s.apply(Action::Worker(Response::ImageDecoded { id: 6, width: 9, height: 9 }, vec![]));
+        s.apply(Action::Worker(
+            Response::ImageDecoded {
+                id: 6,
+                width: 9,
+                height: 9,
+            },
+            vec![],
+        ));
         assert_eq!(s.photo.as_ref().unwrap().size, Some((1, 1)));
     }
 
@@ -1380,17 +1531,46 @@ mod tests {
         s.apply(Action::WeightsRequested(1));
         s.apply(Action::Sent(Kind::Image, 2));
         s.apply(Action::Worker(
-            Response::Progress { id: 1, stage: Stage::Download, item: Some("a.gguf".into()), done: 50, total: Some(100), from_cache: true },
+            Response::Progress {
+                id: 1,
+                stage: Stage::Download,
+                item: Some("a.gguf".into()),
+                done: 50,
+                total: Some(100),
+                from_cache: true,
+            },
             vec![],
         ));
-        assert!(matches!(s.load, LoadPhase::Active { done: 50, total: Some(100), from_cache: true, .. }));
+        assert!(matches!(
+            s.load,
+            LoadPhase::Active {
+                done: 50,
+                total: Some(100),
+                from_cache: true,
+                ..
+            }
+        ));
         s.apply(Action::Worker(
-            Response::Progress { id: 2, stage: Stage::Encode, item: None, done: 3, total: Some(12), from_cache: false },
+            Response::Progress {
+                id: 2,
+                stage: Stage::Encode,
+                item: None,
+                done: 3,
+                total: Some(12),
+                from_cache: false,
+            },
             vec![],
         ));
         assert_eq!(s.work.as_ref().unwrap().done, 3);
         s.apply(Action::Worker(
-            Response::Progress { id: 99, stage: Stage::Encode, item: None, done: 11, total: Some(12), from_cache: false },
+            Response::Progress {
+                id: 99,
+                stage: Stage::Encode,
+                item: None,
+                done: 11,
+                total: Some(12),
+                from_cache: false,
+            },
             vec![],
         ));
         assert_eq!(s.work.as_ref().unwrap().done, 3, "unknown ids are ignored");
@@ -1405,14 +1585,24 @@ mod tests {
             millis: 1.0,
             cache_note: None,
         };
-        s.apply(Action::Worker(Response::Loaded { id: 1, info: info.clone() }, vec![]));
+        s.apply(Action::Worker(
+            Response::Loaded {
+                id: 1,
+                info: info.clone(),
+            },
+            vec![],
+        ));
         assert_eq!(s.model.as_ref(), Some(&info));
         assert_eq!(s.model_generation, 1);
         assert_eq!(s.load, LoadPhase::Idle);
         // A failing second load keeps the first model and says why.
         s.apply(Action::WeightsRequested(3));
         s.apply(Action::Worker(
-            Response::Error { id: Some(3), context: ErrorContext::Weights, message: "truncated".into() },
+            Response::Error {
+                id: Some(3),
+                context: ErrorContext::Weights,
+                message: "truncated".into(),
+            },
             vec![],
         ));
         assert!(s.model.is_some());
@@ -1426,10 +1616,18 @@ mod tests {
         s.apply(Action::WeightsRequested(1));
         let (sets, confirm) = WeightsSource::Default.candidates(|u| format!("http://h/app/{u}"));
         assert_eq!(confirm, Some(CONFIRM_ABOVE_BYTES));
-        assert_eq!(sets[0].files[0].url, "http://h/app/models/clip-dinoiser-q4_0.gguf");
+        assert_eq!(
+            sets[0].files[0].url,
+            "http://h/app/models/clip-dinoiser-q4_0.gguf"
+        );
         assert_eq!(sets[1].files.len(), 3);
         s.apply(Action::Worker(
-            Response::NeedsConfirmation { id: 1, set: sets[1].clone(), total_bytes: Some(HUB_APPROX_BYTES), notes: vec![] },
+            Response::NeedsConfirmation {
+                id: 1,
+                set: sets[1].clone(),
+                total_bytes: Some(HUB_APPROX_BYTES),
+                notes: vec![],
+            },
             vec![],
         ));
         assert!(matches!(s.load, LoadPhase::Offer { .. }));
@@ -1442,13 +1640,31 @@ mod tests {
     fn kmeans_reply_checks_sizes() {
         let mut s = State::default();
         s.apply(Action::Sent(Kind::KMeans, 4));
-        let ok = Response::KMeans { id: 4, k: 3, width: 2, height: 2, raw: Att(0), refined: Some(Att(1)), encodes: 2, millis: 1.0 };
-        s.apply(Action::Worker(ok.clone(), vec![Rc::new(vec![0, 1, 2, 0]), Rc::new(vec![0, 1, 1, 2])]));
+        let ok = Response::KMeans {
+            id: 4,
+            k: 3,
+            width: 2,
+            height: 2,
+            raw: Att(0),
+            refined: Some(Att(1)),
+            encodes: 2,
+            millis: 1.0,
+        };
+        s.apply(Action::Worker(
+            ok.clone(),
+            vec![Rc::new(vec![0, 1, 2, 0]), Rc::new(vec![0, 1, 1, 2])],
+        ));
         let km = s.kmeans.clone().unwrap();
-        assert_eq!((km.k, km.raw.len(), km.refined.as_ref().unwrap()[3]), (3, 4, 2));
+        assert_eq!(
+            (km.k, km.raw.len(), km.refined.as_ref().unwrap()[3]),
+            (3, 4, 2)
+        );
         assert_eq!(s.encodes, 2);
         s.kmeans = None;
-        s.apply(Action::Worker(ok, vec![Rc::new(vec![0, 1, 2, 0]), Rc::new(vec![0])]));
+        s.apply(Action::Worker(
+            ok,
+            vec![Rc::new(vec![0, 1, 2, 0]), Rc::new(vec![0])],
+        ));
         assert!(s.kmeans.is_none());
         assert!(s.notice(Area::Result).unwrap().error);
     }
@@ -1474,7 +1690,12 @@ mod tests {
         }));
         let frag = s.share().to_fragment();
         assert!(!frag.contains(' ') && !frag.contains('#'), "{frag}");
-        assert!(frag.starts_with("labels=cat,hot%20dog,cr%C3%A8me%20br%C3%BBl%C3%A9e,a%26b%3Dc%20%231,background&"), "{frag}");
+        assert!(
+            frag.starts_with(
+                "labels=cat,hot%20dog,cr%C3%A8me%20br%C3%BBl%C3%A9e,a%26b%3Dc%20%231,background&"
+            ),
+            "{frag}"
+        );
         let (back, warnings) = Share::parse("", &format!("#{frag}"));
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(back, s.share());
@@ -1487,8 +1708,14 @@ mod tests {
 
     #[test]
     fn share_parse_query_and_fragment() {
-        let (sh, w) = Share::parse("?model=https%3A%2F%2Fx.org%2Fm.gguf&res=224", "#res=448&k=99&tpl=3&labels=a,,b");
-        assert_eq!(sh.weights, WeightsSource::Bundle("https://x.org/m.gguf".into()));
+        let (sh, w) = Share::parse(
+            "?model=https%3A%2F%2Fx.org%2Fm.gguf&res=224",
+            "#res=448&k=99&tpl=3&labels=a,,b",
+        );
+        assert_eq!(
+            sh.weights,
+            WeightsSource::Bundle("https://x.org/m.gguf".into())
+        );
         assert_eq!(sh.resolution, Some(Resolution::Paper), "the fragment wins");
         assert_eq!(sh.k, None);
         assert_eq!(sh.templates, None);
@@ -1497,10 +1724,17 @@ mod tests {
         let (sh, w) = Share::parse("", "clip=javascript:alert(1)&head=last.pt");
         assert_eq!(sh.weights, WeightsSource::Default);
         assert_eq!(w.len(), 2, "{w:?}");
-        let (sh, _) = Share::parse("clip=c.safetensors&head=h.pt&config=open_clip_config.json", "");
+        let (sh, _) = Share::parse(
+            "clip=c.safetensors&head=h.pt&config=open_clip_config.json",
+            "",
+        );
         assert_eq!(
             sh.weights,
-            WeightsSource::Pair { clip: "c.safetensors".into(), head: Some("h.pt".into()), config: Some("open_clip_config.json".into()) }
+            WeightsSource::Pair {
+                clip: "c.safetensors".into(),
+                head: Some("h.pt".into()),
+                config: Some("open_clip_config.json".into())
+            }
         );
         let (sets, confirm) = sh.weights.candidates(|u| format!("http://h/{u}"));
         assert_eq!(confirm, None, "explicit URLs load without asking");
@@ -1512,7 +1746,10 @@ mod tests {
         s.apply(Action::RestoreShare(sh));
         assert_eq!(s.label_texts(), ["cat"]);
         let (sh, w) = Share::parse("", "sample=../../etc&k=2&opacity=101&mode=x");
-        assert_eq!((sh.sample, sh.k, sh.opacity, sh.mode), (None, Some(2), None, None));
+        assert_eq!(
+            (sh.sample, sh.k, sh.opacity, sh.mode),
+            (None, Some(2), None, None)
+        );
         assert_eq!(w.len(), 3);
     }
 
@@ -1526,20 +1763,40 @@ mod tests {
         assert!(s.notice(Area::Share).unwrap().text.contains("k=99"));
         let mut s = s;
         s.apply(Action::SetLabels(vec![]));
-        assert!(s.labels.is_empty() && s.notice(Area::Labels).is_none(), "clearing is not an error");
+        assert!(
+            s.labels.is_empty() && s.notice(Area::Labels).is_none(),
+            "clearing is not an error"
+        );
         s.apply(Action::PhotoRequested(photo(1, "blob:x")));
-        assert_eq!(s.requested_sample, None, "a local photo replaces the linked sample");
+        assert_eq!(
+            s.requested_sample, None,
+            "a local photo replaces the linked sample"
+        );
     }
 
     #[test]
     fn url_helpers() {
-        assert_eq!(file_name_of("https://h/a/b/open_clip_model.safetensors?download=true"), "open_clip_model.safetensors");
+        assert_eq!(
+            file_name_of("https://h/a/b/open_clip_model.safetensors?download=true"),
+            "open_clip_model.safetensors"
+        );
         assert_eq!(file_name_of("models/my%20model.gguf"), "my model.gguf");
         assert_eq!(file_name_of("https://h/"), "download");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%41+b"), "%zzA b");
-        assert_eq!(percent_decode(&percent_encode("日本 & more")), "日本 & more");
-        assert!(is_fetchable_url("models/x.gguf") && is_fetchable_url("HTTPS://x/y") && is_fetchable_url("/abs/x"));
-        assert!(!is_fetchable_url("javascript:alert(1)") && !is_fetchable_url("data:x") && !is_fetchable_url("//evil/x"));
+        assert_eq!(
+            percent_decode(&percent_encode("日本 & more")),
+            "日本 & more"
+        );
+        assert!(
+            is_fetchable_url("models/x.gguf")
+                && is_fetchable_url("HTTPS://x/y")
+                && is_fetchable_url("/abs/x")
+        );
+        assert!(
+            !is_fetchable_url("javascript:alert(1)")
+                && !is_fetchable_url("data:x")
+                && !is_fetchable_url("//evil/x")
+        );
     }
 }

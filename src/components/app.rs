@@ -19,7 +19,10 @@ use crate::state::{Area, Share, State};
 /// State from the page URL (query string + fragment).
 fn initial_state() -> State {
     let loc = web_sys::window().map(|w| w.location());
-    let query = loc.as_ref().and_then(|l| l.search().ok()).unwrap_or_default();
+    let query = loc
+        .as_ref()
+        .and_then(|l| l.search().ok())
+        .unwrap_or_default();
     let hash = loc.as_ref().and_then(|l| l.hash().ok()).unwrap_or_default();
     let (share, warnings) = Share::parse(&query, &hash);
     State::from_link(&share, warnings)
@@ -38,8 +41,16 @@ pub fn App() -> Html {
     let dragging = use_page_files(&ctx);
 
     let s = &*state;
-    let seg_id = s.segmentation.as_ref().map(|x| x.id.to_string()).unwrap_or_default();
-    let km_id = s.kmeans.as_ref().map(|x| x.id.to_string()).unwrap_or_default();
+    let seg_id = s
+        .segmentation
+        .as_ref()
+        .map(|x| x.id.to_string())
+        .unwrap_or_default();
+    let km_id = s
+        .kmeans
+        .as_ref()
+        .map(|x| x.id.to_string())
+        .unwrap_or_default();
     html! {
         <ContextProvider<AppCtx> context={ctx}>
             <div class="app"

@@ -13,8 +13,16 @@ use crate::state::{Action, KMeansView as View, K_MAX, K_MIN};
 const ALPHA: u8 = 170;
 
 fn paint(node: &NodeRef, view: Option<&View>, refined: bool) {
-    let Some(c) = node.cast::<HtmlCanvasElement>() else { return };
-    let map = view.and_then(|v| if refined { v.refined.as_deref() } else { Some(&*v.raw) });
+    let Some(c) = node.cast::<HtmlCanvasElement>() else {
+        return;
+    };
+    let map = view.and_then(|v| {
+        if refined {
+            v.refined.as_deref()
+        } else {
+            Some(&*v.raw)
+        }
+    });
     match (view, map) {
         (Some(v), Some(map)) => {
             let colours: Vec<[u8; 3]> = (0..v.k).map(palette::colour).collect();
@@ -29,17 +37,22 @@ fn paint(node: &NodeRef, view: Option<&View>, refined: bool) {
 
 #[component]
 pub fn KMeansView() -> Html {
-    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let Some(ctx) = use_context::<AppCtx>() else {
+        return html! {};
+    };
     let raw = use_node_ref();
     let refined = use_node_ref();
     let s = &*ctx.state;
     {
         let (raw, refined) = (raw.clone(), refined.clone());
         let view = s.kmeans.clone();
-        use_effect_with((view.as_ref().map(|v| v.id), s.photo.as_ref().map(|p| p.id)), move |_| {
-            paint(&raw, view.as_deref(), false);
-            paint(&refined, view.as_deref(), true);
-        });
+        use_effect_with(
+            (view.as_ref().map(|v| v.id), s.photo.as_ref().map(|p| p.id)),
+            move |_| {
+                paint(&raw, view.as_deref(), false);
+                paint(&refined, view.as_deref(), true);
+            },
+        );
     }
     let on_k = {
         let ctx = ctx.clone();
@@ -51,7 +64,9 @@ pub fn KMeansView() -> Html {
             }
         })
     };
-    let Some(photo) = &s.photo else { return html! {} };
+    let Some(photo) = &s.photo else {
+        return html! {};
+    };
     let view = s.kmeans.as_deref();
     let has_refined = view.map(|v| v.refined.is_some()).unwrap_or(true);
     let stale = view.is_none_or(|v| v.k != s.settings.k);

@@ -14,8 +14,13 @@ pub struct LabelChipProps {
 
 #[component]
 pub fn LabelChip(props: &LabelChipProps) -> Html {
-    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let Some(ctx) = use_context::<AppCtx>() else {
+        return html! {};
+    };
     let editing = use_state(|| false);
+    // Set once an edit is committed or cancelled, so that the blur that may follow (the input
+    // leaves the DOM) does not commit again — or commit a cancelled edit.
+    let finished = use_mut_ref(|| false);
     let input = use_node_ref();
     let label = &props.label;
 
@@ -33,9 +38,16 @@ pub fn LabelChip(props: &LabelChipProps) -> Html {
     }
 
     let commit = {
-        let (ctx, editing, input, id, text) = (ctx.clone(), editing.clone(), input.clone(), label.id, label.text.clone());
+        let (ctx, editing, input, id, text) = (
+            ctx.clone(),
+            editing.clone(),
+            input.clone(),
+            label.id,
+            label.text.clone(),
+        );
+        let finished = finished.clone();
         Callback::from(move |_: ()| {
-            if !*editing {
+            if std::mem::replace(&mut *finished.borrow_mut(), true) {
                 return;
             }
             editing.set(false);
@@ -55,13 +67,16 @@ pub fn LabelChip(props: &LabelChipProps) -> Html {
     let bg = is_background(&label.text);
     if *editing {
         let onkeydown = {
-            let (commit, editing) = (commit.clone(), editing.clone());
+            let (commit, editing, finished) = (commit.clone(), editing.clone(), finished.clone());
             Callback::from(move |e: KeyboardEvent| match e.key().as_str() {
                 "Enter" => {
                     e.prevent_default();
                     commit.emit(());
                 }
-                "Escape" => editing.set(false),
+                "Escape" => {
+                    *finished.borrow_mut() = true;
+                    editing.set(false);
+                }
                 _ => {}
             })
         };
@@ -74,8 +89,11 @@ pub fn LabelChip(props: &LabelChipProps) -> Html {
         };
     }
     let start = {
-        let editing = editing.clone();
-        Callback::from(move |_| editing.set(true))
+        let (editing, finished) = (editing.clone(), finished.clone());
+        Callback::from(move |_| {
+            *finished.borrow_mut() = false;
+            editing.set(true);
+        })
     };
     html! {
         <span class={classes!("chip", bg.then_some("background"))} style={format!("--c:{colour}")} data-label={label.text.clone()}>

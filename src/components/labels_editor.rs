@@ -12,14 +12,18 @@ use crate::state::{Action, Area, MAX_LABELS};
 
 #[component]
 pub fn LabelsEditor() -> Html {
-    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let Some(ctx) = use_context::<AppCtx>() else {
+        return html! {};
+    };
     let draft = use_state(String::new);
     let s = &*ctx.state;
 
     let oninput = {
         let (ctx, draft) = (ctx.clone(), draft.clone());
         Callback::from(move |e: InputEvent| {
-            let Some(i) = e.target_dyn_into::<HtmlInputElement>() else { return };
+            let Some(i) = e.target_dyn_into::<HtmlInputElement>() else {
+                return;
+            };
             let v = i.value();
             // A comma finishes the labels before it; the rest stays in the box.
             if let Some(pos) = v.rfind(',') {
@@ -65,11 +69,15 @@ pub fn LabelsEditor() -> Html {
     let preset = {
         let ctx = ctx.clone();
         Callback::from(move |e: Event| {
-            let Some(sel) = e.target_dyn_into::<HtmlSelectElement>() else { return };
+            let Some(sel) = e.target_dyn_into::<HtmlSelectElement>() else {
+                return;
+            };
             let id = sel.value();
             sel.set_value("");
             if let Some(list) = CLASS_LISTS.iter().find(|c| c.id == id) {
-                ctx.dispatch(Action::SetLabels(list.names().into_iter().map(str::to_string).collect()));
+                ctx.dispatch(Action::SetLabels(
+                    list.names().into_iter().map(str::to_string).collect(),
+                ));
             }
         })
     };

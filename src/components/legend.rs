@@ -9,7 +9,9 @@ use crate::state::{Action, Area};
 
 #[component]
 pub fn Legend() -> Html {
-    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let Some(ctx) = use_context::<AppCtx>() else {
+        return html! {};
+    };
     let s = &*ctx.state;
     let Some(seg) = s.segmentation.clone() else {
         return html! { <Notice area={Area::Result} /> };

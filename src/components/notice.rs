@@ -12,8 +12,12 @@ pub struct NoticeProps {
 
 #[component]
 pub fn Notice(props: &NoticeProps) -> Html {
-    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
-    let Some(n) = ctx.state.notice(props.area).cloned() else { return html! {} };
+    let Some(ctx) = use_context::<AppCtx>() else {
+        return html! {};
+    };
+    let Some(n) = ctx.state.notice(props.area).cloned() else {
+        return html! {};
+    };
     let dismiss = {
         let ctx = ctx.clone();
         let area = props.area;

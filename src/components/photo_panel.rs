@@ -11,7 +11,9 @@ use crate::state::Area;
 
 #[component]
 pub fn PhotoPanel() -> Html {
-    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let Some(ctx) = use_context::<AppCtx>() else {
+        return html! {};
+    };
     let picker = use_node_ref();
     let pick = {
         let picker = picker.clone();
@@ -24,7 +26,9 @@ pub fn PhotoPanel() -> Html {
     let picked = {
         let ctx = ctx.clone();
         Callback::from(move |e: Event| {
-            let Some(input) = e.target_dyn_into::<HtmlInputElement>() else { return };
+            let Some(input) = e.target_dyn_into::<HtmlInputElement>() else {
+                return;
+            };
             let files = files_of(input.files());
             input.set_value("");
             ctx.open_files(files, Area::Photo);

@@ -26,7 +26,9 @@ fn choice<T: PartialEq + Copy + 'static>(
 
 #[component]
 pub fn SettingsPanel() -> Html {
-    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let Some(ctx) = use_context::<AppCtx>() else {
+        return html! {};
+    };
     let st = &ctx.state.settings;
     let no_head = ctx.state.model.as_ref().is_some_and(|m| !m.has_head);
     html! {

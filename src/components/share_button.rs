@@ -17,7 +17,9 @@ fn share_url(ctx: &AppCtx) -> String {
 
 #[component]
 pub fn ShareButton() -> Html {
-    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let Some(ctx) = use_context::<AppCtx>() else {
+        return html! {};
+    };
     let shown = use_state(|| None::<String>);
     let onclick = {
         let (ctx, shown) = (ctx.clone(), shown.clone());
@@ -27,7 +29,11 @@ pub fn ShareButton() -> Html {
                 ctx.state.photo.as_ref().map(|p| &p.source),
                 Some(crate::state::PhotoSource::Local { .. })
             );
-            let note = if local { " Your own photo is not part of the link." } else { "" };
+            let note = if local {
+                " Your own photo is not part of the link."
+            } else {
+                ""
+            };
             let (ctx, shown) = (ctx.clone(), shown.clone());
             wasm_bindgen_futures::spawn_local(async move {
                 let clip = web_sys::window().map(|w| w.navigator().clipboard());
@@ -36,10 +42,18 @@ pub fn ShareButton() -> Html {
                     None => false,
                 };
                 if ok {
-                    ctx.dispatch(Action::Notice(Area::Share, format!("Link copied.{note}"), false));
+                    ctx.dispatch(Action::Notice(
+                        Area::Share,
+                        format!("Link copied.{note}"),
+                        false,
+                    ));
                     shown.set(Some(url));
                 } else {
-                    ctx.dispatch(Action::Notice(Area::Share, format!("Copy the link below by hand.{note}"), false));
+                    ctx.dispatch(Action::Notice(
+                        Area::Share,
+                        format!("Copy the link below by hand.{note}"),
+                        false,
+                    ));
                     shown.set(Some(url));
                 }
             });

@@ -8,7 +8,9 @@ use crate::protocol::Stage;
 
 #[component]
 pub fn StatusLine() -> Html {
-    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let Some(ctx) = use_context::<AppCtx>() else {
+        return html! {};
+    };
     let s = &*ctx.state;
     let work = s.work.as_ref().map(|w| {
         let what = match w.stage {
@@ -17,19 +19,28 @@ pub fn StatusLine() -> Html {
                 "Encoding the photo: block {} of {}{}",
                 w.done,
                 w.total.unwrap_or(0),
-                w.item.as_ref().map(|i| format!(" ({i})")).unwrap_or_default()
+                w.item
+                    .as_ref()
+                    .map(|i| format!(" ({i})"))
+                    .unwrap_or_default()
             ),
             Stage::Embed => format!(
                 "Embedding labels: {} of {}{}",
                 w.done + 1,
                 w.total.unwrap_or(0),
-                w.item.as_ref().map(|i| format!(" — “{i}”")).unwrap_or_default()
+                w.item
+                    .as_ref()
+                    .map(|i| format!(" — “{i}”"))
+                    .unwrap_or_default()
             ),
             Stage::Segment => "Segmenting".to_string(),
             Stage::KMeans => "Clustering features".to_string(),
             _ => "Working".to_string(),
         };
-        let pct = w.total.filter(|t| *t > 0).map(|t| (w.done as f64 / t as f64 * 100.0).min(100.0));
+        let pct = w
+            .total
+            .filter(|t| *t > 0)
+            .map(|t| (w.done as f64 / t as f64 * 100.0).min(100.0));
         (what, pct)
     });
     let waiting_for_model = s.model.is_none() && s.photo.is_some();
@@ -39,12 +50,27 @@ pub fn StatusLine() -> Html {
         s.encoded
             .as_ref()
             .map(|e| {
-                let win = if e.windows > 1 { format!(", {} windows", e.windows) } else { String::new() };
-                format!(" (last: {}×{} patches{win} in {:.2} s)", e.grid.1, e.grid.0, e.millis / 1000.0)
+                let win = if e.windows > 1 {
+                    format!(", {} windows", e.windows)
+                } else {
+                    String::new()
+                };
+                format!(
+                    " (last: {}×{} patches{win} in {:.2} s)",
+                    e.grid.1,
+                    e.grid.0,
+                    e.millis / 1000.0
+                )
             })
             .unwrap_or_default(),
-        s.segmentation.as_ref().map(|x| format!("{}×{} in {:.0} ms", x.width, x.height, x.millis)).unwrap_or_else(|| "–".into()),
-        s.kmeans.as_ref().map(|x| format!("k={} in {:.0} ms", x.k, x.millis)).unwrap_or_else(|| "–".into()),
+        s.segmentation
+            .as_ref()
+            .map(|x| format!("{}×{} in {:.0} ms", x.width, x.height, x.millis))
+            .unwrap_or_else(|| "–".into()),
+        s.kmeans
+            .as_ref()
+            .map(|x| format!("k={} in {:.0} ms", x.k, x.millis))
+            .unwrap_or_else(|| "–".into()),
     );
     html! {
         <section class="status" aria-live="polite">

@@ -24,7 +24,9 @@ fn alpha_of(opacity: u8) -> u8 {
 
 #[component]
 pub fn Viewer() -> Html {
-    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let Some(ctx) = use_context::<AppCtx>() else {
+        return html! {};
+    };
     let overlay = use_node_ref();
     let img = use_node_ref();
     let hover = use_state(|| None::<Hover>);
@@ -36,13 +38,25 @@ pub fn Viewer() -> Html {
         let seg = s.segmentation.clone();
         let isolate = s.isolate.clone();
         let opacity = s.settings.opacity;
-        let deps = (seg.as_ref().map(|x| x.id), opacity, isolate.clone(), s.photo.as_ref().map(|p| p.id));
+        let deps = (
+            seg.as_ref().map(|x| x.id),
+            opacity,
+            isolate.clone(),
+            s.photo.as_ref().map(|p| p.id),
+        );
         use_effect_with(deps, move |_| {
             if let Some(c) = overlay.cast::<HtmlCanvasElement>() {
                 match seg.as_deref() {
                     Some(seg) => {
-                        let only = isolate.as_ref().and_then(|i| seg.labels.iter().position(|l| l == i));
-                        let rgba = canvas::label_rgba(&seg.label_map, &seg.colours, alpha_of(opacity), only);
+                        let only = isolate
+                            .as_ref()
+                            .and_then(|i| seg.labels.iter().position(|l| l == i));
+                        let rgba = canvas::label_rgba(
+                            &seg.label_map,
+                            &seg.colours,
+                            alpha_of(opacity),
+                            only,
+                        );
                         if let Err(e) = canvas::put_rgba(&c, seg.width, seg.height, &rgba) {
                             web_sys::console::error_1(&e.into());
                         }
@@ -57,7 +71,11 @@ pub fn Viewer() -> Html {
         let hover = hover.clone();
         let seg = s.segmentation.clone();
         Callback::from(move |e: MouseEvent| {
-            let (Some(seg), Some(target)) = (seg.as_deref(), e.target_dyn_into::<HtmlCanvasElement>()) else { return };
+            let (Some(seg), Some(target)) =
+                (seg.as_deref(), e.target_dyn_into::<HtmlCanvasElement>())
+            else {
+                return;
+            };
             hover.set(read_out(seg, &target, e.offset_x(), e.offset_y()));
         })
     };
@@ -78,9 +96,16 @@ pub fn Viewer() -> Html {
     let download_overlay = {
         let (img, overlay, ctx) = (img.clone(), overlay.clone(), ctx.clone());
         Callback::from(move |_| {
-            if let (Some(i), Some(o)) = (img.cast::<HtmlImageElement>(), overlay.cast::<HtmlCanvasElement>()) {
+            if let (Some(i), Some(o)) = (
+                img.cast::<HtmlImageElement>(),
+                overlay.cast::<HtmlCanvasElement>(),
+            ) {
                 if let Err(e) = canvas::download_overlay(&i, &o, "clipdino-overlay.png") {
-                    ctx.dispatch(Action::Notice(Area::Result, format!("The overlay could not be saved: {e}"), true));
+                    ctx.dispatch(Action::Notice(
+                        Area::Result,
+                        format!("The overlay could not be saved: {e}"),
+                        true,
+                    ));
                 }
             }
         })
@@ -89,10 +114,18 @@ pub fn Viewer() -> Html {
         let (img, ctx) = (img.clone(), ctx.clone());
         let seg = s.segmentation.clone();
         Callback::from(move |_| {
-            let (Some(i), Some(seg)) = (img.cast::<HtmlImageElement>(), seg.as_deref()) else { return };
+            let (Some(i), Some(seg)) = (img.cast::<HtmlImageElement>(), seg.as_deref()) else {
+                return;
+            };
             let name = canvas::label_map_file_name(&seg.labels);
-            if let Err(e) = canvas::download_label_map(&i, &seg.label_map, seg.width, seg.height, &name) {
-                ctx.dispatch(Action::Notice(Area::Result, format!("The label map could not be saved: {e}"), true));
+            if let Err(e) =
+                canvas::download_label_map(&i, &seg.label_map, seg.width, seg.height, &name)
+            {
+                ctx.dispatch(Action::Notice(
+                    Area::Result,
+                    format!("The label map could not be saved: {e}"),
+                    true,
+                ));
             }
         })
     };
@@ -118,7 +151,10 @@ pub fn Viewer() -> Html {
         PhotoSource::Sample(id) => Sample::by_id(id).map(|s| format!("{} — {}", s.title, s.credit)),
         PhotoSource::Local { name } => Some(name.clone()),
     };
-    let size = photo.size.map(|(w, h)| format!(" · {w} × {h} px")).unwrap_or_default();
+    let size = photo
+        .size
+        .map(|(w, h)| format!(" · {w} × {h} px"))
+        .unwrap_or_default();
     html! {
         <section class="viewer" aria-label="Photo and overlay">
             <div class="toolbar">
@@ -159,10 +195,16 @@ pub fn frame_style(size: Option<(u32, u32)>, vh: u32) -> String {
 }
 
 fn read_out(seg: &SegView, target: &HtmlCanvasElement, ox: i32, oy: i32) -> Option<Hover> {
-    let (cw, ch) = (target.client_width().max(1) as f64, target.client_height().max(1) as f64);
+    let (cw, ch) = (
+        target.client_width().max(1) as f64,
+        target.client_height().max(1) as f64,
+    );
     let x = ((ox.max(0) as f64 / cw) * seg.width as f64) as usize;
     let y = ((oy.max(0) as f64 / ch) * seg.height as f64) as usize;
-    let (x, y) = (x.min(seg.width as usize - 1), y.min(seg.height as usize - 1));
+    let (x, y) = (
+        x.min(seg.width as usize - 1),
+        y.min(seg.height as usize - 1),
+    );
     let i = y * seg.width as usize + x;
     let l = *seg.label_map.get(i)? as usize;
     Some(Hover {

@@ -20,7 +20,9 @@ pub fn mb(bytes: u64) -> String {
 
 #[component]
 pub fn WeightsPanel() -> Html {
-    let Some(ctx) = use_context::<AppCtx>() else { return html! {} };
+    let Some(ctx) = use_context::<AppCtx>() else {
+        return html! {};
+    };
     let picker = use_node_ref();
     let s = &*ctx.state;
 
@@ -35,7 +37,9 @@ pub fn WeightsPanel() -> Html {
     let picked = {
         let ctx = ctx.clone();
         Callback::from(move |e: Event| {
-            let Some(input) = e.target_dyn_into::<HtmlInputElement>() else { return };
+            let Some(input) = e.target_dyn_into::<HtmlInputElement>() else {
+                return;
+            };
             let files = files_of(input.files());
             input.set_value("");
             ctx.load_files(files);
@@ -45,28 +49,44 @@ pub fn WeightsPanel() -> Html {
         <input ref={picker} type="file" multiple=true class="hidden" data-role="weights-input"
             accept=".gguf,.safetensors,.bin,.pt,.pth,.json" onchange={picked} />
     };
-    let pick_button = |label: &str| html! {
-        <button class="secondary" onclick={pick.clone()} title="A .gguf bundle, or CLIP .safetensors/.bin (+ open_clip_config.json) with the DINOiser last.pt">{ label.to_string() }</button>
+    let pick_button = |label: &str| {
+        html! {
+            <button class="secondary" onclick={pick.clone()} title="A .gguf bundle, or CLIP .safetensors/.bin (+ open_clip_config.json) with the DINOiser last.pt">{ label.to_string() }</button>
+        }
     };
 
     let body = match &s.load {
-        LoadPhase::Active { id, stage, item, done, total, from_cache } => {
+        LoadPhase::Active {
+            id,
+            stage,
+            item,
+            done,
+            total,
+            from_cache,
+        } => {
             let id = *id;
             let cancel = {
                 let ctx = ctx.clone();
                 Callback::from(move |_| ctx.cancel(id))
             };
-            let pct = total.filter(|t| *t > 0).map(|t| (*done as f64 / t as f64 * 100.0).min(100.0));
+            let pct = total
+                .filter(|t| *t > 0)
+                .map(|t| (*done as f64 / t as f64 * 100.0).min(100.0));
             let what = match stage {
                 Stage::Probe => "Looking for the model…".to_string(),
-                Stage::Download if *from_cache => format!("Loading {} from the browser cache", item.clone().unwrap_or_default()),
+                Stage::Download if *from_cache => format!(
+                    "Loading {} from the browser cache",
+                    item.clone().unwrap_or_default()
+                ),
                 Stage::Download => format!("Downloading {}", item.clone().unwrap_or_default()),
                 Stage::ReadFile => format!("Reading {}", item.clone().unwrap_or_default()),
                 Stage::Build => "Building the model…".to_string(),
                 _ => "Loading…".to_string(),
             };
             let amount = match (stage, total) {
-                (Stage::Download | Stage::ReadFile, Some(t)) => format!("{} of {}", mb(*done), mb(*t)),
+                (Stage::Download | Stage::ReadFile, Some(t)) => {
+                    format!("{} of {}", mb(*done), mb(*t))
+                }
                 (Stage::Download | Stage::ReadFile, None) => mb(*done),
                 _ => String::new(),
             };
@@ -85,7 +105,11 @@ pub fn WeightsPanel() -> Html {
         LoadPhase::Checking { .. } => html! {
             <div class="weights-progress"><div class="row"><span class="what">{ "Looking for the model…" }</span></div><progress></progress></div>
         },
-        LoadPhase::Offer { set, total_bytes, notes } => {
+        LoadPhase::Offer {
+            set,
+            total_bytes,
+            notes,
+        } => {
             let set2 = set.clone();
             let start = {
                 let ctx = ctx.clone();
@@ -95,7 +119,9 @@ pub fn WeightsPanel() -> Html {
                 let ctx = ctx.clone();
                 Callback::from(move |_| ctx.dispatch(Action::DeclineDownload))
             };
-            let size = total_bytes.map(|b| format!("≈ {}", mb(b))).unwrap_or_else(|| "a large download".into());
+            let size = total_bytes
+                .map(|b| format!("≈ {}", mb(b)))
+                .unwrap_or_else(|| "a large download".into());
             html! {
                 <div class="offer" data-role="weights-offer">
                     <p>
@@ -113,7 +139,11 @@ pub fn WeightsPanel() -> Html {
         }
         LoadPhase::Idle => match &s.model {
             Some(m) => {
-                let origin = if m.from_cache { "loaded from cache".to_string() } else { format!("from {}", m.source) };
+                let origin = if m.from_cache {
+                    "loaded from cache".to_string()
+                } else {
+                    format!("from {}", m.source)
+                };
                 html! {
                     <div class="model-ready" data-role="model-ready" data-from-cache={m.from_cache.to_string()}>
                         <span class="dot ok"></span>

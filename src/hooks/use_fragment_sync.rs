@@ -59,7 +59,11 @@ pub fn use_fragment_sync(ctx: &AppCtx) {
             if ctx2.state.sample_id() != Some(id.as_str()) {
                 match Sample::by_id(id) {
                     Some(s) => ctx2.open_sample(s),
-                    None => ctx2.dispatch(Action::Notice(Area::Photo, format!("The link names a sample photo “{id}” this site does not have."), true)),
+                    None => ctx2.dispatch(Action::Notice(
+                        Area::Photo,
+                        format!("The link names a sample photo “{id}” this site does not have."),
+                        true,
+                    )),
                 }
             }
         }

@@ -16,7 +16,11 @@ pub fn files_of(list: Option<FileList>) -> Vec<File> {
 
 fn has_files(ev: &DragEvent) -> bool {
     ev.data_transfer()
-        .map(|dt| dt.types().iter().any(|t| t.as_string().as_deref() == Some("Files")))
+        .map(|dt| {
+            dt.types()
+                .iter()
+                .any(|t| t.as_string().as_deref() == Some("Files"))
+        })
         .unwrap_or(false)
 }
 
@@ -33,15 +37,22 @@ pub fn use_page_files(ctx: &AppCtx) -> bool {
             if let Some(w) = web_sys::window() {
                 let opts = EventListenerOptions::enable_prevent_default();
                 let d = dragging.clone();
-                listeners.push(EventListener::new_with_options(&w, "dragover", opts, move |e| {
-                    let Some(ev) = e.dyn_ref::<DragEvent>() else { return };
-                    if has_files(ev) {
-                        e.prevent_default();
-                        if !*d {
-                            d.set(true);
+                listeners.push(EventListener::new_with_options(
+                    &w,
+                    "dragover",
+                    opts,
+                    move |e| {
+                        let Some(ev) = e.dyn_ref::<DragEvent>() else {
+                            return;
+                        };
+                        if has_files(ev) {
+                            e.prevent_default();
+                            if !*d {
+                                d.set(true);
+                            }
                         }
-                    }
-                }));
+                    },
+                ));
                 let d = dragging.clone();
                 listeners.push(EventListener::new(&w, "dragleave", move |e| {
                     // Leaving the window: no element to enter.
@@ -55,18 +66,27 @@ pub fn use_page_files(ctx: &AppCtx) -> bool {
                 }));
                 let d = dragging.clone();
                 let l = latest.clone();
-                listeners.push(EventListener::new_with_options(&w, "drop", opts, move |e| {
-                    d.set(false);
-                    let Some(ev) = e.dyn_ref::<DragEvent>() else { return };
-                    e.prevent_default();
-                    let files = files_of(ev.data_transfer().and_then(|dt| dt.files()));
-                    if !files.is_empty() {
-                        l.borrow().open_files(files, Area::Photo);
-                    }
-                }));
+                listeners.push(EventListener::new_with_options(
+                    &w,
+                    "drop",
+                    opts,
+                    move |e| {
+                        d.set(false);
+                        let Some(ev) = e.dyn_ref::<DragEvent>() else {
+                            return;
+                        };
+                        e.prevent_default();
+                        let files = files_of(ev.data_transfer().and_then(|dt| dt.files()));
+                        if !files.is_empty() {
+                            l.borrow().open_files(files, Area::Photo);
+                        }
+                    },
+                ));
                 let l = latest.clone();
                 listeners.push(EventListener::new(&w, "paste", move |e| {
-                    let Some(ev) = e.dyn_ref::<ClipboardEvent>() else { return };
+                    let Some(ev) = e.dyn_ref::<ClipboardEvent>() else {
+                        return;
+                    };
                     let files = files_of(ev.clipboard_data().and_then(|dt| dt.files()));
                     if !files.is_empty() {
                         e.prevent_default();

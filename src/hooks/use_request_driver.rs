@@ -42,11 +42,14 @@ pub fn use_request_driver(ctx: &AppCtx) {
     // Weights: as soon as the worker runs, and again when a link names other weights.
     {
         let ctx = ctx.clone();
-        use_effect_with((s.worker_ready, s.weights_source.clone()), move |(ready, _)| {
-            if *ready && matches!(ctx.state.load, LoadPhase::Idle | LoadPhase::Offer { .. }) {
-                ctx.load_configured();
-            }
-        });
+        use_effect_with(
+            (s.worker_ready, s.weights_source.clone()),
+            move |(ready, _)| {
+                if *ready && matches!(ctx.state.load, LoadPhase::Idle | LoadPhase::Offer { .. }) {
+                    ctx.load_configured();
+                }
+            },
+        );
     }
 
     let seg_timer: Rc<RefCell<Option<Timeout>>> = use_mut_ref(|| None);

@@ -15,6 +15,10 @@ use crate::transport::{bytes_of, js_error_text, pack, unpack};
 
 /// Worker loader written by Trunk (`data-loader-shim`), next to `index.html`.
 const WORKER_SCRIPT: &str = "worker_loader.js";
+/// How long the worker may take to compile its wasm and say `Ready`.
+const STARTUP_TIMEOUT_MS: u32 = 45_000;
+
+type Handler = Closure<dyn FnMut(JsValue)>;
 
 struct Inner {
     worker: Option<Worker>,
@@ -23,7 +27,7 @@ struct Inner {
     /// module installed its handler would be lost).
     ready: Cell<bool>,
     queue: RefCell<Vec<(String, Vec<JsValue>)>>,
-    _handlers: RefCell<Vec<Closure<dyn FnMut(JsValue)>>>,
+    _handlers: RefCell<Vec<Handler>>,
 }
 
 /// Cheap-to-clone handle to the model worker.
@@ -88,7 +92,10 @@ fn create(dispatch: UseReducerDispatcher<State>) -> WorkerHandle {
         Err(e) => {
             dispatch.dispatch(Action::Notice(
                 Area::Result,
-                format!("This browser could not start the model worker: {}", js_error_text(&e)),
+                format!(
+                    "This browser could not start the model worker: {}",
+                    js_error_text(&e)
+                ),
                 true,
             ));
             None
@@ -122,9 +129,13 @@ fn create(dispatch: UseReducerDispatcher<State>) -> WorkerHandle {
                 WorkerHandle(inner).flush();
             }
         }
-        let payloads = atts.iter().map(|a| Rc::new(bytes_of(a).unwrap_or_default())).collect();
+        let payloads = atts
+            .iter()
+            .map(|a| Rc::new(bytes_of(a).unwrap_or_default()))
+            .collect();
         d.dispatch(Action::Worker(msg, payloads));
     });
+    let dispatch_late = dispatch.clone();
     let d = dispatch;
     let on_error = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
         let text = ev
@@ -140,7 +151,26 @@ fn create(dispatch: UseReducerDispatcher<State>) -> WorkerHandle {
     });
     w.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     w.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-    handle.0._handlers.borrow_mut().extend([on_message, on_error]);
+    handle
+        .0
+        ._handlers
+        .borrow_mut()
+        .extend([on_message, on_error]);
+    // A worker whose wasm cannot start (no WebAssembly SIMD, blocked download) fails silently
+    // inside the worker: say so after a while instead of waiting forever.
+    let weak = Rc::downgrade(&handle.0);
+    gloo_timers::callback::Timeout::new(STARTUP_TIMEOUT_MS, move || {
+        if weak.upgrade().is_some_and(|inner| !inner.ready.get()) {
+            dispatch_late.dispatch(Action::Notice(
+                Area::Result,
+                "The model worker did not start. This page needs a browser with WebAssembly SIMD \
+                 (Chrome or Edge 91+, Firefox 89+, Safari 16.4+); reloading may also help."
+                    .into(),
+                true,
+            ));
+        }
+    })
+    .forget();
     handle
 }
 

@@ -7,7 +7,10 @@
 use js_sys::{Array, Uint8Array};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Blob, Cache, ReadableStreamDefaultReader, ReadableStreamReadResult, RequestInit, Response, WorkerGlobalScope};
+use web_sys::{
+    Blob, Cache, ReadableStreamDefaultReader, ReadableStreamReadResult, RequestInit, Response,
+    WorkerGlobalScope,
+};
 
 use crate::transport::js_error_text;
 
@@ -21,7 +24,10 @@ fn scope() -> WorkerGlobalScope {
 /// `host` of a URL, for messages.
 pub fn host_of(url: &str) -> String {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    rest.split(['/', '?', '#']).next().unwrap_or(rest).to_string()
+    rest.split(['/', '?', '#'])
+        .next()
+        .unwrap_or(rest)
+        .to_string()
 }
 
 pub fn mb(bytes: u64) -> String {
@@ -49,7 +55,12 @@ pub async fn open_cache() -> Result<Cache, String> {
         .map_err(|e| format!("the browser cache is unavailable ({})", js_error_text(&e)))?;
     let c = JsFuture::from(storage.open(CACHE_NAME))
         .await
-        .map_err(|e| format!("the browser cache could not be opened ({})", js_error_text(&e)))?;
+        .map_err(|e| {
+            format!(
+                "the browser cache could not be opened ({})",
+                js_error_text(&e)
+            )
+        })?;
     Ok(c.unchecked_into())
 }
 
@@ -82,7 +93,11 @@ async fn fetch(url: &str, method: &str) -> Result<Response, String> {
             } else {
                 "offline, blocked, or the server does not allow cross-origin downloads".to_string()
             };
-            Err(format!("Could not reach {} ({why}; {}).", host_of(url), js_error_text(&e)))
+            Err(format!(
+                "Could not reach {} ({why}; {}).",
+                host_of(url),
+                js_error_text(&e)
+            ))
         }
     }
 }
@@ -111,17 +126,36 @@ pub async fn head(url: &str) -> Reach {
     };
     match resp.status() {
         200..=299 => {
-            let ct = resp.headers().get("content-type").ok().flatten().unwrap_or_default();
+            let ct = resp
+                .headers()
+                .get("content-type")
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             if ct.starts_with("text/html") {
-                Reach::Missing(format!("{} sent a web page instead of {}", host_of(url), crate::state::file_name_of(url)))
+                Reach::Missing(format!(
+                    "{} sent a web page instead of {}",
+                    host_of(url),
+                    crate::state::file_name_of(url)
+                ))
             } else {
                 Reach::Ok(content_length(&resp))
             }
         }
-        404 | 410 => Reach::Missing(format!("{} has no {} ({})", host_of(url), crate::state::file_name_of(url), status_text(&resp))),
+        404 | 410 => Reach::Missing(format!(
+            "{} has no {} ({})",
+            host_of(url),
+            crate::state::file_name_of(url),
+            status_text(&resp)
+        )),
         // Some servers refuse HEAD; the GET will tell.
         405 | 501 => Reach::Ok(None),
-        _ => Reach::Unreachable(format!("{} answered {} for {}", host_of(url), status_text(&resp), crate::state::file_name_of(url))),
+        _ => Reach::Unreachable(format!(
+            "{} answered {} for {}",
+            host_of(url),
+            status_text(&resp),
+            crate::state::file_name_of(url)
+        )),
     }
 }
 
@@ -232,7 +266,14 @@ pub async fn get(
 ) -> Result<Fetched, ReadError> {
     if let Some(c) = cache {
         if let Some(resp) = cached(c, url).await {
-            let (bytes, _) = read_body(&resp, name, false, &mut |d, t| progress(d, t, true), cancelled).await?;
+            let (bytes, _) = read_body(
+                &resp,
+                name,
+                false,
+                &mut |d, t| progress(d, t, true),
+                cancelled,
+            )
+            .await?;
             return Ok(Fetched {
                 bytes,
                 from_cache: true,
@@ -247,9 +288,21 @@ pub async fn get(
             401 | 403 => "access denied".to_string(),
             _ => "an error".to_string(),
         };
-        return Err(format!("{} answered {} ({what}) for {name}.", host_of(url), status_text(&resp)).into());
+        return Err(format!(
+            "{} answered {} ({what}) for {name}.",
+            host_of(url),
+            status_text(&resp)
+        )
+        .into());
     }
-    let (bytes, blob) = read_body(&resp, name, cache.is_some(), &mut |d, t| progress(d, t, false), cancelled).await?;
+    let (bytes, blob) = read_body(
+        &resp,
+        name,
+        cache.is_some(),
+        &mut |d, t| progress(d, t, false),
+        cancelled,
+    )
+    .await?;
     Ok(Fetched {
         bytes,
         from_cache: false,
@@ -264,7 +317,8 @@ pub async fn put(cache: &Cache, url: &str, blob: &Blob) -> Result<(), String> {
     let _ = headers.set("content-length", &format!("{}", blob.size() as u64));
     let _ = headers.set("content-type", "application/octet-stream");
     init.set_headers(&headers);
-    let resp = Response::new_with_opt_blob_and_init(Some(blob), &init).map_err(|e| js_error_text(&e))?;
+    let resp =
+        Response::new_with_opt_blob_and_init(Some(blob), &init).map_err(|e| js_error_text(&e))?;
     JsFuture::from(cache.put_with_str(url, &resp))
         .await
         .map(|_| ())
@@ -279,15 +333,27 @@ pub async fn read_blob(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Vec<u8>, ReadError> {
     let reader: ReadableStreamDefaultReader = blob.stream().get_reader().unchecked_into();
-    let (bytes, _) = read_stream(&reader, name, Some(blob.size() as u64), false, progress, cancelled).await?;
+    let (bytes, _) = read_stream(
+        &reader,
+        name,
+        Some(blob.size() as u64),
+        false,
+        progress,
+        cancelled,
+    )
+    .await?;
     Ok(bytes)
 }
 
 /// The first `n` bytes of a blob (for sniffing headers).
 pub async fn blob_prefix(blob: &Blob, n: u64) -> Result<Vec<u8>, String> {
     let end = (blob.size()).min(n as f64);
-    let part = blob.slice_with_f64_and_f64(0.0, end).map_err(|e| js_error_text(&e))?;
-    let buf = JsFuture::from(part.array_buffer()).await.map_err(|e| js_error_text(&e))?;
+    let part = blob
+        .slice_with_f64_and_f64(0.0, end)
+        .map_err(|e| js_error_text(&e))?;
+    let buf = JsFuture::from(part.array_buffer())
+        .await
+        .map_err(|e| js_error_text(&e))?;
     Ok(Uint8Array::new(&buf).to_vec())
 }
 
@@ -295,7 +361,12 @@ pub async fn blob_prefix(blob: &Blob, n: u64) -> Result<Vec<u8>, String> {
 pub async fn get_blob(url: &str) -> Result<Blob, String> {
     let resp = fetch(url, "GET").await?;
     if !resp.ok() {
-        return Err(format!("{} answered {} for {}.", host_of(url), status_text(&resp), crate::state::file_name_of(url)));
+        return Err(format!(
+            "{} answered {} for {}.",
+            host_of(url),
+            status_text(&resp),
+            crate::state::file_name_of(url)
+        ));
     }
     let p = resp.blob().map_err(|e| js_error_text(&e))?;
     let b = JsFuture::from(p).await.map_err(|e| js_error_text(&e))?;
@@ -304,6 +375,8 @@ pub async fn get_blob(url: &str) -> Result<Blob, String> {
 
 /// Bytes of a small blob.
 pub async fn blob_bytes(blob: &Blob) -> Result<Vec<u8>, String> {
-    let buf = JsFuture::from(blob.array_buffer()).await.map_err(|e| js_error_text(&e))?;
+    let buf = JsFuture::from(blob.array_buffer())
+        .await
+        .map_err(|e| js_error_text(&e))?;
     Ok(Uint8Array::new(&buf).to_vec())
 }

@@ -8,8 +8,8 @@
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
-    Blob, ImageBitmap, ImageBitmapOptions, ImageOrientation, OffscreenCanvas, OffscreenCanvasRenderingContext2d,
-    ResizeQuality, WorkerGlobalScope,
+    Blob, ImageBitmap, ImageBitmapOptions, ImageOrientation, OffscreenCanvas,
+    OffscreenCanvasRenderingContext2d, ResizeQuality, WorkerGlobalScope,
 };
 
 use crate::transport::js_error_text;
@@ -46,7 +46,10 @@ pub fn check_header(head: &[u8], name: &str) -> Result<(), String> {
             ));
         }
         if px == 0 {
-            return Err(format!("“{name}” has no pixels (its header says {} × {}).", size.width, size.height));
+            return Err(format!(
+                "“{name}” has no pixels (its header says {} × {}).",
+                size.width, size.height
+            ));
         }
     }
     Ok(())
@@ -86,7 +89,11 @@ pub async fn decode(blob: &Blob, name: &str) -> Result<Decoded, String> {
     if width == 0 || height == 0 {
         return Err(format!("“{name}” has no pixels."));
     }
-    Ok(Decoded { bitmap, width, height })
+    Ok(Decoded {
+        bitmap,
+        width,
+        height,
+    })
 }
 
 /// The photo resized to `w × h` as a `[3, h, w]` row-major f32 buffer in [0, 1]; transparent
@@ -102,7 +109,10 @@ pub async fn to_chw01(photo: &Decoded, w: u32, h: u32) -> Result<Vec<f32>, Strin
         let p = scope()
             .create_image_bitmap_with_image_bitmap_and_image_bitmap_options(&photo.bitmap, &opts)
             .map_err(|e| js_error_text(&e))?;
-        JsFuture::from(p).await.map_err(|e| js_error_text(&e))?.unchecked_into()
+        JsFuture::from(p)
+            .await
+            .map_err(|e| js_error_text(&e))?
+            .unchecked_into()
     };
     let canvas = OffscreenCanvas::new(w, h).map_err(|e| js_error_text(&e))?;
     let ctx: OffscreenCanvasRenderingContext2d = canvas
@@ -145,8 +155,13 @@ mod tests {
     fn header_size_limits() {
         assert!(check_header(&png_header(4000, 3000), "a.png").is_ok());
         let e = check_header(&png_header(30000, 30000), "huge.png").unwrap_err();
-        assert!(e.contains("“huge.png” is 30000 × 30000 pixels (900 megapixels)"), "{e}");
-        assert!(check_header(&png_header(0, 10), "z.png").unwrap_err().contains("no pixels"));
+        assert!(
+            e.contains("“huge.png” is 30000 × 30000 pixels (900 megapixels)"),
+            "{e}"
+        );
+        assert!(check_header(&png_header(0, 10), "z.png")
+            .unwrap_err()
+            .contains("no pixels"));
         // Unknown headers are left to the browser's decoder.
         assert!(check_header(b"hello, this is text", "x.txt").is_ok());
         assert!(check_header(&[], "empty").is_ok());

@@ -12,6 +12,8 @@
 mod fetch;
 mod image;
 mod model;
+#[cfg(all(test, target_arch = "wasm32"))]
+mod wasm_tests;
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -26,11 +28,11 @@ use clipdino::pipeline::ImageFeatures;
 use clipdino::tokenizer::ClipTokenizer;
 
 use crate::protocol::{
-    from_json, to_json, Att, ErrorContext, ImageInput, LocalFile, Mode, ModelInfo, Request, RequestId, Resolution,
-    Response, Stage, Templates, WeightSet,
+    from_json, to_json, Att, ErrorContext, ImageInput, LocalFile, Mode, ModelInfo, Request,
+    RequestId, Resolution, Response, Stage, Templates, WeightSet,
 };
 use crate::transport::{buffer_of, pack, unpack};
-use fetch::{ReadError, Reach};
+use fetch::{Reach, ReadError};
 use model::Model;
 
 /// Site-relative path of the tokenizer file (copied next to the app by Trunk).
@@ -115,7 +117,14 @@ fn post_error(id: Option<RequestId>, context: ErrorContext, message: impl Into<S
     );
 }
 
-fn progress(id: RequestId, stage: Stage, item: Option<&str>, done: u64, total: Option<u64>, from_cache: bool) {
+fn progress(
+    id: RequestId,
+    stage: Stage,
+    item: Option<&str>,
+    done: u64,
+    total: Option<u64>,
+    from_cache: bool,
+) {
     post(
         &Response::Progress {
             id,
@@ -151,7 +160,8 @@ pub fn start() {
     }));
     let shared: Shared = Rc::new(RefCell::new(Inner::default()));
     let s = shared.clone();
-    let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| on_message(&s, ev));
+    let onmessage =
+        Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| on_message(&s, ev));
     scope().set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
     onmessage.forget();
     post(&Response::Ready, vec![]);
@@ -192,7 +202,11 @@ fn on_message(shared: &Shared, ev: MessageEvent) {
             let s = shared.clone();
             spawn_local(async move { load_files(&s, gen, id, blobs).await });
         }
-        Request::SetImage { id, input, resolution } => {
+        Request::SetImage {
+            id,
+            input,
+            resolution,
+        } => {
             let blob = match &input {
                 ImageInput::File(f) => blob_at(&atts, f.blob),
                 ImageInput::Url { .. } => None,
@@ -227,8 +241,18 @@ fn on_message(shared: &Shared, ev: MessageEvent) {
             });
             kick(shared);
         }
-        Request::KMeans { id, image, k, resolution } => {
-            shared.borrow_mut().kmeans = Some(KMeansJob { id, image, k, resolution });
+        Request::KMeans {
+            id,
+            image,
+            k,
+            resolution,
+        } => {
+            shared.borrow_mut().kmeans = Some(KMeansJob {
+                id,
+                image,
+                k,
+                resolution,
+            });
             kick(shared);
         }
         Request::Cancel { id } => {
@@ -290,7 +314,13 @@ fn host_list(set: &WeightSet) -> String {
     hosts.join(" + ")
 }
 
-async fn load_urls(shared: &Shared, gen: u64, id: RequestId, candidates: Vec<WeightSet>, confirm_above: Option<u64>) {
+async fn load_urls(
+    shared: &Shared,
+    gen: u64,
+    id: RequestId,
+    candidates: Vec<WeightSet>,
+    confirm_above: Option<u64>,
+) {
     let cache = fetch::open_cache().await;
     let cache_note = cache.as_ref().err().cloned();
     let cache = cache.ok();
@@ -346,7 +376,6 @@ async fn load_urls(shared: &Shared, gen: u64, id: RequestId, candidates: Vec<Wei
     let Some((set, cached, total)) = chosen else {
         let mut msg = String::from("No model weights could be loaded. ");
         msg.push_str(&notes.join(" "));
-        msg.push(' ');
         msg.push_str(" You can pick the weight files from your disk instead (.gguf, or .safetensors/.bin with last.pt).");
         return post_error(Some(id), ErrorContext::Weights, msg);
     };
@@ -374,7 +403,9 @@ async fn load_urls(shared: &Shared, gen: u64, id: RequestId, candidates: Vec<Wei
         let name = f.name.clone();
         let s = shared.clone();
         let cancelled = move || !is_current_load(&s, gen, id);
-        let mut report = |done: u64, total: Option<u64>, fc: bool| progress(id, Stage::Download, Some(&name), done, total, fc);
+        let mut report = |done: u64, total: Option<u64>, fc: bool| {
+            progress(id, Stage::Download, Some(&name), done, total, fc)
+        };
         match fetch::get(cache.as_ref(), &f.url, &f.name, &mut report, &cancelled).await {
             Ok(got) => {
                 from_cache &= got.from_cache;
@@ -397,7 +428,11 @@ async fn load_urls(shared: &Shared, gen: u64, id: RequestId, candidates: Vec<Wei
         }
     }
     let info = ModelInfo {
-        source: if from_cache { format!("{} (browser cache)", host_list(&set)) } else { host_list(&set) },
+        source: if from_cache {
+            format!("{} (browser cache)", host_list(&set))
+        } else {
+            host_list(&set)
+        },
         files: set.files.iter().map(|f| f.name.clone()).collect(),
         bytes,
         from_cache,
@@ -407,7 +442,7 @@ async fn load_urls(shared: &Shared, gen: u64, id: RequestId, candidates: Vec<Wei
         millis: 0.0,
         cache_note,
     };
-    let Some(mut info) = install(shared, gen, id, files, info, started).await else {
+    let Some(mut info) = install(shared, gen, id, files, info).await else {
         return;
     };
     // Only weights that built a model are worth keeping.
@@ -425,20 +460,35 @@ async fn load_urls(shared: &Shared, gen: u64, id: RequestId, candidates: Vec<Wei
     kick(shared);
 }
 
-async fn load_files(shared: &Shared, gen: u64, id: RequestId, blobs: Vec<(LocalFile, Option<Blob>)>) {
+async fn load_files(
+    shared: &Shared,
+    gen: u64,
+    id: RequestId,
+    blobs: Vec<(LocalFile, Option<Blob>)>,
+) {
     let started = now_ms();
     let mut files = Vec::new();
     let mut bytes = 0u64;
     for (f, blob) in &blobs {
         let Some(blob) = blob else {
-            return post_error(Some(id), ErrorContext::Weights, format!("{} could not be read.", f.name));
+            return post_error(
+                Some(id),
+                ErrorContext::Weights,
+                format!("{} could not be read.", f.name),
+            );
         };
         if blob.size() == 0.0 {
-            return post_error(Some(id), ErrorContext::Weights, format!("“{}” is empty (0 bytes).", f.name));
+            return post_error(
+                Some(id),
+                ErrorContext::Weights,
+                format!("“{}” is empty (0 bytes).", f.name),
+            );
         }
         let s = shared.clone();
         let cancelled = move || !is_current_load(&s, gen, id);
-        let mut report = |done: u64, total: Option<u64>| progress(id, Stage::ReadFile, Some(&f.name), done, total, false);
+        let mut report = |done: u64, total: Option<u64>| {
+            progress(id, Stage::ReadFile, Some(&f.name), done, total, false)
+        };
         match fetch::read_blob(blob, &f.name, &mut report, &cancelled).await {
             Ok(b) => {
                 bytes += b.len() as u64;
@@ -459,7 +509,7 @@ async fn load_files(shared: &Shared, gen: u64, id: RequestId, blobs: Vec<(LocalF
         millis: 0.0,
         cache_note: None,
     };
-    if let Some(mut info) = install(shared, gen, id, files, info, started).await {
+    if let Some(mut info) = install(shared, gen, id, files, info).await {
         info.millis = now_ms() - started;
         post(&Response::Loaded { id, info }, vec![]);
         kick(shared);
@@ -474,7 +524,6 @@ async fn install(
     id: RequestId,
     files: Vec<(String, Vec<u8>)>,
     info: ModelInfo,
-    _started: f64,
 ) -> Option<ModelInfo> {
     let tok = match tokenizer(shared).await {
         Ok(t) => t,
@@ -500,8 +549,16 @@ async fn install(
         }
         Err(e) => {
             let had = shared.borrow().model.is_some();
-            let keep = if had { " The previously loaded model stays in use." } else { "" };
-            post_error(Some(id), ErrorContext::Weights, format!("These weights could not be loaded: {e}.{keep}"));
+            let keep = if had {
+                " The previously loaded model stays in use."
+            } else {
+                ""
+            };
+            post_error(
+                Some(id),
+                ErrorContext::Weights,
+                format!("These weights could not be loaded: {e}.{keep}"),
+            );
             None
         }
     }
@@ -512,7 +569,11 @@ async fn install(
 
 enum Job {
     Decode,
-    Encode { image: RequestId, resolution: Resolution, for_id: RequestId },
+    Encode {
+        image: RequestId,
+        resolution: Resolution,
+        for_id: RequestId,
+    },
     Segment,
     KMeans,
 }
@@ -530,10 +591,18 @@ fn next_job(st: &mut Inner) -> Option<Job> {
     st.model.as_ref()?;
     let photo_id = st.photo.as_ref().map(|p| p.id);
     // Requests for photos that are gone (replaced, or failed to decode) are dropped.
-    if st.segment.as_ref().is_some_and(|j| Some(j.image) != photo_id) {
+    if st
+        .segment
+        .as_ref()
+        .is_some_and(|j| Some(j.image) != photo_id)
+    {
         st.segment = None;
     }
-    if st.kmeans.as_ref().is_some_and(|j| Some(j.image) != photo_id) {
+    if st
+        .kmeans
+        .as_ref()
+        .is_some_and(|j| Some(j.image) != photo_id)
+    {
         st.kmeans = None;
     }
     if let Some(j) = &st.segment {
@@ -598,7 +667,13 @@ async fn decode_job(shared: &Shared) {
     let (blob, name) = match &job.input {
         ImageInput::File(f) => match job.blob {
             Some(b) => (b, f.name.clone()),
-            None => return post_error(Some(id), ErrorContext::Image, format!("“{}” could not be read.", f.name)),
+            None => {
+                return post_error(
+                    Some(id),
+                    ErrorContext::Image,
+                    format!("“{}” could not be read.", f.name),
+                )
+            }
         },
         ImageInput::Url { url } => match fetch::get_blob(url).await {
             Ok(b) => (b, crate::state::file_name_of(url)),
@@ -637,7 +712,11 @@ async fn encode_job(shared: &Shared, image: RequestId, resolution: Resolution, f
         Ok(p) => p,
         Err(e) => {
             drop_requests_for(shared, image);
-            return post_error(Some(for_id), ErrorContext::Image, format!("The photo could not be resized: {e}"));
+            return post_error(
+                Some(for_id),
+                ErrorContext::Image,
+                format!("The photo could not be resized: {e}"),
+            );
         }
     };
     let mut last = 0.0;
@@ -648,7 +727,14 @@ async fn encode_job(shared: &Shared, image: RequestId, resolution: Resolution, f
         if now - last > 50.0 || done == total {
             last = now;
             let item = (p.windows > 1).then(|| format!("window {} of {}", p.window + 1, p.windows));
-            progress(image, Stage::Encode, item.as_deref(), done, Some(total), false);
+            progress(
+                image,
+                Stage::Encode,
+                item.as_deref(),
+                done,
+                Some(total),
+                false,
+            );
         }
     };
     let result = model.encode(pixels, w, h, &opts, &mut report);
@@ -656,7 +742,11 @@ async fn encode_job(shared: &Shared, image: RequestId, resolution: Resolution, f
         Ok(f) => f,
         Err(e) => {
             drop_requests_for(shared, image);
-            return post_error(Some(for_id), ErrorContext::Image, format!("Encoding the photo failed: {e}"));
+            return post_error(
+                Some(for_id),
+                ErrorContext::Image,
+                format!("Encoding the photo failed: {e}"),
+            );
         }
     };
     let grid = feats.grid();
@@ -715,14 +805,28 @@ async fn segment_job(shared: &Shared) {
     let started = now_ms();
     if labels.is_empty() || labels.len() > 255 {
         shared.borrow_mut().segment = None;
-        return post_error(Some(id), ErrorContext::Labels, format!("{} labels: between 1 and 200 are needed.", labels.len()));
+        return post_error(
+            Some(id),
+            ErrorContext::Labels,
+            format!("{} labels: between 1 and 200 are needed.", labels.len()),
+        );
     }
     // Embed the labels not seen yet, one per turn of the event loop so that a newer label set
     // takes over at once (finished embeddings stay cached).
-    let missing: Vec<&String> = labels.iter().filter(|l| !model.is_embedded(l, templates)).collect();
+    let missing: Vec<&String> = labels
+        .iter()
+        .filter(|l| !model.is_embedded(l, templates))
+        .collect();
     let mut warnings = Vec::new();
     for (i, label) in missing.iter().enumerate() {
-        progress(id, Stage::Embed, Some(label), i as u64, Some(missing.len() as u64), false);
+        progress(
+            id,
+            Stage::Embed,
+            Some(label),
+            i as u64,
+            Some(missing.len() as u64),
+            false,
+        );
         if let Err(e) = model.embed(label, templates) {
             shared.borrow_mut().segment = None;
             return post_error(Some(id), ErrorContext::Labels, e);
@@ -734,7 +838,9 @@ async fn segment_job(shared: &Shared) {
     }
     for l in &labels {
         if model.embed(l, templates).unwrap_or(false) {
-            warnings.push(format!("“{l}” is longer than CLIP's 77-token context and was cut."));
+            warnings.push(format!(
+                "“{l}” is longer than CLIP's 77-token context and was cut."
+            ));
         }
     }
     let Some(job) = shared.borrow_mut().segment.take().filter(|j| j.id == id) else {
@@ -743,7 +849,13 @@ async fn segment_job(shared: &Shared) {
     let feats = {
         let st = shared.borrow();
         match &st.features {
-            Some(f) if f.image == job.image && f.resolution == job.resolution && f.model_gen == st.model_gen => f.clone(),
+            Some(f)
+                if f.image == job.image
+                    && f.resolution == job.resolution
+                    && f.model_gen == st.model_gen =>
+            {
+                f.clone()
+            }
             // Features went stale while embedding: put the job back for the loop to re-encode.
             _ => {
                 drop(st);
@@ -756,9 +868,15 @@ async fn segment_job(shared: &Shared) {
     let result = model
         .label_matrix(&job.labels, templates)
         .and_then(|m| model.segment(&feats.feats, &m, job.mode, job.background));
-    let (width, height, map, conf, areas) = match result {
+    let maps = match result {
         Ok(r) => r,
-        Err(e) => return post_error(Some(id), ErrorContext::Segment, format!("Segmentation failed: {e}")),
+        Err(e) => {
+            return post_error(
+                Some(id),
+                ErrorContext::Segment,
+                format!("Segmentation failed: {e}"),
+            )
+        }
     };
     if job.mode == Mode::Dinoiser && !feats.feats.has_refined() {
         warnings.push("No CLIP-DINOiser head is loaded: showing raw MaskCLIP.".into());
@@ -767,17 +885,17 @@ async fn segment_job(shared: &Shared) {
     post(
         &Response::Segmentation {
             id,
-            width,
-            height,
+            width: maps.width,
+            height: maps.height,
             labels: job.labels,
             label_map: Att(0),
             confidence: Att(1),
-            areas,
+            areas: maps.areas,
             encodes,
             millis: now_ms() - started,
             warnings,
         },
-        vec![buffer_of(&map), buffer_of(&conf)],
+        vec![buffer_of(&maps.labels), buffer_of(&maps.confidence)],
     );
 }
 
@@ -785,15 +903,17 @@ fn kmeans_job(shared: &Shared) {
     let (job, feats, model, encodes) = {
         let mut st = shared.borrow_mut();
         let Some(job) = st.kmeans.take() else { return };
-        let (Some(f), Some(m)) = (st.features.clone(), st.model.clone()) else { return };
+        let (Some(f), Some(m)) = (st.features.clone(), st.model.clone()) else {
+            return;
+        };
         (job, f, m, st.encodes)
     };
     let started = now_ms();
     progress(job.id, Stage::KMeans, None, 0, None, false);
     match model.kmeans(&feats.feats, job.k) {
-        Ok((width, height, raw, refined)) => {
-            let mut atts = vec![buffer_of(&raw)];
-            let refined_att = refined.map(|r| {
+        Ok(maps) => {
+            let mut atts = vec![buffer_of(&maps.raw)];
+            let refined_att = maps.refined.map(|r| {
                 atts.push(buffer_of(&r));
                 Att(1)
             });
@@ -801,8 +921,8 @@ fn kmeans_job(shared: &Shared) {
                 &Response::KMeans {
                     id: job.id,
                     k: job.k,
-                    width,
-                    height,
+                    width: maps.width,
+                    height: maps.height,
                     raw: Att(0),
                     refined: refined_att,
                     encodes,
@@ -811,6 +931,10 @@ fn kmeans_job(shared: &Shared) {
                 atts,
             );
         }
-        Err(e) => post_error(Some(job.id), ErrorContext::KMeans, format!("K-Means failed: {e}")),
+        Err(e) => post_error(
+            Some(job.id),
+            ErrorContext::KMeans,
+            format!("K-Means failed: {e}"),
+        ),
     }
 }

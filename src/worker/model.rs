@@ -9,12 +9,34 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use clipdino::kmeans::{kmeans_tensor, KMeansOptions};
 use clipdino::loaders::{load_model_files, Bundle};
-use clipdino::pipeline::{self, EncodeOptions, FeatureKind, ImageFeatures, Segmenter, SegmentOptions, Window};
+use clipdino::pipeline::{
+    self, EncodeOptions, FeatureKind, ImageFeatures, SegmentOptions, Segmenter, Window,
+};
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
 use clipdino::{ComputePath, Stored, Vb};
 
 use crate::protocol::{Mode, ModelInfo, Resolution, Templates};
+
+/// A segmentation as the UI draws it: one byte per pixel at the processing size.
+pub struct SegmentMaps {
+    pub width: u32,
+    pub height: u32,
+    /// Label index per pixel.
+    pub labels: Vec<u8>,
+    /// Winning probability × 255 per pixel.
+    pub confidence: Vec<u8>,
+    /// Fraction of the pixels per label.
+    pub areas: Vec<f32>,
+}
+
+/// K-Means cluster maps (one byte per pixel), raw and, with a head, refined.
+pub struct ClusterMaps {
+    pub width: u32,
+    pub height: u32,
+    pub raw: Vec<u8>,
+    pub refined: Option<Vec<u8>>,
+}
 
 pub struct Model {
     pub seg: Segmenter,
@@ -34,13 +56,20 @@ fn storage_summary(bundle: &Bundle) -> String {
     }
     let mut v: Vec<(String, usize)> = counts.into_iter().collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    v.into_iter().map(|(n, _)| n).collect::<Vec<_>>().join(" + ")
+    v.into_iter()
+        .map(|(n, _)| n)
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 impl Model {
     /// Parse weight files (format detected from content) and build the model. `info` is
     /// completed here with what the files turned out to hold.
-    pub fn build(files: Vec<(String, Vec<u8>)>, tokenizer: ClipTokenizer, mut info: ModelInfo) -> Result<Model, String> {
+    pub fn build(
+        files: Vec<(String, Vec<u8>)>,
+        tokenizer: ClipTokenizer,
+        mut info: ModelInfo,
+    ) -> Result<Model, String> {
         let bundle = load_model_files(&files).map_err(|e| e.to_string())?;
         drop(files);
         let c = &bundle.clip;
@@ -48,7 +77,12 @@ impl Model {
         info.storage = storage_summary(&bundle);
         info.architecture = format!(
             "ViT {}×{}, patch {} · text {}×{} · embed {}",
-            c.vision.layers, c.vision.width, c.vision.patch_size, c.text.layers, c.text.width, c.embed_dim
+            c.vision.layers,
+            c.vision.width,
+            c.vision.patch_size,
+            c.text.layers,
+            c.text.width,
+            c.embed_dim
         );
         if c.text.vocab_size < tokenizer.vocab_size() {
             return Err(format!(
@@ -89,12 +123,17 @@ impl Model {
         opts: &EncodeOptions,
         progress: &mut dyn FnMut(pipeline::Progress),
     ) -> Result<ImageFeatures, String> {
-        let t = Tensor::from_vec(chw01, (3, h as usize, w as usize), &Device::Cpu).map_err(|e| e.to_string())?;
-        self.seg.encode_image(&t, opts, progress).map_err(|e| e.to_string())
+        let t = Tensor::from_vec(chw01, (3, h as usize, w as usize), &Device::Cpu)
+            .map_err(|e| e.to_string())?;
+        self.seg
+            .encode_image(&t, opts, progress)
+            .map_err(|e| e.to_string())
     }
 
     pub fn is_embedded(&self, label: &str, templates: Templates) -> bool {
-        self.embeddings.borrow().contains_key(&(label.to_string(), templates))
+        self.embeddings
+            .borrow()
+            .contains_key(&(label.to_string(), templates))
     }
 
     /// Embed one label (cached). Returns whether a prompt had to be cut to the context length.
@@ -109,7 +148,11 @@ impl Model {
         };
         let mut cut = false;
         for prompt in set.apply(label) {
-            cut |= self.tokenizer.encode(&prompt).map_err(|e| e.to_string())?.truncated;
+            cut |= self
+                .tokenizer
+                .encode(&prompt)
+                .map_err(|e| e.to_string())?
+                .truncated;
         }
         let e = self
             .seg
@@ -136,14 +179,14 @@ impl Model {
         Tensor::stack(&rows, 0).map_err(|e| e.to_string())
     }
 
-    /// Segment cached features. Returns the label map, confidence (×255) and area fractions.
+    /// Segment cached features into the maps the UI draws.
     pub fn segment(
         &self,
         feats: &ImageFeatures,
         labels: &Tensor,
         mode: Mode,
         background: Option<usize>,
-    ) -> Result<(u32, u32, Vec<u8>, Vec<u8>, Vec<f32>), String> {
+    ) -> Result<SegmentMaps, String> {
         let mode = match mode {
             Mode::Dinoiser if feats.has_refined() => pipeline::Mode::Dinoiser,
             _ => pipeline::Mode::MaskClip,
@@ -153,7 +196,10 @@ impl Model {
             background,
             output_size: Some((feats.height, feats.width)),
         };
-        let s = self.seg.segment(feats, labels, &opts).map_err(|e| e.to_string())?;
+        let s = self
+            .seg
+            .segment(feats, labels, &opts)
+            .map_err(|e| e.to_string())?;
         let n_labels = labels.dim(0).map_err(|e| e.to_string())?;
         let areas = clipdino::overlay::area_fractions(&s.labels, n_labels);
         let map: Vec<u8> = s.labels.iter().map(|&l| l.min(255) as u8).collect();
@@ -162,13 +208,19 @@ impl Model {
             .iter()
             .map(|&c| (c.clamp(0.0, 1.0) * 255.0).round() as u8)
             .collect();
-        Ok((s.width as u32, s.height as u32, map, conf, areas))
+        Ok(SegmentMaps {
+            width: s.width as u32,
+            height: s.height as u32,
+            labels: map,
+            confidence: conf,
+            areas,
+        })
     }
 
     /// K-Means of the raw (and, with a head, refined) patch features, as per-pixel cluster
     /// maps of the processed image. Clusters are numbered by size in the raw map, and refined
     /// clusters take the number of the raw cluster they overlap most.
-    pub fn kmeans(&self, feats: &ImageFeatures, k: usize) -> Result<(u32, u32, Vec<u8>, Option<Vec<u8>>), String> {
+    pub fn kmeans(&self, feats: &ImageFeatures, k: usize) -> Result<ClusterMaps, String> {
         let opts = KMeansOptions::new(k);
         let run = |kind| -> Result<Vec<u32>, String> {
             let grid = feats.patch_grid(kind).map_err(|e| e.to_string())?;
@@ -185,7 +237,12 @@ impl Model {
             None
         };
         let to_u8 = |v: Vec<u32>| v.into_iter().map(|c| c.min(255) as u8).collect::<Vec<u8>>();
-        Ok((feats.width as u32, feats.height as u32, to_u8(raw), refined.map(to_u8)))
+        Ok(ClusterMaps {
+            width: feats.width as u32,
+            height: feats.height as u32,
+            raw: to_u8(raw),
+            refined: refined.map(to_u8),
+        })
     }
 }
 
@@ -239,7 +296,9 @@ pub fn relabel_by_size(map: &[u32], k: usize) -> Vec<u32> {
     for (new, &old) in order.iter().enumerate() {
         new_id[old] = new as u32;
     }
-    map.iter().map(|&c| new_id.get(c as usize).copied().unwrap_or(c)).collect()
+    map.iter()
+        .map(|&c| new_id.get(c as usize).copied().unwrap_or(c))
+        .collect()
 }
 
 /// Renumber `other`'s clusters to the `reference` clusters they overlap most: greedy matching
@@ -278,11 +337,27 @@ mod tests {
     fn processing_sizes() {
         let (w, h, o) = plan(Resolution::Balanced, 640, 427, 16);
         assert_eq!((w, h), (504, 336));
-        assert_eq!(o, EncodeOptions { short_side: Some(336), window: None });
-        assert_eq!(pipeline::short_side_size(336, 504, 336), (336, 504), "no second resize");
+        assert_eq!(
+            o,
+            EncodeOptions {
+                short_side: Some(336),
+                window: None
+            }
+        );
+        assert_eq!(
+            pipeline::short_side_size(336, 504, 336),
+            (336, 504),
+            "no second resize"
+        );
         let (w, h, o) = plan(Resolution::Paper, 427, 640, 16);
         assert_eq!((w, h), (448, 671));
-        assert_eq!(o.window, Some(Window { size: 448, stride: 224 }));
+        assert_eq!(
+            o.window,
+            Some(Window {
+                size: 448,
+                stride: 224
+            })
+        );
         // Small photos are scaled up to the short side.
         assert_eq!(plan(Resolution::Fast, 48, 96, 16).0, 224);
         // A 1 × 1000 strip stays bounded.
@@ -295,7 +370,10 @@ mod tests {
                 let (pw, ph, o) = plan(r, w, h, 16);
                 assert!(pw as usize <= MAX_LONG_SIDE && ph as usize <= MAX_LONG_SIDE);
                 if o.window.is_none() {
-                    assert!((pw as usize).div_ceil(16) * (ph as usize).div_ceil(16) <= clipdino::clip::MAX_PATCHES);
+                    assert!(
+                        (pw as usize).div_ceil(16) * (ph as usize).div_ceil(16)
+                            <= clipdino::clip::MAX_PATCHES
+                    );
                 }
             }
         }

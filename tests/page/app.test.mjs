@@ -33,7 +33,8 @@ describe('clipdino page: main flow', { timeout: 600_000 }, () => {
   before(async () => {
     screenshotPrefix('flow');
     checkDist();
-    server = await startServer({ dist: DIST, weights: testWeights() });
+    const { dir, bundle } = testWeights();
+    server = await startServer({ dist: DIST, weights: dir, bundle });
     site = `${server.origin}/demo/clipdino/`;
     browser = await launch();
     ({ context, page } = await newPage(browser));
@@ -106,6 +107,12 @@ describe('clipdino page: main flow', { timeout: 600_000 }, () => {
     const seg = await attr(page, 'data-segmentation');
     const encodes = await attr(page, 'data-encodes');
     const before = await canvasHash(page, '[data-role=overlay]');
+    // Escape leaves a chip unchanged.
+    await page.click('.chip[data-label=wall] .chip-text');
+    await page.fill('[data-role=chip-edit]', 'nothing');
+    await page.press('[data-role=chip-edit]', 'Escape');
+    await page.waitForSelector('[data-role=chip-edit]', { state: 'detached' });
+    assert.deepEqual(await chips(page), ['cat', 'wall', 'floor']);
     await page.click('.chip[data-label=wall] .chip-text');
     await page.fill('[data-role=chip-edit]', 'window');
     await page.press('[data-role=chip-edit]', 'Enter');

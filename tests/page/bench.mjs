@@ -15,7 +15,12 @@ if (!dir) {
   process.exit(2);
 }
 checkDist();
-const server = await startServer({ dist: DIST, weights: path.resolve(dir), throttle: false });
+const server = await startServer({
+  dist: DIST,
+  weights: path.resolve(dir),
+  bundle: path.resolve(dir, 'clip-dinoiser-q4_0.gguf'),
+  throttle: false,
+});
 const browser = await launch();
 const rows = [];
 const row = (what, ms) => {

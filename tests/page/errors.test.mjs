@@ -59,13 +59,13 @@ async function dismiss(page, area) {
 }
 
 describe('clipdino page: bad input', { timeout: 600_000 }, () => {
-  let server, browser, page, weights;
+  let server, browser, page, weights, bundle;
 
   before(async () => {
     screenshotPrefix('errors');
     checkDist();
-    weights = testWeights();
-    server = await startServer({ dist: DIST, weights });
+    ({ dir: weights, bundle } = testWeights());
+    server = await startServer({ dist: DIST, weights, bundle });
     browser = await launch();
     ({ page } = await newPage(browser));
     await page.goto(`${server.origin}/demo/clipdino/`);
@@ -111,11 +111,11 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
   });
 
   it('refuses a truncated and a wrong weight file and keeps the loaded model', async () => {
-    const bundle = fs.readFileSync(path.join(weights, 'clip-dinoiser-q4_0.gguf'));
+    const bytes = fs.readFileSync(bundle);
     await page.setInputFiles('[data-role=weights-input]', {
       name: 'clip-dinoiser-q4_0.gguf',
       mimeType: 'application/octet-stream',
-      buffer: bundle.subarray(0, bundle.length >> 1),
+      buffer: bytes.subarray(0, bytes.length >> 1),
     });
     await expectNotice(page, 'weights', /could not be loaded.*truncated.*previously loaded model stays in use/is);
     await screenshot(page, 'truncated-weights');
@@ -164,6 +164,13 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
     await p.click('.weights-progress button:has-text("Cancel")');
     await expectNotice(p, 'weights', /^Download cancelled\.$/);
     assert.equal(await p.getAttribute('.app', 'data-model'), 'none');
+    await context.close();
+  });
+
+  it('says when a weights URL is not found', async () => {
+    const { page: p, context } = await newPage(browser);
+    await p.goto(`${server.origin}/demo/clipdino/?model=/broken/missing.gguf`);
+    await expectNotice(p, 'weights', /Model bundle missing\.gguf — 127\.0\.0\.1:\d+ has no missing\.gguf \(404 Not Found\)\. You can pick the weight files from your disk/);
     await context.close();
   });
 

@@ -36,9 +36,12 @@ function cli(args) {
 }
 
 /**
- * A folder with random tiny-model weights in the upstream formats plus a Q4_0 GGUF bundle:
- * `$CLIPDINO_TEST_WEIGHTS` if set (made by `clipdino random-weights`), else generated once
- * into test-output/page/weights with the CLI.
+ * Random tiny-model weights in the upstream formats (`open_clip_model.safetensors`,
+ * `open_clip_config.json`, `last.pt`, `open_clip_pytorch_model.bin`) and a Q4_0 GGUF bundle made
+ * from them. The folder is `$CLIPDINO_TEST_WEIGHTS` if set (made by `clipdino random-weights`),
+ * else generated once into test-output/page/weights with the CLI. The bundle is taken from that
+ * folder when present, else converted into test-output/page/.
+ * Returns `{ dir, bundle }`.
  */
 export function testWeights() {
   let dir = process.env.CLIPDINO_TEST_WEIGHTS;
@@ -49,8 +52,9 @@ export function testWeights() {
     }
   }
   dir = path.resolve(dir);
-  const bundle = path.join(dir, 'clip-dinoiser-q4_0.gguf');
+  let bundle = path.join(dir, 'clip-dinoiser-q4_0.gguf');
   if (!fs.existsSync(bundle)) {
+    bundle = path.join(OUT, 'clip-dinoiser-q4_0.gguf');
     cli([
       'convert',
       '--clip', path.join(dir, 'open_clip_model.safetensors'),
@@ -60,7 +64,7 @@ export function testWeights() {
       '--out', bundle,
     ]);
   }
-  return dir;
+  return { dir, bundle };
 }
 
 export async function launch() {

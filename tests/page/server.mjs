@@ -57,14 +57,14 @@ function sendFile(req, res, file, { throttle = false } = {}) {
 
 /**
  * Start the server. `dist`: the built site; `weights`: folder with open_clip_model.safetensors,
- * open_clip_config.json, last.pt and clip-dinoiser-q4_0.gguf; `throttle`: send weights in
- * small timed pieces (so that progress is visible).
+ * open_clip_config.json, last.pt (and more); `bundle`: the GGUF the site publishes as
+ * models/clip-dinoiser-q4_0.gguf; `throttle`: send weights in small timed pieces (so that
+ * progress is visible).
  * Routes: /demo/clipdino/… = site with its model bundle, /bare/… = site without one,
  * /weights/<file>, /broken/{truncated.gguf, cut-transfer.gguf, missing.gguf}.
  */
-export async function startServer({ dist, weights, throttle = true }) {
+export async function startServer({ dist, weights, bundle, throttle = true }) {
   const log = [];
-  const bundle = path.join(weights, 'clip-dinoiser-q4_0.gguf');
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
     log.push({ method: req.method, path: url.pathname, time: Date.now() });
@@ -118,7 +118,7 @@ export async function startServer({ dist, weights, throttle = true }) {
 
 // `node tests/page/server.mjs <dist> <weights>`: serve by hand for a look in a browser.
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const [dist = 'dist', weights = 'test-output/page/weights'] = process.argv.slice(2);
-  const s = await startServer({ dist, weights });
+  const [dist = 'dist', weights = 'test-output/page/weights', bundle = 'test-output/page/clip-dinoiser-q4_0.gguf'] = process.argv.slice(2);
+  const s = await startServer({ dist, weights, bundle });
   console.log(`serving ${dist} at ${s.origin}/demo/clipdino/`);
 }
