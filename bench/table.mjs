@@ -160,9 +160,13 @@ export function formatTable(res) {
   if (s.kernels?.wasm) {
     const nat = s.kernels.native?.kernels ?? [];
     out.push('');
-    out.push(`Kernels at ${s.kernels.wasm.tokens} tokens, ms (median)`);
+    out.push(`Kernels at ${s.kernels.wasm.tokens} tokens, ms (median); the int8 prototype is wasm SIMD code, its native row is the portable scalar fallback`);
     out.push(table(['kernel', 'variant', 'wasm ms', 'wasm GFLOP/s', 'native ms', 'native GFLOP/s', 'wasm/native'],
       s.kernels.wasm.kernels.map((k, i) => [k.kernel, k.variant, f(k.ms, 2), f(k.gflops_per_s), f(nat[i]?.ms, 2), f(nat[i]?.gflops_per_s), x(ratio(k.ms, nat[i]?.ms))])));
+    const err = s.kernels.wasm.int8_prototype_error ?? [];
+    if (err.length) {
+      out.push(`int8 prototype error (max |y8 − y32| / max |y32|): ${err.map((e) => f(100 * e.max_abs_err_over_max_abs, 2) + '%').join(', ')}`);
+    }
   }
   return out.join('\n');
 }

@@ -44,7 +44,12 @@ mod imp {
     fn status_kib(key: &str) -> Option<u64> {
         let s = std::fs::read_to_string("/proc/self/status").ok()?;
         let line = s.lines().find(|l| l.starts_with(key))?;
-        line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+        line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
     }
 
     pub fn memory() -> serde_json::Value {

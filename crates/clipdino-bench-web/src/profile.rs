@@ -17,6 +17,7 @@ use clipdino::{Error, Result, Stored, TensorStore, Vb};
 use serde_json::{json, Value};
 
 use crate::clock::now_ms;
+use crate::int8;
 use crate::suite::summary;
 
 /// Accumulated time (and FLOPs) per op category.
@@ -26,7 +27,12 @@ struct Prof {
 }
 
 impl Prof {
-    fn t<T, E>(&mut self, cat: &'static str, flops: f64, f: impl FnOnce() -> std::result::Result<T, E>) -> Result<T>
+    fn t<T, E>(
+        &mut self,
+        cat: &'static str,
+        flops: f64,
+        f: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> Result<T>
     where
         Error: From<E>,
     {
@@ -49,13 +55,22 @@ struct Lin {
 
 impl Lin {
     fn new(vb: &Vb, inp: usize, out: usize, w: &str, b: &str) -> Result<Self> {
-        Ok(Self { w: vb.qmatmul(out, inp, w)?, b: vb.get(&[out], b)?, inp, out })
+        Ok(Self {
+            w: vb.qmatmul(out, inp, w)?,
+            b: vb.get(&[out], b)?,
+            inp,
+            out,
+        })
     }
 
     fn fwd(&self, p: &mut Prof, cat: &'static str, x: &Tensor) -> Result<Tensor> {
         let rows = (x.elem_count() / self.inp) as f64;
-        let y = p.t(cat, 2.0 * rows * (self.inp * self.out) as f64, || self.w.forward(x))?;
-        p.t("bias add", rows * self.out as f64, || y.broadcast_add(&self.b))
+        let y = p.t(cat, 2.0 * rows * (self.inp * self.out) as f64, || {
+            self.w.forward(x)
+        })?;
+        p.t("bias add", rows * self.out as f64, || {
+            y.broadcast_add(&self.b)
+        })
     }
 }
 
@@ -132,14 +147,29 @@ impl Tower {
                 .reshape((3, b * self.heads, t, d))
         })?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let q = if n_query == t { q } else { p.t("slicing", 0.0, || q.narrow(1, 0, n_query)?.contiguous())? };
+        let q = if n_query == t {
+            q
+        } else {
+            p.t("slicing", 0.0, || q.narrow(1, 0, n_query)?.contiguous())?
+        };
         let (nq, tt, dd) = (n_query as f64, t as f64, d as f64);
-        let q = p.t("attention q scale", nq * dd * bh, || q * (1.0 / (d as f64).sqrt()))?;
-        let s = p.t("attention q·kᵀ", 2.0 * bh * nq * tt * dd, || q.matmul(&k.t()?))?;
-        let s = p.t("attention softmax", 0.0, || candle_nn::ops::softmax_last_dim(&s))?;
-        let o = p.t("attention probs·v", 2.0 * bh * nq * tt * dd, || s.matmul(&v))?;
+        let q = p.t("attention q scale", nq * dd * bh, || {
+            q * (1.0 / (d as f64).sqrt())
+        })?;
+        let s = p.t("attention q·kᵀ", 2.0 * bh * nq * tt * dd, || {
+            q.matmul(&k.t()?)
+        })?;
+        let s = p.t("attention softmax", 0.0, || {
+            candle_nn::ops::softmax_last_dim(&s)
+        })?;
+        let o = p.t("attention probs·v", 2.0 * bh * nq * tt * dd, || {
+            s.matmul(&v)
+        })?;
         let o = p.t("attention merge heads (copy)", 0.0, || {
-            o.reshape((b, self.heads, n_query, d))?.transpose(1, 2)?.contiguous()?.reshape((b, n_query, self.width))
+            o.reshape((b, self.heads, n_query, d))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, n_query, self.width))
         })?;
         blk.out.fwd(p, "matmul attn.out_proj", &o)
     }
@@ -151,21 +181,33 @@ impl Tower {
     }
 
     /// Returns (pooled, dense, inter) like `VisionTransformer::forward`, and the time per block.
-    fn forward(&self, p: &mut Prof, seg: &Segmenter, pixels: &Tensor, layer: usize) -> Result<(Tensor, Tensor, Tensor, Vec<f64>)> {
+    fn forward(
+        &self,
+        p: &mut Prof,
+        seg: &Segmenter,
+        pixels: &Tensor,
+        layer: usize,
+    ) -> Result<(Tensor, Tensor, Tensor, Vec<f64>)> {
         let (_, _, hh, ww) = pixels.dims4()?;
         let pp = self.patch;
         let (h, w) = (hh / pp, ww / pp);
         let (hw, width) = (h * w, self.width);
         let t0 = now_ms();
-        let patches = p.t("patch embedding (unfold + matmul)", 2.0 * (hw * 3 * pp * pp * width) as f64, || {
-            pixels
-                .reshape((3, h, pp, w, pp))?
-                .permute((1, 3, 0, 2, 4))?
-                .contiguous()?
-                .reshape((hw, 3 * pp * pp))?
-                .apply(&self.conv1)
+        let patches = p.t(
+            "patch embedding (unfold + matmul)",
+            2.0 * (hw * 3 * pp * pp * width) as f64,
+            || {
+                pixels
+                    .reshape((3, h, pp, w, pp))?
+                    .permute((1, 3, 0, 2, 4))?
+                    .contiguous()?
+                    .reshape((hw, 3 * pp * pp))?
+                    .apply(&self.conv1)
+            },
+        )?;
+        let pos = p.t("positional embedding (bicubic resize)", 0.0, || {
+            seg.clip.vision.positional_embedding(h, w)
         })?;
-        let pos = p.t("positional embedding (bicubic resize)", 0.0, || seg.clip.vision.positional_embedding(h, w))?;
         let x = p.t("cls + positional add", 0.0, || {
             let cls = self.class_embedding.reshape((1, width))?;
             Tensor::cat(&[&cls, &patches], 0)? + pos
@@ -199,7 +241,11 @@ impl Tower {
         let l2 = ln(p, &last.ln_2, &hid)?;
         let m = self.mlp(p, last, &l2)?;
         let out = p.t("residual add", 0.0, || &hid + m)?;
-        let v = p.t("slicing", 0.0, || qkv.narrow(1, 1, hw)?.narrow(2, 2 * width, width)?.contiguous())?;
+        let v = p.t("slicing", 0.0, || {
+            qkv.narrow(1, 1, hw)?
+                .narrow(2, 2 * width, width)?
+                .contiguous()
+        })?;
         let v = last.out.fwd(p, "matmul attn.out_proj", &v)?;
         let v = p.t("residual add", 0.0, || v + x.narrow(1, 1, hw)?)?;
         let l2v = ln(p, &last.ln_2, &v)?;
@@ -208,11 +254,17 @@ impl Tower {
         block_ms.push(now_ms() - tb);
         let tb = now_ms();
         let pooled = ln(p, &self.ln_post, &out.narrow(1, 0, 1)?)?;
-        let pooled = p.t("ln_post + visual.proj", 0.0, || self.proj.forward(&pooled.reshape((1, width))?)?.reshape(self.embed))?;
-        let dense = ln(p, &self.ln_post, &v.reshape((hw, width))?)?;
-        let dense = p.t("ln_post + visual.proj", 2.0 * (hw * width * self.embed) as f64, || {
-            self.proj.forward(&dense)?.reshape((h, w, self.embed))
+        let pooled = p.t("ln_post + visual.proj", 0.0, || {
+            self.proj
+                .forward(&pooled.reshape((1, width))?)?
+                .reshape(self.embed)
         })?;
+        let dense = ln(p, &self.ln_post, &v.reshape((hw, width))?)?;
+        let dense = p.t(
+            "ln_post + visual.proj",
+            2.0 * (hw * width * self.embed) as f64,
+            || self.proj.forward(&dense)?.reshape((h, w, self.embed)),
+        )?;
         let inter = inter
             .ok_or_else(|| Error::invalid("layer", format!("block {layer} not run")))?
             .narrow(1, 1, hw)?
@@ -228,7 +280,12 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 
 /// Time every op of the tower on `pixels` (`[1, 3, H, W]`, normalised) over `runs` runs (after a
 /// warm-up), and check the replica against the real forward pass.
-pub fn profile_tower(vb: &Vb, seg: &Segmenter, pixels: &Tensor, runs: crate::suite::Runs) -> Result<Value> {
+pub fn profile_tower(
+    vb: &Vb,
+    seg: &Segmenter,
+    pixels: &Tensor,
+    runs: crate::suite::Runs,
+) -> Result<Value> {
     let tower = Tower::new(vb, seg)?;
     let layer = seg.head_cfg.layer;
     let real = seg.clip.vision.forward(pixels, layer, &mut |_, _| {})?;
@@ -292,14 +349,19 @@ fn det(shape: &[usize], seed: u64, scale: f32) -> Result<Tensor> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let v: Vec<f32> = (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect();
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
-fn time_kernel<T>(runs: crate::suite::Runs, mut f: impl FnMut() -> candle_core::Result<T>) -> Result<f64> {
+fn time_kernel<T>(
+    runs: crate::suite::Runs,
+    mut f: impl FnMut() -> candle_core::Result<T>,
+) -> Result<f64> {
     if runs.warmup {
         f()?;
     }
@@ -321,55 +383,159 @@ fn time_kernel<T>(runs: crate::suite::Runs, mut f: impl FnMut() -> candle_core::
 pub fn kernels(tokens: usize, runs: crate::suite::Runs) -> Result<Value> {
     let m = tokens;
     let mut rows = Vec::new();
+    let mut int8_err = Vec::new();
     let mut push = |name: String, variant: &str, ms: f64, flops: f64| {
         rows.push(json!({
             "kernel": name, "variant": variant, "ms": ms,
             "gflops_per_s": if flops > 0.0 { Some(flops / 1e9 / (ms / 1e3)) } else { None },
         }));
     };
-    for (name, k, n) in [("attn.in_proj", 768, 2304), ("attn.out_proj", 768, 768), ("mlp.c_fc", 768, 3072), ("mlp.c_proj", 3072, 768)]
-    {
+    for (name, k, n) in [
+        ("attn.in_proj", 768, 2304),
+        ("attn.out_proj", 768, 768),
+        ("mlp.c_fc", 768, 3072),
+        ("mlp.c_proj", 3072, 768),
+    ] {
         let label = format!("{name} [{m}×{k}]·[{k}×{n}]");
         let flops = 2.0 * (m * k * n) as f64;
         let x = det(&[1, m, k], 1, 1.0)?;
         let w = det(&[n, k], 2, 0.05)?;
         let as_model = QMatMul::Tensor(w.clone());
-        push(label.clone(), "f32 x·Wᵀ (as the model)", time_kernel(runs, || as_model.forward(&x))?, flops);
+        push(
+            label.clone(),
+            "f32 x·Wᵀ (as the model)",
+            time_kernel(runs, || as_model.forward(&x))?,
+            flops,
+        );
         let wt = w.t()?.contiguous()?;
         let x2 = x.reshape((m, k))?;
-        push(label.clone(), "f32 x·W (W pre-transposed)", time_kernel(runs, || x2.matmul(&wt))?, flops);
-        for (dt, vname) in [(GgmlDType::Q8_0, "q8_0 QMatMul"), (GgmlDType::Q4_0, "q4_0 QMatMul")] {
+        push(
+            label.clone(),
+            "f32 x·W (W pre-transposed)",
+            time_kernel(runs, || x2.matmul(&wt))?,
+            flops,
+        );
+        for (dt, vname) in [
+            (GgmlDType::Q8_0, "q8_0 QMatMul"),
+            (GgmlDType::Q4_0, "q4_0 QMatMul"),
+        ] {
             let q = QMatMul::from_qtensor(QTensor::quantize(&w, dt)?)?;
-            push(label.clone(), vname, time_kernel(runs, || q.forward(&x))?, flops);
+            push(
+                label.clone(),
+                vname,
+                time_kernel(runs, || q.forward(&x))?,
+                flops,
+            );
         }
+        // prototype int8 kernel (crate::int8), checked against the f32 product
+        let xv = x2.flatten_all()?.to_vec1::<f32>()?;
+        let packed = int8::PackedWeights::new(&w.flatten_all()?.to_vec1::<f32>()?, n, k)
+            .ok_or_else(|| Error::invalid("int8", "k not a multiple of 8"))?;
+        let ms = time_kernel(runs, || {
+            Ok::<_, candle_core::Error>(int8::matmul(&xv, m, &packed))
+        })?;
+        let y8 = int8::matmul(&xv, m, &packed);
+        let y32 = x2.matmul(&wt)?.flatten_all()?.to_vec1::<f32>()?;
+        let amax = y32.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = y8
+            .iter()
+            .zip(&y32)
+            .fold(0f32, |a, (p, q)| a.max((p - q).abs()))
+            / amax.max(1e-12);
+        push(
+            label.clone(),
+            "int8 prototype (i16 dot, 4×2 tile)",
+            ms,
+            flops,
+        );
+        int8_err.push(json!({ "kernel": label, "max_abs_err_over_max_abs": err }));
     }
     let (h, d) = (12usize, 64usize);
     let q = det(&[h, m, d], 3, 1.0)?;
     let k = det(&[h, m, d], 4, 1.0)?;
     let v = det(&[h, m, d], 5, 1.0)?;
     let att_flops = 2.0 * (h * m * m * d) as f64;
-    push(format!("attention q·kᵀ [{h}×{m}×{d}]"), "f32 (kᵀ view)", time_kernel(runs, || q.matmul(&k.t()?))?, att_flops);
+    push(
+        format!("attention q·kᵀ [{h}×{m}×{d}]"),
+        "f32 (kᵀ view)",
+        time_kernel(runs, || q.matmul(&k.t()?))?,
+        att_flops,
+    );
     let s = q.matmul(&k.t()?)?;
-    push(format!("attention softmax [{h}×{m}×{m}]"), "candle_nn softmax_last_dim", time_kernel(runs, || candle_nn::ops::softmax_last_dim(&s))?, 0.0);
+    push(
+        format!("attention softmax [{h}×{m}×{m}]"),
+        "candle_nn softmax_last_dim",
+        time_kernel(runs, || candle_nn::ops::softmax_last_dim(&s))?,
+        0.0,
+    );
     let pr = candle_nn::ops::softmax_last_dim(&s)?;
-    push(format!("attention probs·v [{h}×{m}×{m}]·[{m}×{d}]"), "f32", time_kernel(runs, || pr.matmul(&v))?, att_flops);
+    push(
+        format!("attention probs·v [{h}×{m}×{m}]·[{m}×{d}]"),
+        "f32",
+        time_kernel(runs, || pr.matmul(&v))?,
+        att_flops,
+    );
     let qkv = det(&[1, m, 3 * 768], 6, 1.0)?;
-    push(format!("split heads [1×{m}×2304] → [3×12×{m}×64]"), "permute + contiguous", time_kernel(runs, || {
-        qkv.reshape((1, m, 3, h, d))?.permute((2, 0, 3, 1, 4))?.contiguous()
-    })?, 0.0);
+    push(
+        format!("split heads [1×{m}×2304] → [3×12×{m}×64]"),
+        "permute + contiguous",
+        time_kernel(runs, || {
+            qkv.reshape((1, m, 3, h, d))?
+                .permute((2, 0, 3, 1, 4))?
+                .contiguous()
+        })?,
+        0.0,
+    );
     let hid = det(&[1, m, 3072], 7, 3.0)?;
-    push(format!("gelu [{m}×3072]"), "gelu_erf (exact, as the model)", time_kernel(runs, || hid.gelu_erf())?, 0.0);
-    push(format!("gelu [{m}×3072]"), "gelu (tanh approximation)", time_kernel(runs, || hid.gelu())?, 0.0);
+    push(
+        format!("gelu [{m}×3072]"),
+        "gelu_erf (exact, as the model)",
+        time_kernel(runs, || hid.gelu_erf())?,
+        0.0,
+    );
+    push(
+        format!("gelu [{m}×3072]"),
+        "gelu (tanh approximation)",
+        time_kernel(runs, || hid.gelu())?,
+        0.0,
+    );
     let xs = det(&[1, m, 768], 8, 2.0)?;
     let (g, b) = (det(&[768], 9, 1.0)?, det(&[768], 10, 0.1)?);
     let mut store = TensorStore::new("kernels");
     store.insert("weight", Stored::Float(g.clone()));
     store.insert("bias", Stored::Float(b.clone()));
-    let lnm = LayerNorm::new(768, &Vb::new(std::sync::Arc::new(store), Device::Cpu, clipdino::ComputePath::F32))?;
-    push(format!("layernorm [{m}×768]"), "clipdino LayerNorm (composed ops, as the model)", time_kernel(runs, || lnm.forward(&xs))?, 0.0);
-    push(format!("layernorm [{m}×768]"), "candle_nn::ops::layer_norm (fused)", time_kernel(runs, || candle_nn::ops::layer_norm(&xs, &g, &b, 1e-5))?, 0.0);
+    let lnm = LayerNorm::new(
+        768,
+        &Vb::new(
+            std::sync::Arc::new(store),
+            Device::Cpu,
+            clipdino::ComputePath::F32,
+        ),
+    )?;
+    push(
+        format!("layernorm [{m}×768]"),
+        "clipdino LayerNorm (composed ops, as the model)",
+        time_kernel(runs, || lnm.forward(&xs))?,
+        0.0,
+    );
+    push(
+        format!("layernorm [{m}×768]"),
+        "candle_nn::ops::layer_norm (fused)",
+        time_kernel(runs, || candle_nn::ops::layer_norm(&xs, &g, &b, 1e-5))?,
+        0.0,
+    );
     let fused = candle_nn::ops::layer_norm(&xs, &g, &b, 1e-5)?;
     let composed = lnm.forward(&xs)?;
-    let ln_diff = (fused - composed)?.abs()?.flatten_all()?.max(D::Minus1)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-    Ok(json!({ "tokens": m, "kernels": rows, "layernorm_fused_vs_composed_max_abs_diff": ln_diff }))
+    let ln_diff = (fused - composed)?
+        .abs()?
+        .flatten_all()?
+        .max(D::Minus1)?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(json!({
+        "tokens": m,
+        "kernels": rows,
+        "layernorm_fused_vs_composed_max_abs_diff": ln_diff,
+        "int8_prototype_error": int8_err,
+    }))
 }

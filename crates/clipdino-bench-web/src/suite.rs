@@ -14,8 +14,8 @@ use candle_core::{Device, Tensor};
 use clipdino::kmeans::{kmeans_tensor, KMeansOptions};
 use clipdino::loaders::{load_model_files, Bundle};
 use clipdino::pipeline::{
-    resize_bilinear, short_side_size, slide_windows, EncodeOptions, FeatureKind, ImageFeatures, Mode,
-    SegmentOptions, Segmenter, Window,
+    resize_bilinear, short_side_size, slide_windows, EncodeOptions, FeatureKind, ImageFeatures,
+    Mode, SegmentOptions, Segmenter, Window,
 };
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
@@ -28,8 +28,18 @@ use crate::profile;
 
 /// The ten labels of the label and segmentation steps (`clipdino bench` uses the same list);
 /// the last one is the background label of the CLIP-DINOiser rule.
-pub const LABELS10: [&str; 10] =
-    ["person", "dog", "cat", "car", "tree", "sky", "road", "building", "grass", "background"];
+pub const LABELS10: [&str; 10] = [
+    "person",
+    "dog",
+    "cat",
+    "car",
+    "tree",
+    "sky",
+    "road",
+    "building",
+    "grass",
+    "background",
+];
 
 /// How linear layers multiply: dequantized to f32 at load (what the app does) or with candle's
 /// quantized kernels.
@@ -71,12 +81,25 @@ impl Preset {
 
     pub fn options(self) -> EncodeOptions {
         match self {
-            Preset::S224 => EncodeOptions { short_side: Some(224), window: None },
-            Preset::S336 => EncodeOptions { short_side: Some(336), window: None },
-            Preset::S448 => EncodeOptions { short_side: Some(448), window: None },
-            Preset::Window448 => {
-                EncodeOptions { short_side: Some(448), window: Some(Window { size: 448, stride: 224 }) }
-            }
+            Preset::S224 => EncodeOptions {
+                short_side: Some(224),
+                window: None,
+            },
+            Preset::S336 => EncodeOptions {
+                short_side: Some(336),
+                window: None,
+            },
+            Preset::S448 => EncodeOptions {
+                short_side: Some(448),
+                window: None,
+            },
+            Preset::Window448 => EncodeOptions {
+                short_side: Some(448),
+                window: Some(Window {
+                    size: 448,
+                    stride: 224,
+                }),
+            },
         }
     }
 
@@ -123,7 +146,10 @@ impl Runs {
         Self { runs, warmup: true }
     }
     pub fn once() -> Self {
-        Self { runs: 1, warmup: false }
+        Self {
+            runs: 1,
+            warmup: false,
+        }
     }
 }
 
@@ -204,6 +230,8 @@ pub enum PlanKind {
     Memory,
     /// A few quick steps for checking the set-up.
     Smoke,
+    /// Only the kernel micro-benchmarks (785 tokens).
+    Kernels,
 }
 
 /// File names of the weights folder written by `bench/run.sh`.
@@ -217,7 +245,12 @@ pub mod files {
 }
 
 fn load(label: &str, files: Vec<String>, compute: Compute, runs: Runs) -> Step {
-    Step::Load { label: label.to_string(), files, compute, runs }
+    Step::Load {
+        label: label.to_string(),
+        files,
+        compute,
+        runs,
+    }
 }
 
 /// The steps of a plan, `runs` timed runs each (the slow quantized-path and profile steps use
@@ -225,34 +258,111 @@ fn load(label: &str, files: Vec<String>, compute: Compute, runs: Runs) -> Step {
 pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
     let r = Runs::new(runs);
     let few = Runs::new(runs.min(3));
-    let upstream = vec![files::SAFETENSORS.into(), files::CONFIG.into(), files::HEAD.into()];
+    let upstream = vec![
+        files::SAFETENSORS.into(),
+        files::CONFIG.into(),
+        files::HEAD.into(),
+    ];
     match kind {
         PlanKind::Smoke => vec![
-            load("upstream safetensors + last.pt", upstream, Compute::F32, Runs::once()),
-            Step::Encode { preset: Preset::S224, runs: Runs::once() },
-            Step::Tower { preset: Preset::S224, runs: Runs::once() },
-            Step::Labels { labels: 1, templates: Templates::Fast, runs: Runs::once() },
-            Step::Segment { preset: Preset::S224, runs: Runs::once() },
-            Step::Kmeans { preset: Preset::S224, k: 8, runs: Runs::once() },
-            Step::Profile { preset: Preset::S224, runs: Runs::once() },
-            Step::Kernels { tokens: 197, runs: Runs::once() },
+            load(
+                "upstream safetensors + last.pt",
+                upstream,
+                Compute::F32,
+                Runs::once(),
+            ),
+            Step::Encode {
+                preset: Preset::S224,
+                runs: Runs::once(),
+            },
+            Step::Tower {
+                preset: Preset::S224,
+                runs: Runs::once(),
+            },
+            Step::Labels {
+                labels: 1,
+                templates: Templates::Fast,
+                runs: Runs::once(),
+            },
+            Step::Segment {
+                preset: Preset::S224,
+                runs: Runs::once(),
+            },
+            Step::Kmeans {
+                preset: Preset::S224,
+                k: 8,
+                runs: Runs::once(),
+            },
+            Step::Profile {
+                preset: Preset::S224,
+                runs: Runs::once(),
+            },
+            Step::Kernels {
+                tokens: 197,
+                runs: Runs::once(),
+            },
         ],
+        PlanKind::Kernels => vec![Step::Kernels {
+            tokens: 785,
+            runs: r,
+        }],
         PlanKind::Memory => vec![
-            load("gguf q4_0", vec![files::gguf("q4_0")], Compute::F32, Runs::once()),
-            Step::Labels { labels: 10, templates: Templates::Fast, runs: Runs::once() },
-            Step::Encode { preset: Preset::Window448, runs: Runs::once() },
-            Step::Segment { preset: Preset::Window448, runs: Runs::once() },
-            Step::Kmeans { preset: Preset::Window448, k: 8, runs: Runs::once() },
+            load(
+                "gguf q4_0",
+                vec![files::gguf("q4_0")],
+                Compute::F32,
+                Runs::once(),
+            ),
+            Step::Labels {
+                labels: 10,
+                templates: Templates::Fast,
+                runs: Runs::once(),
+            },
+            Step::Encode {
+                preset: Preset::Window448,
+                runs: Runs::once(),
+            },
+            Step::Segment {
+                preset: Preset::Window448,
+                runs: Runs::once(),
+            },
+            Step::Kmeans {
+                preset: Preset::Window448,
+                k: 8,
+                runs: Runs::once(),
+            },
         ],
         PlanKind::Full => {
             let mut v = vec![
                 // quantized compute path: load, then the tower at 448×448 and its profile
-                load("gguf q8_0", vec![files::gguf("q8_0")], Compute::Quantized, r),
-                Step::Tower { preset: Preset::Window448, runs: few },
-                Step::Profile { preset: Preset::Window448, runs: Runs::once() },
-                load("gguf q4_0", vec![files::gguf("q4_0")], Compute::Quantized, r),
-                Step::Tower { preset: Preset::Window448, runs: few },
-                Step::Profile { preset: Preset::Window448, runs: Runs::once() },
+                load(
+                    "gguf q8_0",
+                    vec![files::gguf("q8_0")],
+                    Compute::Quantized,
+                    r,
+                ),
+                Step::Tower {
+                    preset: Preset::Window448,
+                    runs: few,
+                },
+                Step::Profile {
+                    preset: Preset::Window448,
+                    runs: Runs::once(),
+                },
+                load(
+                    "gguf q4_0",
+                    vec![files::gguf("q4_0")],
+                    Compute::Quantized,
+                    r,
+                ),
+                Step::Tower {
+                    preset: Preset::Window448,
+                    runs: few,
+                },
+                Step::Profile {
+                    preset: Preset::Window448,
+                    runs: Runs::once(),
+                },
                 // f32 compute (what the app does: every bundle is dequantized at load)
                 load("gguf f32", vec![files::gguf("f32")], Compute::F32, r),
                 load("gguf f16", vec![files::gguf("f16")], Compute::F32, r),
@@ -271,16 +381,30 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             }
             for n in [1, 10] {
                 for t in [Templates::Fast, Templates::Full] {
-                    v.push(Step::Labels { labels: n, templates: t, runs: r });
+                    v.push(Step::Labels {
+                        labels: n,
+                        templates: t,
+                        runs: r,
+                    });
                 }
             }
             for p in Preset::ALL {
                 v.push(Step::Head { preset: p, runs: r });
                 v.push(Step::Segment { preset: p, runs: r });
-                v.push(Step::Kmeans { preset: p, k: 8, runs: r });
+                v.push(Step::Kmeans {
+                    preset: p,
+                    k: 8,
+                    runs: r,
+                });
             }
-            v.push(Step::Profile { preset: Preset::Window448, runs: few });
-            v.push(Step::Kernels { tokens: 785, runs: r });
+            v.push(Step::Profile {
+                preset: Preset::Window448,
+                runs: few,
+            });
+            v.push(Step::Kernels {
+                tokens: 785,
+                runs: r,
+            });
             v
         }
     }
@@ -344,11 +468,17 @@ pub fn photo_tensor(rgb: &[u8], width: usize, height: usize) -> Result<Tensor> {
     if width == 0 || height == 0 || rgb.len() != width * height * 3 {
         return Err(Error::invalid(
             "photo",
-            format!("{} bytes for a {width}×{height} RGB image (expected {})", rgb.len(), width * height * 3),
+            format!(
+                "{} bytes for a {width}×{height} RGB image (expected {})",
+                rgb.len(),
+                width * height * 3
+            ),
         ));
     }
     let data: Vec<f32> = rgb.iter().map(|&b| b as f32 / 255.0).collect();
-    Ok(Tensor::from_vec(data, (height, width, 3), &Device::Cpu)?.permute((2, 0, 1))?.contiguous()?)
+    Ok(Tensor::from_vec(data, (height, width, 3), &Device::Cpu)?
+        .permute((2, 0, 1))?
+        .contiguous()?)
 }
 
 impl Suite {
@@ -374,7 +504,9 @@ impl Suite {
     }
 
     fn model(&self) -> Result<&Loaded> {
-        self.model.as_ref().ok_or_else(|| Error::invalid("model", "no model loaded: run a load step first"))
+        self.model
+            .as_ref()
+            .ok_or_else(|| Error::invalid("model", "no model loaded: run a load step first"))
     }
 
     /// The tower input of `preset`'s first window: resize, crop, pad + normalise.
@@ -382,7 +514,11 @@ impl Suite {
         let (_, h, w) = self.photo.dims3()?;
         let opts = preset.options();
         let (ph, pw) = short_side_size(h, w, opts.short_side.unwrap_or(h.min(w)));
-        let img = if (ph, pw) != (h, w) { resize_bilinear(&self.photo, ph, pw)? } else { self.photo.clone() };
+        let img = if (ph, pw) != (h, w) {
+            resize_bilinear(&self.photo, ph, pw)?
+        } else {
+            self.photo.clone()
+        };
         let b = *slide_windows(ph, pw, opts.window)?
             .first()
             .ok_or_else(|| Error::invalid("windows", "no window"))?;
@@ -395,15 +531,22 @@ impl Suite {
             return Ok(t.clone());
         }
         let labels: Vec<String> = LABELS10.iter().map(|s| s.to_string()).collect();
-        let t = self.model()?.seg.clip.embed_labels(&self.tokenizer, &labels, TemplateSet::Fast)?;
+        let t = self
+            .model()?
+            .seg
+            .clip
+            .embed_labels(&self.tokenizer, &labels, TemplateSet::Fast)?;
         self.labels10 = Some(t.clone());
         Ok(t)
     }
 
     fn features(&self, preset: Preset) -> Result<&ImageFeatures> {
-        self.features
-            .get(&preset)
-            .ok_or_else(|| Error::invalid("features", format!("preset {} not encoded yet", preset.name())))
+        self.features.get(&preset).ok_or_else(|| {
+            Error::invalid(
+                "features",
+                format!("preset {} not encoded yet", preset.name()),
+            )
+        })
     }
 
     /// Run one step; the result is a JSON object (timings, sizes, memory).
@@ -412,8 +555,13 @@ impl Suite {
         let cpu0 = clock::cpu_ms();
         let mut out = self.run_inner(step)?;
         let wall = now_ms() - t0;
-        let obj = out.as_object_mut().ok_or_else(|| Error::invalid("result", "not an object"))?;
-        obj.insert("step".into(), serde_json::to_value(step).map_err(|e| Error::invalid("step", e.to_string()))?);
+        let obj = out
+            .as_object_mut()
+            .ok_or_else(|| Error::invalid("result", "not an object"))?;
+        obj.insert(
+            "step".into(),
+            serde_json::to_value(step).map_err(|e| Error::invalid("step", e.to_string()))?,
+        );
         obj.insert("wall_ms".into(), json!(wall));
         if let (Some(a), Some(b)) = (cpu0, clock::cpu_ms()) {
             // process CPU time / wall time over the step: ≈ 1 when one thread did the work
@@ -421,7 +569,10 @@ impl Suite {
         }
         if let Some(m) = &self.model {
             obj.insert("model".into(), json!(m.label));
-            obj.insert("compute".into(), serde_json::to_value(m.compute).unwrap_or(Value::Null));
+            obj.insert(
+                "compute".into(),
+                serde_json::to_value(m.compute).unwrap_or(Value::Null),
+            );
         }
         obj.insert("memory".into(), clock::memory());
         Ok(out)
@@ -429,14 +580,25 @@ impl Suite {
 
     fn run_inner(&mut self, step: &Step) -> Result<Value> {
         match step {
-            Step::Load { label, files, compute, runs } => self.load(label, files, *compute, *runs),
+            Step::Load {
+                label,
+                files,
+                compute,
+                runs,
+            } => self.load(label, files, *compute, *runs),
             Step::Encode { preset, runs } => {
                 let m = self.model()?;
                 let opts = preset.options();
-                let (v, feats) = repeat(*runs, || m.seg.encode_image(&self.photo, &opts, &mut |_| {}))?;
+                let (v, feats) = repeat(*runs, || {
+                    m.seg.encode_image(&self.photo, &opts, &mut |_| {})
+                })?;
                 let mut r = summary(&v);
                 r["processed"] = json!([feats.height, feats.width]);
-                r["windows"] = json!(feats.windows.iter().map(|w| [w.grid.0, w.grid.1]).collect::<Vec<_>>());
+                r["windows"] = json!(feats
+                    .windows
+                    .iter()
+                    .map(|w| [w.grid.0, w.grid.1])
+                    .collect::<Vec<_>>());
                 self.features.insert(*preset, feats);
                 Ok(r)
             }
@@ -445,7 +607,9 @@ impl Suite {
                 let cfg = &m.seg.clip_cfg.vision;
                 let x = self.tower_input(*preset, cfg.patch_size)?;
                 let layer = m.seg.head_cfg.layer;
-                let (v, out) = repeat(*runs, || m.seg.clip.vision.forward(&x, layer, &mut |_, _| {}))?;
+                let (v, out) = repeat(*runs, || {
+                    m.seg.clip.vision.forward(&x, layer, &mut |_, _| {})
+                })?;
                 let mut r = summary(&v);
                 r["input"] = json!(x.dims());
                 let (_, _, hh, ww) = x.dims4()?;
@@ -454,14 +618,21 @@ impl Suite {
                 r["pooled"] = json!(out.pooled.to_vec1::<f32>()?);
                 Ok(r)
             }
-            Step::Labels { labels, templates, runs } => {
+            Step::Labels {
+                labels,
+                templates,
+                runs,
+            } => {
                 if *labels == 0 || *labels > LABELS10.len() {
                     return Err(Error::invalid("labels", format!("{labels} (1..=10)")));
                 }
                 let m = self.model()?;
-                let names: Vec<String> = LABELS10[..*labels].iter().map(|s| s.to_string()).collect();
+                let names: Vec<String> =
+                    LABELS10[..*labels].iter().map(|s| s.to_string()).collect();
                 let set = templates.set();
-                let (v, emb) = repeat(*runs, || m.seg.clip.embed_labels(&self.tokenizer, &names, set))?;
+                let (v, emb) = repeat(*runs, || {
+                    m.seg.clip.embed_labels(&self.tokenizer, &names, set)
+                })?;
                 if *labels == 10 && *templates == Templates::Fast {
                     self.labels10 = Some(emb);
                 }
@@ -471,10 +642,23 @@ impl Suite {
             }
             Step::Head { preset, runs } => {
                 let m = self.model()?;
-                let head = m.seg.head.as_ref().ok_or_else(|| Error::invalid("head", "the model has no head"))?;
+                let head = m
+                    .seg
+                    .head
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("head", "the model has no head"))?;
                 let x = self.tower_input(*preset, m.seg.clip_cfg.vision.patch_size)?;
-                let out = m.seg.clip.vision.forward(&x, m.seg.head_cfg.layer, &mut |_, _| {})?;
-                let (v, _) = repeat(*runs, || Ok((head.refine(&out.dense, &out.inter)?, head.background(&out.inter)?)))?;
+                let out = m
+                    .seg
+                    .clip
+                    .vision
+                    .forward(&x, m.seg.head_cfg.layer, &mut |_, _| {})?;
+                let (v, _) = repeat(*runs, || {
+                    Ok((
+                        head.refine(&out.dense, &out.inter)?,
+                        head.background(&out.inter)?,
+                    ))
+                })?;
                 let mut r = summary(&v);
                 r["grid"] = json!(&out.dense.dims()[..2]);
                 Ok(r)
@@ -484,7 +668,11 @@ impl Suite {
                 let m = self.model()?;
                 let feats = self.features(*preset)?;
                 let opts = SegmentOptions {
-                    mode: if m.seg.has_head() { Mode::Dinoiser } else { Mode::MaskClip },
+                    mode: if m.seg.has_head() {
+                        Mode::Dinoiser
+                    } else {
+                        Mode::MaskClip
+                    },
                     background: Some(LABELS10.len() - 1),
                     output_size: None,
                 };
@@ -497,7 +685,11 @@ impl Suite {
             Step::Kmeans { preset, k, runs } => {
                 let m = self.model()?;
                 let feats = self.features(*preset)?;
-                let kind = if m.seg.has_head() { FeatureKind::Refined } else { FeatureKind::Raw };
+                let kind = if m.seg.has_head() {
+                    FeatureKind::Refined
+                } else {
+                    FeatureKind::Raw
+                };
                 let opts = KMeansOptions::new(*k);
                 let (v, km) = repeat(*runs, || kmeans_tensor(&feats.patch_grid(kind)?, &opts))?;
                 let mut r = summary(&v);
@@ -514,14 +706,18 @@ impl Suite {
         }
     }
 
-    fn load(&mut self, label: &str, names: &[String], compute: Compute, runs: Runs) -> Result<Value> {
+    fn load(
+        &mut self,
+        label: &str,
+        names: &[String],
+        compute: Compute,
+        runs: Runs,
+    ) -> Result<Value> {
         let mut files = Vec::with_capacity(names.len());
         for n in names {
-            let i = self
-                .files
-                .iter()
-                .position(|(f, _)| f == n)
-                .ok_or_else(|| Error::invalid("files", format!("{n} was not added before the load step")))?;
+            let i = self.files.iter().position(|(f, _)| f == n).ok_or_else(|| {
+                Error::invalid("files", format!("{n} was not added before the load step"))
+            })?;
             files.push(self.files.swap_remove(i));
         }
         self.files.clear();
@@ -554,7 +750,12 @@ impl Suite {
         }
         drop(files);
         let (vb, seg) = kept.ok_or_else(|| Error::invalid("runs", "no run"))?;
-        self.model = Some(Loaded { label: label.to_string(), compute, vb, seg });
+        self.model = Some(Loaded {
+            label: label.to_string(),
+            compute,
+            vb,
+            seg,
+        });
         let total: Vec<f64> = parse.iter().zip(&build).map(|(a, b)| a + b).collect();
         let mut r = summary(&total);
         r["bytes"] = json!(bytes);
@@ -575,5 +776,8 @@ fn storage_summary(b: &Bundle) -> Value {
     }
     let mut v: Vec<_> = m.into_iter().collect();
     v.sort();
-    json!(v.into_iter().map(|(k, (n, bytes))| json!({"dtype": k, "tensors": n, "bytes": bytes})).collect::<Vec<_>>())
+    json!(v
+        .into_iter()
+        .map(|(k, (n, bytes))| json!({"dtype": k, "tensors": n, "bytes": bytes}))
+        .collect::<Vec<_>>())
 }

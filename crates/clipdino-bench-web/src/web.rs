@@ -19,7 +19,9 @@ impl WebBench {
     #[wasm_bindgen(constructor)]
     pub fn new(rgb: &[u8], width: usize, height: usize) -> Result<WebBench, JsError> {
         let photo = suite::photo_tensor(rgb, width, height).map_err(js_err)?;
-        Ok(Self { suite: Suite::new(photo).map_err(js_err)? })
+        Ok(Self {
+            suite: Suite::new(photo).map_err(js_err)?,
+        })
     }
 
     /// Copy a weight file into wasm memory for the next `load` step.
@@ -35,10 +37,11 @@ impl WebBench {
     }
 }
 
-/// The steps of a plan (`full`, `memory`, `smoke`) as a JSON array.
+/// The steps of a plan (`full`, `memory`, `smoke`, `kernels`) as a JSON array.
 #[wasm_bindgen]
 pub fn plan(kind: &str, runs: usize) -> Result<String, JsError> {
-    let kind: PlanKind = serde_json::from_value(serde_json::Value::String(kind.into())).map_err(js_err)?;
+    let kind: PlanKind =
+        serde_json::from_value(serde_json::Value::String(kind.into())).map_err(js_err)?;
     serde_json::to_string(&suite::plan(kind, runs)).map_err(js_err)
 }
 

@@ -28,7 +28,7 @@ struct Args {
     /// Timed runs per step (median reported), after one warm-up.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// full | memory | smoke
+    /// full | memory | smoke | kernels
     #[arg(long, default_value = "full")]
     plan: String,
     /// Write each tower step's normalised input as raw little-endian f32 (`tower_HxW.f32`) here.
@@ -41,7 +41,8 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let kind: PlanKind = serde_json::from_value(json!(a.plan)).with_context(|| format!("--plan {}", a.plan))?;
+    let kind: PlanKind =
+        serde_json::from_value(json!(a.plan)).with_context(|| format!("--plan {}", a.plan))?;
     let rgb = std::fs::read(&a.photo).with_context(|| format!("reading {}", a.photo.display()))?;
     let mut s = Suite::new(suite::photo_tensor(&rgb, a.width, a.height)?)?;
     let steps = suite::plan(kind, a.runs);
@@ -50,7 +51,8 @@ fn main() -> Result<()> {
         if let Step::Load { files, .. } = step {
             for f in files {
                 let p = a.weights.join(f);
-                let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                let bytes =
+                    std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
                 s.add_file(f.clone(), bytes);
             }
         }
@@ -65,12 +67,20 @@ fn main() -> Result<()> {
             }
         }
         let t = clock::now_ms();
-        let r = s.run(step).with_context(|| format!("step {i}: {}", serde_json::to_string(step).unwrap_or_default()))?;
+        let r = s.run(step).with_context(|| {
+            format!(
+                "step {i}: {}",
+                serde_json::to_string(step).unwrap_or_default()
+            )
+        })?;
         eprintln!(
             "[native] {:>3}/{} {:<60} {:>10.1} ms (median {:.1} ms)",
             i + 1,
             steps.len(),
-            serde_json::to_string(step)?.chars().take(60).collect::<String>(),
+            serde_json::to_string(step)?
+                .chars()
+                .take(60)
+                .collect::<String>(),
             clock::now_ms() - t,
             r["median_ms"].as_f64().unwrap_or(f64::NAN)
         );
