@@ -308,8 +308,18 @@ fn is_current_load(shared: &Shared, gen: u64, id: RequestId) -> bool {
     st.load_gen == gen && !st.cancelled.contains(&id)
 }
 
+/// Where a set comes from, for the user: host names, or "this site".
 fn host_list(set: &WeightSet) -> String {
-    let mut hosts: Vec<String> = set.files.iter().map(|f| fetch::host_of(&f.url)).collect();
+    let own = js_sys::global()
+        .unchecked_into::<web_sys::WorkerGlobalScope>()
+        .location()
+        .host();
+    let mut hosts: Vec<String> = set
+        .files
+        .iter()
+        .map(|f| fetch::host_of(&f.url))
+        .map(|h| if h == own { "this site".to_string() } else { h })
+        .collect();
     hosts.dedup();
     hosts.join(" + ")
 }
