@@ -4,6 +4,7 @@
 // and `clipdino convert --quant q4_0` (random weights time exactly like the real ones).
 // Prints weights load / cache reload, image encode per resolution, segmentation, label edit and
 // K-Means times as the page measures them (Chromium, one Web Worker, wasm32 + simd128).
+import fs from 'node:fs';
 import path from 'node:path';
 
 import { startServer } from './server.mjs';
@@ -15,6 +16,10 @@ if (!dir) {
   process.exit(2);
 }
 checkDist();
+if (!fs.existsSync(path.join(dir, 'clip-dinoiser-q4_0.gguf'))) {
+  console.error(`${dir}/clip-dinoiser-q4_0.gguf does not exist`);
+  process.exit(2);
+}
 const server = await startServer({
   dist: DIST,
   weights: path.resolve(dir),
@@ -32,7 +37,8 @@ try {
   const { page } = await newPage(browser);
   let t = Date.now();
   await page.goto(`${server.origin}/demo/clipdino/`);
-  await page.waitForSelector('[data-role=model-ready]', { timeout: 600_000 });
+  await page.waitForSelector('[data-role=model-ready], .notice[data-area=weights]', { timeout: 600_000 });
+  if (!(await page.$('[data-role=model-ready]'))) throw new Error(await page.textContent('.notice[data-area=weights]'));
   row('weights: download + parse + build (network, no cache)', Date.now() - t);
   t = Date.now();
   await page.reload();
