@@ -18,6 +18,7 @@ export CHROMEDRIVER=/usr/bin/chromedriver
 export WASM_BINDGEN_TEST_TIMEOUT=300
 export WASM_BINDGEN_TEST_ONLY_WEB=1
 cargo test -p clipdino --target wasm32-unknown-unknown --locked --test wasm
+cargo test -p clipdino-web --target wasm32-unknown-unknown --locked --lib
 
 step "release build of the site (trunk build --release)"
 scripts/build-site.sh
