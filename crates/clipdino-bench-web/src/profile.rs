@@ -156,15 +156,18 @@ impl Tower {
         let q = p.t("attention q scale", nq * dd * bh, || {
             q * (1.0 / (d as f64).sqrt())
         })?;
-        let s = p.t("attention q·kᵀ", 2.0 * bh * nq * tt * dd, || {
+        let scores = p.t("attention q·kᵀ", 2.0 * bh * nq * tt * dd, || {
             q.matmul(&k.t()?)
         })?;
-        let s = p.t("attention softmax", 0.0, || {
-            candle_nn::ops::softmax_last_dim(&s)
+        let probs = p.t("attention softmax", 0.0, || {
+            candle_nn::ops::softmax_last_dim(&scores)
         })?;
         let o = p.t("attention probs·v", 2.0 * bh * nq * tt * dd, || {
-            s.matmul(&v)
+            probs.matmul(&v)
         })?;
+        // free what the model has freed at this point (large buffers alive longer than in the
+        // model would add allocation costs that the model does not pay)
+        drop((scores, probs, q, k, v, qkv));
         let o = p.t("attention merge heads (copy)", 0.0, || {
             o.reshape((b, self.heads, n_query, d))?
                 .transpose(1, 2)?
@@ -221,7 +224,9 @@ impl Tower {
             let tb = now_ms();
             let y = ln(p, &blk.ln_1, &x)?;
             let qkv = blk.qkv.fwd(p, "matmul attn.in_proj (qkv)", &y)?;
+            drop(y);
             let a = self.attend(p, blk, &qkv, t)?;
+            drop(qkv);
             let hdn = p.t("residual add", 0.0, || &x + a)?;
             let l2 = ln(p, &blk.ln_2, &hdn)?;
             let m = self.mlp(p, blk, &l2)?;

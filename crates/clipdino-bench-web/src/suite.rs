@@ -232,6 +232,8 @@ pub enum PlanKind {
     Smoke,
     /// Only the kernel micro-benchmarks (785 tokens).
     Kernels,
+    /// The f32 tower at 448×448 and its op-level profile.
+    Profile,
 }
 
 /// File names of the weights folder written by `bench/run.sh`.
@@ -306,6 +308,22 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             tokens: 785,
             runs: r,
         }],
+        PlanKind::Profile => vec![
+            load(
+                "upstream safetensors + last.pt",
+                upstream,
+                Compute::F32,
+                Runs::once(),
+            ),
+            Step::Tower {
+                preset: Preset::Window448,
+                runs: r,
+            },
+            Step::Profile {
+                preset: Preset::Window448,
+                runs: r,
+            },
+        ],
         PlanKind::Memory => vec![
             load(
                 "gguf q4_0",

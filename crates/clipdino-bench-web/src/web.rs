@@ -37,7 +37,7 @@ impl WebBench {
     }
 }
 
-/// The steps of a plan (`full`, `memory`, `smoke`, `kernels`) as a JSON array.
+/// The steps of a plan (`full`, `memory`, `smoke`, `kernels`, `profile`) as a JSON array.
 #[wasm_bindgen]
 pub fn plan(kind: &str, runs: usize) -> Result<String, JsError> {
     let kind: PlanKind =

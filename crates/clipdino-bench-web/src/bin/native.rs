@@ -28,7 +28,7 @@ struct Args {
     /// Timed runs per step (median reported), after one warm-up.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// full | memory | smoke | kernels
+    /// full | memory | smoke | kernels | profile
     #[arg(long, default_value = "full")]
     plan: String,
     /// Write each tower step's normalised input as raw little-endian f32 (`tower_HxW.f32`) here.
