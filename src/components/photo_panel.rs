@@ -1,11 +1,10 @@
 //! Choosing the photo: file picker, drop / paste hint, and the gallery of sample photos.
 
-use web_sys::HtmlInputElement;
 use yew::prelude::*;
 
 use crate::components::notice::Notice;
 use crate::context::AppCtx;
-use crate::hooks::use_page_files::files_of;
+use crate::hooks::use_file_picker;
 use crate::samples::SAMPLES;
 use crate::state::Area;
 
@@ -14,33 +13,19 @@ pub fn PhotoPanel() -> Html {
     let Some(ctx) = use_context::<AppCtx>() else {
         return html! {};
     };
-    let picker = use_node_ref();
-    let pick = {
-        let picker = picker.clone();
-        Callback::from(move |_| {
-            if let Some(i) = picker.cast::<HtmlInputElement>() {
-                i.click();
-            }
-        })
-    };
-    let picked = {
+    let picker = {
         let ctx = ctx.clone();
-        Callback::from(move |e: Event| {
-            let Some(input) = e.target_dyn_into::<HtmlInputElement>() else {
-                return;
-            };
-            let files = files_of(input.files());
-            input.set_value("");
-            ctx.open_files(files, Area::Photo);
-        })
+        use_file_picker(Callback::from(move |files| {
+            ctx.open_files(files, Area::Photo)
+        }))
     };
     let current = ctx.state.sample_id().map(str::to_string);
     html! {
         <section class="photo-panel" aria-label="Photo">
             <div class="photo-actions">
-                <button class="primary" onclick={pick}>{ "Choose a photo…" }</button>
+                <button class="primary" onclick={picker.open.clone()}>{ "Choose a photo…" }</button>
                 <span class="muted">{ "or drop one anywhere, or paste it (Ctrl+V)" }</span>
-                <input ref={picker} type="file" accept="image/*" class="hidden" data-role="photo-input" onchange={picked} />
+                <input ref={picker.node.clone()} type="file" accept="image/*" class="hidden" data-role="photo-input" onchange={picker.onchange.clone()} />
             </div>
             <div class="gallery" role="list">
                 { for SAMPLES.iter().map(|s| {

@@ -1,12 +1,11 @@
 //! Model weights: progress of the download (bytes, %, from cache), the large-download offer,
 //! the loaded model's description, and picking local weight files.
 
-use web_sys::HtmlInputElement;
 use yew::prelude::*;
 
 use crate::components::notice::Notice;
 use crate::context::AppCtx;
-use crate::hooks::use_page_files::files_of;
+use crate::hooks::use_file_picker;
 use crate::protocol::Stage;
 use crate::state::{Action, Area, LoadPhase};
 
@@ -23,31 +22,15 @@ pub fn WeightsPanel() -> Html {
     let Some(ctx) = use_context::<AppCtx>() else {
         return html! {};
     };
-    let picker = use_node_ref();
-    let s = &*ctx.state;
-
-    let pick = {
-        let picker = picker.clone();
-        Callback::from(move |_| {
-            if let Some(i) = picker.cast::<HtmlInputElement>() {
-                i.click();
-            }
-        })
-    };
-    let picked = {
+    let picker = {
         let ctx = ctx.clone();
-        Callback::from(move |e: Event| {
-            let Some(input) = e.target_dyn_into::<HtmlInputElement>() else {
-                return;
-            };
-            let files = files_of(input.files());
-            input.set_value("");
-            ctx.load_files(files);
-        })
+        use_file_picker(Callback::from(move |files| ctx.load_files(files)))
     };
+    let s = &*ctx.state;
+    let pick = picker.open.clone();
     let file_input = html! {
-        <input ref={picker} type="file" multiple=true class="hidden" data-role="weights-input"
-            accept=".gguf,.safetensors,.bin,.pt,.pth,.json" onchange={picked} />
+        <input ref={picker.node.clone()} type="file" multiple=true class="hidden" data-role="weights-input"
+            accept=".gguf,.safetensors,.bin,.pt,.pth,.json" onchange={picker.onchange.clone()} />
     };
     let pick_button = |label: &str| {
         html! {
