@@ -271,6 +271,12 @@ pub enum Response {
         /// Fraction of the pixels per label.
         areas: Vec<f32>,
         encodes: u64,
+        /// Labels this worker ran through the text tower so far, and labels it read back from
+        /// browser storage instead (stored by an earlier page load).
+        #[serde(default)]
+        label_embeds: u64,
+        #[serde(default)]
+        label_loads: u64,
         millis: f64,
         /// Non-fatal remarks (e.g. a label truncated to 77 tokens).
         warnings: Vec<String>,
@@ -394,6 +400,8 @@ mod tests {
             confidence: Att(1),
             areas: vec![1.0],
             encodes: 1,
+            label_embeds: 2,
+            label_loads: 1,
             millis: 3.5,
             warnings: vec![],
         };

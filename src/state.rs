@@ -317,6 +317,10 @@ pub struct State {
     pub work: Option<Work>,
     /// Image encodes done by the worker (a label edit must not change it).
     pub encodes: u64,
+    /// Labels the worker embedded with the text tower, and labels it read back from browser
+    /// storage (shown in the debug line; the page tests read them).
+    pub label_embeds: u64,
+    pub label_loads: u64,
     /// Label shown alone in the overlay (clicked in the legend).
     pub isolate: Option<String>,
     pub notices: Vec<(Area, Notice)>,
@@ -623,10 +627,14 @@ impl State {
                 confidence,
                 areas,
                 encodes,
+                label_embeds,
+                label_loads,
                 millis,
                 warnings,
             } => {
                 self.encodes = self.encodes.max(encodes);
+                self.label_embeds = self.label_embeds.max(label_embeds);
+                self.label_loads = self.label_loads.max(label_loads);
                 if !self.is_latest(Kind::Segment, id) {
                     return;
                 }
@@ -1276,6 +1284,8 @@ mod tests {
                 confidence: Att(1),
                 areas: vec![1.0 / labels.len() as f32; labels.len()],
                 encodes: 1,
+                label_embeds: labels.len() as u64,
+                label_loads: 0,
                 millis: 1.0,
                 warnings: vec![],
             },

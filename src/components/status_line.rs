@@ -45,7 +45,7 @@ pub fn StatusLine() -> Html {
     });
     let waiting_for_model = s.model.is_none() && s.photo.is_some();
     let debug = format!(
-        "image encodes: {}{} · segmentation: {} · k-means: {}",
+        "image encodes: {}{} · labels embedded: {} (+{} from browser storage) · segmentation: {} · k-means: {}",
         s.encodes,
         s.encoded
             .as_ref()
@@ -63,6 +63,8 @@ pub fn StatusLine() -> Html {
                 )
             })
             .unwrap_or_default(),
+        s.label_embeds,
+        s.label_loads,
         s.segmentation
             .as_ref()
             .map(|x| format!("{}×{} in {:.0} ms", x.width, x.height, x.millis))
@@ -83,6 +85,7 @@ pub fn StatusLine() -> Html {
                 <div class="work"><span class="muted">{ "The photo will be processed as soon as the model is loaded." }</span></div>
             }
             <p class="debug muted" data-role="debug" data-encodes={s.encodes.to_string()}
+                data-label-embeds={s.label_embeds.to_string()} data-label-loads={s.label_loads.to_string()}
                 data-encode-ms={s.encoded.as_ref().map(|e| format!("{:.0}", e.millis)).unwrap_or_default()}
                 data-segment-ms={s.segmentation.as_ref().map(|x| format!("{:.0}", x.millis)).unwrap_or_default()}
                 data-kmeans-ms={s.kmeans.as_ref().map(|x| format!("{:.0}", x.millis)).unwrap_or_default()}>{ debug }</p>

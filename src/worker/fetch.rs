@@ -50,17 +50,21 @@ impl From<String> for ReadError {
 /// The weight cache, or `None` where the Cache API is unavailable (insecure origin, private
 /// mode in some browsers): loading then works, only without reuse.
 pub async fn open_cache() -> Result<Cache, String> {
+    open_bucket(CACHE_NAME).await
+}
+
+/// A named Cache API bucket (the weights' [`CACHE_NAME`], or another one such as the label
+/// embeddings'), with the same errors as [`open_cache`].
+pub async fn open_bucket(name: &str) -> Result<Cache, String> {
     let storage = scope()
         .caches()
         .map_err(|e| format!("the browser cache is unavailable ({})", js_error_text(&e)))?;
-    let c = JsFuture::from(storage.open(CACHE_NAME))
-        .await
-        .map_err(|e| {
-            format!(
-                "the browser cache could not be opened ({})",
-                js_error_text(&e)
-            )
-        })?;
+    let c = JsFuture::from(storage.open(name)).await.map_err(|e| {
+        format!(
+            "the browser cache could not be opened ({})",
+            js_error_text(&e)
+        )
+    })?;
     Ok(c.unchecked_into())
 }
 
@@ -308,6 +312,16 @@ pub async fn get(
         from_cache: false,
         to_cache: blob,
     })
+}
+
+/// Delete a whole Cache API bucket. `Ok(true)` when it existed.
+#[allow(dead_code)]
+pub async fn delete_bucket(name: &str) -> Result<bool, String> {
+    let storage = scope().caches().map_err(|e| js_error_text(&e))?;
+    let v = JsFuture::from(storage.delete(name))
+        .await
+        .map_err(|e| js_error_text(&e))?;
+    Ok(v.as_bool().unwrap_or(false))
 }
 
 /// Store a downloaded file for the next visit.

@@ -11,6 +11,7 @@
 
 mod fetch;
 mod image;
+mod label_cache;
 mod model;
 #[cfg(all(test, target_arch = "wasm32"))]
 mod wasm_tests;
@@ -81,7 +82,12 @@ struct Inner {
     cancelled: HashSet<RequestId>,
     model: Option<Rc<Model>>,
     model_gen: u64,
+    /// [`label_cache::weights_fingerprint`] of `model`'s files plus its compute path (set
+    /// with it): the model part of the label cache keys.
+    model_fingerprint: String,
     tokenizer: Option<ClipTokenizer>,
+    /// [`label_cache::content_hash`] of the tokenizer file.
+    tokenizer_hash: u64,
     image_job: Option<ImageJob>,
     photo: Option<Rc<Photo>>,
     /// Encode the photo at this resolution as soon as a model is there.
@@ -90,6 +96,9 @@ struct Inner {
     segment: Option<SegmentJob>,
     kmeans: Option<KMeansJob>,
     encodes: u64,
+    /// Labels run through the text tower, and labels read back from browser storage.
+    label_embeds: u64,
+    label_loads: u64,
     pumping: bool,
 }
 
@@ -299,7 +308,9 @@ async fn tokenizer(shared: &Shared) -> Result<ClipTokenizer, String> {
         .map_err(|e| format!("The tokenizer file of this site could not be loaded: {e}"))?;
     let bytes = fetch::blob_bytes(&blob).await?;
     let t = ClipTokenizer::from_json_bytes(&bytes).map_err(|e| format!("tokenizer.json: {e}"))?;
-    shared.borrow_mut().tokenizer = Some(t.clone());
+    let mut st = shared.borrow_mut();
+    st.tokenizer = Some(t.clone());
+    st.tokenizer_hash = label_cache::content_hash(&bytes);
     Ok(t)
 }
 
@@ -548,10 +559,12 @@ async fn install(
     let total = info.bytes;
     progress(id, Stage::Build, None, total, Some(total), info.from_cache);
     yield_now().await;
+    let fingerprint = label_cache::weights_fingerprint(&files, shared.borrow().tokenizer_hash);
     match Model::build(files, tok, info) {
         Ok(m) => {
             let info = m.info.clone();
             let mut st = shared.borrow_mut();
+            st.model_fingerprint = format!("{fingerprint}-{}", m.compute_path);
             st.model = Some(Rc::new(m));
             st.model_gen += 1;
             st.features = None;
@@ -806,11 +819,12 @@ fn segment_current(shared: &Shared, id: RequestId) -> bool {
 }
 
 async fn segment_job(shared: &Shared) {
-    let (id, labels, templates, model) = {
+    let (id, labels, templates, model, fingerprint) = {
         let st = shared.borrow();
         let Some(j) = &st.segment else { return };
         let Some(m) = st.model.clone() else { return };
-        (j.id, j.labels.clone(), j.templates, m)
+        let fp = st.model_fingerprint.clone();
+        (j.id, j.labels.clone(), j.templates, m, fp)
     };
     let started = now_ms();
     if labels.is_empty() || labels.len() > 255 {
@@ -822,11 +836,17 @@ async fn segment_job(shared: &Shared) {
         );
     }
     // Embed the labels not seen yet, one per turn of the event loop so that a newer label set
-    // takes over at once (finished embeddings stay cached).
+    // takes over at once (finished embeddings stay cached). Each is first looked up in browser
+    // storage, and stored there once computed (storage failures only mean computing).
     let missing: Vec<&String> = labels
         .iter()
         .filter(|l| !model.is_embedded(l, templates))
         .collect();
+    let store = if missing.is_empty() {
+        None
+    } else {
+        label_cache::open().await
+    };
     let mut warnings = Vec::new();
     for (i, label) in missing.iter().enumerate() {
         progress(
@@ -837,9 +857,35 @@ async fn segment_job(shared: &Shared) {
             Some(missing.len() as u64),
             false,
         );
-        if let Err(e) = model.embed(label, templates) {
-            shared.borrow_mut().segment = None;
-            return post_error(Some(id), ErrorContext::Labels, e);
+        let key = label_cache::entry_key(
+            &fingerprint,
+            label_cache::EMBED_CACHE_VERSION,
+            templates,
+            label,
+        );
+        let stored = match &store {
+            Some(c) => label_cache::load(c, &key, model.embed_dim()).await,
+            None => None,
+        };
+        let reused = stored.is_some_and(|(values, cut)| {
+            model
+                .insert_embedding(label, templates, values, cut)
+                .is_ok()
+        });
+        if reused {
+            shared.borrow_mut().label_loads += 1;
+        } else {
+            if let Err(e) = model.embed(label, templates) {
+                shared.borrow_mut().segment = None;
+                return post_error(Some(id), ErrorContext::Labels, e);
+            }
+            shared.borrow_mut().label_embeds += 1;
+            if let (Some(c), Some((values, cut))) = (&store, model.embedding(label, templates)) {
+                let c = c.clone();
+                spawn_local(async move {
+                    let _ = label_cache::store(&c, &key, &values, cut).await;
+                });
+            }
         }
         yield_now().await;
         if !segment_current(shared, id) {
@@ -891,7 +937,10 @@ async fn segment_job(shared: &Shared) {
     if job.mode == Mode::Dinoiser && !feats.feats.has_refined() {
         warnings.push("No CLIP-DINOiser head is loaded: showing raw MaskCLIP.".into());
     }
-    let encodes = shared.borrow().encodes;
+    let (encodes, label_embeds, label_loads) = {
+        let st = shared.borrow();
+        (st.encodes, st.label_embeds, st.label_loads)
+    };
     post(
         &Response::Segmentation {
             id,
@@ -902,6 +951,8 @@ async fn segment_job(shared: &Shared) {
             confidence: Att(1),
             areas: maps.areas,
             encodes,
+            label_embeds,
+            label_loads,
             millis: now_ms() - started,
             warnings,
         },

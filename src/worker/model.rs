@@ -12,7 +12,6 @@ use clipdino::loaders::{load_model_files, Bundle};
 use clipdino::pipeline::{
     self, EncodeOptions, FeatureKind, ImageFeatures, SegmentOptions, Segmenter, Window,
 };
-use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
 use clipdino::{ComputePath, Stored, Vb};
 
@@ -41,6 +40,9 @@ pub struct ClusterMaps {
 pub struct Model {
     pub seg: Segmenter,
     pub info: ModelInfo,
+    /// How the linear layers compute (`Debug` text of the [`ComputePath`]): part of the label
+    /// cache key, since another path gives (slightly) different embeddings.
+    pub compute_path: String,
     tokenizer: ClipTokenizer,
     /// `(label, templates)` → L2-normalised embedding `[E]`, plus whether a prompt was cut.
     embeddings: RefCell<HashMap<(String, Templates), (Tensor, bool)>>,
@@ -97,10 +99,12 @@ impl Model {
             .map_err(|e| e.to_string())?;
         let Bundle { clip, head, store } = bundle;
         let vb = Vb::new(Arc::new(store), Device::Cpu, ComputePath::F32);
+        let compute_path = format!("{:?}", vb.compute_path());
         let seg = Segmenter::new(&vb, &clip, head.as_ref()).map_err(|e| e.to_string())?;
         Ok(Model {
             seg,
             info,
+            compute_path,
             tokenizer,
             embeddings: RefCell::new(HashMap::new()),
         })
@@ -130,6 +134,38 @@ impl Model {
             .map_err(|e| e.to_string())
     }
 
+    /// Length of a label embedding.
+    pub fn embed_dim(&self) -> usize {
+        self.seg.clip_cfg.embed_dim
+    }
+
+    /// A cached label embedding as plain numbers (for storing it), with its `cut` flag.
+    pub fn embedding(&self, label: &str, templates: Templates) -> Option<(Vec<f32>, bool)> {
+        let cache = self.embeddings.borrow();
+        let (t, cut) = cache.get(&(label.to_string(), templates))?;
+        Some((t.to_vec1::<f32>().ok()?, *cut))
+    }
+
+    /// Cache an embedding read back from storage (see `label_cache`): the same `[E]` f32
+    /// tensor [`Model::embed`] would have made.
+    pub fn insert_embedding(
+        &self,
+        label: &str,
+        templates: Templates,
+        values: Vec<f32>,
+        cut: bool,
+    ) -> Result<(), String> {
+        let n = self.embed_dim();
+        if values.len() != n {
+            return Err(format!("{} values for a {n}-dim embedding", values.len()));
+        }
+        let t = Tensor::from_vec(values, n, &Device::Cpu).map_err(|e| e.to_string())?;
+        self.embeddings
+            .borrow_mut()
+            .insert((label.to_string(), templates), (t, cut));
+        Ok(())
+    }
+
     pub fn is_embedded(&self, label: &str, templates: Templates) -> bool {
         self.embeddings
             .borrow()
@@ -142,10 +178,7 @@ impl Model {
         if let Some((_, cut)) = self.embeddings.borrow().get(&key) {
             return Ok(*cut);
         }
-        let set = match templates {
-            Templates::Fast => TemplateSet::Fast,
-            Templates::Full => TemplateSet::Full,
-        };
+        let set = super::label_cache::template_set(templates);
         let mut cut = false;
         for prompt in set.apply(label) {
             cut |= self

@@ -1,6 +1,6 @@
 //! Worker building blocks in a real dedicated worker (headless Chromium via
 //! `wasm-bindgen-test-runner`): envelopes, photo decoding with EXIF orientation, blob reads with
-//! progress, and the Cache API round trip.
+//! progress, the Cache API round trip, and the label-embedding store.
 //!
 //! `CHROMEDRIVER=/usr/bin/chromedriver cargo test -p clipdino-web --target wasm32-unknown-unknown --lib`
 
@@ -11,7 +11,8 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_test::*;
 use web_sys::Blob;
 
-use super::{fetch, image};
+use super::{fetch, image, label_cache};
+use crate::protocol::Templates;
 use crate::transport::{buffer_of, bytes_of, pack, unpack};
 
 wasm_bindgen_test_configure!(run_in_dedicated_worker);
@@ -119,4 +120,76 @@ async fn cache_round_trip() {
     assert_eq!(bytes, data);
     assert_eq!(seen, 70_000);
     let _ = wasm_bindgen_futures::JsFuture::from(cache.delete_with_str(url)).await;
+}
+
+#[wasm_bindgen_test]
+async fn label_embeddings_are_stored_keyed_and_validated() {
+    use label_cache::{entry_key, EMBED_CACHE_VERSION as V};
+    let cache = label_cache::open()
+        .await
+        .expect("Cache API in a dedicated worker");
+    let fp = label_cache::weights_fingerprint(&[("m.gguf".into(), vec![1, 2, 3])], 9);
+    let values: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin() / 16.0).collect();
+    let key = entry_key(&fp, V, Templates::Full, "red cat");
+    assert_eq!(
+        label_cache::load(&cache, &key, 512).await,
+        None,
+        "empty at first"
+    );
+    label_cache::store(&cache, &key, &values, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        label_cache::load(&cache, &key, 512).await,
+        Some((values.clone(), true)),
+        "round trip, bit-exact"
+    );
+    // A new handle on the bucket (as after a reload) sees it too.
+    let again = label_cache::open().await.unwrap();
+    assert!(label_cache::load(&again, &key, 512).await.is_some());
+
+    // Anything else in the key misses.
+    let other_fp = label_cache::weights_fingerprint(&[("m.gguf".into(), vec![1, 2, 4])], 9);
+    for k in [
+        entry_key(&other_fp, V, Templates::Full, "red cat"),
+        entry_key(&fp, V + 1, Templates::Full, "red cat"),
+        entry_key(&fp, V, Templates::Fast, "red cat"),
+        entry_key(&fp, V, Templates::Full, "red  cat"),
+    ] {
+        assert_eq!(label_cache::load(&cache, &k, 512).await, None, "{k}");
+    }
+    // A model with another embedding width does not take it either.
+    assert_eq!(label_cache::load(&cache, &key, 768).await, None);
+
+    // Corrupt entries are ignored: wrong length, truncated, non-finite.
+    let bad = entry_key(&fp, V, Templates::Full, "dog");
+    label_cache::store(&cache, &bad, &values[..500], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        label_cache::load(&cache, &bad, 512).await,
+        None,
+        "500 of 512"
+    );
+    let mut bytes = label_cache::encode_entry(&values, false);
+    bytes.truncate(bytes.len() - 3);
+    label_cache::put_bytes(&cache, &bad, &bytes).await.unwrap();
+    assert_eq!(
+        label_cache::load(&cache, &bad, 512).await,
+        None,
+        "truncated"
+    );
+    let mut nan = values.clone();
+    nan[7] = f32::NAN;
+    label_cache::store(&cache, &bad, &nan, false).await.unwrap();
+    assert_eq!(label_cache::load(&cache, &bad, 512).await, None, "NaN");
+
+    // Clearing drops everything; the store then works again from empty.
+    assert!(label_cache::clear().await.unwrap());
+    let fresh = label_cache::open().await.unwrap();
+    assert_eq!(label_cache::load(&fresh, &key, 512).await, None, "cleared");
+    assert!(
+        label_cache::clear().await.unwrap(),
+        "open() made a new, empty bucket"
+    );
 }

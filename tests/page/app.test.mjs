@@ -1,6 +1,7 @@
 // End-to-end flow of the built site in headless Chromium, with random tiny-model weights:
 // weights download with progress → sample photo → labels → overlay + legend → label edit without
-// re-encoding → reload from the Cache API → K-Means → share link in a fresh page.
+// re-encoding → reload from the Cache API (weights and label embeddings) → K-Means → share link in
+// a fresh page.
 // Screenshots of every step land in test-output/page/.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -26,6 +27,8 @@ import {
   testWeights,
   waitLegend,
 } from './helpers.mjs';
+
+const debugAttr = (page, name) => page.getAttribute('[data-role=debug]', name);
 
 describe('clipdino page: main flow', { timeout: 600_000 }, () => {
   let server, browser, page, context, site;
@@ -140,9 +143,12 @@ describe('clipdino page: main flow', { timeout: 600_000 }, () => {
     assert.match(await page.textContent('[data-role=model-ready]'), /loaded from cache/);
     const refetched = server.log.slice(mark).filter((r) => r.path.endsWith('.gguf'));
     assert.deepEqual(refetched, [], 'no network request for the weights after a reload');
-    // The fragment restored labels and sample; the photo is segmented again.
+    // The fragment restored labels and sample; the photo is segmented again, with the label
+    // embeddings the previous page load stored (the text tower does not run).
     assert.deepEqual(await chips(page), ['cat', 'window', 'floor']);
     await nextSegmentation(page, '');
+    assert.equal(await debugAttr(page, 'data-label-loads'), '3', 'labels read back from browser storage');
+    assert.equal(await debugAttr(page, 'data-label-embeds'), '0', 'labels embedded again');
     await screenshot(page, 'reloaded-from-cache');
   });
 
@@ -188,6 +194,24 @@ describe('clipdino page: main flow', { timeout: 600_000 }, () => {
     await waitLegend(page, ['sky', 'grass']);
     // The page writes its own state back (sample, k, …) without a reload.
     assert.match(await page.evaluate(() => location.hash), /^#labels=sky,grass&mode=dinoiser&res=336&tpl=80&k=5&opacity=55&sample=chelsea$/);
+  });
+
+  it('reuses the stored 80-template label embeddings after a reload', async (t) => {
+    // The fragment test above embedded sky + grass with the 80 templates in this page load.
+    await waitLegend(page, ['sky', 'grass']);
+    const embeds = Number(await debugAttr(page, 'data-label-embeds'));
+    assert.ok(embeds >= 2, `labels embedded before the reload: ${embeds}`);
+    const before = await debugAttr(page, 'data-segment-ms');
+    await page.reload();
+    await nextSegmentation(page, '');
+    await waitLegend(page, ['sky', 'grass']);
+    assert.equal(await debugAttr(page, 'data-label-loads'), '2');
+    assert.equal(await debugAttr(page, 'data-label-embeds'), '0');
+    const afterMs = await debugAttr(page, 'data-segment-ms');
+    t.diagnostic(`segmentation with 2 new labels (80 templates): ${before} ms embedding, ${afterMs} ms from storage`);
+    // Stored in the page's own Cache API bucket, under keys naming the template set.
+    const keys = await page.evaluate(async () => (await (await caches.open('clipdino-label-embeddings')).keys()).map((r) => r.url));
+    assert.ok(keys.some((k) => /\/full-[0-9a-f]{16}\?label=sky$/.test(k)), JSON.stringify(keys));
   });
 
   it('asked nothing of any other host and logged no errors', async () => {

@@ -1,0 +1,306 @@
+//! Label embeddings kept across page loads, in their own Cache API bucket.
+//!
+//! Embedding one label with the 80 full templates costs seconds in wasm, so the worker keeps
+//! every embedding it computes: looked up before computing, written after. An entry is the
+//! L2-normalised vector (`embed_dim` f32) plus whether a prompt was cut to the context length.
+//!
+//! The key names everything the vector depends on (see [`entry_key`]): a fingerprint of the
+//! loaded weight files and the tokenizer (content hashes, so a different model never gets
+//! stale vectors) and the model's compute path, [`EMBED_CACHE_VERSION`], the template set
+//! (name and a hash of its texts) and the exact label. Entries are validated on read (length, finite values). Storage is only an
+//! optimisation: every failure (no Cache API in this context, private mode, quota, a corrupt
+//! or slow entry) means "not stored", and the label is computed as if the cache were empty.
+
+use std::future::Future;
+
+use js_sys::{Promise, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::{future_to_promise, JsFuture};
+use web_sys::{Blob, Cache, WorkerGlobalScope};
+
+use clipdino::templates::TemplateSet;
+
+use super::fetch;
+use crate::protocol::Templates;
+
+/// Version of the computation behind the stored vectors. **Bump it whenever the text tower's
+/// output can change for the same weights, tokenizer, templates and compute path** — a
+/// change in the text encoder, its kernels, the template averaging or the normalisation in
+/// the `clipdino` crate — because stored vectors would otherwise differ from freshly computed
+/// ones. (The `ComputePath` the worker passes to `Vb::new` is in the key already: switching
+/// paths needs no bump, changing what a path computes does.) Old entries are then simply never read again
+/// (clearing the bucket drops them).
+pub const EMBED_CACHE_VERSION: u32 = 1;
+
+/// Cache API bucket of the label embeddings (beside the weights' `clipdino-weights-v1`).
+pub const BUCKET: &str = "clipdino-label-embeddings";
+
+/// A lookup that takes longer than this counts as a miss (computing is always possible).
+const LOOKUP_TIMEOUT_MS: i32 = 3000;
+
+/// Bytes before the vector in an entry: the `cut` flag (0 / 1) and the length (u32 LE).
+const HEADER: usize = 5;
+
+// ---------------------------------------------------------------------------------------------
+// Keys (pure)
+
+/// 64-bit hash of `bytes`, fast enough for a whole weight file (8 bytes per step). Each step
+/// is a bijection of the state, so two inputs of the same length that differ in one 8-byte
+/// word always hash differently.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = 0x9e37_79b9_7f4a_7c15 ^ bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(a)).wrapping_mul(K);
+    }
+    let mut tail = [0u8; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    h = (h.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(K);
+    finish(h)
+}
+
+/// splitmix64's finaliser: spreads every input bit over the output.
+fn finish(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn combine(h: u64, v: u64) -> u64 {
+    finish(h.rotate_left(17) ^ v)
+}
+
+/// Fingerprint of a loaded model: names, sizes and content hashes of its weight files (in
+/// order) and the tokenizer file's hash. Text: `<hash hex>-<total bytes>`.
+pub fn weights_fingerprint(files: &[(String, Vec<u8>)], tokenizer_hash: u64) -> String {
+    let mut h = combine(0, tokenizer_hash);
+    let mut total = 0u64;
+    for (name, bytes) in files {
+        h = combine(h, content_hash(name.as_bytes()));
+        h = combine(h, bytes.len() as u64);
+        h = combine(h, content_hash(bytes));
+        total += bytes.len() as u64;
+    }
+    format!("{h:016x}-{total}")
+}
+
+pub fn template_set(t: Templates) -> TemplateSet {
+    match t {
+        Templates::Fast => TemplateSet::Fast,
+        Templates::Full => TemplateSet::Full,
+    }
+}
+
+/// The template set as a key part: its name and a hash of its texts, so that an edited
+/// template list misses on its own.
+fn templates_part(t: Templates) -> String {
+    let set = template_set(t);
+    let text = set.templates().join("\n");
+    format!("{}-{:016x}", set.name(), content_hash(text.as_bytes()))
+}
+
+/// Percent-encode everything but `A-Z a-z 0-9 - _ . ~` (injective, so distinct labels give
+/// distinct keys; case and inner spaces are kept as typed).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Cache key (an `https:` URL, as the Cache API requires; never fetched) of one label's
+/// embedding. The label sits in the query, where URL parsing keeps `.` and `..` as they are.
+pub fn entry_key(fingerprint: &str, version: u32, templates: Templates, label: &str) -> String {
+    format!(
+        "https://clipdino.invalid/label-embedding/v{version}/{}/{}?label={}",
+        percent_encode(fingerprint),
+        templates_part(templates),
+        percent_encode(label)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entries (pure)
+
+pub fn encode_entry(values: &[f32], cut: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + 4 * values.len());
+    out.push(cut as u8);
+    out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// The vector and `cut` flag of an entry, or `None` unless it holds exactly `embed_dim`
+/// finite values.
+pub fn decode_entry(bytes: &[u8], embed_dim: usize) -> Option<(Vec<f32>, bool)> {
+    let (head, body) = bytes.split_at_checked(HEADER)?;
+    let cut = match head[0] {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let n = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if n != embed_dim || body.len() != 4 * n {
+        return None;
+    }
+    let values: Vec<f32> = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    values
+        .iter()
+        .all(|v| v.is_finite())
+        .then_some((values, cut))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage (Cache API, through the helpers of `fetch`)
+
+/// Run `fut`, giving up after `ms` (then, or on any error, `None`).
+async fn within<F>(ms: i32, fut: F) -> Option<JsValue>
+where
+    F: Future<Output = Option<JsValue>> + 'static,
+{
+    let work = future_to_promise(async move { fut.await.ok_or(JsValue::UNDEFINED) });
+    let timer = Promise::new(&mut |resolve, _| {
+        let scope: WorkerGlobalScope = js_sys::global().unchecked_into();
+        let _ = scope.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+    });
+    let v = JsFuture::from(Promise::race(&js_sys::Array::of2(&work, &timer)))
+        .await
+        .ok()?;
+    (!v.is_undefined()).then_some(v)
+}
+
+/// The bucket, or `None` where storage is unavailable.
+pub async fn open() -> Option<Cache> {
+    within(LOOKUP_TIMEOUT_MS, async {
+        fetch::open_bucket(BUCKET).await.ok().map(JsValue::from)
+    })
+    .await
+    .and_then(|v| v.dyn_into::<Cache>().ok())
+}
+
+/// A stored embedding of `embed_dim` values, or `None` (absent, invalid, or unreadable).
+pub async fn load(cache: &Cache, key: &str, embed_dim: usize) -> Option<(Vec<f32>, bool)> {
+    let (cache, key) = (cache.clone(), key.to_string());
+    let v = within(LOOKUP_TIMEOUT_MS, async move {
+        let resp = fetch::cached(&cache, &key).await?;
+        let (bytes, _) =
+            fetch::read_body(&resp, "label embedding", false, &mut |_, _| {}, &|| false)
+                .await
+                .ok()?;
+        Some(Uint8Array::from(&bytes[..]).into())
+    })
+    .await?;
+    let bytes = v.dyn_into::<Uint8Array>().ok()?.to_vec();
+    decode_entry(&bytes, embed_dim)
+}
+
+/// Store raw entry bytes under `key` (tests use it to plant corrupt entries).
+pub async fn put_bytes(cache: &Cache, key: &str, bytes: &[u8]) -> Result<(), String> {
+    let parts = js_sys::Array::of1(&Uint8Array::from(bytes));
+    let blob = Blob::new_with_u8_array_sequence(&parts)
+        .map_err(|e| crate::transport::js_error_text(&e))?;
+    fetch::put(cache, key, &blob).await
+}
+
+/// Store one embedding. Errors (quota, storage switched off) are for the caller to ignore.
+pub async fn store(cache: &Cache, key: &str, values: &[f32], cut: bool) -> Result<(), String> {
+    put_bytes(cache, key, &encode_entry(values, cut)).await
+}
+
+/// Drop every stored embedding. `Ok(true)` when there were any. (The page has no "forget
+/// stored data" action yet to call it from; the wasm tests do.)
+#[allow(dead_code)]
+pub async fn clear() -> Result<bool, String> {
+    fetch::delete_bucket(BUCKET).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_bad_ones_are_rejected() {
+        let v = vec![0.5f32, -0.25, 1e-7, 0.0];
+        let e = encode_entry(&v, true);
+        assert_eq!(e.len(), HEADER + 16);
+        assert_eq!(decode_entry(&e, 4), Some((v.clone(), true)));
+        assert_eq!(
+            decode_entry(&encode_entry(&v, false), 4),
+            Some((v.clone(), false))
+        );
+        assert_eq!(decode_entry(&e, 5), None, "other embed_dim");
+        assert_eq!(decode_entry(&e[..e.len() - 1], 4), None, "truncated");
+        assert_eq!(decode_entry(&[], 4), None);
+        let mut bad = e.clone();
+        bad[0] = 7;
+        assert_eq!(decode_entry(&bad, 4), None, "cut flag");
+        for x in [f32::NAN, f32::INFINITY] {
+            assert_eq!(
+                decode_entry(&encode_entry(&[0.1, x, 0.2, 0.3], false), 4),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn keys_name_everything_the_vector_depends_on() {
+        let k = entry_key("abc-12", 1, Templates::Full, "cat");
+        assert!(
+            k.starts_with("https://clipdino.invalid/label-embedding/v1/abc-12/full-"),
+            "{k}"
+        );
+        assert!(k.ends_with("?label=cat"), "{k}");
+        let all = [
+            k.clone(),
+            entry_key("abc-13", 1, Templates::Full, "cat"),
+            entry_key("abc-12", 2, Templates::Full, "cat"),
+            entry_key("abc-12", 1, Templates::Fast, "cat"),
+            entry_key("abc-12", 1, Templates::Full, "Cat"),
+            entry_key("abc-12", 1, Templates::Full, "cat "),
+            entry_key("abc-12", 1, Templates::Full, "c%61t"),
+            entry_key("abc-12", 1, Templates::Full, ".."),
+            entry_key("abc-12", 1, Templates::Full, "chat noir & blanc?#x"),
+        ];
+        for i in 0..all.len() {
+            for j in 0..i {
+                assert_ne!(all[i], all[j]);
+            }
+        }
+        assert!(entry_key("f", 1, Templates::Full, "a/b ü&").ends_with("?label=a%2Fb%20%C3%BC%26"));
+    }
+
+    #[test]
+    fn fingerprints_follow_content() {
+        let a = vec![(
+            "m.gguf".to_string(),
+            (0..100_003u32).map(|i| i as u8).collect::<Vec<u8>>(),
+        )];
+        let fa = weights_fingerprint(&a, 1);
+        assert_eq!(fa, weights_fingerprint(&a.clone(), 1), "deterministic");
+        assert!(fa.ends_with("-100003"), "{fa}");
+        let mut b = a.clone();
+        b[0].1[50_000] ^= 1; // one bit deep inside, same length
+        assert_ne!(weights_fingerprint(&b, 1), fa);
+        let mut c = a.clone();
+        *c[0].1.last_mut().unwrap() ^= 0x80; // in the tail shorter than a word
+        assert_ne!(weights_fingerprint(&c, 1), fa);
+        assert_ne!(weights_fingerprint(&a, 2), fa, "tokenizer");
+        let mut d = a.clone();
+        d[0].0 = "n.gguf".into();
+        assert_ne!(weights_fingerprint(&d, 1), fa, "file name");
+        assert_ne!(content_hash(b""), content_hash(b"\0"), "length counts");
+    }
+}
