@@ -10,14 +10,18 @@
 # Environment: PROFILE=release (default; what ships) or bench-web (thin LTO, quicker to link);
 #   BENCH_DATA=target/bench (weights, ONNX models, inputs; ~3.5 GB);
 #   PYTHON=python with torch + open_clip_torch + onnx + onnxruntime (a virtualenv created by
-#   tests/reference/setup_venv.sh, plus `pip install onnx onnxruntime onnxscript`).
+#   tests/reference/setup_venv.sh, plus `pip install -r bench/requirements.txt`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PWD/node_modules/.bin:$PATH"
 PROFILE=${PROFILE:-release}
 DATA=${BENCH_DATA:-target/bench}
-PYTHON=${PYTHON:-tests/reference/.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=python3
+if [ -z "${PYTHON:-}" ]; then
+  # the reference virtualenv (torch, open_clip_torch) plus the ONNX tools, created if missing
+  [ -x tests/reference/.venv/bin/python ] || tests/reference/setup_venv.sh
+  PYTHON=tests/reference/.venv/bin/python
+  "$PYTHON" -c 'import onnx, onnxruntime, onnxscript' 2>/dev/null || "$PYTHON" -m pip install -r bench/requirements.txt
+fi
 case "$PROFILE" in release) OUTDIR=release ;; *) OUTDIR=$PROFILE ;; esac
 
 echo "== load before building: $(uptime)"

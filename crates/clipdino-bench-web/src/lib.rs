@@ -2,13 +2,12 @@
 //!
 //! The steps ([`suite::Step`]: weight parsing, image encoding, the image tower alone, label
 //! embeddings, the DINOiser head, segmentation, K-Means, an op-level profile of the tower and
-//! kernel micro-benchmarks, with a prototype int8 kernel in [`int8`]) live in [`suite`] and run unchanged on both targets: the wasm32
+//! kernel micro-benchmarks) live in [`suite`] and run unchanged on both targets: the wasm32
 //! build exports them through wasm-bindgen (`WebBench`, driven by `bench/worker.js`), the
 //! native binary `clipdino-bench-native` runs the same [`suite::plan`] on the same photo and
 //! weight files. `bench/run.sh` runs both and the onnxruntime-web peer, see `BENCHMARKS.md`.
 
 pub mod clock;
-pub mod int8;
 pub mod profile;
 pub mod suite;
 

@@ -11,13 +11,14 @@ use std::collections::BTreeMap;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
-use clipdino::clip::LayerNorm;
+use clipdino::clip::{fastmath, LayerNorm};
+use clipdino::intgemm::PackedLinear;
+use clipdino::linear::Linear;
 use clipdino::pipeline::Segmenter;
 use clipdino::{Error, Result, Stored, TensorStore, Vb};
 use serde_json::{json, Value};
 
 use crate::clock::now_ms;
-use crate::int8;
 use crate::suite::summary;
 
 /// Accumulated time (and FLOPs) per op category.
@@ -46,9 +47,9 @@ impl Prof {
     }
 }
 
+/// The model's own linear layer (same compute path), timed as one op including its bias.
 struct Lin {
-    w: QMatMul,
-    b: Tensor,
+    lin: Linear,
     inp: usize,
     out: usize,
 }
@@ -56,8 +57,7 @@ struct Lin {
 impl Lin {
     fn new(vb: &Vb, inp: usize, out: usize, w: &str, b: &str) -> Result<Self> {
         Ok(Self {
-            w: vb.qmatmul(out, inp, w)?,
-            b: vb.get(&[out], b)?,
+            lin: Linear::with_names(inp, out, vb, w, Some(b))?,
             inp,
             out,
         })
@@ -65,11 +65,8 @@ impl Lin {
 
     fn fwd(&self, p: &mut Prof, cat: &'static str, x: &Tensor) -> Result<Tensor> {
         let rows = (x.elem_count() / self.inp) as f64;
-        let y = p.t(cat, 2.0 * rows * (self.inp * self.out) as f64, || {
-            self.w.forward(x)
-        })?;
-        p.t("bias add", rows * self.out as f64, || {
-            y.broadcast_add(&self.b)
+        p.t(cat, 2.0 * rows * (self.inp * self.out) as f64, || {
+            self.lin.forward(x)
         })
     }
 }
@@ -160,7 +157,7 @@ impl Tower {
             q.matmul(&k.t()?)
         })?;
         let probs = p.t("attention softmax", 0.0, || {
-            candle_nn::ops::softmax_last_dim(&scores)
+            fastmath::softmax_last_dim_(scores.clone())
         })?;
         let o = p.t("attention probs·v", 2.0 * bh * nq * tt * dd, || {
             probs.matmul(&v)
@@ -179,7 +176,7 @@ impl Tower {
 
     fn mlp(&self, p: &mut Prof, blk: &Block, x: &Tensor) -> Result<Tensor> {
         let h = blk.fc.fwd(p, "matmul mlp.c_fc", x)?;
-        let h = p.t("gelu (erf)", 0.0, || h.gelu_erf())?;
+        let h = p.t("gelu (erf)", 0.0, || fastmath::gelu_(h))?;
         blk.proj.fwd(p, "matmul mlp.c_proj", &h)
     }
 
@@ -388,7 +385,7 @@ fn time_kernel<T>(
 pub fn kernels(tokens: usize, runs: crate::suite::Runs) -> Result<Value> {
     let m = tokens;
     let mut rows = Vec::new();
-    let mut int8_err = Vec::new();
+    let mut int_err = Vec::new();
     let mut push = |name: String, variant: &str, ms: f64, flops: f64| {
         rows.push(json!({
             "kernel": name, "variant": variant, "ms": ms,
@@ -432,14 +429,11 @@ pub fn kernels(tokens: usize, runs: crate::suite::Runs) -> Result<Value> {
                 flops,
             );
         }
-        // prototype int8 kernel (crate::int8), checked against the f32 product
+        // the model's integer kernel (ComputePath::Int), checked against the f32 product
         let xv = x2.flatten_all()?.to_vec1::<f32>()?;
-        let packed = int8::PackedWeights::new(&w.flatten_all()?.to_vec1::<f32>()?, n, k)
-            .ok_or_else(|| Error::invalid("int8", "k not a multiple of 8"))?;
-        let ms = time_kernel(runs, || {
-            Ok::<_, candle_core::Error>(int8::matmul(&xv, m, &packed))
-        })?;
-        let y8 = int8::matmul(&xv, m, &packed);
+        let packed = PackedLinear::new(name, &w.flatten_all()?.to_vec1::<f32>()?, n, k, None)?;
+        let ms = time_kernel(runs, || Ok::<_, candle_core::Error>(packed.matmul(&xv, m)))?;
+        let y8 = packed.matmul(&xv, m);
         let y32 = x2.matmul(&wt)?.flatten_all()?.to_vec1::<f32>()?;
         let amax = y32.iter().fold(0f32, |a, v| a.max(v.abs()));
         let err = y8
@@ -449,11 +443,11 @@ pub fn kernels(tokens: usize, runs: crate::suite::Runs) -> Result<Value> {
             / amax.max(1e-12);
         push(
             label.clone(),
-            "int8 prototype (i16 dot, 4×2 tile)",
+            "int (10-bit W, 13-bit x, i16 dot, 4×2 tile; as the model on ComputePath::Int)",
             ms,
             flops,
         );
-        int8_err.push(json!({ "kernel": label, "max_abs_err_over_max_abs": err }));
+        int_err.push(json!({ "kernel": label, "max_abs_err_over_max_abs": err }));
     }
     let (h, d) = (12usize, 64usize);
     let q = det(&[h, m, d], 3, 1.0)?;
@@ -469,8 +463,14 @@ pub fn kernels(tokens: usize, runs: crate::suite::Runs) -> Result<Value> {
     let s = q.matmul(&k.t()?)?;
     push(
         format!("attention softmax [{h}×{m}×{m}]"),
-        "candle_nn softmax_last_dim",
+        "candle_nn softmax_last_dim (libm expf per element)",
         time_kernel(runs, || candle_nn::ops::softmax_last_dim(&s))?,
+        0.0,
+    );
+    push(
+        format!("attention softmax [{h}×{m}×{m}]"),
+        "clipdino fastmath (in place, as the model)",
+        time_kernel(runs, || fastmath::softmax_last_dim_(s.copy()?))?,
         0.0,
     );
     let pr = candle_nn::ops::softmax_last_dim(&s)?;
@@ -494,8 +494,14 @@ pub fn kernels(tokens: usize, runs: crate::suite::Runs) -> Result<Value> {
     let hid = det(&[1, m, 3072], 7, 3.0)?;
     push(
         format!("gelu [{m}×3072]"),
-        "gelu_erf (exact, as the model)",
+        "candle gelu_erf (libm erff per element)",
         time_kernel(runs, || hid.gelu_erf())?,
+        0.0,
+    );
+    push(
+        format!("gelu [{m}×3072]"),
+        "clipdino fastmath gelu_erf (in place, as the model)",
+        time_kernel(runs, || fastmath::gelu_(hid.copy()?))?,
         0.0,
     );
     push(
@@ -541,6 +547,6 @@ pub fn kernels(tokens: usize, runs: crate::suite::Runs) -> Result<Value> {
         "tokens": m,
         "kernels": rows,
         "layernorm_fused_vs_composed_max_abs_diff": ln_diff,
-        "int8_prototype_error": int8_err,
+        "int_kernel_error": int_err,
     }))
 }

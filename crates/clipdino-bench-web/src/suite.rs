@@ -41,13 +41,14 @@ pub const LABELS10: [&str; 10] = [
     "background",
 ];
 
-/// How linear layers multiply: dequantized to f32 at load (what the app does) or with candle's
-/// quantized kernels.
+/// How linear layers multiply: dequantized to f32 at load, with candle's quantized kernels, or
+/// with the integer kernel (`clipdino::intgemm`, what the app does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compute {
     F32,
     Quantized,
+    Int,
 }
 
 impl Compute {
@@ -55,6 +56,7 @@ impl Compute {
         match self {
             Compute::F32 => ComputePath::F32,
             Compute::Quantized => ComputePath::Quantized,
+            Compute::Int => ComputePath::Int,
         }
     }
 }
@@ -234,6 +236,10 @@ pub enum PlanKind {
     Kernels,
     /// The f32 tower at 448×448 and its op-level profile.
     Profile,
+    /// The f32 and integer compute paths side by side at 448×448 (tower, profile), the app's
+    /// path (Q4_0 bundle on the integer kernel: encode, labels, head, segment, K-Means) and the
+    /// kernel micro-benchmarks: the quick way to re-measure the headline numbers.
+    Compare,
 }
 
 /// File names of the weights folder written by `bench/run.sh`.
@@ -328,7 +334,7 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             load(
                 "gguf q4_0",
                 vec![files::gguf("q4_0")],
-                Compute::F32,
+                Compute::Int,
                 Runs::once(),
             ),
             Step::Labels {
@@ -350,6 +356,34 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
                 runs: Runs::once(),
             },
         ],
+        PlanKind::Compare => {
+            let mut v = vec![
+                load("upstream safetensors + last.pt", upstream, Compute::F32, r),
+                Step::Tower {
+                    preset: Preset::Window448,
+                    runs: r,
+                },
+                Step::Profile {
+                    preset: Preset::Window448,
+                    runs: few,
+                },
+                load("gguf q4_0", vec![files::gguf("q4_0")], Compute::Int, r),
+                Step::Tower {
+                    preset: Preset::Window448,
+                    runs: r,
+                },
+                Step::Profile {
+                    preset: Preset::Window448,
+                    runs: few,
+                },
+            ];
+            app_path_steps(&mut v, r, &[Preset::S336, Preset::Window448]);
+            v.push(Step::Kernels {
+                tokens: 785,
+                runs: r,
+            });
+            v
+        }
         PlanKind::Full => {
             let mut v = vec![
                 // quantized compute path: load, then the tower at 448×448 and its profile
@@ -419,12 +453,53 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
                 preset: Preset::Window448,
                 runs: few,
             });
+            // the app's path: the Q4_0 bundle on the integer kernel
+            v.push(load(
+                "gguf q4_0",
+                vec![files::gguf("q4_0")],
+                Compute::Int,
+                r,
+            ));
+            for p in Preset::ALL {
+                v.push(Step::Tower { preset: p, runs: r });
+            }
+            v.push(Step::Profile {
+                preset: Preset::Window448,
+                runs: few,
+            });
+            app_path_steps(&mut v, r, &Preset::ALL);
             v.push(Step::Kernels {
                 tokens: 785,
                 runs: r,
             });
             v
         }
+    }
+}
+
+/// Encode, labels (1 and 10, fast and full templates), head, segment and K-Means on the model
+/// loaded last.
+fn app_path_steps(v: &mut Vec<Step>, r: Runs, presets: &[Preset]) {
+    for &p in presets {
+        v.push(Step::Encode { preset: p, runs: r });
+    }
+    for n in [1, 10] {
+        for t in [Templates::Fast, Templates::Full] {
+            v.push(Step::Labels {
+                labels: n,
+                templates: t,
+                runs: r,
+            });
+        }
+    }
+    for &p in presets {
+        v.push(Step::Head { preset: p, runs: r });
+        v.push(Step::Segment { preset: p, runs: r });
+        v.push(Step::Kmeans {
+            preset: p,
+            k: 8,
+            runs: r,
+        });
     }
 }
 

@@ -81,3 +81,9 @@ fn replica_matches_the_model_quantized() {
         assert!(d < 1e-5, "{q}: max |Δ| {d}");
     }
 }
+
+#[test]
+fn replica_matches_the_model_integer_kernel() {
+    let d = replica_diff(tiny(), ComputePath::Int);
+    assert!(d < 1e-5, "max |Δ| {d}");
+}

@@ -241,6 +241,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         match a.model.compute {
             Compute::F32 => "f32",
             Compute::Quantized => "quantized",
+            Compute::Int => "int",
         }
     );
     if let Some(g) = gen_s {

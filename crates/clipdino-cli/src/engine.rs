@@ -35,7 +35,8 @@ pub struct ModelArgs {
     /// CLIP-DINOiser checkpoint `last.pt` for --clip.
     #[arg(long, value_name = "FILE", requires = "clip")]
     pub head: Option<PathBuf>,
-    /// Matrix multiplication: dequantize to f32 at load, or keep quantized kernels.
+    /// Matrix multiplication: dequantize to f32 at load, keep candle's quantized kernels, or
+    /// the integer kernel of the browser app (10-bit weights, 13-bit activations, exact sums).
     #[arg(long, value_enum, default_value_t = Compute::F32)]
     pub compute: Compute,
 }
@@ -51,6 +52,7 @@ pub enum Compute {
     #[default]
     F32,
     Quantized,
+    Int,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -227,6 +229,7 @@ impl Engine {
         let path = match compute {
             Compute::F32 => ComputePath::F32,
             Compute::Quantized => ComputePath::Quantized,
+            Compute::Int => ComputePath::Int,
         };
         let segmenter = Segmenter::from_bundle(bundle, &Device::Cpu, path)?;
         let tokenizer = ClipTokenizer::embedded()?;
@@ -295,7 +298,13 @@ impl Engine {
             }
             e => anyhow!(e),
         })?;
-        let inter = keep_inter.then(|| features.windows.iter().filter_map(|w| w.inter.clone()).collect());
+        let inter = keep_inter.then(|| {
+            features
+                .windows
+                .iter()
+                .filter_map(|w| w.inter.clone())
+                .collect()
+        });
         Ok(Encoded {
             features,
             inter,

@@ -208,7 +208,11 @@ impl ClipConfig {
     /// Infer widths, depths, patch, grid, context and vocab from tensor shapes. Head counts are
     /// not visible in shapes: they are taken as `width / 64` (open_clip's default head width)
     /// unless `head_width` says otherwise.
-    pub fn infer(store: &TensorStore, vision_head_width: usize, text_head_width: usize) -> Result<Self> {
+    pub fn infer(
+        store: &TensorStore,
+        vision_head_width: usize,
+        text_head_width: usize,
+    ) -> Result<Self> {
         let dims = |n: &str| store.dims(n).ok_or_else(|| store.missing(n));
         let conv = dims("visual.conv1.weight")?;
         if conv.len() != 4 {
@@ -218,7 +222,10 @@ impl ClipConfig {
         let pos = dims("visual.positional_embedding")?;
         let grid = ((pos[0].saturating_sub(1)) as f64).sqrt() as usize;
         if grid * grid + 1 != pos[0] {
-            return Err(Error::config("visual.positional_embedding", format!("{} rows is not a square grid + CLS", pos[0])));
+            return Err(Error::config(
+                "visual.positional_embedding",
+                format!("{} rows is not a square grid + CLS", pos[0]),
+            ));
         }
         let count = |prefix: &str| {
             (0..)
@@ -228,8 +235,8 @@ impl ClipConfig {
         let vlayers = count("visual.transformer.resblocks");
         let tlayers = count("transformer.resblocks");
         let vmlp = dims("visual.transformer.resblocks.0.mlp.c_fc.weight")?[0];
-        let proj = dims("visual.proj")
-            .or_else(|_| dims("visual.proj_t").map(|d| vec![d[1], d[0]]))?;
+        let proj =
+            dims("visual.proj").or_else(|_| dims("visual.proj_t").map(|d| vec![d[1], d[0]]))?;
         let tok = dims("token_embedding.weight")?;
         let tpos = dims("positional_embedding")?;
         let tmlp = dims("transformer.resblocks.0.mlp.c_fc.weight")?[0];
@@ -260,13 +267,25 @@ impl ClipConfig {
         let v = &self.vision;
         let t = &self.text;
         let checks: [(&str, bool); 8] = [
-            ("vision_cfg.width", v.width > 0 && v.heads > 0 && v.width % v.heads == 0),
+            (
+                "vision_cfg.width",
+                v.width > 0 && v.heads > 0 && v.width % v.heads == 0,
+            ),
             ("vision_cfg.layers", (3..=64).contains(&v.layers)),
             ("vision_cfg.patch_size", (1..=64).contains(&v.patch_size)),
-            ("vision_cfg.image_size", v.image_size >= v.patch_size && v.image_size % v.patch_size == 0),
-            ("text_cfg.width", t.width > 0 && t.heads > 0 && t.width % t.heads == 0),
+            (
+                "vision_cfg.image_size",
+                v.image_size >= v.patch_size && v.image_size % v.patch_size == 0,
+            ),
+            (
+                "text_cfg.width",
+                t.width > 0 && t.heads > 0 && t.width % t.heads == 0,
+            ),
             ("text_cfg.layers", (1..=64).contains(&t.layers)),
-            ("text_cfg.context_length", (2..=1024).contains(&t.context_length)),
+            (
+                "text_cfg.context_length",
+                (2..=1024).contains(&t.context_length),
+            ),
             ("embed_dim", self.embed_dim > 0 && t.vocab_size > 2),
         ];
         for (field, ok) in checks {

@@ -65,15 +65,30 @@ impl DinoiserHead {
     pub fn new(vb: &Vb, cfg: &HeadConfig) -> Result<Self> {
         let (inp, proj) = (cfg.in_dim, cfg.proj_dim);
         if inp == 0 || proj == 0 {
-            return Err(Error::config("head", format!("empty head dimensions in {cfg:?}")));
+            return Err(Error::config(
+                "head",
+                format!("empty head dimensions in {cfg:?}"),
+            ));
         }
         // [proj, in, 3, 3] → [in, 3, 3, proj] → [in, 9·proj]
         let w = conv_weight(vb, "obj_proj.weight", &[proj, inp, 3, 3])?;
-        let obj_w = w.permute((1, 2, 3, 0))?.contiguous()?.reshape((inp, 9 * proj))?;
+        let obj_w = w
+            .permute((1, 2, 3, 0))?
+            .contiguous()?
+            .reshape((inp, 9 * proj))?;
         let obj_b = vb.get(&[proj], "obj_proj.bias")?.to_vec1::<f32>()?;
-        let bkg_w = conv_weight(vb, "bkg_decoder.weight", &[1, inp, 1, 1])?.reshape((1, inp))?.t()?.contiguous()?;
+        let bkg_w = conv_weight(vb, "bkg_decoder.weight", &[1, inp, 1, 1])?
+            .reshape((1, inp))?
+            .t()?
+            .contiguous()?;
         let bkg_b = vb.get(&[1], "bkg_decoder.bias")?.to_vec1::<f32>()?[0];
-        Ok(Self { obj_w, obj_b, bkg_w, bkg_b, cfg: cfg.clone() })
+        Ok(Self {
+            obj_w,
+            obj_b,
+            bkg_w,
+            bkg_b,
+            cfg: cfg.clone(),
+        })
     }
 
     pub fn config(&self) -> &HeadConfig {
@@ -85,7 +100,10 @@ impl DinoiserHead {
             [h, w, c] if *c == self.cfg.in_dim && h * w > 0 => Ok((*h, *w)),
             d => Err(Error::invalid(
                 "inter",
-                format!("expected [h, w, {}] intermediate features, got {d:?}", self.cfg.in_dim),
+                format!(
+                    "expected [h, w, {}] intermediate features, got {d:?}",
+                    self.cfg.in_dim
+                ),
             )),
         }
     }
@@ -166,7 +184,9 @@ impl DinoiserHead {
     /// Foreground score `sigmoid(bkg_decoder(G/‖G‖))` per patch, `[h, w]`.
     pub fn background(&self, inter: &Tensor) -> Result<Tensor> {
         let (h, w) = self.check_inter(inter)?;
-        let g = inter.to_dtype(DType::F32)?.reshape((h * w, self.cfg.in_dim))?;
+        let g = inter
+            .to_dtype(DType::F32)?
+            .reshape((h * w, self.cfg.in_dim))?;
         let g = l2_normalize_last(&g)?;
         let logit = (g.matmul(&self.bkg_w)? + self.bkg_b as f64)?;
         Ok(candle_nn::ops::sigmoid(&logit)?.reshape((h, w))?)
@@ -186,7 +206,9 @@ mod tests {
     use std::sync::Arc;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
@@ -194,7 +216,11 @@ mod tests {
         (0..n).map(|_| lcg(seed)).collect()
     }
 
-    fn head(inp: usize, proj: usize, seed: u64) -> (DinoiserHead, Vec<f32>, Vec<f32>, Vec<f32>, f32) {
+    fn head(
+        inp: usize,
+        proj: usize,
+        seed: u64,
+    ) -> (DinoiserHead, Vec<f32>, Vec<f32>, Vec<f32>, f32) {
         let mut s = seed;
         let dev = Device::Cpu;
         let ow = rand_vec(proj * inp * 9, &mut s);
@@ -202,18 +228,38 @@ mod tests {
         let bw = rand_vec(inp, &mut s);
         let bb = lcg(&mut s);
         let mut store = TensorStore::new("test");
-        let t = |v: &Vec<f32>, shape: &[usize]| Stored::Float(Tensor::from_vec(v.clone(), shape, &dev).unwrap());
+        let t = |v: &Vec<f32>, shape: &[usize]| {
+            Stored::Float(Tensor::from_vec(v.clone(), shape, &dev).unwrap())
+        };
         store.insert("dinoiser.obj_proj.weight", t(&ow, &[proj, inp, 3, 3]));
         store.insert("dinoiser.obj_proj.bias", t(&ob, &[proj]));
         store.insert("dinoiser.bkg_decoder.weight", t(&bw, &[1, inp, 1, 1]));
         store.insert("dinoiser.bkg_decoder.bias", t(&vec![bb], &[1]));
         let vb = Vb::new(Arc::new(store), dev, ComputePath::F32);
-        let cfg = HeadConfig { in_dim: inp, proj_dim: proj, layer: 0 };
-        (DinoiserHead::new(&vb.pp("dinoiser"), &cfg).unwrap(), ow, ob, bw, bb)
+        let cfg = HeadConfig {
+            in_dim: inp,
+            proj_dim: proj,
+            layer: 0,
+        };
+        (
+            DinoiserHead::new(&vb.pp("dinoiser"), &cfg).unwrap(),
+            ow,
+            ob,
+            bw,
+            bb,
+        )
     }
 
     /// Direct 3×3 replicate-padded convolution, the textbook way.
-    fn conv_ref(g: &[f32], h: usize, w: usize, inp: usize, ow: &[f32], ob: &[f32], proj: usize) -> Vec<f32> {
+    fn conv_ref(
+        g: &[f32],
+        h: usize,
+        w: usize,
+        inp: usize,
+        ow: &[f32],
+        ob: &[f32],
+        proj: usize,
+    ) -> Vec<f32> {
         let mut out = vec![0f32; h * w * proj];
         for i in 0..h {
             for j in 0..w {
@@ -222,9 +268,12 @@ mod tests {
                     for c in 0..inp {
                         for ky in 0..3 {
                             for kx in 0..3 {
-                                let si = (i as isize + ky as isize - 1).clamp(0, h as isize - 1) as usize;
-                                let sj = (j as isize + kx as isize - 1).clamp(0, w as isize - 1) as usize;
-                                acc += ow[((p * inp + c) * 3 + ky) * 3 + kx] as f64 * g[(si * w + sj) * inp + c] as f64;
+                                let si = (i as isize + ky as isize - 1).clamp(0, h as isize - 1)
+                                    as usize;
+                                let sj = (j as isize + kx as isize - 1).clamp(0, w as isize - 1)
+                                    as usize;
+                                acc += ow[((p * inp + c) * 3 + ky) * 3 + kx] as f64
+                                    * g[(si * w + sj) * inp + c] as f64;
                             }
                         }
                     }
@@ -242,14 +291,26 @@ mod tests {
         let mut s = 11;
         let g = rand_vec(h * w * inp, &mut s);
         let gt = Tensor::from_vec(g.clone(), (h, w, inp), &Device::Cpu).unwrap();
-        let got = hd.project(&gt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = hd
+            .project(&gt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let want = conv_ref(&g, h, w, inp, &ow, &ob, proj);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
         // 1×1 grid: every tap replicates the single patch
         let g1 = Tensor::from_vec(g[..inp].to_vec(), (1, 1, inp), &Device::Cpu).unwrap();
-        let got = hd.project(&g1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = hd
+            .project(&g1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let want = conv_ref(&g[..inp], 1, 1, inp, &ow, &ob, proj);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
@@ -302,7 +363,11 @@ mod tests {
             }
             for k in 0..e {
                 let want = acc[k] / (sum + 1e-6);
-                assert!((got[a * e + k] as f64 - want).abs() < 1e-4, "{} vs {want}", got[a * e + k]);
+                assert!(
+                    (got[a * e + k] as f64 - want).abs() < 1e-4,
+                    "{} vs {want}",
+                    got[a * e + k]
+                );
             }
         }
         assert!(zeroed > 0, "the γ threshold was never exercised");
@@ -326,7 +391,14 @@ mod tests {
             .unwrap()
             .broadcast_div(&(c.sum_keepdim(1).unwrap() + 1e-6).unwrap())
             .unwrap();
-        let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-4, "max |Δ| {d}");
     }
 
@@ -359,10 +431,21 @@ mod tests {
         assert!(matches!(hd.project(&bad), Err(Error::InvalidInput { .. })));
         let inter = Tensor::zeros((2, 3, 5), DType::F32, &Device::Cpu).unwrap();
         let dense = Tensor::zeros((3, 2, 4), DType::F32, &Device::Cpu).unwrap();
-        assert!(matches!(hd.refine(&dense, &inter), Err(Error::InvalidInput { .. })));
+        assert!(matches!(
+            hd.refine(&dense, &inter),
+            Err(Error::InvalidInput { .. })
+        ));
         // missing tensor names the tensor
-        let vb = Vb::new(Arc::new(TensorStore::new("empty.pt")), Device::Cpu, ComputePath::F32);
-        let cfg = HeadConfig { in_dim: 5, proj_dim: 2, layer: 0 };
+        let vb = Vb::new(
+            Arc::new(TensorStore::new("empty.pt")),
+            Device::Cpu,
+            ComputePath::F32,
+        );
+        let cfg = HeadConfig {
+            in_dim: 5,
+            proj_dim: 2,
+            layer: 0,
+        };
         match DinoiserHead::new(&vb.pp("dinoiser"), &cfg) {
             Err(Error::MissingTensor { name, .. }) => assert_eq!(name, "dinoiser.obj_proj.weight"),
             other => panic!("unexpected {other:?}"),

@@ -9,8 +9,8 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::rng::SplitMix64;
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 
 /// Allowed cluster counts.
 pub const K_RANGE: std::ops::RangeInclusive<usize> = 2..=16;
@@ -26,7 +26,12 @@ pub struct KMeansOptions {
 
 impl KMeansOptions {
     pub fn new(k: usize) -> Self {
-        Self { k, max_iter: 50, tol: 1e-5, seed: 0x00C0_FFEE }
+        Self {
+            k,
+            max_iter: 50,
+            tol: 1e-5,
+            seed: 0x00C0_FFEE,
+        }
     }
 }
 
@@ -77,9 +82,17 @@ fn nearest(x: &[f32], centroids: &[Vec<f32>]) -> (usize, f32) {
 pub fn kmeans_tensor(features: &Tensor, opts: &KMeansOptions) -> Result<KMeans> {
     let d = match features.dims().last() {
         Some(&d) if features.rank() >= 2 => d,
-        _ => return Err(Error::invalid("features", format!("expected a [.., d] tensor, got {:?}", features.dims()))),
+        _ => {
+            return Err(Error::invalid(
+                "features",
+                format!("expected a [.., d] tensor, got {:?}", features.dims()),
+            ))
+        }
     };
-    let data = features.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let data = features
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     kmeans(&data, d, opts)
 }
 
@@ -89,15 +102,25 @@ pub fn kmeans(data: &[f32], d: usize, opts: &KMeansOptions) -> Result<KMeans> {
     if !K_RANGE.contains(&k) {
         return Err(Error::invalid(
             "k",
-            format!("{k} clusters requested, allowed {}..={}", K_RANGE.start(), K_RANGE.end()),
+            format!(
+                "{k} clusters requested, allowed {}..={}",
+                K_RANGE.start(),
+                K_RANGE.end()
+            ),
         ));
     }
     if d == 0 || data.is_empty() || !data.len().is_multiple_of(d) {
-        return Err(Error::invalid("features", format!("{} values do not form non-empty rows of {d}", data.len())));
+        return Err(Error::invalid(
+            "features",
+            format!("{} values do not form non-empty rows of {d}", data.len()),
+        ));
     }
     let n = data.len() / d;
     if n < k {
-        return Err(Error::invalid("features", format!("{n} points cannot form {k} clusters")));
+        return Err(Error::invalid(
+            "features",
+            format!("{n} points cannot form {k} clusters"),
+        ));
     }
     if data.iter().any(|x| !x.is_finite()) {
         return Err(Error::invalid("features", "non-finite value"));
@@ -114,7 +137,9 @@ pub fn kmeans(data: &[f32], d: usize, opts: &KMeansOptions) -> Result<KMeans> {
     let first = (rng.next_u64() % n as u64) as usize;
     centroids.push(row(first).to_vec());
     // squared distance of each point to its nearest chosen centre: 2 − 2·cos, clamped at 0
-    let mut dist: Vec<f32> = (0..n).map(|i| (2.0 - 2.0 * dot(row(i), &centroids[0])).max(0.0)).collect();
+    let mut dist: Vec<f32> = (0..n)
+        .map(|i| (2.0 - 2.0 * dot(row(i), &centroids[0])).max(0.0))
+        .collect();
     while centroids.len() < k {
         let total: f64 = dist.iter().map(|&v| v as f64).sum();
         let pick = if total > 0.0 {
@@ -200,7 +225,12 @@ pub fn kmeans(data: &[f32], d: usize, opts: &KMeansOptions) -> Result<KMeans> {
         *a = best as u32;
         inertia += 1.0 - best_sim;
     }
-    Ok(KMeans { assignments, centroids, iterations, inertia })
+    Ok(KMeans {
+        assignments,
+        centroids,
+        iterations,
+        inertia,
+    })
 }
 
 #[cfg(test)]
@@ -232,7 +262,9 @@ mod tests {
     fn same_partition(a: &[u32], b: &[usize]) -> bool {
         let mut map = std::collections::HashMap::new();
         let mut inv = std::collections::HashMap::new();
-        a.iter().zip(b).all(|(&x, &y)| *map.entry(x).or_insert(y) == y && *inv.entry(y).or_insert(x) == x)
+        a.iter()
+            .zip(b)
+            .all(|(&x, &y)| *map.entry(x).or_insert(y) == y && *inv.entry(y).or_insert(x) == x)
     }
 
     #[test]

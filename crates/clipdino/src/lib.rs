@@ -8,6 +8,7 @@ pub mod clip;
 pub mod config;
 pub mod dinoiser;
 pub mod error;
+pub mod intgemm;
 pub mod kmeans;
 pub mod linear;
 pub mod loaders;

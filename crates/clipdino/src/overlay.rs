@@ -51,7 +51,11 @@ pub fn color(i: u32) -> [u8; 3] {
         return *c;
     }
     let hue = (i as f32 * 137.507_77).rem_euclid(360.0);
-    let (s, v) = if i.is_multiple_of(2) { (0.75, 0.95) } else { (0.55, 0.75) };
+    let (s, v) = if i.is_multiple_of(2) {
+        (0.75, 0.95)
+    } else {
+        (0.55, 0.75)
+    };
     hsv_to_rgb(hue, s, v)
 }
 
@@ -80,7 +84,10 @@ pub fn color_hex(i: u32) -> String {
 
 fn check_len(label_map: &[u32], width: usize, height: usize) -> Result<()> {
     if width.checked_mul(height) != Some(label_map.len()) {
-        return Err(Error::invalid("label_map", format!("{} entries for a {width}×{height} image", label_map.len())));
+        return Err(Error::invalid(
+            "label_map",
+            format!("{} entries for a {width}×{height} image", label_map.len()),
+        ));
     }
     Ok(())
 }
@@ -137,7 +144,13 @@ pub fn blend_rgb(
 ) -> Result<Vec<u8>> {
     check_len(label_map, width, height)?;
     if rgb.len() != label_map.len() * 3 {
-        return Err(Error::invalid("image", format!("{} bytes of RGB for a {width}×{height} label map", rgb.len())));
+        return Err(Error::invalid(
+            "image",
+            format!(
+                "{} bytes of RGB for a {width}×{height} label map",
+                rgb.len()
+            ),
+        ));
     }
     let a = alpha_of(opacity) as u32;
     let mut out = Vec::with_capacity(rgb.len());
@@ -169,12 +182,20 @@ pub fn area_fractions(label_map: &[u32], n_labels: usize) -> Vec<f32> {
 
 /// Nearest-neighbour upscaling of a `gw × gh` grid map (e.g. K-Means clusters per patch) to
 /// `width × height` pixels, cell centres aligned like `F.interpolate(mode="nearest")`.
-pub fn upscale_nearest(grid: &[u32], gw: usize, gh: usize, width: usize, height: usize) -> Result<Vec<u32>> {
+pub fn upscale_nearest(
+    grid: &[u32],
+    gw: usize,
+    gh: usize,
+    width: usize,
+    height: usize,
+) -> Result<Vec<u32>> {
     check_len(grid, gw, gh)?;
     if gw == 0 || gh == 0 {
         return Err(Error::invalid("grid", "empty grid"));
     }
-    let xs: Vec<usize> = (0..width).map(|x| (x * gw / width.max(1)).min(gw - 1)).collect();
+    let xs: Vec<usize> = (0..width)
+        .map(|x| (x * gw / width.max(1)).min(gw - 1))
+        .collect();
     let mut out = Vec::with_capacity(width * height);
     for y in 0..height {
         let gy = (y * gh / height.max(1)).min(gh - 1);
@@ -201,8 +222,18 @@ mod tests {
         let x = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047;
         let y = 0.2126 * r + 0.7152 * g + 0.0722 * b;
         let z = (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883;
-        let f = |t: f64| if t > 0.008856 { t.cbrt() } else { 7.787 * t + 16.0 / 116.0 };
-        [116.0 * f(y) - 16.0, 500.0 * (f(x) - f(y)), 200.0 * (f(y) - f(z))]
+        let f = |t: f64| {
+            if t > 0.008856 {
+                t.cbrt()
+            } else {
+                7.787 * t + 16.0 / 116.0
+            }
+        };
+        [
+            116.0 * f(y) - 16.0,
+            500.0 * (f(x) - f(y)),
+            200.0 * (f(y) - f(z)),
+        ]
     }
 
     #[test]
@@ -211,7 +242,8 @@ mod tests {
         for i in 0..64u32 {
             for j in 0..i {
                 let (a, b) = (lab(color(i)), lab(color(j)));
-                let d = ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt();
+                let d =
+                    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt();
                 if i < 32 {
                     min = min.min(d);
                 }
@@ -227,11 +259,17 @@ mod tests {
         let map = [0, 1, 2, 1, 0, 3];
         let o = overlay_rgba(&map, 3, 2, 0.5, None).unwrap();
         assert_eq!(o.len(), 24);
-        assert_eq!(&o[4..8], &[PALETTE[1][0], PALETTE[1][1], PALETTE[1][2], 128]);
+        assert_eq!(
+            &o[4..8],
+            &[PALETTE[1][0], PALETTE[1][1], PALETTE[1][2], 128]
+        );
         let iso = overlay_rgba(&map, 3, 2, 1.0, Some(1)).unwrap();
         assert_eq!(&iso[0..4], &[0, 0, 0, 0]);
         assert_eq!(iso[7], 255);
-        assert_eq!(&iso[12..16], &[PALETTE[1][0], PALETTE[1][1], PALETTE[1][2], 255]);
+        assert_eq!(
+            &iso[12..16],
+            &[PALETTE[1][0], PALETTE[1][1], PALETTE[1][2], 255]
+        );
         assert_eq!(overlay_rgba(&map, 3, 2, f32::NAN, None).unwrap()[3], 0);
         assert!(overlay_rgba(&map, 4, 2, 0.5, None).is_err());
         assert!(overlay_rgba(&map, usize::MAX, 2, 0.5, None).is_err());

@@ -174,6 +174,11 @@ pub enum ComputePath {
     F32,
     /// Keep quantized tensors quantized and multiply with candle's quantized kernels.
     Quantized,
+    /// The towers' linear layers (attention in/out projections, MLPs) re-quantized at load to
+    /// 10-bit weights per output channel and run by the exact-sum integer kernel of
+    /// [`crate::intgemm`] (activations quantized per row to 13 bits at run time); everything
+    /// else as [`ComputePath::F32`]. About 2× faster than f32 in wasm, half the memory of f32.
+    Int,
 }
 
 /// A prefix-aware view of a [`TensorStore`], in the style of `candle_nn::VarBuilder`.
@@ -240,25 +245,34 @@ impl Vb {
 
     /// An f32 tensor with a checked shape.
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
-        self.store.tensor(&self.full_name(name), shape, &self.device)
+        self.store
+            .tensor(&self.full_name(name), shape, &self.device)
     }
 
     fn stored(&self, full: &str) -> Result<&Stored> {
         self.store.get(full).ok_or_else(|| self.store.missing(full))
     }
 
-    fn qmatmul_from(&self, full: &str, s: &Stored, out: usize, inp: usize) -> Result<QMatMul> {
+    fn check_matrix(&self, full: &str, s: &Stored, out: usize, inp: usize) -> Result<()> {
         let got = s.dims();
         if got.iter().product::<usize>() != out * inp || got.first() != Some(&out) {
             return Err(self.store.shape_err(full, &[out, inp], &got));
         }
+        Ok(())
+    }
+
+    fn qmatmul_from(&self, full: &str, s: &Stored, out: usize, inp: usize) -> Result<QMatMul> {
+        self.check_matrix(full, s, out, inp)?;
+        let got = s.dims();
         match (s, self.path) {
             (Stored::Quant(q), ComputePath::Quantized)
                 if got.len() == 2 && !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16) =>
             {
                 Ok(QMatMul::from_arc(q.clone())?)
             }
-            _ => Ok(QMatMul::Tensor(s.to_f32(&self.device)?.reshape((out, inp))?)),
+            _ => Ok(QMatMul::Tensor(
+                s.to_f32(&self.device)?.reshape((out, inp))?,
+            )),
         }
     }
 
@@ -268,6 +282,15 @@ impl Vb {
         let full = self.full_name(name);
         let s = self.stored(&full)?;
         self.qmatmul_from(&full, s, out, inp)
+    }
+
+    /// A `[out, in]` weight matrix as f32, whatever its storage (same shape rules as
+    /// [`Vb::qmatmul`]).
+    pub fn matrix(&self, out: usize, inp: usize, name: &str) -> Result<Tensor> {
+        let full = self.full_name(name);
+        let s = self.stored(&full)?;
+        self.check_matrix(&full, s, out, inp)?;
+        Ok(s.to_f32(&self.device)?.reshape((out, inp))?)
     }
 
     /// A right-multiplied upstream matrix `name` of shape `[in, out]` (used as `x @ W`), returned

@@ -10,7 +10,12 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 use clipdino::kmeans::{kmeans_tensor, KMeansOptions};
 
-const CASES: [(&str, usize); 4] = [("a.dense", 2), ("b.dense", 4), ("b.refined", 3), ("b.inter", 5)];
+const CASES: [(&str, usize); 4] = [
+    ("a.dense", 2),
+    ("b.dense", 4),
+    ("b.refined", 3),
+    ("b.inter", 5),
+];
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -18,7 +23,9 @@ fn fixtures() -> PathBuf {
 
 #[test]
 fn kmeans_assignments_match_the_committed_native_result() {
-    let exp = candle_core::safetensors::load(fixtures().join("tiny/expected.safetensors"), &Device::Cpu).unwrap();
+    let exp =
+        candle_core::safetensors::load(fixtures().join("tiny/expected.safetensors"), &Device::Cpu)
+            .unwrap();
     let mut cases = Vec::new();
     for (key, k) in CASES {
         let f = exp[key].to_dtype(DType::F32).unwrap();
@@ -39,6 +46,11 @@ fn kmeans_assignments_match_the_committed_native_result() {
     if std::env::var_os("CLIPDINO_BLESS").is_some() {
         std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
     }
-    let committed: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("tests/fixtures/kmeans/native.json")).unwrap();
-    assert_eq!(committed, doc, "native K-Means differs from the committed result");
+    let committed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("tests/fixtures/kmeans/native.json"))
+            .unwrap();
+    assert_eq!(
+        committed, doc,
+        "native K-Means differs from the committed result"
+    );
 }

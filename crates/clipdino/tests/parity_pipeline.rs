@@ -25,7 +25,8 @@ use candle_core::{DType, Device, Tensor};
 use clipdino::dinoiser::DinoiserHead;
 use clipdino::loaders::{load_model_files, read_dinoiser_checkpoint, Bundle};
 use clipdino::pipeline::{
-    encode_with, segment_features, EncodeOptions, FeatureKind, Mode, SegmentOptions, Segmenter, Window, WindowOutputs,
+    encode_with, segment_features, EncodeOptions, FeatureKind, Mode, SegmentOptions, Segmenter,
+    Window, WindowOutputs,
 };
 use clipdino::{ComputePath, HeadConfig, TensorStore, Vb};
 
@@ -40,8 +41,12 @@ fn fixture_dir() -> PathBuf {
 
 fn read(name: &str) -> Vec<u8> {
     let path = fixture_dir().join(name);
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("fixture {} is missing ({e}); see tests/fixtures/README.md", path.display()))
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "fixture {} is missing ({e}); see tests/fixtures/README.md",
+            path.display()
+        )
+    })
 }
 
 fn expected() -> HashMap<String, Tensor> {
@@ -72,7 +77,14 @@ fn label_map(exp: &HashMap<String, Tensor>, name: &str) -> Vec<u32> {
 
 fn max_abs(name: &str, got: &Tensor, want: &Tensor) -> f32 {
     assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let d = (got.to_dtype(DType::F32).unwrap() - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let d = (got.to_dtype(DType::F32).unwrap() - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     let d = d.to_scalar::<f32>().unwrap();
     println!("{name:<28} max |Δ| = {d:.3e}");
     assert!(d <= TOL, "{name}: max |Δ| {d} > {TOL}");
@@ -87,15 +99,20 @@ fn assert_same_labels(name: &str, got: &[u32], want: &[u32]) {
 }
 
 fn bundle() -> Bundle {
-    let files: Vec<(String, Vec<u8>)> = ["open_clip_model.safetensors", "open_clip_config.json", "last.pt"]
-        .into_iter()
-        .map(|n| (n.to_string(), read(n)))
-        .collect();
+    let files: Vec<(String, Vec<u8>)> = [
+        "open_clip_model.safetensors",
+        "open_clip_config.json",
+        "last.pt",
+    ]
+    .into_iter()
+    .map(|n| (n.to_string(), read(n)))
+    .collect();
     load_model_files(&files).expect("fixture model files load")
 }
 
 fn segmenter(b: &Bundle) -> Segmenter {
-    Segmenter::from_bundle(b.clone(), &Device::Cpu, ComputePath::F32).expect("segmenter builds from the fixture bundle")
+    Segmenter::from_bundle(b.clone(), &Device::Cpu, ComputePath::F32)
+        .expect("segmenter builds from the fixture bundle")
 }
 
 /// The head alone, on the reference MaskCLIP features: refine, background, classification,
@@ -112,41 +129,92 @@ fn head_matches_reference_from_fixture_features() {
         let dense = get(&exp, &format!("{key}.dense"));
         let inter = get(&exp, &format!("{key}.inter"));
         let (h, w, c) = inter.dims3().unwrap();
-        let cfg = HeadConfig { in_dim: c, proj_dim: 32, layer: 1 };
+        let cfg = HeadConfig {
+            in_dim: c,
+            proj_dim: 32,
+            layer: 1,
+        };
         let head = DinoiserHead::new(&vb.pp("dinoiser"), &cfg).unwrap();
         let refined = head.refine(&dense, &inter).unwrap();
         let bkg = head.background(&inter).unwrap();
-        max_abs(&format!("head {key}.refined"), &refined, &get(&exp, &format!("{key}.refined")));
-        max_abs(&format!("head {key}.bkg"), &bkg, &get(&exp, &format!("{key}.bkg")));
+        max_abs(
+            &format!("head {key}.refined"),
+            &refined,
+            &get(&exp, &format!("{key}.refined")),
+        );
+        max_abs(
+            &format!("head {key}.bkg"),
+            &bkg,
+            &get(&exp, &format!("{key}.bkg")),
+        );
         let corrs = head.correlations(&inter).unwrap();
-        max_abs(&format!("head {key}.corrs"), &corrs, &get(&exp, &format!("{key}.corrs")));
+        max_abs(
+            &format!("head {key}.corrs"),
+            &corrs,
+            &get(&exp, &format!("{key}.corrs")),
+        );
         // the γ mask itself must agree exactly
-        let zeros = |t: &Tensor| t.eq(0f32).unwrap().flatten_all().unwrap().to_vec1::<u8>().unwrap();
-        assert_eq!(zeros(&corrs), zeros(&get(&exp, &format!("{key}.corrs"))), "{key}: γ masks differ");
+        let zeros = |t: &Tensor| {
+            t.eq(0f32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<u8>()
+                .unwrap()
+        };
+        assert_eq!(
+            zeros(&corrs),
+            zeros(&get(&exp, &format!("{key}.corrs"))),
+            "{key}: γ masks differ"
+        );
 
         // one full-resolution window built from these features
         let image = get(&exp, &format!("{key}.image"));
         let feats = encode_with(&image, &EncodeOptions::full_res(), 16, |_, _, _| {
-            Ok(WindowOutputs { dense: dense.clone(), refined: Some(refined.clone()), bkg: Some(bkg.clone()), inter: None })
+            Ok(WindowOutputs {
+                dense: dense.clone(),
+                refined: Some(refined.clone()),
+                bkg: Some(bkg.clone()),
+                inter: None,
+            })
         })
         .unwrap();
         assert_eq!(feats.grid(), (h, w));
-        let mc =
-            segment_features(&feats, &labels, &SegmentOptions { mode: Mode::MaskClip, ..Default::default() }).unwrap();
+        let mc = segment_features(
+            &feats,
+            &labels,
+            &SegmentOptions {
+                mode: Mode::MaskClip,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         max_abs(
             &format!("head {key}.probs_maskclip"),
             &mc.patch_probs[0],
             &get(&exp, &format!("{key}.probs_maskclip")),
         );
-        let opts = SegmentOptions { mode: Mode::Dinoiser, background: Some(BACKGROUND), output_size: None };
+        let opts = SegmentOptions {
+            mode: Mode::Dinoiser,
+            background: Some(BACKGROUND),
+            output_size: None,
+        };
         let seg = segment_features(&feats, &labels, &opts).unwrap();
         max_abs(
             &format!("head {key}.probs_dinoiser"),
             &seg.patch_probs[0],
             &get(&exp, &format!("{key}.probs_dinoiser")),
         );
-        max_abs(&format!("head {key}.probs_full"), &seg.probs, &get(&exp, &format!("{key}.probs_full")));
-        assert_same_labels(&format!("head {key}.labelmap"), &seg.labels, &label_map(&exp, &format!("{key}.labelmap")));
+        max_abs(
+            &format!("head {key}.probs_full"),
+            &seg.probs,
+            &get(&exp, &format!("{key}.probs_full")),
+        );
+        assert_same_labels(
+            &format!("head {key}.labelmap"),
+            &seg.labels,
+            &label_map(&exp, &format!("{key}.labelmap")),
+        );
         // the rule fired somewhere (the fixture guarantees forced patches)
         let forced = label_map(&exp, &format!("{key}.forced"));
         assert!(forced.contains(&1), "{key}: fixture has no forced patch");
@@ -164,25 +232,68 @@ fn full_resolution_pipeline_matches_reference() {
     for key in ["a", "b"] {
         let image = get(&exp, &format!("{key}.image"));
         let mut reports = 0;
-        let feats = seg.encode_image(&image, &EncodeOptions::full_res(), &mut |_| reports += 1).unwrap();
+        let feats = seg
+            .encode_image(&image, &EncodeOptions::full_res(), &mut |_| reports += 1)
+            .unwrap();
         assert!(reports > 0, "no progress reported");
         let w = &feats.windows[0];
-        max_abs(&format!("{key}.dense"), &w.dense, &get(&exp, &format!("{key}.dense")));
-        max_abs(&format!("{key}.refined"), w.refined.as_ref().unwrap(), &get(&exp, &format!("{key}.refined")));
-        max_abs(&format!("{key}.bkg"), w.bkg.as_ref().unwrap(), &get(&exp, &format!("{key}.bkg")));
+        max_abs(
+            &format!("{key}.dense"),
+            &w.dense,
+            &get(&exp, &format!("{key}.dense")),
+        );
+        max_abs(
+            &format!("{key}.refined"),
+            w.refined.as_ref().unwrap(),
+            &get(&exp, &format!("{key}.refined")),
+        );
+        max_abs(
+            &format!("{key}.bkg"),
+            w.bkg.as_ref().unwrap(),
+            &get(&exp, &format!("{key}.bkg")),
+        );
         max_abs(
             &format!("{key}.patch_grid raw"),
             &feats.patch_grid(FeatureKind::Raw).unwrap(),
             &get(&exp, &format!("{key}.dense")),
         );
 
-        let mc = seg.segment(&feats, &labels, &SegmentOptions { mode: Mode::MaskClip, ..Default::default() }).unwrap();
-        max_abs(&format!("{key}.probs_maskclip"), &mc.patch_probs[0], &get(&exp, &format!("{key}.probs_maskclip")));
-        let opts = SegmentOptions { mode: Mode::Dinoiser, background: Some(BACKGROUND), output_size: None };
+        let mc = seg
+            .segment(
+                &feats,
+                &labels,
+                &SegmentOptions {
+                    mode: Mode::MaskClip,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        max_abs(
+            &format!("{key}.probs_maskclip"),
+            &mc.patch_probs[0],
+            &get(&exp, &format!("{key}.probs_maskclip")),
+        );
+        let opts = SegmentOptions {
+            mode: Mode::Dinoiser,
+            background: Some(BACKGROUND),
+            output_size: None,
+        };
         let out = seg.segment(&feats, &labels, &opts).unwrap();
-        max_abs(&format!("{key}.probs_dinoiser"), &out.patch_probs[0], &get(&exp, &format!("{key}.probs_dinoiser")));
-        max_abs(&format!("{key}.probs_full"), &out.probs, &get(&exp, &format!("{key}.probs_full")));
-        assert_same_labels(&format!("{key}.labelmap"), &out.labels, &label_map(&exp, &format!("{key}.labelmap")));
+        max_abs(
+            &format!("{key}.probs_dinoiser"),
+            &out.patch_probs[0],
+            &get(&exp, &format!("{key}.probs_dinoiser")),
+        );
+        max_abs(
+            &format!("{key}.probs_full"),
+            &out.probs,
+            &get(&exp, &format!("{key}.probs_full")),
+        );
+        assert_same_labels(
+            &format!("{key}.labelmap"),
+            &out.labels,
+            &label_map(&exp, &format!("{key}.labelmap")),
+        );
     }
 }
 
@@ -194,29 +305,54 @@ fn sliding_window_pipeline_matches_reference() {
     let seg = segmenter(&b);
     let labels = get(&exp, "labels");
     let image = get(&exp, "c.image");
-    let opts = EncodeOptions { short_side: Some(64), window: Some(Window { size: 64, stride: 32 }) };
+    let opts = EncodeOptions {
+        short_side: Some(64),
+        window: Some(Window {
+            size: 64,
+            stride: 32,
+        }),
+    };
     let mut last = None;
-    let feats = seg.encode_image(&image, &opts, &mut |p| last = Some(p)).unwrap();
+    let feats = seg
+        .encode_image(&image, &opts, &mut |p| last = Some(p))
+        .unwrap();
     assert_eq!((feats.height, feats.width), (64, 92));
     let p = last.expect("progress reported");
     assert_eq!((p.window, p.windows), (1, 2));
 
     // window boxes (y1, y2, x1, x2) as mmseg
-    let want_boxes = exp["c.windows"].to_dtype(DType::I64).unwrap().to_vec2::<i64>().unwrap();
+    let want_boxes = exp["c.windows"]
+        .to_dtype(DType::I64)
+        .unwrap()
+        .to_vec2::<i64>()
+        .unwrap();
     let got_boxes: Vec<Vec<i64>> = feats
         .windows
         .iter()
         .map(|w| {
             let b = w.pixels;
-            vec![b.y0 as i64, (b.y0 + b.height) as i64, b.x0 as i64, (b.x0 + b.width) as i64]
+            vec![
+                b.y0 as i64,
+                (b.y0 + b.height) as i64,
+                b.x0 as i64,
+                (b.x0 + b.width) as i64,
+            ]
         })
         .collect();
     assert_eq!(got_boxes, want_boxes);
 
-    let sopts = SegmentOptions { mode: Mode::Dinoiser, background: Some(BACKGROUND), output_size: None };
+    let sopts = SegmentOptions {
+        mode: Mode::Dinoiser,
+        background: Some(BACKGROUND),
+        output_size: None,
+    };
     let out = seg.segment(&feats, &labels, &sopts).unwrap();
     let window_probs = Tensor::stack(&out.patch_probs, 0).unwrap();
-    max_abs("c.window_probs", &window_probs, &get(&exp, "c.window_probs"));
+    max_abs(
+        "c.window_probs",
+        &window_probs,
+        &get(&exp, "c.window_probs"),
+    );
     max_abs("c.probs", &out.probs, &get(&exp, "c.probs"));
     assert_same_labels("c.labelmap", &out.labels, &label_map(&exp, "c.labelmap"));
 
@@ -225,7 +361,10 @@ fn sliding_window_pipeline_matches_reference() {
     for _ in 0..10 {
         seg.segment(&feats, &labels, &sopts).unwrap();
     }
-    println!("segment (c, 2 windows, 4 labels, 90×130 output): {:.2} ms", t.elapsed().as_secs_f64() * 100.0);
+    println!(
+        "segment (c, 2 windows, 4 labels, 90×130 output): {:.2} ms",
+        t.elapsed().as_secs_f64() * 100.0
+    );
 }
 
 /// Without the head, the same weights give a MaskCLIP-only segmenter that still matches the
@@ -238,11 +377,26 @@ fn maskclip_only_segmenter() {
     let seg = Segmenter::new(&vb, &b.clip, None).unwrap();
     assert!(!seg.has_head());
     let image = get(&exp, "a.image");
-    let feats = seg.encode_image(&image, &EncodeOptions::full_res(), &mut |_| {}).unwrap();
+    let feats = seg
+        .encode_image(&image, &EncodeOptions::full_res(), &mut |_| {})
+        .unwrap();
     assert!(!feats.has_refined());
     let labels = get(&exp, "labels");
-    let mc = seg.segment(&feats, &labels, &SegmentOptions { mode: Mode::MaskClip, ..Default::default() }).unwrap();
-    max_abs("no-head a.probs_maskclip", &mc.patch_probs[0], &get(&exp, "a.probs_maskclip"));
+    let mc = seg
+        .segment(
+            &feats,
+            &labels,
+            &SegmentOptions {
+                mode: Mode::MaskClip,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    max_abs(
+        "no-head a.probs_maskclip",
+        &mc.patch_probs[0],
+        &get(&exp, "a.probs_maskclip"),
+    );
     assert!(matches!(
         seg.segment(&feats, &labels, &SegmentOptions::default()),
         Err(clipdino::Error::InvalidInput { .. })

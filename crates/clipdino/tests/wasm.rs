@@ -21,31 +21,57 @@ const TOL: f32 = 1e-4;
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/", $name)).as_slice()
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/",
+            $name
+        ))
+        .as_slice()
     };
 }
 
 fn segmenter() -> Segmenter {
+    segmenter_on(ComputePath::F32)
+}
+
+fn segmenter_on(path: ComputePath) -> Segmenter {
     let files = vec![
-        ("open_clip_model.safetensors".to_string(), fixture!("tiny/open_clip_model.safetensors").to_vec()),
-        ("open_clip_config.json".to_string(), fixture!("tiny/open_clip_config.json").to_vec()),
+        (
+            "open_clip_model.safetensors".to_string(),
+            fixture!("tiny/open_clip_model.safetensors").to_vec(),
+        ),
+        (
+            "open_clip_config.json".to_string(),
+            fixture!("tiny/open_clip_config.json").to_vec(),
+        ),
         ("last.pt".to_string(), fixture!("tiny/last.pt").to_vec()),
     ];
     let bundle = load_model_files(&files).expect("load tiny model");
-    Segmenter::from_bundle(bundle, &Device::Cpu, ComputePath::F32).expect("segmenter")
+    Segmenter::from_bundle(bundle, &Device::Cpu, path).expect("segmenter")
 }
 
 fn expected() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load_buffer(fixture!("tiny/expected.safetensors"), &Device::Cpu).expect("expected")
+    candle_core::safetensors::load_buffer(fixture!("tiny/expected.safetensors"), &Device::Cpu)
+        .expect("expected")
 }
 
 fn get(exp: &HashMap<String, Tensor>, key: &str) -> Tensor {
-    exp.get(key).unwrap_or_else(|| panic!("expected tensor {key}")).to_dtype(DType::F32).unwrap()
+    exp.get(key)
+        .unwrap_or_else(|| panic!("expected tensor {key}"))
+        .to_dtype(DType::F32)
+        .unwrap()
 }
 
 fn max_abs(name: &str, got: &Tensor, want: &Tensor) -> f32 {
     assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let d = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let d = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     let d = d.to_scalar::<f32>().unwrap();
     web_sys_log(&format!("wasm parity {name}: max |Δ| = {d:.3e}"));
     assert!(d <= TOL, "{name}: max |Δ| = {d} > {TOL}");
@@ -57,7 +83,14 @@ fn web_sys_log(s: &str) {
 }
 
 fn label_map(exp: &HashMap<String, Tensor>, key: &str) -> Vec<u32> {
-    exp[key].flatten_all().unwrap().to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect()
+    exp[key]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
 }
 
 #[wasm_bindgen_test]
@@ -69,7 +102,12 @@ fn text_tower_matches_upstream() {
     let rows: Vec<Vec<u32>> = tokens
         .iter()
         .map(|r| {
-            let eot = r.iter().enumerate().max_by_key(|(_, v)| **v).map(|(i, _)| i).unwrap();
+            let eot = r
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, v)| **v)
+                .map(|(i, _)| i)
+                .unwrap();
             r[..=eot].iter().map(|&v| v as u32).collect()
         })
         .collect();
@@ -84,26 +122,150 @@ fn image_tower_head_and_segmentation_match_upstream() {
     let labels = get(&exp, "labels");
     for key in ["a", "b"] {
         let image = get(&exp, &format!("{key}.image"));
-        let feats = seg.encode_image(&image, &EncodeOptions::full_res(), &mut |_| {}).unwrap();
+        let feats = seg
+            .encode_image(&image, &EncodeOptions::full_res(), &mut |_| {})
+            .unwrap();
         assert_eq!(feats.windows.len(), 1);
         let w = &feats.windows[0];
-        max_abs(&format!("{key}.dense"), &w.dense, &get(&exp, &format!("{key}.dense")));
-        max_abs(&format!("{key}.refined"), w.refined.as_ref().unwrap(), &get(&exp, &format!("{key}.refined")));
-        max_abs(&format!("{key}.bkg"), w.bkg.as_ref().unwrap(), &get(&exp, &format!("{key}.bkg")));
-        let opts = SegmentOptions { mode: Mode::Dinoiser, background: Some(2), output_size: None };
+        max_abs(
+            &format!("{key}.dense"),
+            &w.dense,
+            &get(&exp, &format!("{key}.dense")),
+        );
+        max_abs(
+            &format!("{key}.refined"),
+            w.refined.as_ref().unwrap(),
+            &get(&exp, &format!("{key}.refined")),
+        );
+        max_abs(
+            &format!("{key}.bkg"),
+            w.bkg.as_ref().unwrap(),
+            &get(&exp, &format!("{key}.bkg")),
+        );
+        let opts = SegmentOptions {
+            mode: Mode::Dinoiser,
+            background: Some(2),
+            output_size: None,
+        };
         let out = seg.segment(&feats, &labels, &opts).unwrap();
-        max_abs(&format!("{key}.probs_full"), &out.probs, &get(&exp, &format!("{key}.probs_full")));
-        assert_eq!(out.labels, label_map(&exp, &format!("{key}.labelmap")), "{key}.labelmap");
+        max_abs(
+            &format!("{key}.probs_full"),
+            &out.probs,
+            &get(&exp, &format!("{key}.probs_full")),
+        );
+        assert_eq!(
+            out.labels,
+            label_map(&exp, &format!("{key}.labelmap")),
+            "{key}.labelmap"
+        );
     }
+}
+
+/// The simd128 integer kernel gives bit-identical results to the scalar one-output-at-a-time
+/// reference (exact integer sums), on ragged shapes and on the tower's own shapes.
+#[wasm_bindgen_test]
+fn integer_kernel_is_exact_in_wasm() {
+    use clipdino::intgemm::PackedLinear;
+    let mut state = 0x9e37_79b9_u32;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+    };
+    for (m, n, k) in [
+        (1, 1, 3),
+        (7, 5, 45),
+        (17, 33, 200),
+        (50, 2304, 768),
+        (9, 768, 3072),
+    ] {
+        let w: Vec<f32> = (0..n * k).map(|_| next() * 0.05).collect();
+        let b: Vec<f32> = (0..n).map(|_| next()).collect();
+        let x: Vec<f32> = (0..m * k).map(|_| next() * 3.0).collect();
+        let p = PackedLinear::new("w", &w, n, k, Some(b)).unwrap();
+        assert!(
+            p.matmul(&x, m) == p.matmul_reference(&x, m),
+            "[{m}, {k}] x [{n}, {k}]ᵀ differs"
+        );
+    }
+}
+
+/// The app's compute path in the browser: the towers' linear layers on the integer kernel stay
+/// within a cosine of 1e-4 of upstream and give the same label maps on ≥ 99 % of pixels.
+#[wasm_bindgen_test]
+fn integer_compute_path_stays_close_to_upstream() {
+    let seg = segmenter_on(ComputePath::Int);
+    let exp = expected();
+    let labels = get(&exp, "labels");
+    let (mut same, mut total) = (0, 0);
+    for key in ["a", "b"] {
+        let image = get(&exp, &format!("{key}.image"));
+        let feats = seg
+            .encode_image(&image, &EncodeOptions::full_res(), &mut |_| {})
+            .unwrap();
+        let w = &feats.windows[0];
+        for (name, got) in [
+            ("dense", &w.dense),
+            ("refined", w.refined.as_ref().unwrap()),
+        ] {
+            let want = get(&exp, &format!("{key}.{name}"));
+            let e = want.dim(2).unwrap();
+            let (g, t) = (
+                got.reshape(((), e)).unwrap(),
+                want.reshape(((), e)).unwrap(),
+            );
+            let dot = (&g * &t).unwrap().sum(1).unwrap();
+            let norms = (g.sqr().unwrap().sum(1).unwrap().sqrt().unwrap()
+                * t.sqr().unwrap().sum(1).unwrap().sqrt().unwrap())
+            .unwrap();
+            let cos = (dot / norms)
+                .unwrap()
+                .min(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            web_sys_log(&format!("wasm Int path {key}.{name}: min cosine {cos:.6}"));
+            assert!(cos > 0.9999, "{key}.{name}: min cosine {cos}");
+        }
+        let opts = SegmentOptions {
+            mode: Mode::Dinoiser,
+            background: Some(2),
+            output_size: None,
+        };
+        let out = seg.segment(&feats, &labels, &opts).unwrap();
+        let want = label_map(&exp, &format!("{key}.labelmap"));
+        same += out.labels.iter().zip(&want).filter(|(a, b)| a == b).count();
+        total += want.len();
+    }
+    web_sys_log(&format!(
+        "wasm Int path: label maps agree on {same}/{total} px"
+    ));
+    assert!(
+        same as f64 >= 0.99 * total as f64,
+        "labels agree on {same}/{total}"
+    );
 }
 
 #[wasm_bindgen_test]
 fn sliding_window_matches_upstream() {
     let seg = segmenter();
     let exp = expected();
-    let opts = EncodeOptions { short_side: Some(64), window: Some(Window { size: 64, stride: 32 }) };
-    let feats = seg.encode_image(&get(&exp, "c.image"), &opts, &mut |_| {}).unwrap();
-    let sopts = SegmentOptions { mode: Mode::Dinoiser, background: Some(2), output_size: None };
+    let opts = EncodeOptions {
+        short_side: Some(64),
+        window: Some(Window {
+            size: 64,
+            stride: 32,
+        }),
+    };
+    let feats = seg
+        .encode_image(&get(&exp, "c.image"), &opts, &mut |_| {})
+        .unwrap();
+    let sopts = SegmentOptions {
+        mode: Mode::Dinoiser,
+        background: Some(2),
+        output_size: None,
+    };
     let out = seg.segment(&feats, &get(&exp, "labels"), &sopts).unwrap();
     max_abs("c.probs", &out.probs, &get(&exp, "c.probs"));
     assert_eq!(out.labels, label_map(&exp, "c.labelmap"), "c.labelmap");
@@ -118,9 +280,18 @@ fn kmeans_matches_native() {
         let k = case["k"].as_u64().unwrap() as usize;
         let feats = get(&exp, key);
         let (h, w, d) = feats.dims3().unwrap();
-        let km = kmeans_tensor(&feats.reshape((h * w, d)).unwrap(), &KMeansOptions::new(k)).unwrap();
-        let want: Vec<u32> = case["assignments"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        assert_eq!(km.assignments, want, "k-means {key} k={k}: wasm differs from native");
+        let km =
+            kmeans_tensor(&feats.reshape((h * w, d)).unwrap(), &KMeansOptions::new(k)).unwrap();
+        let want: Vec<u32> = case["assignments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            km.assignments, want,
+            "k-means {key} k={k}: wasm differs from native"
+        );
     }
 }
 
@@ -135,7 +306,14 @@ fn random_weights_match_native() {
     }))
     .unwrap();
     let store = clipdino::loaders::random_clip_store(&cfg, 42);
-    let t = store.get("visual.class_embedding").unwrap().to_f32(&Device::Cpu).unwrap();
-    let first: Vec<u32> = t.to_vec1::<f32>().unwrap()[..4].iter().map(|x| x.to_bits()).collect();
+    let t = store
+        .get("visual.class_embedding")
+        .unwrap()
+        .to_f32(&Device::Cpu)
+        .unwrap();
+    let first: Vec<u32> = t.to_vec1::<f32>().unwrap()[..4]
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
     assert_eq!(first, [0x3e0ea8fa, 0x3e0f464d, 0xbe9d91d5, 0x3d89aaa9]);
 }

@@ -141,7 +141,7 @@ fn fast_path(x: &Tensor) -> bool {
 /// Softmax over the last dimension, computed in the storage of `x` when possible (no allocation).
 /// `x` must own its storage, e.g. the fresh result of a matmul or an addition: views sharing it
 /// would see the change. (Rows of −∞ only are not supported; torch gives NaN there.)
-pub(crate) fn softmax_last_dim_(x: Tensor) -> candle_core::Result<Tensor> {
+pub fn softmax_last_dim_(x: Tensor) -> candle_core::Result<Tensor> {
     if fast_path(&x) {
         x.inplace_op1(&SoftmaxLastDim)?;
         Ok(x)
@@ -152,7 +152,7 @@ pub(crate) fn softmax_last_dim_(x: Tensor) -> candle_core::Result<Tensor> {
 
 /// Exact (erf) GELU, computed in the storage of `x` when possible; same contract as
 /// [`softmax_last_dim_`].
-pub(crate) fn gelu_(x: Tensor) -> candle_core::Result<Tensor> {
+pub fn gelu_(x: Tensor) -> candle_core::Result<Tensor> {
     if fast_path(&x) {
         x.inplace_op1(&GeluErf)?;
         Ok(x)

@@ -4,7 +4,7 @@
 //! arXiv 2212.07143.
 
 mod block;
-mod fastmath;
+pub mod fastmath;
 pub mod interp;
 pub mod text;
 pub mod vision;

@@ -57,19 +57,34 @@ pub struct EncodeOptions {
 impl EncodeOptions {
     /// Short side 224, one pass: a 14-patch short side, as CLIP was trained.
     pub fn fast() -> Self {
-        Self { short_side: Some(224), window: None }
+        Self {
+            short_side: Some(224),
+            window: None,
+        }
     }
     /// Short side 336, one pass.
     pub fn balanced() -> Self {
-        Self { short_side: Some(336), window: None }
+        Self {
+            short_side: Some(336),
+            window: None,
+        }
     }
     /// The paper's evaluation protocol: short side 448, windows 448 with stride 224.
     pub fn paper() -> Self {
-        Self { short_side: Some(448), window: Some(Window { size: 448, stride: 224 }) }
+        Self {
+            short_side: Some(448),
+            window: Some(Window {
+                size: 448,
+                stride: 224,
+            }),
+        }
     }
     /// The upstream demo: the image as it is, one pass.
     pub fn full_res() -> Self {
-        Self { short_side: None, window: None }
+        Self {
+            short_side: None,
+            window: None,
+        }
     }
 }
 
@@ -90,7 +105,12 @@ pub enum Preset {
 }
 
 impl Preset {
-    pub const ALL: [Preset; 4] = [Preset::Fast, Preset::Balanced, Preset::Paper, Preset::FullRes];
+    pub const ALL: [Preset; 4] = [
+        Preset::Fast,
+        Preset::Balanced,
+        Preset::Paper,
+        Preset::FullRes,
+    ];
 
     pub fn options(self) -> EncodeOptions {
         match self {
@@ -117,7 +137,12 @@ impl std::str::FromStr for Preset {
         Preset::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| Error::invalid("preset", format!("`{s}` is not one of fast, balanced, paper, full-res")))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "preset",
+                    format!("`{s}` is not one of fast, balanced, paper, full-res"),
+                )
+            })
     }
 }
 
@@ -211,12 +236,17 @@ pub struct Segmentation {
 impl ImageFeatures {
     /// Whether DINOiser-refined features (and background scores) are present.
     pub fn has_refined(&self) -> bool {
-        self.windows.iter().all(|w| w.refined.is_some() && w.bkg.is_some())
+        self.windows
+            .iter()
+            .all(|w| w.refined.is_some() && w.bkg.is_some())
     }
 
     /// Patch grid `(gh, gw)` of the whole processed image (rounded up to whole patches).
     pub fn grid(&self) -> (usize, usize) {
-        (self.height.div_ceil(self.patch), self.width.div_ceil(self.patch))
+        (
+            self.height.div_ceil(self.patch),
+            self.width.div_ceil(self.patch),
+        )
     }
 
     /// Dense features `[gh, gw, E]` over the whole processed image. With windows, every window
@@ -245,7 +275,10 @@ impl ImageFeatures {
                     }
                     let cell = cy * gw + cx;
                     count[cell] += 1;
-                    for (a, b) in acc[cell * e..][..e].iter_mut().zip(&v[(i * ww + j) * e..][..e]) {
+                    for (a, b) in acc[cell * e..][..e]
+                        .iter_mut()
+                        .zip(&v[(i * ww + j) * e..][..e])
+                    {
                         *a += b;
                     }
                 }
@@ -260,7 +293,10 @@ impl ImageFeatures {
                 continue;
             }
             // nearest window patch by centre distance (in pixels, squared)
-            let (cy, cx) = ((cell / gw * p + p / 2) as i64, (cell % gw * p + p / 2) as i64);
+            let (cy, cx) = (
+                (cell / gw * p + p / 2) as i64,
+                (cell % gw * p + p / 2) as i64,
+            );
             let mut best: Option<(i64, usize, usize)> = None;
             for (wi, w) in self.windows.iter().enumerate() {
                 for i in 0..w.grid.0 {
@@ -278,7 +314,11 @@ impl ImageFeatures {
                 row.copy_from_slice(&sources[wi][k * e..][..e]);
             }
         }
-        let device = self.windows.first().map(|w| w.dense.device().clone()).unwrap_or(Device::Cpu);
+        let device = self
+            .windows
+            .first()
+            .map(|w| w.dense.device().clone())
+            .unwrap_or(Device::Cpu);
         Ok(Tensor::from_vec(acc, (gh, gw, e), &device)?)
     }
 
@@ -288,7 +328,10 @@ impl ImageFeatures {
     pub fn grid_to_pixels(&self, grid: &[u32], out_h: usize, out_w: usize) -> Result<Vec<u32>> {
         let (gh, gw) = self.grid();
         if grid.len() != gh * gw {
-            return Err(Error::invalid("grid", format!("{} cells for a {gh}×{gw} patch grid", grid.len())));
+            return Err(Error::invalid(
+                "grid",
+                format!("{} cells for a {gh}×{gw} patch grid", grid.len()),
+            ));
         }
         let cell = |o: usize, out: usize, size: usize, g: usize| -> usize {
             // pixel centre → processed-image pixel → patch cell
@@ -306,20 +349,31 @@ impl ImageFeatures {
 }
 
 fn no_head() -> Error {
-    Error::invalid("mode", "these features were encoded without the CLIP-DINOiser head; use MaskCLIP mode")
+    Error::invalid(
+        "mode",
+        "these features were encoded without the CLIP-DINOiser head; use MaskCLIP mode",
+    )
 }
 
 fn check_image(image: &Tensor) -> Result<(usize, usize)> {
     match image.dims() {
         [3, h, w] if *h > 0 && *w > 0 => Ok((*h, *w)),
-        d => Err(Error::invalid("image", format!("expected a [3, H, W] RGB tensor, got {d:?}"))),
+        d => Err(Error::invalid(
+            "image",
+            format!("expected a [3, H, W] RGB tensor, got {d:?}"),
+        )),
     }
 }
 
 /// The windowed encoding loop with the per-window encoder as a closure (`Segmenter` passes the
 /// CLIP tower + head; tests pass synthetic encoders). `encode(i, n, crop)` gets window `i` of
 /// `n` as a `[3, h, w]` crop of the resized image and returns its features.
-pub fn encode_with<F>(image_chw01: &Tensor, opts: &EncodeOptions, patch: usize, mut encode: F) -> Result<ImageFeatures>
+pub fn encode_with<F>(
+    image_chw01: &Tensor,
+    opts: &EncodeOptions,
+    patch: usize,
+    mut encode: F,
+) -> Result<ImageFeatures>
 where
     F: FnMut(usize, usize, &Tensor) -> Result<WindowOutputs>,
 {
@@ -333,7 +387,11 @@ where
         Some(s) => short_side_size(h, w, s),
         None => (h, w),
     };
-    let image = if (ph, pw) != (h, w) { resize_bilinear(&image, ph, pw)? } else { image };
+    let image = if (ph, pw) != (h, w) {
+        resize_bilinear(&image, ph, pw)?
+    } else {
+        image
+    };
     let boxes = slide_windows(ph, pw, opts.window)?;
     let n = boxes.len();
     let mut windows = Vec::with_capacity(n);
@@ -344,20 +402,36 @@ where
         let grid = (b.height.div_ceil(patch), b.width.div_ceil(patch));
         let dims = out.dense.dims().to_vec();
         if dims.len() != 3 || (dims[0], dims[1]) != grid {
-            return Err(Error::invalid("dense", format!("window {i}: features {dims:?} for a {grid:?} patch grid")));
+            return Err(Error::invalid(
+                "dense",
+                format!("window {i}: features {dims:?} for a {grid:?} patch grid"),
+            ));
         }
         embed_dim = dims[2];
         if let Some(r) = &out.refined {
             if r.dims() != dims.as_slice() {
-                return Err(Error::invalid("refined", format!("window {i}: {:?} vs dense {dims:?}", r.dims())));
+                return Err(Error::invalid(
+                    "refined",
+                    format!("window {i}: {:?} vs dense {dims:?}", r.dims()),
+                ));
             }
         }
         if let Some(bk) = &out.bkg {
             if bk.dims() != [grid.0, grid.1] {
-                return Err(Error::invalid("bkg", format!("window {i}: {:?} for a {grid:?} patch grid", bk.dims())));
+                return Err(Error::invalid(
+                    "bkg",
+                    format!("window {i}: {:?} for a {grid:?} patch grid", bk.dims()),
+                ));
             }
         }
-        windows.push(WindowFeatures { pixels: b, grid, dense: out.dense, refined: out.refined, bkg: out.bkg, inter: out.inter });
+        windows.push(WindowFeatures {
+            pixels: b,
+            grid,
+            dense: out.dense,
+            refined: out.refined,
+            bkg: out.bkg,
+            inter: out.inter,
+        });
     }
     Ok(ImageFeatures {
         image_height: h,
@@ -376,13 +450,20 @@ where
 pub fn patch_probabilities(features: &Tensor, labels: &Tensor) -> Result<Vec<f32>> {
     let f = l2_normalize_last(&features.to_dtype(DType::F32)?)?;
     let logits = (f.matmul(&labels.t()?)? * LOGIT_SCALE as f64)?;
-    Ok(candle_nn::ops::softmax_last_dim(&logits)?.flatten_all()?.to_vec1::<f32>()?)
+    Ok(candle_nn::ops::softmax_last_dim(&logits)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
 }
 
 /// The CLIP-DINOiser background rule on patch probabilities `[n, L]`: where the best class
 /// probability is `< δ` and the foreground score is not `> 0.5`, the background probability
 /// becomes 1.0 (the other classes keep theirs, as upstream).
-pub fn apply_background_rule(probs: &mut [f32], n_labels: usize, fg_score: &[f32], background: usize) {
+pub fn apply_background_rule(
+    probs: &mut [f32],
+    n_labels: usize,
+    fg_score: &[f32],
+    background: usize,
+) {
     for (row, &b) in probs.chunks_exact_mut(n_labels).zip(fg_score) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         // upstream: uncertain & ~(score > 0.5), so a NaN score counts as background too
@@ -394,19 +475,29 @@ pub fn apply_background_rule(probs: &mut [f32], n_labels: usize, fg_score: &[f32
 }
 
 /// Classify cached features against `labels` (`[L, E]`, L2-normalised). Cheap: no encoder.
-pub fn segment_features(feats: &ImageFeatures, labels: &Tensor, opts: &SegmentOptions) -> Result<Segmentation> {
+pub fn segment_features(
+    feats: &ImageFeatures,
+    labels: &Tensor,
+    opts: &SegmentOptions,
+) -> Result<Segmentation> {
     let n_labels = match labels.dims() {
         [l, e] if *l > 0 && *e == feats.embed_dim => *l,
         d => {
             return Err(Error::invalid(
                 "labels",
-                format!("expected [L, {}] label embeddings with L ≥ 1, got {d:?}", feats.embed_dim),
+                format!(
+                    "expected [L, {}] label embeddings with L ≥ 1, got {d:?}",
+                    feats.embed_dim
+                ),
             ))
         }
     };
     if let Some(bg) = opts.background {
         if bg >= n_labels {
-            return Err(Error::invalid("background", format!("label index {bg} but only {n_labels} labels")));
+            return Err(Error::invalid(
+                "background",
+                format!("label index {bg} but only {n_labels} labels"),
+            ));
         }
     }
     if feats.windows.is_empty() {
@@ -441,8 +532,15 @@ pub fn segment_features(feats: &ImageFeatures, labels: &Tensor, opts: &SegmentOp
         }
         // upsample ×patch to the padded window, keep the unpadded part, accumulate
         let b = w.pixels;
-        let place =
-            Placement { rows: b.height, cols: b.width, dst_h: ph, dst_w: pw, y0: b.y0, x0: b.x0, accumulate: true };
+        let place = Placement {
+            rows: b.height,
+            cols: b.width,
+            dst_h: ph,
+            dst_w: pw,
+            y0: b.y0,
+            x0: b.x0,
+            accumulate: true,
+        };
         resize_into(&planes, n_labels, gh, gw, gh * p, gw * p, &mut acc, place);
         for y in b.y0..b.y0 + b.height {
             for c in &mut count[y * pw + b.x0..][..b.width] {
@@ -459,16 +557,26 @@ pub fn segment_features(feats: &ImageFeatures, labels: &Tensor, opts: &SegmentOp
             }
         }
     }
-    let (oh, ow) = opts.output_size.unwrap_or((feats.image_height, feats.image_width));
+    let (oh, ow) = opts
+        .output_size
+        .unwrap_or((feats.image_height, feats.image_width));
     if oh == 0 || ow == 0 {
         return Err(Error::invalid("output_size", format!("{ow}×{oh}")));
     }
-    let probs = if (oh, ow) != (ph, pw) { resize_bilinear_vec(&acc, n_labels, ph, pw, oh, ow)? } else { acc };
+    let probs = if (oh, ow) != (ph, pw) {
+        resize_bilinear_vec(&acc, n_labels, ph, pw, oh, ow)?
+    } else {
+        acc
+    };
     let hw = oh * ow;
     let mut best = vec![0u32; hw];
     let mut conf = probs[..hw].to_vec();
     for l in 1..n_labels {
-        for ((b, c), &v) in best.iter_mut().zip(conf.iter_mut()).zip(&probs[l * hw..][..hw]) {
+        for ((b, c), &v) in best
+            .iter_mut()
+            .zip(conf.iter_mut())
+            .zip(&probs[l * hw..][..hw])
+        {
             // strict: ties keep the lowest index, as torch.argmax
             if v > *c {
                 *c = v;
@@ -501,7 +609,9 @@ impl Segmenter {
     /// MaskCLIP-only segmenter.
     pub fn new(vb: &Vb, clip_cfg: &ClipConfig, head: Option<&HeadConfig>) -> Result<Self> {
         let clip = ClipModel::new(vb, clip_cfg)?;
-        let head_cfg = head.cloned().unwrap_or_else(|| HeadConfig::for_clip(clip_cfg, 256));
+        let head_cfg = head
+            .cloned()
+            .unwrap_or_else(|| HeadConfig::for_clip(clip_cfg, 256));
         if head_cfg.layer >= clip_cfg.vision.layers || head_cfg.in_dim != clip_cfg.vision.width {
             return Err(Error::config(
                 "head",
@@ -515,7 +625,12 @@ impl Segmenter {
             Some(h) => Some(DinoiserHead::new(&vb.pp("dinoiser"), h)?),
             None => None,
         };
-        Ok(Self { clip, head, head_cfg, clip_cfg: clip_cfg.clone() })
+        Ok(Self {
+            clip,
+            head,
+            head_cfg,
+            clip_cfg: clip_cfg.clone(),
+        })
     }
 
     /// Build from a loaded [`Bundle`] (consumed, so the weights are not copied).
@@ -540,18 +655,38 @@ impl Segmenter {
         let layer = self.head_cfg.layer;
         encode_with(image_chw01, opts, patch, |i, n, crop| {
             let pixels = clip::preprocess(crop, patch)?;
-            let mut report = |block: usize, blocks: usize| progress(Progress { window: i, windows: n, block, blocks });
+            let mut report = |block: usize, blocks: usize| {
+                progress(Progress {
+                    window: i,
+                    windows: n,
+                    block,
+                    blocks,
+                })
+            };
             let out = self.clip.vision.forward(&pixels, layer, &mut report)?;
             let (refined, bkg) = match &self.head {
-                Some(h) => (Some(h.refine(&out.dense, &out.inter)?), Some(h.background(&out.inter)?)),
+                Some(h) => (
+                    Some(h.refine(&out.dense, &out.inter)?),
+                    Some(h.background(&out.inter)?),
+                ),
                 None => (None, None),
             };
-            Ok(WindowOutputs { dense: out.dense, refined, bkg, inter: Some(out.inter) })
+            Ok(WindowOutputs {
+                dense: out.dense,
+                refined,
+                bkg,
+                inter: Some(out.inter),
+            })
         })
     }
 
     /// Classify cached features (see [`segment_features`]).
-    pub fn segment(&self, feats: &ImageFeatures, labels: &Tensor, opts: &SegmentOptions) -> Result<Segmentation> {
+    pub fn segment(
+        &self,
+        feats: &ImageFeatures,
+        labels: &Tensor,
+        opts: &SegmentOptions,
+    ) -> Result<Segmentation> {
         segment_features(feats, labels, opts)
     }
 }

@@ -104,18 +104,39 @@ pub(crate) fn resize_into(
 }
 
 /// Bilinear resize of row-major `c × ih × iw` data to `c × oh × ow`.
-pub fn resize_bilinear_vec(src: &[f32], c: usize, ih: usize, iw: usize, oh: usize, ow: usize) -> Result<Vec<f32>> {
+pub fn resize_bilinear_vec(
+    src: &[f32],
+    c: usize,
+    ih: usize,
+    iw: usize,
+    oh: usize,
+    ow: usize,
+) -> Result<Vec<f32>> {
     if ih == 0 || iw == 0 || oh == 0 || ow == 0 {
-        return Err(Error::invalid("resize", format!("empty size {ih}×{iw} → {oh}×{ow}")));
+        return Err(Error::invalid(
+            "resize",
+            format!("empty size {ih}×{iw} → {oh}×{ow}"),
+        ));
     }
     if src.len() != c * ih * iw {
-        return Err(Error::invalid("resize", format!("{} values for {c}×{ih}×{iw}", src.len())));
+        return Err(Error::invalid(
+            "resize",
+            format!("{} values for {c}×{ih}×{iw}", src.len()),
+        ));
     }
     if (ih, iw) == (oh, ow) {
         return Ok(src.to_vec());
     }
     let mut out = vec![0f32; c * oh * ow];
-    let place = Placement { rows: oh, cols: ow, dst_h: oh, dst_w: ow, y0: 0, x0: 0, accumulate: false };
+    let place = Placement {
+        rows: oh,
+        cols: ow,
+        dst_h: oh,
+        dst_w: ow,
+        y0: 0,
+        x0: 0,
+        accumulate: false,
+    };
     resize_into(src, c, ih, iw, oh, ow, &mut out, place);
     Ok(out)
 }
@@ -124,7 +145,12 @@ pub fn resize_bilinear_vec(src: &[f32], c: usize, ih: usize, iw: usize, oh: usiz
 pub fn resize_bilinear(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
     let (c, ih, iw) = match x.dims() {
         [c, h, w] => (*c, *h, *w),
-        d => return Err(Error::invalid("resize", format!("expected a [C, H, W] tensor, got {d:?}"))),
+        d => {
+            return Err(Error::invalid(
+                "resize",
+                format!("expected a [C, H, W] tensor, got {d:?}"),
+            ))
+        }
     };
     let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let out = resize_bilinear_vec(&data, c, ih, iw, oh, ow)?;
@@ -161,7 +187,10 @@ mod tests {
         }
         // downscale 4 → 2: each output averages the two middle-ish inputs
         let src: Vec<f32> = vec![0.0, 1.0, 2.0, 3.0];
-        assert_eq!(resize_bilinear_vec(&src, 1, 1, 4, 1, 2).unwrap(), vec![0.5, 2.5]);
+        assert_eq!(
+            resize_bilinear_vec(&src, 1, 1, 4, 1, 2).unwrap(),
+            vec![0.5, 2.5]
+        );
     }
 
     #[test]
@@ -180,13 +209,25 @@ mod tests {
         let full = resize_bilinear_vec(&src, 2, 2, 3, 8, 12).unwrap();
         let (dh, dw) = (9, 14);
         let mut dst = vec![1.0f32; 2 * dh * dw];
-        let place = Placement { rows: 7, cols: 10, dst_h: dh, dst_w: dw, y0: 2, x0: 3, accumulate: true };
+        let place = Placement {
+            rows: 7,
+            cols: 10,
+            dst_h: dh,
+            dst_w: dw,
+            y0: 2,
+            x0: 3,
+            accumulate: true,
+        };
         resize_into(&src, 2, 2, 3, 8, 12, &mut dst, place);
         for c in 0..2 {
             for y in 0..dh {
                 for x in 0..dw {
                     let inside = (2..9).contains(&y) && (3..13).contains(&x);
-                    let want = if inside { 1.0 + full[(c * 8 + y - 2) * 12 + x - 3] } else { 1.0 };
+                    let want = if inside {
+                        1.0 + full[(c * 8 + y - 2) * 12 + x - 3]
+                    } else {
+                        1.0
+                    };
                     assert!((dst[(c * dh + y) * dw + x] - want).abs() < 1e-6);
                 }
             }

@@ -19,29 +19,44 @@ fn sample(plane: &[f32], gh: usize, gw: usize, oh: usize, ow: usize, y: usize, x
     let (y0, y1, ly) = axis(y, gh, oh);
     let (x0, x1, lx) = axis(x, gw, ow);
     let v = |i: usize, j: usize| plane[i * gw + j] as f64;
-    (1.0 - ly) * ((1.0 - lx) * v(y0, x0) + lx * v(y0, x1)) + ly * ((1.0 - lx) * v(y1, x0) + lx * v(y1, x1))
+    (1.0 - ly) * ((1.0 - lx) * v(y0, x0) + lx * v(y0, x1))
+        + ly * ((1.0 - lx) * v(y1, x0) + lx * v(y1, x1))
 }
 
 /// A deterministic pseudo-random "encoder": features depend on the crop content and position
 /// within the window, so every window differs.
-fn fake_encoder(e: usize, patch: usize) -> impl FnMut(usize, usize, &Tensor) -> Result<WindowOutputs> {
+fn fake_encoder(
+    e: usize,
+    patch: usize,
+) -> impl FnMut(usize, usize, &Tensor) -> Result<WindowOutputs> {
     move |i, _n, crop| {
         let (_, h, w) = crop.dims3()?;
         let (gh, gw) = (h.div_ceil(patch), w.div_ceil(patch));
         let mean = crop.mean_all()?.to_scalar::<f32>()?;
         let mut dense = Vec::with_capacity(gh * gw * e);
         for k in 0..gh * gw * e {
-            dense.push(((k as f32 * 0.37 + i as f32 * 1.3 + mean * 7.0).sin() * 3.0).round() / 3.0 + 0.01);
+            dense.push(
+                ((k as f32 * 0.37 + i as f32 * 1.3 + mean * 7.0).sin() * 3.0).round() / 3.0 + 0.01,
+            );
         }
         let dense = Tensor::from_vec(dense, (gh, gw, e), &Device::Cpu)?;
         let refined = (dense.clone() * 0.5)?.sin()?;
-        let bkg: Vec<f32> = (0..gh * gw).map(|k| if (k + i) % 3 == 0 { 0.3 } else { 0.8 }).collect();
-        Ok(WindowOutputs { dense, refined: Some(refined), bkg: Some(Tensor::from_vec(bkg, (gh, gw), &Device::Cpu)?), inter: None })
+        let bkg: Vec<f32> = (0..gh * gw)
+            .map(|k| if (k + i) % 3 == 0 { 0.3 } else { 0.8 })
+            .collect();
+        Ok(WindowOutputs {
+            dense,
+            refined: Some(refined),
+            bkg: Some(Tensor::from_vec(bkg, (gh, gw), &Device::Cpu)?),
+            inter: None,
+        })
     }
 }
 
 fn image(h: usize, w: usize) -> Tensor {
-    let v: Vec<f32> = (0..3 * h * w).map(|k| ((k * 7919) % 256) as f32 / 255.0).collect();
+    let v: Vec<f32> = (0..3 * h * w)
+        .map(|k| ((k * 7919) % 256) as f32 / 255.0)
+        .collect();
     Tensor::from_vec(v, (3, h, w), &dev()).unwrap()
 }
 
@@ -75,7 +90,9 @@ fn naive(feats: &ImageFeatures, probs: &[Tensor], l: usize) -> Vec<f64> {
     let (oh, ow) = (feats.image_height, feats.image_width);
     let mut out = vec![0f64; l * oh * ow];
     for c in 0..l {
-        let plane: Vec<f32> = (0..ph * pw).map(|k| (acc[c * ph * pw + k] / cnt[k]) as f32).collect();
+        let plane: Vec<f32> = (0..ph * pw)
+            .map(|k| (acc[c * ph * pw + k] / cnt[k]) as f32)
+            .collect();
         for y in 0..oh {
             for x in 0..ow {
                 out[(c * oh + y) * ow + x] = sample(&plane, ph, pw, oh, ow, y, x);
@@ -89,20 +106,51 @@ fn naive(feats: &ImageFeatures, probs: &[Tensor], l: usize) -> Vec<f64> {
 fn windows_accumulate_like_the_naive_formula() {
     let (e, l, p) = (6, 4, 16);
     for (h, w, opts) in [
-        (90, 130, EncodeOptions { short_side: Some(64), window: Some(Window { size: 64, stride: 32 }) }),
+        (
+            90,
+            130,
+            EncodeOptions {
+                short_side: Some(64),
+                window: Some(Window {
+                    size: 64,
+                    stride: 32,
+                }),
+            },
+        ),
         (45, 61, EncodeOptions::full_res()),
-        (70, 50, EncodeOptions { short_side: Some(40), window: Some(Window { size: 32, stride: 20 }) }),
+        (
+            70,
+            50,
+            EncodeOptions {
+                short_side: Some(40),
+                window: Some(Window {
+                    size: 32,
+                    stride: 20,
+                }),
+            },
+        ),
     ] {
         let feats = encode_with(&image(h, w), &opts, p, fake_encoder(e, p)).unwrap();
         let labels = labels(l, e);
         for mode in [Mode::MaskClip, Mode::Dinoiser] {
-            let seg =
-                segment_features(&feats, &labels, &SegmentOptions { mode, background: Some(2), output_size: None })
-                    .unwrap();
+            let seg = segment_features(
+                &feats,
+                &labels,
+                &SegmentOptions {
+                    mode,
+                    background: Some(2),
+                    output_size: None,
+                },
+            )
+            .unwrap();
             assert_eq!((seg.height, seg.width), (h, w));
             let want = naive(&feats, &seg.patch_probs, l);
             let got = seg.probs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let max = got.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+            let max = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(0.0, f64::max);
             assert!(max < 1e-5, "{h}×{w} {opts:?} {mode:?}: max |Δ| {max}");
             for k in 0..h * w {
                 let col: Vec<f32> = (0..l).map(|c| got[c * h * w + k]).collect();
@@ -145,10 +193,26 @@ fn background_rule() {
 #[test]
 fn background_rule_only_in_dinoiser_mode() {
     let (e, l, p) = (5, 3, 16);
-    let feats = encode_with(&image(40, 40), &EncodeOptions::full_res(), p, fake_encoder(e, p)).unwrap();
+    let feats = encode_with(
+        &image(40, 40),
+        &EncodeOptions::full_res(),
+        p,
+        fake_encoder(e, p),
+    )
+    .unwrap();
     let lab = labels(l, e);
     let with = |mode, background| {
-        segment_features(&feats, &lab, &SegmentOptions { mode, background, output_size: None }).unwrap().patch_probs[0]
+        segment_features(
+            &feats,
+            &lab,
+            &SegmentOptions {
+                mode,
+                background,
+                output_size: None,
+            },
+        )
+        .unwrap()
+        .patch_probs[0]
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
@@ -161,32 +225,88 @@ fn background_rule_only_in_dinoiser_mode() {
 #[test]
 fn output_size_and_errors() {
     let (e, p) = (4, 8);
-    let feats = encode_with(&image(20, 30), &EncodeOptions::full_res(), p, fake_encoder(e, p)).unwrap();
+    let feats = encode_with(
+        &image(20, 30),
+        &EncodeOptions::full_res(),
+        p,
+        fake_encoder(e, p),
+    )
+    .unwrap();
     assert_eq!(feats.grid(), (3, 4));
     let lab = labels(2, e);
-    let seg =
-        segment_features(&feats, &lab, &SegmentOptions { output_size: Some((5, 7)), ..Default::default() }).unwrap();
+    let seg = segment_features(
+        &feats,
+        &lab,
+        &SegmentOptions {
+            output_size: Some((5, 7)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(seg.probs.dims(), &[2, 5, 7]);
     assert_eq!(seg.labels.len(), 35);
     let bad = |o: SegmentOptions, t: &Tensor| segment_features(&feats, t, &o).is_err();
-    assert!(bad(SegmentOptions { background: Some(2), ..Default::default() }, &lab));
-    assert!(bad(SegmentOptions { output_size: Some((0, 3)), ..Default::default() }, &lab));
+    assert!(bad(
+        SegmentOptions {
+            background: Some(2),
+            ..Default::default()
+        },
+        &lab
+    ));
+    assert!(bad(
+        SegmentOptions {
+            output_size: Some((0, 3)),
+            ..Default::default()
+        },
+        &lab
+    ));
     assert!(bad(SegmentOptions::default(), &labels(2, e + 1)));
     // MaskCLIP-only features cannot be segmented in DINOiser mode
     let mut no_head = feats.clone();
     no_head.windows[0].refined = None;
     assert!(!no_head.has_refined());
-    assert!(matches!(segment_features(&no_head, &lab, &SegmentOptions::default()), Err(Error::InvalidInput { .. })));
-    assert!(segment_features(&no_head, &lab, &SegmentOptions { mode: Mode::MaskClip, ..Default::default() }).is_ok());
+    assert!(matches!(
+        segment_features(&no_head, &lab, &SegmentOptions::default()),
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(segment_features(
+        &no_head,
+        &lab,
+        &SegmentOptions {
+            mode: Mode::MaskClip,
+            ..Default::default()
+        }
+    )
+    .is_ok());
     assert!(no_head.patch_grid(FeatureKind::Refined).is_err());
     // bad images and options
     let enc = |img: &Tensor, o: &EncodeOptions| encode_with(img, o, p, fake_encoder(e, p)).is_err();
-    assert!(enc(&Tensor::zeros((1, 4, 4), DType::F32, &dev()).unwrap(), &EncodeOptions::full_res()));
-    assert!(enc(&image(8, 8), &EncodeOptions { short_side: Some(0), window: None }));
-    assert!(enc(&image(8, 8), &EncodeOptions { short_side: None, window: Some(Window { size: 4, stride: 8 }) }));
+    assert!(enc(
+        &Tensor::zeros((1, 4, 4), DType::F32, &dev()).unwrap(),
+        &EncodeOptions::full_res()
+    ));
+    assert!(enc(
+        &image(8, 8),
+        &EncodeOptions {
+            short_side: Some(0),
+            window: None
+        }
+    ));
+    assert!(enc(
+        &image(8, 8),
+        &EncodeOptions {
+            short_side: None,
+            window: Some(Window { size: 4, stride: 8 })
+        }
+    ));
     // an encoder returning a wrong grid is caught
     let wrong = encode_with(&image(20, 30), &EncodeOptions::full_res(), p, |_, _, _| {
-        Ok(WindowOutputs { dense: Tensor::zeros((2, 2, e), DType::F32, &dev())?, refined: None, bkg: None, inter: None })
+        Ok(WindowOutputs {
+            dense: Tensor::zeros((2, 2, e), DType::F32, &dev())?,
+            refined: None,
+            bkg: None,
+            inter: None,
+        })
     });
     assert!(wrong.is_err());
 }
@@ -196,7 +316,13 @@ fn resizes_short_side_and_cuts_windows() {
     let mut crops = vec![];
     let feats = encode_with(
         &image(90, 130),
-        &EncodeOptions { short_side: Some(64), window: Some(Window { size: 64, stride: 32 }) },
+        &EncodeOptions {
+            short_side: Some(64),
+            window: Some(Window {
+                size: 64,
+                stride: 32,
+            }),
+        },
         16,
         |i, n, crop| {
             crops.push((i, n, crop.dims().to_vec()));
@@ -205,8 +331,19 @@ fn resizes_short_side_and_cuts_windows() {
     )
     .unwrap();
     assert_eq!((feats.height, feats.width), (64, 92));
-    assert_eq!(crops, vec![(0, 2, vec![3, 64, 64]), (1, 2, vec![3, 64, 64])]);
-    assert_eq!(feats.windows[1].pixels, PixelBox { y0: 0, x0: 28, height: 64, width: 64 });
+    assert_eq!(
+        crops,
+        vec![(0, 2, vec![3, 64, 64]), (1, 2, vec![3, 64, 64])]
+    );
+    assert_eq!(
+        feats.windows[1].pixels,
+        PixelBox {
+            y0: 0,
+            x0: 28,
+            height: 64,
+            width: 64
+        }
+    );
     assert_eq!(feats.windows[1].grid, (4, 4));
 }
 
@@ -215,12 +352,23 @@ fn patch_grid_averages_aligned_windows() {
     // window stride and image size multiples of the patch: global cell (r, c) gets the mean of
     // the window patches sitting on it; with position-only features that mean is exact.
     let (e, p) = (3, 4);
-    let opts = EncodeOptions { short_side: None, window: Some(Window { size: 16, stride: 8 }) };
+    let opts = EncodeOptions {
+        short_side: None,
+        window: Some(Window {
+            size: 16,
+            stride: 8,
+        }),
+    };
     let feats = encode_with(&image(24, 32), &opts, p, |_, _, crop| {
         let (_, h, w) = crop.dims3()?;
         let (gh, gw) = (h / p, w / p);
         let v: Vec<f32> = (0..gh * gw * e).map(|k| k as f32).collect();
-        Ok(WindowOutputs { dense: Tensor::from_vec(v, (gh, gw, e), &Device::Cpu)?, refined: None, bkg: None, inter: None })
+        Ok(WindowOutputs {
+            dense: Tensor::from_vec(v, (gh, gw, e), &Device::Cpu)?,
+            refined: None,
+            bkg: None,
+            inter: None,
+        })
     })
     .unwrap();
     assert_eq!(feats.windows.len(), 6);
@@ -249,7 +397,13 @@ fn patch_grid_averages_aligned_windows() {
 #[test]
 fn patch_grid_single_window_is_identity_and_unaligned_windows_fill_every_cell() {
     let (e, p) = (5, 16);
-    let feats = encode_with(&image(45, 61), &EncodeOptions::full_res(), p, fake_encoder(e, p)).unwrap();
+    let feats = encode_with(
+        &image(45, 61),
+        &EncodeOptions::full_res(),
+        p,
+        fake_encoder(e, p),
+    )
+    .unwrap();
     let g = feats.patch_grid(FeatureKind::Refined).unwrap();
     let want = feats.windows[0].refined.as_ref().unwrap();
     assert_eq!(
@@ -257,11 +411,25 @@ fn patch_grid_single_window_is_identity_and_unaligned_windows_fill_every_cell() 
         want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
     // 92-wide image, 64-px windows at x0 = 0 and 28: cells 0..6 all get a value
-    let opts = EncodeOptions { short_side: Some(64), window: Some(Window { size: 64, stride: 64 }) };
+    let opts = EncodeOptions {
+        short_side: Some(64),
+        window: Some(Window {
+            size: 64,
+            stride: 64,
+        }),
+    };
     let feats = encode_with(&image(90, 130), &opts, p, fake_encoder(e, p)).unwrap();
     let g = feats.patch_grid(FeatureKind::Raw).unwrap();
     assert_eq!(g.dims(), &[4, 6, e]);
-    let norms = g.sqr().unwrap().sum(2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let norms = g
+        .sqr()
+        .unwrap()
+        .sum(2)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(norms.iter().all(|&n| n > 0.0), "{norms:?}");
 }
 
@@ -269,7 +437,13 @@ fn patch_grid_single_window_is_identity_and_unaligned_windows_fill_every_cell() 
 fn grid_to_pixels_maps_original_pixels_to_cells() {
     let (e, p) = (2, 16);
     // 45×61 original, full res: grid 3×4, padding cells never show
-    let feats = encode_with(&image(45, 61), &EncodeOptions::full_res(), p, fake_encoder(e, p)).unwrap();
+    let feats = encode_with(
+        &image(45, 61),
+        &EncodeOptions::full_res(),
+        p,
+        fake_encoder(e, p),
+    )
+    .unwrap();
     let grid: Vec<u32> = (0..12).collect();
     let px = feats.grid_to_pixels(&grid, 45, 61).unwrap();
     assert_eq!(px[0], 0);
@@ -286,7 +460,13 @@ fn presets_round_trip() {
         assert_eq!(p.name().parse::<Preset>().unwrap(), p);
     }
     assert!("nope".parse::<Preset>().is_err());
-    assert_eq!(Preset::Paper.options().window, Some(Window { size: 448, stride: 224 }));
+    assert_eq!(
+        Preset::Paper.options().window,
+        Some(Window {
+            size: 448,
+            stride: 224
+        })
+    );
     assert_eq!(Preset::FullRes.options().short_side, None);
 }
 
@@ -295,10 +475,20 @@ fn presets_round_trip() {
 #[test]
 fn segment_is_cheap() {
     let (e, l, p) = (512, 10, 16);
-    let feats = encode_with(&image(480, 640), &EncodeOptions::paper(), p, fake_encoder(e, p)).unwrap();
+    let feats = encode_with(
+        &image(480, 640),
+        &EncodeOptions::paper(),
+        p,
+        fake_encoder(e, p),
+    )
+    .unwrap();
     assert_eq!(feats.windows.len(), 2);
     let lab = labels(l, e);
-    let opts = SegmentOptions { mode: Mode::Dinoiser, background: Some(0), output_size: None };
+    let opts = SegmentOptions {
+        mode: Mode::Dinoiser,
+        background: Some(0),
+        output_size: None,
+    };
     let _ = segment_features(&feats, &lab, &opts).unwrap();
     let t = std::time::Instant::now();
     let runs = 5;

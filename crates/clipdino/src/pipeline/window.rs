@@ -19,7 +19,10 @@ impl Window {
             // a stride above the size would leave pixels no window covers
             return Err(Error::invalid(
                 "window",
-                format!("size {} and stride {} must be positive with stride ≤ size", self.size, self.stride),
+                format!(
+                    "size {} and stride {} must be positive with stride ≤ size",
+                    self.size, self.stride
+                ),
             ));
         }
         Ok(())
@@ -51,10 +54,18 @@ fn starts(size: usize, crop: usize, stride: usize) -> Vec<(usize, usize)> {
 /// covering everything when `window` is `None`.
 pub fn slide_windows(height: usize, width: usize, window: Option<Window>) -> Result<Vec<PixelBox>> {
     if height == 0 || width == 0 {
-        return Err(Error::invalid("image", format!("empty image {width}×{height}")));
+        return Err(Error::invalid(
+            "image",
+            format!("empty image {width}×{height}"),
+        ));
     }
     let Some(win) = window else {
-        return Ok(vec![PixelBox { y0: 0, x0: 0, height, width }]);
+        return Ok(vec![PixelBox {
+            y0: 0,
+            x0: 0,
+            height,
+            width,
+        }]);
     };
     win.validate()?;
     let ys = starts(height, win.size, win.stride);
@@ -62,7 +73,12 @@ pub fn slide_windows(height: usize, width: usize, window: Option<Window>) -> Res
     let mut out = Vec::with_capacity(ys.len() * xs.len());
     for &(y0, h) in &ys {
         for &(x0, w) in &xs {
-            out.push(PixelBox { y0, x0, height: h, width: w });
+            out.push(PixelBox {
+                y0,
+                x0,
+                height: h,
+                width: w,
+            });
         }
     }
     Ok(out)
@@ -73,7 +89,12 @@ mod tests {
     use super::*;
 
     /// mmseg's loop, transcribed literally.
-    fn mmseg(h_img: usize, w_img: usize, crop: usize, stride: usize) -> Vec<(usize, usize, usize, usize)> {
+    fn mmseg(
+        h_img: usize,
+        w_img: usize,
+        crop: usize,
+        stride: usize,
+    ) -> Vec<(usize, usize, usize, usize)> {
         let (h_img, w_img, crop, stride) = (h_img as i64, w_img as i64, crop as i64, stride as i64);
         let h_grids = (h_img - crop + stride - 1).max(0) / stride + 1;
         let w_grids = (w_img - crop + stride - 1).max(0) / stride + 1;
@@ -85,7 +106,12 @@ mod tests {
                 let x2 = (x1 + crop).min(w_img);
                 y1 = (y2 - crop).max(0);
                 x1 = (x2 - crop).max(0);
-                v.push((y1 as usize, x1 as usize, (y2 - y1) as usize, (x2 - x1) as usize));
+                v.push((
+                    y1 as usize,
+                    x1 as usize,
+                    (y2 - y1) as usize,
+                    (x2 - x1) as usize,
+                ));
             }
         }
         v
@@ -107,17 +133,37 @@ mod tests {
                 .iter()
                 .map(|b| (b.y0, b.x0, b.height, b.width))
                 .collect();
-            assert_eq!(got, mmseg(h, w, crop, stride), "{h}×{w} crop {crop} stride {stride}");
+            assert_eq!(
+                got,
+                mmseg(h, w, crop, stride),
+                "{h}×{w} crop {crop} stride {stride}"
+            );
         }
     }
 
     #[test]
     fn paper_layout_and_coverage() {
-        let b = slide_windows(448, 597, Some(Window { size: 448, stride: 224 })).unwrap();
+        let b = slide_windows(
+            448,
+            597,
+            Some(Window {
+                size: 448,
+                stride: 224,
+            }),
+        )
+        .unwrap();
         assert_eq!(b.len(), 2);
         assert_eq!((b[1].x0, b[1].width), (149, 448)); // last window shifted back to the border
         let one = slide_windows(45, 61, None).unwrap();
-        assert_eq!(one, vec![PixelBox { y0: 0, x0: 0, height: 45, width: 61 }]);
+        assert_eq!(
+            one,
+            vec![PixelBox {
+                y0: 0,
+                x0: 0,
+                height: 45,
+                width: 61
+            }]
+        );
         assert!(slide_windows(0, 3, None).is_err());
         assert!(slide_windows(3, 3, Some(Window { size: 2, stride: 0 })).is_err());
         assert!(slide_windows(10, 10, Some(Window { size: 3, stride: 5 })).is_err());
