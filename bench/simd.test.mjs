@@ -23,13 +23,15 @@ function check(file) {
   assert.ok(WebAssembly.validate(bytes), `${file} is not valid WebAssembly`);
   const c = countSimd(bytes);
   const top = Object.entries(c.byOp).sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => `${k} ${v}`).join(', ');
-  console.log(`${path.relative(ROOT, file)}: ${c.simd} SIMD instructions in ${c.simdFunctions} of ${c.functions} functions (${top}; f32x4.mul ${c.byOp['f32x4.mul'] ?? 0}, f32x4.add ${c.byOp['f32x4.add'] ?? 0})`);
+  console.log(`${path.relative(ROOT, file)}: ${c.simd} SIMD instructions in ${c.simdFunctions} of ${c.functions} functions (${top}; f32x4.mul ${c.byOp['f32x4.mul'] ?? 0}, f32x4.add ${c.byOp['f32x4.add'] ?? 0}, i32x4.dot_i16x8_s ${c.byOp['i32x4.dot_i16x8_s'] ?? 0})`);
   assert.ok(c.functions > 0, 'no code section');
   assert.ok(c.simd > 0, `${file}: no 0xFD-prefixed (SIMD) instruction: was it built without +simd128?`);
   if (holdsModel(bytes)) {
     for (const op of ['f32x4.mul', 'f32x4.add', 'v128.load']) {
       assert.ok((c.byOp[op] ?? 0) >= 50, `${file}: only ${c.byOp[op] ?? 0} ${op}: the f32 kernels are not vectorised`);
     }
+    // The integer kernel of ComputePath::Int (clipdino::intgemm): i16 dot products.
+    assert.ok((c.byOp['i32x4.dot_i16x8_s'] ?? 0) >= 1, `${file}: no i32x4.dot_i16x8_s: the integer kernel is missing or not vectorised`);
   }
   return c;
 }

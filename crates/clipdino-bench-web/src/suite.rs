@@ -357,26 +357,21 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             },
         ],
         PlanKind::Compare => {
-            let mut v = vec![
-                load("upstream safetensors + last.pt", upstream, Compute::F32, r),
-                Step::Tower {
-                    preset: Preset::Window448,
-                    runs: r,
-                },
-                Step::Profile {
-                    preset: Preset::Window448,
-                    runs: few,
-                },
-                load("gguf q4_0", vec![files::gguf("q4_0")], Compute::Int, r),
-                Step::Tower {
-                    preset: Preset::Window448,
-                    runs: r,
-                },
-                Step::Profile {
-                    preset: Preset::Window448,
-                    runs: few,
-                },
-            ];
+            let mut v = Vec::new();
+            v.push(load(
+                "upstream safetensors + last.pt",
+                upstream,
+                Compute::F32,
+                r,
+            ));
+            v.extend(tower_448(r, few));
+            v.push(load(
+                "gguf q4_0",
+                vec![files::gguf("q4_0")],
+                Compute::Int,
+                r,
+            ));
+            v.extend(tower_448(r, few));
             app_path_steps(&mut v, r, &[Preset::S336, Preset::Window448]);
             v.push(Step::Kernels {
                 tokens: 785,
@@ -385,37 +380,19 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             v
         }
         PlanKind::Full => {
-            let mut v = vec![
-                // quantized compute path: load, then the tower at 448×448 and its profile
-                load(
-                    "gguf q8_0",
-                    vec![files::gguf("q8_0")],
+            // quantized compute path: load, then the tower at 448×448 and its profile
+            let mut v = Vec::new();
+            for q in ["q8_0", "q4_0"] {
+                v.push(load(
+                    &format!("gguf {q}"),
+                    vec![files::gguf(q)],
                     Compute::Quantized,
                     r,
-                ),
-                Step::Tower {
-                    preset: Preset::Window448,
-                    runs: few,
-                },
-                Step::Profile {
-                    preset: Preset::Window448,
-                    runs: Runs::once(),
-                },
-                load(
-                    "gguf q4_0",
-                    vec![files::gguf("q4_0")],
-                    Compute::Quantized,
-                    r,
-                ),
-                Step::Tower {
-                    preset: Preset::Window448,
-                    runs: few,
-                },
-                Step::Profile {
-                    preset: Preset::Window448,
-                    runs: Runs::once(),
-                },
-                // f32 compute (what the app does: every bundle is dequantized at load)
+                ));
+                v.extend(tower_448(few, Runs::once()));
+            }
+            v.extend([
+                // f32 compute: every bundle dequantized at load (the app's path before ComputePath::Int)
                 load("gguf f32", vec![files::gguf("f32")], Compute::F32, r),
                 load("gguf f16", vec![files::gguf("f16")], Compute::F32, r),
                 load("gguf q8_0", vec![files::gguf("q8_0")], Compute::F32, r),
@@ -424,7 +401,7 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
                 // with the ONNX peer built from the same safetensors (timing is that of any
                 // f32-compute model)
                 load("upstream safetensors + last.pt", upstream, Compute::F32, r),
-            ];
+            ]);
             for p in Preset::ALL {
                 v.push(Step::Encode { preset: p, runs: r });
             }
@@ -475,6 +452,21 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             v
         }
     }
+}
+
+/// The image tower alone at 448×448 (first window of the paper preset), then its op profile.
+fn tower_448(tower: Runs, profile: Runs) -> [Step; 2] {
+    let preset = Preset::Window448;
+    [
+        Step::Tower {
+            preset,
+            runs: tower,
+        },
+        Step::Profile {
+            preset,
+            runs: profile,
+        },
+    ]
 }
 
 /// Encode, labels (1 and 10, fast and full templates), head, segment and K-Means on the model
