@@ -403,29 +403,9 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
                 load("upstream safetensors + last.pt", upstream, Compute::F32, r),
             ]);
             for p in Preset::ALL {
-                v.push(Step::Encode { preset: p, runs: r });
-            }
-            for p in Preset::ALL {
                 v.push(Step::Tower { preset: p, runs: r });
             }
-            for n in [1, 10] {
-                for t in [Templates::Fast, Templates::Full] {
-                    v.push(Step::Labels {
-                        labels: n,
-                        templates: t,
-                        runs: r,
-                    });
-                }
-            }
-            for p in Preset::ALL {
-                v.push(Step::Head { preset: p, runs: r });
-                v.push(Step::Segment { preset: p, runs: r });
-                v.push(Step::Kmeans {
-                    preset: p,
-                    k: 8,
-                    runs: r,
-                });
-            }
+            app_path_steps(&mut v, r, &Preset::ALL);
             v.push(Step::Profile {
                 preset: Preset::Window448,
                 runs: few,
