@@ -2,6 +2,8 @@
 //! `tests/fixtures/tiny/` (torch 2.15 `torch.save` / `safetensors.torch.save_file`), and every kind
 //! of bad input, which must give a typed error naming the file / tensor / field, never a panic.
 
+mod common;
+
 use std::io::Write;
 
 use candle_core::{DType, Device, Tensor};
@@ -11,6 +13,7 @@ use clipdino::loaders::{
     write_safetensors_entries, write_torch_pickle, Bundle, Quant,
 };
 use clipdino::{ClipConfig, Error, HeadConfig, Stored, TensorStore};
+use common::{max_abs, max_abs_diff};
 
 type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -47,31 +50,6 @@ fn tiny_bundle(seed: u64) -> Bundle {
 
 fn f32_of(s: &Stored) -> Tensor {
     s.to_f32(&Device::Cpu).expect("to f32")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn entries_of(store: &TensorStore) -> Vec<(String, Tensor)> {

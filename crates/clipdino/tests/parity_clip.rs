@@ -10,8 +10,9 @@
 //! `*.inter` [h,w,64] (`ln_2` output of block L−3); `*.pos_embed` and `pos_embed.16x15` (channels
 //! 0..16) check the bicubic positional-embedding resize on its own.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,28 +23,9 @@ use clipdino::loaders::{random_clip_store, read_safetensors};
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
 use clipdino::{ClipConfig, ComputePath, Error, Stored, TensorStore, Vb};
+use common::max_abs_diff;
 
 const TOL: f32 = 1e-4;
-
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny")
-}
-
-fn read_fixture(name: &str) -> Vec<u8> {
-    let path = fixture_dir().join(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "fixture {} is missing ({e}); see tests/fixtures/README.md",
-            path.display()
-        )
-    })
-}
-
-/// Expected outputs (mixed dtypes), read with candle's own reader.
-fn load_expected() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load_buffer(&read_fixture("expected.safetensors"), &Device::Cpu)
-        .expect("expected.safetensors")
-}
 
 struct Tiny {
     cfg: ClipConfig,
@@ -52,14 +34,15 @@ struct Tiny {
 }
 
 fn tiny() -> Tiny {
-    let json = String::from_utf8(read_fixture("open_clip_config.json")).expect("utf-8 config");
+    let json =
+        String::from_utf8(common::tiny::read("open_clip_config.json")).expect("utf-8 config");
     let cfg = ClipConfig::from_open_clip_json(&json).expect("config");
     let name = "open_clip_model.safetensors";
-    let store = read_safetensors(&read_fixture(name), name).expect(name);
+    let store = read_safetensors(&common::tiny::read(name), name).expect(name);
     Tiny {
         cfg,
         store,
-        expected: load_expected(),
+        expected: common::tiny::expected(),
     }
 }
 
@@ -72,20 +55,6 @@ fn expected<'a>(t: &'a Tiny, name: &str) -> &'a Tensor {
     t.expected
         .get(name)
         .unwrap_or_else(|| panic!("expected.safetensors has no `{name}`"))
-}
-
-fn max_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims(), "shape");
-    (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn check(label: &str, got: &Tensor, want: &Tensor) {

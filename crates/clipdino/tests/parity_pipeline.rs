@@ -17,8 +17,9 @@
 //! labelmap = full[0].argmax(0)
 //! ```
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -29,31 +30,12 @@ use clipdino::pipeline::{
     Window, WindowOutputs,
 };
 use clipdino::{ComputePath, HeadConfig, TensorStore, Vb};
+use common::tiny::{expected, read};
 
 /// Max |Δ| allowed against the f32 reference.
 const TOL: f32 = 1e-4;
 /// Index of the background label in `labels` (fixture metadata `background_index`).
 const BACKGROUND: usize = 2;
-
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny")
-}
-
-fn read(name: &str) -> Vec<u8> {
-    let path = fixture_dir().join(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "fixture {} is missing ({e}); see tests/fixtures/README.md",
-            path.display()
-        )
-    })
-}
-
-fn expected() -> HashMap<String, Tensor> {
-    let path = fixture_dir().join("expected.safetensors");
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("fixture {} is missing or unreadable ({e})", path.display()))
-}
 
 fn get(exp: &HashMap<String, Tensor>, name: &str) -> Tensor {
     exp.get(name)
@@ -76,16 +58,7 @@ fn label_map(exp: &HashMap<String, Tensor>, name: &str) -> Vec<u32> {
 }
 
 fn max_abs(name: &str, got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let d = (got.to_dtype(DType::F32).unwrap() - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    let d = d.to_scalar::<f32>().unwrap();
+    let d = common::max_abs_diff(got, want);
     println!("{name:<28} max |Δ| = {d:.3e}");
     assert!(d <= TOL, "{name}: max |Δ| {d} > {TOL}");
     d

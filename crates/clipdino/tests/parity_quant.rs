@@ -5,20 +5,16 @@
 //! upstream label map (images `a`, `b` and the sliding-window image `c`).
 #![cfg(not(target_arch = "wasm32"))]
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use clipdino::loaders::{load_model_files, read_gguf_bundle, write_gguf_bundle, Quant};
 use clipdino::pipeline::{EncodeOptions, Mode, SegmentOptions, Segmenter, Window};
 use clipdino::ComputePath;
-
-fn fixture(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/tiny")
-        .join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
+use common::patch_cosine as cosine;
+use common::tiny::read as fixture;
 
 fn upstream_bundle() -> clipdino::loaders::Bundle {
     let files: Vec<(String, Vec<u8>)> = [
@@ -30,27 +26,6 @@ fn upstream_bundle() -> clipdino::loaders::Bundle {
     .map(|n| (n.to_string(), fixture(n)))
     .collect();
     load_model_files(&files).unwrap()
-}
-
-/// Mean and minimum per-patch cosine similarity of two `[h, w, E]` maps.
-fn cosine(a: &Tensor, b: &Tensor) -> (f32, f32) {
-    let e = a.dim(2).unwrap();
-    let a = a.reshape(((), e)).unwrap().to_vec2::<f32>().unwrap();
-    let b = b.reshape(((), e)).unwrap().to_vec2::<f32>().unwrap();
-    let cs: Vec<f32> = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| {
-            let d: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
-            let nx: f32 = x.iter().map(|p| p * p).sum::<f32>().sqrt();
-            let ny: f32 = y.iter().map(|p| p * p).sum::<f32>().sqrt();
-            d / (nx * ny)
-        })
-        .collect();
-    (
-        cs.iter().sum::<f32>() / cs.len() as f32,
-        cs.iter().cloned().fold(1.0, f32::min),
-    )
 }
 
 struct Scores {

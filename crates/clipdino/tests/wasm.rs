@@ -6,6 +6,8 @@
 //! K-Means is compared with the assignments the native build computes (`tests/fixtures/kmeans/`).
 #![cfg(target_arch = "wasm32")]
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
@@ -63,16 +65,7 @@ fn get(exp: &HashMap<String, Tensor>, key: &str) -> Tensor {
 }
 
 fn max_abs(name: &str, got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let d = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    let d = d.to_scalar::<f32>().unwrap();
+    let d = common::max_abs_diff(got, want);
     web_sys_log(&format!("wasm parity {name}: max |Δ| = {d:.3e}"));
     assert!(d <= TOL, "{name}: max |Δ| = {d} > {TOL}");
     d
@@ -210,21 +203,7 @@ fn integer_compute_path_stays_close_to_upstream() {
             ("refined", w.refined.as_ref().unwrap()),
         ] {
             let want = get(&exp, &format!("{key}.{name}"));
-            let e = want.dim(2).unwrap();
-            let (g, t) = (
-                got.reshape(((), e)).unwrap(),
-                want.reshape(((), e)).unwrap(),
-            );
-            let dot = (&g * &t).unwrap().sum(1).unwrap();
-            let norms = (g.sqr().unwrap().sum(1).unwrap().sqrt().unwrap()
-                * t.sqr().unwrap().sum(1).unwrap().sqrt().unwrap())
-            .unwrap();
-            let cos = (dot / norms)
-                .unwrap()
-                .min(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let (_, cos) = common::patch_cosine(got, &want);
             web_sys_log(&format!("wasm Int path {key}.{name}: min cosine {cos:.6}"));
             assert!(cos > 0.9999, "{key}.{name}: min cosine {cos}");
         }

@@ -1,0 +1,77 @@
+//! Helpers shared by the integration tests (`mod common;` in each): comparisons of candle
+//! tensors and, natively, the tiny fixture model's files. Not every test file uses every helper.
+#![allow(dead_code)]
+
+use candle_core::{DType, Tensor};
+
+/// `max |got − want|` over all elements, after a shape check; `got` may be any float dtype.
+pub fn max_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
+    assert_eq!(got.dims(), want.dims(), "shape");
+    let got = got.to_dtype(DType::F32).unwrap();
+    max_abs(&(got - want.to_dtype(DType::F32).unwrap()).unwrap())
+}
+
+/// `max |t|` over all elements.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Mean and minimum per-patch cosine similarity of two `[h, w, E]` feature maps.
+pub fn patch_cosine(a: &Tensor, b: &Tensor) -> (f32, f32) {
+    assert_eq!(a.dims(), b.dims(), "shape");
+    let e = a.dim(2).unwrap();
+    let rows = |t: &Tensor| t.reshape(((), e)).unwrap().to_vec2::<f32>().unwrap();
+    let cs: Vec<f32> = rows(a)
+        .iter()
+        .zip(&rows(b))
+        .map(|(x, y)| {
+            let d: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+            let nx: f32 = x.iter().map(|p| p * p).sum::<f32>().sqrt();
+            let ny: f32 = y.iter().map(|p| p * p).sum::<f32>().sqrt();
+            d / (nx * ny)
+        })
+        .collect();
+    (
+        cs.iter().sum::<f32>() / cs.len() as f32,
+        cs.iter().cloned().fold(1.0, f32::min),
+    )
+}
+
+/// The tiny fixture model's files (`tests/fixtures/tiny/`, written by
+/// `tests/reference/make_fixtures.py`) and the upstream outputs, read from disk (natively; the
+/// wasm tests compile the files in instead).
+pub mod tiny {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    use candle_core::{Device, Tensor};
+
+    pub fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny")
+    }
+
+    pub fn read(name: &str) -> Vec<u8> {
+        let path = dir().join(name);
+        std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "fixture {} is missing ({e}); see tests/fixtures/README.md",
+                path.display()
+            )
+        })
+    }
+
+    /// The upstream PyTorch outputs (mixed dtypes), read with candle's own reader.
+    pub fn expected() -> HashMap<String, Tensor> {
+        candle_core::safetensors::load_buffer(&read("expected.safetensors"), &Device::Cpu)
+            .expect("expected.safetensors")
+    }
+}
