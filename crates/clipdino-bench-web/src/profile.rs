@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
-use clipdino::clip::{fastmath, LayerNorm};
+use clipdino::clip::{attention_scores, attention_values, fastmath, LayerNorm};
 use clipdino::intgemm::PackedLinear;
 use clipdino::linear::Linear;
 use clipdino::pipeline::Segmenter;
-use clipdino::{Error, Result, Stored, TensorStore, Vb};
+use clipdino::{ComputePath, Error, Result, Stored, TensorStore, Vb};
 use serde_json::{json, Value};
 
 use crate::clock::now_ms;
@@ -92,6 +92,8 @@ struct Tower {
     heads: usize,
     patch: usize,
     embed: usize,
+    /// The attention products on the integer kernel (as the model on `ComputePath::Int`).
+    int: bool,
 }
 
 fn ln(p: &mut Prof, l: &LayerNorm, x: &Tensor) -> Result<Tensor> {
@@ -128,6 +130,7 @@ impl Tower {
             heads: v.heads,
             patch: pp,
             embed: cfg.embed_dim,
+            int: root.compute_path() == ComputePath::Int,
         })
     }
 
@@ -154,13 +157,13 @@ impl Tower {
             q * (1.0 / (d as f64).sqrt())
         })?;
         let scores = p.t("attention q·kᵀ", 2.0 * bh * nq * tt * dd, || {
-            q.matmul(&k.t()?)
+            attention_scores(&q, &k, self.int)
         })?;
         let probs = p.t("attention softmax", 0.0, || {
             fastmath::softmax_last_dim_(scores.clone())
         })?;
         let o = p.t("attention probs·v", 2.0 * bh * nq * tt * dd, || {
-            probs.matmul(&v)
+            attention_values(&probs, &v, self.int)
         })?;
         // free what the model has freed at this point (large buffers alive longer than in the
         // model would add allocation costs that the model does not pay)
