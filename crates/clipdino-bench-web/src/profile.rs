@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
-use clipdino::clip::{attention_scores, attention_values, fastmath, LayerNorm};
+use clipdino::clip::{fastmath, LayerNorm};
 use clipdino::intgemm::PackedLinear;
 use clipdino::linear::Linear;
 use clipdino::pipeline::Segmenter;
-use clipdino::{ComputePath, Error, Result, Stored, TensorStore, Vb};
+use clipdino::{Error, Result, Stored, TensorStore, Vb};
 use serde_json::{json, Value};
 
 use crate::clock::now_ms;
@@ -92,8 +92,6 @@ struct Tower {
     heads: usize,
     patch: usize,
     embed: usize,
-    /// The attention products on the integer kernel (as the model on `ComputePath::Int`).
-    int: bool,
 }
 
 fn ln(p: &mut Prof, l: &LayerNorm, x: &Tensor) -> Result<Tensor> {
@@ -130,7 +128,6 @@ impl Tower {
             heads: v.heads,
             patch: pp,
             embed: cfg.embed_dim,
-            int: root.compute_path() == ComputePath::Int,
         })
     }
 
@@ -157,13 +154,13 @@ impl Tower {
             q * (1.0 / (d as f64).sqrt())
         })?;
         let scores = p.t("attention q·kᵀ", 2.0 * bh * nq * tt * dd, || {
-            attention_scores(&q, &k, self.int)
+            q.matmul(&k.t()?)
         })?;
         let probs = p.t("attention softmax", 0.0, || {
             fastmath::softmax_last_dim_(scores.clone())
         })?;
         let o = p.t("attention probs·v", 2.0 * bh * nq * tt * dd, || {
-            attention_values(&probs, &v, self.int)
+            probs.matmul(&v)
         })?;
         // free what the model has freed at this point (large buffers alive longer than in the
         // model would add allocation costs that the model does not pay)

@@ -23,11 +23,6 @@
 //! summation order therefore gives the same integers, so the wasm SIMD kernel and the portable
 //! one produce bit-identical outputs (checked by the wasm tests).
 //!
-//! The attention products of the image tower use the same kernel with both operands quantized at
-//! run time ([`BatchedMatmulNt`]): `q·kᵀ` with 13 bits on both sides (the logits go through
-//! `exp`, and with `k` = head dim = 64 the exactness bound allows it), `probs·v` with 13-bit
-//! probabilities and 12-bit values, each `v` channel scaled on its own.
-//!
 //! Operands are packed so that a tile reads contiguous memory: `[rows/R][k/8][R][8]`, zero-padded
 //! in both `rows` and `k`.
 
@@ -90,24 +85,6 @@ fn quantize_rows(x: &[f32], rows: usize, k: usize, r: usize, levels: i32) -> (Ve
 impl PackedLinear {
     /// `w`: `[n, k]` row-major; `bias`: `[n]`. `name` (the weight tensor's) is for errors.
     pub fn new(name: &str, w: &[f32], n: usize, k: usize, bias: Option<Vec<f32>>) -> Result<Self> {
-        Self::with_levels(name, w, n, k, bias, W_MAX, A_MAX)
-    }
-
-    /// Like [`Self::new`] with `w` rounded to `±w_max` and activations to at most `±a_cap` (both
-    /// ≤ `i16::MAX`); the activation levels are lowered further where `k` requires it.
-    pub fn with_levels(
-        name: &str,
-        w: &[f32],
-        n: usize,
-        k: usize,
-        bias: Option<Vec<f32>>,
-        w_max: i32,
-        a_cap: i32,
-    ) -> Result<Self> {
-        assert!(
-            (1..=i16::MAX as i32).contains(&w_max) && (1..=i16::MAX as i32).contains(&a_cap),
-            "levels must fit i16"
-        );
         if n == 0 || k == 0 || w.len() != n * k {
             let detail = format!("{} values for an integer linear layer [{n}, {k}]", w.len());
             return Err(Error::invalid(name, detail));
@@ -121,13 +98,13 @@ impl PackedLinear {
             }
         }
         let kb = k.div_ceil(8);
-        // One i32 lane sums 2·kb products of magnitude ≤ a_max·w_max.
-        let a_max = (i32::MAX as i64 / (2 * kb as i64 * w_max as i64)).min(a_cap as i64) as i32;
+        // One i32 lane sums 2·kb products of magnitude ≤ a_max·W_MAX.
+        let a_max = (i32::MAX as i64 / (2 * kb as i64 * W_MAX as i64)).min(A_MAX as i64) as i32;
         if a_max < 127 {
             let detail = format!("rows of {k} are too long for exact i32 sums");
             return Err(Error::invalid(name, detail));
         }
-        let (data, scale) = quantize_rows(w, n, k, NR, w_max);
+        let (data, scale) = quantize_rows(w, n, k, NR, W_MAX);
         Ok(Self {
             n,
             k,
@@ -257,79 +234,6 @@ impl CustomOp1 for PackedLinear {
     }
 }
 
-/// `a · bᵀ` per batch entry, both operands quantized at run time, for the attention products
-/// (`q·kᵀ` and `probs·v` with `v` transposed): `a [B, m, k]`, `b [B, n, k]` → `[B, m, n]`.
-/// `b` is rounded per row to `±b_max` and `a` per row to `±a_cap` (fewer if `k` requires it).
-#[derive(Debug, Clone, Copy)]
-pub struct BatchedMatmulNt {
-    pub b_max: i32,
-    pub a_cap: i32,
-}
-
-impl BatchedMatmulNt {
-    /// Attention scores `q·kᵀ`: the logits go through `exp`, so both sides keep 13 bits (the
-    /// exactness bound allows it: `k` = head dim = 64).
-    pub const SCORES: Self = Self {
-        b_max: 4095,
-        a_cap: 4095,
-    };
-    /// `probs · v` (`b` = `vᵀ`, one row per channel): 13-bit probabilities, 12-bit values.
-    pub const VALUES: Self = Self {
-        b_max: 2047,
-        a_cap: 4095,
-    };
-
-    pub fn forward(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-        a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, self)
-    }
-}
-
-impl candle_core::CustomOp2 for BatchedMatmulNt {
-    fn name(&self) -> &'static str {
-        "int-matmul-nt"
-    }
-
-    fn cpu_fwd(
-        &self,
-        sa: &CpuStorage,
-        la: &Layout,
-        sb: &CpuStorage,
-        lb: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (sa, sb) else {
-            candle_core::bail!("int-matmul-nt needs f32 inputs")
-        };
-        let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_offsets(), lb.contiguous_offsets())
-        else {
-            candle_core::bail!("int-matmul-nt needs contiguous inputs")
-        };
-        let (&[bs, m, k], &[bs2, n, k2]) = (la.dims(), lb.dims()) else {
-            candle_core::bail!(
-                "int-matmul-nt: {:?} · {:?}ᵀ is not batched 3-d",
-                la.dims(),
-                lb.dims()
-            )
-        };
-        if bs != bs2 || k != k2 {
-            candle_core::bail!(
-                "int-matmul-nt: {:?} · {:?}ᵀ do not match",
-                la.dims(),
-                lb.dims()
-            )
-        }
-        let (a, b) = (&a[a0..a1], &b[b0..b1]);
-        let mut out = Vec::with_capacity(bs * m * n);
-        for i in 0..bs {
-            let w = &b[i * n * k..][..n * k];
-            let packed =
-                PackedLinear::with_levels("attention", w, n, k, None, self.b_max, self.a_cap)
-                    .map_err(candle_core::Error::wrap)?;
-            out.extend(packed.matmul(&a[i * m * k..][..m * k], m));
-        }
-        Ok((CpuStorage::F32(out), Shape::from((bs, m, n))))
-    }
-}
-
 /// Sum of the four i32 lanes of each accumulator, exact.
 #[inline(always)]
 fn hsum(l: [i32; 4]) -> i64 {
@@ -383,6 +287,19 @@ mod kernel {
 
     use super::{hsum, MR, NR};
 
+    /// The wasm tile with SSE2's `pmaddwd` (the instruction `i32x4.dot_i16x8_s` becomes on
+    /// x86): the same pairs summed into the same lanes, so the same integers. LLVM does not
+    /// vectorise the portable tile below into `pmaddwd` (measured: the native Int tower took
+    /// 12.1 s at 224×336 with it, 1.7 s with this one; f32: 1.1 s), hence this version.
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    pub fn tile(a: &[i16], b: &[i16], kb: usize) -> [[i64; NR]; MR] {
+        // SAFETY: the only requirement of `tile_sse2` is the `sse2` target feature, which every
+        // x86_64 CPU has (it is part of the x86_64 baseline that rustc compiles for). No pointer
+        // is dereferenced: operands are read from bounds-checked slices.
+        unsafe { tile_sse2(a, b, kb) }
+    }
+
     /// Eight i16 as one vector (compiled to one unaligned load, like the wasm version).
     #[inline]
     #[target_feature(enable = "sse2")]
@@ -399,19 +316,6 @@ mod kernel {
             _mm_cvtsi128_si32(_mm_shuffle_epi32::<0b10>(v)),
             _mm_cvtsi128_si32(_mm_shuffle_epi32::<0b11>(v)),
         ]
-    }
-
-    /// The wasm tile with SSE2's `pmaddwd` (the instruction `i32x4.dot_i16x8_s` becomes on
-    /// x86): the same pairs summed into the same lanes, so the same integers. LLVM does not
-    /// vectorise the portable tile below into `pmaddwd` (measured: ≈ 10× slower than candle's
-    /// f32 gemm natively), hence this version.
-    #[inline(always)]
-    #[allow(unsafe_code)]
-    pub fn tile(a: &[i16], b: &[i16], kb: usize) -> [[i64; NR]; MR] {
-        // SAFETY: the only requirement of `tile_sse2` is the `sse2` target feature, which every
-        // x86_64 CPU has (it is part of the x86_64 baseline that rustc compiles for). No pointer
-        // is dereferenced: operands are read from bounds-checked slices.
-        unsafe { tile_sse2(a, b, kb) }
     }
 
     #[inline]
@@ -461,8 +365,6 @@ mod kernel {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::DType;
-
     use super::*;
     use crate::rng::SplitMix64;
 
@@ -558,42 +460,6 @@ mod tests {
         // Worst case: every product at full scale and the same sign.
         let y = p.matmul(&vec![1.0; k], 1);
         assert!((y[0] - k as f32).abs() < 1e-3 * k as f32, "{}", y[0]);
-    }
-
-    #[test]
-    fn batched_attention_products_are_close_to_exact() {
-        let dev = candle_core::Device::Cpu;
-        let (bs, m, n, k) = (3, 37, 29, 64);
-        let a = data(bs * m * k, 9, 3.0);
-        let b = data(bs * n * k, 10, 2.0);
-        let ta = Tensor::from_vec(a.clone(), (bs, m, k), &dev).unwrap();
-        let tb = Tensor::from_vec(b.clone(), (bs, n, k), &dev).unwrap();
-        for op in [BatchedMatmulNt::SCORES, BatchedMatmulNt::VALUES] {
-            let y = op.forward(&ta, &tb).unwrap();
-            assert_eq!(y.dims(), &[bs, m, n]);
-            let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-            for i in 0..bs {
-                let want = exact(
-                    &a[i * m * k..][..m * k],
-                    &b[i * n * k..][..n * k],
-                    &vec![0.0; n],
-                    m,
-                    n,
-                    k,
-                );
-                let got = &y[i * m * n..][..m * n];
-                let range = want.iter().fold(0f32, |r, v| r.max(v.abs()));
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .fold(0f32, |e, (g, w)| e.max((g - w).abs()));
-                // 13/13 bits (scores): ~1e-4 of the range; 13/12 bits (values): ~2e-4.
-                assert!(err < 1e-3 * range, "{op:?}: max error {err} of {range}");
-            }
-        }
-        // Shapes that do not pair up are errors.
-        let c = Tensor::zeros((bs, n, k + 1), DType::F32, &dev).unwrap();
-        assert!(BatchedMatmulNt::SCORES.forward(&ta, &c).is_err());
     }
 
     #[test]

@@ -9,9 +9,7 @@ pub mod interp;
 pub mod text;
 pub mod vision;
 
-pub use block::{
-    attention_scores, attention_values, LayerNorm, Mlp, MultiheadAttention, ResidualAttentionBlock,
-};
+pub use block::{LayerNorm, Mlp, MultiheadAttention, ResidualAttentionBlock};
 pub use text::TextTransformer;
 pub use vision::{VisionOutput, VisionTransformer};
 
