@@ -334,23 +334,27 @@ mod kernel {
     }
 }
 
-#[cfg(not(any(
-    all(target_arch = "wasm32", target_feature = "simd128"),
-    target_arch = "x86_64"
-)))]
-mod kernel {
+/// Portable tile: per 8-block the products are summed in i32 pairs-then-lanes exactly like
+/// `i32x4.dot_i16x8_s`, so the integers are those of the SIMD tiles above. It is the kernel on
+/// other targets, and the tests check the SIMD tile against it bit for bit.
+#[cfg_attr(
+    any(
+        all(target_arch = "wasm32", target_feature = "simd128"),
+        target_arch = "x86_64"
+    ),
+    allow(dead_code)
+)]
+mod portable {
     use super::{hsum, MR, NR};
 
-    /// Portable tile (left to the auto-vectoriser): per 8-block the products are summed in i32
-    /// pairs-then-lanes exactly like `i32x4.dot_i16x8_s`, so the integers are the wasm ones.
     #[inline(always)]
     pub fn tile(a: &[i16], b: &[i16], kb: usize) -> [[i64; NR]; MR] {
         let mut acc = [[[0i32; 4]; NR]; MR];
         for (ac, bc) in a.chunks_exact(MR * 8).zip(b.chunks_exact(NR * 8)).take(kb) {
             for (i, row) in acc.iter_mut().enumerate() {
-                let av: &[i16; 8] = ac[i * 8..][..8].try_into().unwrap();
+                let av = &ac[i * 8..][..8];
                 for (j, lanes) in row.iter_mut().enumerate() {
-                    let bv: &[i16; 8] = bc[j * 8..][..8].try_into().unwrap();
+                    let bv = &bc[j * 8..][..8];
                     for (l, lane) in lanes.iter_mut().enumerate() {
                         let p = av[2 * l] as i32 * bv[2 * l] as i32
                             + av[2 * l + 1] as i32 * bv[2 * l + 1] as i32;
@@ -362,6 +366,12 @@ mod kernel {
         acc.map(|row| row.map(hsum))
     }
 }
+
+#[cfg(not(any(
+    all(target_arch = "wasm32", target_feature = "simd128"),
+    target_arch = "x86_64"
+)))]
+use portable as kernel;
 
 #[cfg(test)]
 mod tests {
@@ -386,6 +396,24 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn simd_tile_equals_the_portable_tile_at_full_scale() {
+        // Operands at the extremes of their levels, where a lane would overflow first.
+        let mut r = SplitMix64(12);
+        let mut level = |m: i32| ((r.next_f64() * 2.0 - 1.0) * m as f64).round() as i16;
+        let kb = 384; // k = 3072, the longest row of ViT-B/16
+        let a: Vec<i16> = (0..kb * MR * 8).map(|_| level(A_MAX)).collect();
+        let b: Vec<i16> = (0..kb * NR * 8).map(|_| level(W_MAX)).collect();
+        assert_eq!(kernel::tile(&a, &b, kb), portable::tile(&a, &b, kb));
+        let (a, b) = (
+            vec![A_MAX as i16; kb * MR * 8],
+            vec![-W_MAX as i16; kb * NR * 8],
+        );
+        let t = kernel::tile(&a, &b, kb);
+        assert_eq!(t, portable::tile(&a, &b, kb));
+        assert_eq!(t[0][0], -(A_MAX as i64 * W_MAX as i64 * 8 * kb as i64));
     }
 
     #[test]
