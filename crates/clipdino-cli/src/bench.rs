@@ -15,7 +15,7 @@ use clipdino::{clip, ClipConfig, HeadConfig};
 use image::RgbImage;
 
 use crate::engine::{Compute, Engine, ModelArgs};
-use crate::files;
+use crate::photo;
 use crate::progress;
 
 #[derive(Args)]
@@ -167,7 +167,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let head_ms = match &seg.head {
             Some(h) => {
                 let x = clip::preprocess(
-                    &files::image_to_tensor(&img)?,
+                    &photo::image_to_tensor(&img)?,
                     seg.clip_cfg.vision.patch_size,
                 )?;
                 let out = seg

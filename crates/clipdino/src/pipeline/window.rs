@@ -4,7 +4,15 @@
 //! `max(end − crop, 0)` — so the last window ends at the border and no window is larger than
 //! the image.
 
+use super::resize::short_side_size;
+use super::EncodeOptions;
+use crate::clip::MAX_PATCHES;
 use crate::error::{Error, Result};
+
+/// Most patches one image may send through the tower, summed over its windows (16 single
+/// passes: about 16.8 MP of windows at patch 16, ≈ 0.5 GB of cached features at ViT-B/16
+/// widths). Bounds the work and memory of a sliding-window run on a very elongated image.
+pub const MAX_TOTAL_PATCHES: usize = 16 * MAX_PATCHES;
 
 /// Window size and stride in pixels (square windows, as the paper's 448 / 224).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +44,84 @@ pub struct PixelBox {
     pub x0: usize,
     pub height: usize,
     pub width: usize,
+}
+
+/// What encoding an image will do, computed from the sizes alone: nothing is resized or
+/// allocated before every limit is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Processed (resized) image size.
+    pub height: usize,
+    pub width: usize,
+    /// Windows over the processed image (one box for a single pass).
+    pub windows: Vec<PixelBox>,
+    /// Patches per window (the largest window) and over all windows.
+    pub window_patches: usize,
+    pub total_patches: usize,
+}
+
+/// Plan the encoding of a `height × width` image: the processed size (`short_side`), the
+/// windows, and the patch counts, checked against the tower's per-pass budget
+/// ([`MAX_PATCHES`], as [`Error::GridTooLarge`]) and the per-image budget
+/// ([`MAX_TOTAL_PATCHES`]). All arithmetic saturates, so absurd sizes are refused, not wrapped.
+pub fn plan(height: usize, width: usize, opts: &EncodeOptions, patch: usize) -> Result<Plan> {
+    if height == 0 || width == 0 {
+        return Err(Error::invalid(
+            "image",
+            format!("empty image {width}×{height}"),
+        ));
+    }
+    if patch == 0 {
+        return Err(Error::config("patch_size", "must be positive"));
+    }
+    let (ph, pw) = match opts.short_side {
+        Some(0) => return Err(Error::invalid("short_side", "must be positive")),
+        Some(s) => short_side_size(height, width, s),
+        None => (height, width),
+    };
+    // Per axis: (window count, window length); one window of the whole side without windows.
+    let axis = |size: usize| match opts.window {
+        Some(win) => (
+            (size + win.stride).saturating_sub(win.size + 1) / win.stride + 1,
+            size.min(win.size),
+        ),
+        None => (1, size),
+    };
+    if let Some(win) = opts.window {
+        win.validate()?;
+    }
+    let ((ny, wh), (nx, ww)) = (axis(ph), axis(pw));
+    let (gh, gw) = (wh.div_ceil(patch), ww.div_ceil(patch));
+    let window_patches = gh.saturating_mul(gw);
+    if window_patches > MAX_PATCHES {
+        return Err(Error::GridTooLarge {
+            width: ww,
+            height: wh,
+            grid_h: gh,
+            grid_w: gw,
+            max_tokens: MAX_PATCHES,
+        });
+    }
+    let count = ny.saturating_mul(nx);
+    let total_patches = count.saturating_mul(window_patches);
+    if total_patches > MAX_TOTAL_PATCHES {
+        return Err(Error::invalid(
+            "image",
+            format!(
+                "{width}×{height} px would be processed at {pw}×{ph} px in {count} windows of \
+                 {ww}×{wh} px, {total_patches} patches in all; the limit is \
+                 {MAX_TOTAL_PATCHES} patches per image (the image is too elongated: crop it, or \
+                 process it at a smaller size)"
+            ),
+        ));
+    }
+    Ok(Plan {
+        height: ph,
+        width: pw,
+        windows: slide_windows(ph, pw, opts.window)?,
+        window_patches,
+        total_patches,
+    })
 }
 
 /// Start offsets along one axis.
