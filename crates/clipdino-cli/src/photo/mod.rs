@@ -40,9 +40,9 @@ pub fn decode_image(bytes: &[u8], name: &str) -> Result<RgbImage> {
         ),
         Some(ImageFormat::Jpeg) => jpeg::decode(bytes, name)?,
         Some(_) => {
+            // The sides are checked below with a message in words, once the header is read;
+            // the allocation limit stops a decoder that would need more than the pixels.
             let mut limits = Limits::default();
-            limits.max_image_width = Some(MAX_SIDE);
-            limits.max_image_height = Some(MAX_SIDE);
             limits.max_alloc = Some(MAX_DECODE_ALLOC);
             reader.limits(limits);
             let mut decoder = reader.into_decoder().map_err(|e| invalid(name, e))?;

@@ -82,7 +82,7 @@ pub fn plan(height: usize, width: usize, opts: &EncodeOptions, patch: usize) -> 
     // Per axis: (window count, window length); one window of the whole side without windows.
     let axis = |size: usize| match opts.window {
         Some(win) => (
-            (size + win.stride).saturating_sub(win.size + 1) / win.stride + 1,
+            size.saturating_add(win.stride).saturating_sub(win.size.saturating_add(1)) / win.stride + 1,
             size.min(win.size),
         ),
         None => (1, size),
@@ -225,6 +225,85 @@ mod tests {
                 "{h}×{w} crop {crop} stride {stride}"
             );
         }
+    }
+
+    #[test]
+    fn plan_checks_limits_from_sizes_alone() {
+        let paper = EncodeOptions::paper();
+        // 640×427 photo, paper protocol: 448×671 → 2 windows of 448² (784 patches each).
+        let p = plan(427, 640, &paper, 16).unwrap();
+        assert_eq!((p.height, p.width), (448, 671));
+        assert_eq!(p.windows, slide_windows(448, 671, paper.window).unwrap());
+        assert_eq!((p.window_patches, p.total_patches), (784, 2 * 784));
+        // One pass over a thin strip: the per-pass budget, before anything is resized.
+        let one = EncodeOptions {
+            short_side: Some(448),
+            window: None,
+        };
+        match plan(1, 16384, &one, 16) {
+            Err(Error::GridTooLarge {
+                width,
+                height,
+                grid_h,
+                grid_w,
+                max_tokens,
+            }) => {
+                assert_eq!((width, height), (7_340_032, 448));
+                assert_eq!((grid_h, grid_w, max_tokens), (28, 458_752, MAX_PATCHES));
+            }
+            r => panic!("{r:?}"),
+        }
+        // With windows each pass fits, but 32767 of them do not.
+        let e = plan(1, 16384, &paper, 16).unwrap_err().to_string();
+        assert!(e.contains("32767 windows of 448×448 px"), "{e}");
+        assert!(e.contains("too elongated"), "{e}");
+        // A window larger than the per-pass budget.
+        let big = EncodeOptions {
+            short_side: None,
+            window: Some(Window {
+                size: 2048,
+                stride: 1024,
+            }),
+        };
+        assert!(matches!(
+            plan(3000, 3000, &big, 16),
+            Err(Error::GridTooLarge { .. })
+        ));
+        // Right at the total budget: 16 windows of 64×64 patches.
+        let w = Window {
+            size: 1024,
+            stride: 1024,
+        };
+        let o = EncodeOptions {
+            short_side: None,
+            window: Some(w),
+        };
+        assert_eq!(
+            plan(4096, 4096, &o, 16).unwrap().total_patches,
+            MAX_TOTAL_PATCHES
+        );
+        assert!(plan(4096, 4097, &o, 16).is_err());
+        // Absurd sizes saturate instead of wrapping.
+        let huge = EncodeOptions {
+            short_side: Some(usize::MAX / 2),
+            window: Some(Window {
+                size: 448,
+                stride: 224,
+            }),
+        };
+        assert!(plan(3, 5, &huge, 16).is_err());
+        assert!(plan(0, 5, &paper, 16).is_err());
+        assert!(plan(5, 5, &paper, 0).is_err());
+        assert!(plan(
+            5,
+            5,
+            &EncodeOptions {
+                short_side: Some(0),
+                window: None
+            },
+            16
+        )
+        .is_err());
     }
 
     #[test]
