@@ -5,8 +5,8 @@
 //
 //   node tests/reference/browser_decode.mjs JOB.json OUT_DIR
 //
-// JOB.json: [{"path": "www/samples/chelsea.jpg", "sizes": [[504, 336], ...]}, ...] (paths relative
-// to the repository). Writes OUT_DIR/<i>.decoded.rgb and OUT_DIR/<i>.<w>x<h>.rgb (RGB bytes,
+// JOB.json: [{"path": "www/samples/chelsea.jpg", "sizes": [[504, 336], ...]}, ...] (paths absolute
+// or relative to the repository). Writes OUT_DIR/<i>.decoded.rgb and OUT_DIR/<i>.<w>x<h>.rgb (RGB bytes,
 // row-major) and OUT_DIR/manifest.json with the decoded sizes and the browser version.
 // Driven by tests/reference/browser_gap.py, which compares the bytes with PIL + PyTorch.
 import fs from 'node:fs';
@@ -61,7 +61,7 @@ try {
   await page.setContent('<!doctype html><title>decode</title>');
   const manifest = { browser: `Chromium ${browser.version()}`, files: [] };
   for (const [i, item] of job.entries()) {
-    const bytes = fs.readFileSync(path.join(ROOT, item.path)).toString('base64');
+    const bytes = fs.readFileSync(path.resolve(ROOT, item.path)).toString('base64');
     const res = await page.evaluate(async ({ code, b64, sizes }) => {
       const bin = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
       const worker = new Worker(URL.createObjectURL(new Blob([code], { type: 'text/javascript' })));

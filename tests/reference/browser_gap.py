@@ -19,7 +19,7 @@ pixels rounded to 8 bits (both as PNG, so the same code runs on both), and repor
 mean cosine of the dense MaskCLIP features and the agreement of the patch-level argmax.
 
     tests/reference/.venv/bin/python tests/reference/browser_gap.py [--json OUT] \
-        [--cli target/release/clipdino --weights DIR]
+        [--cli target/release/clipdino --weights DIR] [--photo PHOTO.jpg ...]
 """
 
 import argparse
@@ -103,12 +103,15 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--cli", help="clipdino binary, for the dense-feature comparison")
     ap.add_argument("--weights", type=Path, help="clipdino random-weights folder")
+    ap.add_argument("--photo", type=Path, action="append", default=[],
+                    help="measure this photo instead of the samples (repeatable)")
     args = ap.parse_args()
+    photos = [p.resolve() for p in args.photo] or PHOTOS
 
     jobs = []
-    for p in PHOTOS:
+    for p in photos:
         h, w = pil_rgb(p).shape[:2]
-        jobs.append({"path": str(p.relative_to(ROOT)),
+        jobs.append({"path": str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p),
                      "sizes": [short_side_size(h, w, s)[::-1] for s in SHORT_SIDES]})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

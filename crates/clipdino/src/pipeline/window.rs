@@ -82,7 +82,10 @@ pub fn plan(height: usize, width: usize, opts: &EncodeOptions, patch: usize) -> 
     // Per axis: (window count, window length); one window of the whole side without windows.
     let axis = |size: usize| match opts.window {
         Some(win) => (
-            size.saturating_add(win.stride).saturating_sub(win.size.saturating_add(1)) / win.stride + 1,
+            size.saturating_add(win.stride)
+                .saturating_sub(win.size.saturating_add(1))
+                / win.stride
+                + 1,
             size.min(win.size),
         ),
         None => (1, size),
