@@ -153,26 +153,16 @@ fn read(bytes: &[u8], name: &str) -> Result<(usize, usize, Orientation, Pixels)>
         .find_map(Orientation::from_exif_chunk)
         .unwrap_or(Orientation::NoTransforms);
     let fail = |e: std::io::Error| anyhow!("{name} is not a valid JPEG: {e}");
-    let (size, pixels) = match dec.image().map_err(fail)? {
-        Format::RGB(mut d) => {
-            let px = d.read_scanlines::<u8>().map_err(fail)?;
-            let size = (d.width(), d.height());
-            d.finish().map_err(fail)?;
-            (size, Pixels::Rgb(px))
-        }
-        Format::Gray(mut d) => {
-            let px = d.read_scanlines::<u8>().map_err(fail)?;
-            let size = (d.width(), d.height());
-            d.finish().map_err(fail)?;
-            (size, Pixels::Grey(px))
-        }
-        Format::CMYK(mut d) => {
-            let px = d.read_scanlines::<u8>().map_err(fail)?;
-            let size = (d.width(), d.height());
-            d.finish().map_err(fail)?;
-            (size, Pixels::Cmyk(px))
-        }
+    // libjpeg's own choice of output space: RGB for YCbCr and RGB files, CMYK for CMYK and YCCK.
+    let (mut started, kind) = match dec.image().map_err(fail)? {
+        Format::RGB(d) => (d, Pixels::Rgb as fn(Vec<u8>) -> Pixels),
+        Format::Gray(d) => (d, Pixels::Grey as _),
+        Format::CMYK(d) => (d, Pixels::Cmyk as _),
     };
+    let px = started.read_scanlines::<u8>().map_err(fail)?;
+    let size = (started.width(), started.height());
+    started.finish().map_err(fail)?;
+    let pixels = kind(px);
     if size != (w, h) {
         bail!(
             "{name} is not a valid JPEG: header says {w}×{h} px, the decoder gave {}×{}",
