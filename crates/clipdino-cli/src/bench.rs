@@ -147,6 +147,11 @@ fn dump_input(s: &Suite, step: &Step, dir: &std::path::Path) -> Result<()> {
     )
 }
 
+/// The median of a step's timed runs, when it has one.
+fn median(r: &Value) -> Option<f64> {
+    r["median_ms"].as_f64().filter(|m| m.is_finite())
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.runs == 0 {
         bail!("--runs must be at least 1");
@@ -184,12 +189,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .with_context(|| format!("step {} of {} ({})", i + 1, steps.len(), step.title()))?;
         progress::clear();
         eprintln!(
-            "[native] {:>3}/{} {:<44} {:>10.1} ms (median {:.1} ms)",
+            "[native] {:>3}/{} {:<44} {:>10.1} ms{}",
             i + 1,
             steps.len(),
             step.title(),
             t.elapsed().as_secs_f64() * 1e3,
-            r["median_ms"].as_f64().unwrap_or(f64::NAN)
+            median(&r)
+                .map(|m| format!(" (median {m:.1} ms)"))
+                .unwrap_or_default()
         );
         results.push(r);
     }
@@ -227,8 +234,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     );
     println!("{:<48}{:>12}", "step", "median ms");
     for (step, r) in steps.iter().zip(&results) {
-        let ms = r["median_ms"].as_f64().unwrap_or(f64::NAN);
-        println!("{:<48}{ms:>12.1}", step.title());
+        // The kernel step reports a median per kernel (in the JSON), not one for the step.
+        let ms = median(r).map_or("-".to_string(), |m| format!("{m:.1}"));
+        println!("{:<48}{ms:>12}", step.title());
     }
     Ok(())
 }
