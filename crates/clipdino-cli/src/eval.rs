@@ -168,7 +168,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 .collect::<Result<_>>()?;
             let engine = Engine::load(&a.model)?;
             let opts = a.pipeline.options(&engine, background)?;
-            let label_emb = engine.embed_labels(&classes, a.pipeline.templates())?;
+            let label_emb = engine.embed_labels(&classes, a.pipeline.templates)?;
             let pb = progress::bar(pairs.len() as u64, "evaluating");
             for (img_path, m) in &pairs {
                 let img = photo::load_image(img_path)?;

@@ -189,7 +189,7 @@ fn run_checked(
     engine.plan(&img, &opts.encode)?;
 
     let t = Instant::now();
-    let label_emb = engine.embed_labels(&labels, a.pipeline.templates())?;
+    let label_emb = engine.embed_labels(&labels, a.pipeline.templates)?;
     let t_labels = t.elapsed().as_secs_f64();
     let enc = engine.encode(&img, &opts.encode, dump.is_some())?;
     let t = Instant::now();

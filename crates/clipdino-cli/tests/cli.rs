@@ -1326,6 +1326,81 @@ fn convert_bad_inputs_leave_nothing() {
 }
 
 // =========================================================================================
+// bench
+// =========================================================================================
+
+/// `clipdino bench` runs the browser benchmark's steps natively: on the tiny model (given as
+/// the files the plan names) every step of the smoke plan runs, the tower profile times the
+/// real forward (bit-identical to the untimed one), the tower inputs are dumped for the ONNX
+/// peer, and bad arguments are refused in one line.
+#[test]
+fn bench_runs_the_benchmark_steps_natively() {
+    let s = Scratch::new("bench");
+    let out = ok(&run(&[
+        "bench",
+        "--plan",
+        "smoke",
+        "--runs",
+        "1",
+        "--weights",
+        &tiny().display().to_string(),
+        "--photo",
+        &voc_image().display().to_string(),
+        "--out",
+        &s.s("results.json"),
+        "--dump-inputs",
+        &s.s("inputs"),
+    ]));
+    for row in [
+        "load upstream",
+        "encode 224",
+        "tower 224",
+        "labels 1 × fast",
+        "profile 224",
+    ] {
+        assert!(out.contains(row), "no `{row}` row:\n{out}");
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(s.path("results.json")).unwrap()).unwrap();
+    assert_eq!(j["plan"], "smoke");
+    assert_eq!(
+        j["generated_weights"],
+        serde_json::json!([]),
+        "all files were given"
+    );
+    let steps = j["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 8);
+    let profile = steps.iter().find(|r| r["step"]["op"] == "profile").unwrap();
+    for k in ["pooled", "dense", "inter"] {
+        assert_eq!(profile["timed_vs_untimed_max_abs_diff"][k], 0.0, "{k}");
+    }
+    assert!(profile["ops"].as_array().unwrap().len() >= 15, "{profile}");
+    let dumped: Vec<String> = s
+        .files()
+        .into_iter()
+        .filter(|f| f.starts_with("inputs/"))
+        .collect();
+    assert_eq!(dumped.len(), 1, "{dumped:?}");
+    let (h, w) = dumped[0]
+        .trim_start_matches("inputs/tower_")
+        .trim_end_matches(".f32")
+        .split_once('x')
+        .map(|(h, w)| (h.parse::<u64>().unwrap(), w.parse::<u64>().unwrap()))
+        .unwrap();
+    assert_eq!(h, 224, "{dumped:?}");
+    assert_eq!(
+        fs::metadata(s.path(&dumped[0])).unwrap().len(),
+        4 * 3 * h * w
+    );
+
+    one_line_error(&run(&["bench", "--runs", "0"]), &["--runs"]);
+    one_line_error(
+        &run(&["bench", "--weights", &s.s("nowhere")]),
+        &["--weights", "no such folder"],
+    );
+}
+
+// =========================================================================================
 // full size
 // =========================================================================================
 
