@@ -41,8 +41,13 @@ GAIN = {"in_proj": 1.2, "out_proj": 0.8, "c_fc": 0.8, "c_proj": 0.96, "conv1": 1
 N_GAIN_OUTLIERS = 3  # LayerNorm outlier channels per tower
 GAIN_OUTLIER_RANGE = (5.0, 10.0)
 FIRE_SHARE = 0.03  # share of tokens on which the planted neurons fire
-SHARPNESS = 10.0  # pre-activation = SHARPNESS * (s - threshold) / std(s)
-RAMP = 0.3  # second threshold, in std(s) above the first: the plateau is SHARPNESS * RAMP
+# pre-activation = SHARPNESS * (s - threshold) / std(s); the second neuron's threshold is RAMP
+# std(s) above the first, so their sum saturates at the plateau SHARPNESS * RAMP within 1 % of a
+# standard deviation: a token has the massive activation or it has not (real high-norm tokens are
+# a separate population, not a continuum), so that a tiny change of the weights cannot turn one on
+# or off, except for the ~0.1 % of tokens that sit within that sliver of the threshold.
+SHARPNESS = 300.0
+RAMP = 0.01
 PLATEAU_RATIO = 500.0  # the first massive channel's plateau vs the median |residual activation|
 MASSIVE_RATIO = 100.0  # a token is "massive" when both channels reach this x the median
 
@@ -250,9 +255,9 @@ def plant_massive(model, plan: TowerPlan, trace, gen: torch.Generator, accept=No
     """Plant the massive activation of one tower in block `plan.block`'s MLP: two neurons share a
     random trigger direction u of the `ln_2` output, with thresholds t1 (the `1 - FIRE_SHARE`
     quantile of u·ln_2 over the calibration tokens) and t2 = t1 + RAMP·std, and write into the two
-    `plan.massive_dims` with opposite signs, so that their sum is a ramp that saturates at
-    SHARPNESS·RAMP (a plateau of nearly equal magnitude on the firing tokens, as real massive
-    activations are, and ≈ 0 elsewhere). The plateau is scaled to PLATEAU_RATIO x the median
+    `plan.massive_dims` with opposite signs, so that their sum is a steep ramp that saturates at
+    SHARPNESS·RAMP: the same magnitude on every firing token, as real massive activations have,
+    and ≈ 0 elsewhere. The plateau is scaled to PLATEAU_RATIO x the median
     |residual activation| at the last block's input. `trace()` re-traces the tower on the
     calibration inputs; `accept(plan)` may reject a draw (then another direction is drawn)."""
     blocks = _blocks(model, plan.prefix)

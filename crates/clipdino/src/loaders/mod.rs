@@ -16,6 +16,7 @@ mod safetensors;
 pub use crate::quant::{Quant, Recipe};
 pub use gguf::{
     read_gguf_bundle, write_gguf_bundle, write_gguf_bundle_with, ARCHITECTURE, FORMAT_VERSION,
+    KEY_QUANT,
 };
 pub use pickle::{read_torch_pickle, write_torch_pickle};
 pub use random::{random_clip_store, random_head_store};
