@@ -190,7 +190,11 @@ def build_realistic_clip(seed: int, images: dict, text_tokens: torch.Tensor):
 
     def accept_text(plan):
         st = R.tower_stats(model, plan, R.trace_text(model, text_tokens))
-        return 0.01 <= st["fire_share"] <= 0.08 and st["massive_share"] > 0
+        cal = R.tower_stats(model, plan, R.trace_text(model, calib_tokens))
+        print("  text draw:", {k: st[k] for k in ("fire_share", "massive_share", "pooled_fire_share", "first_fire_share")},
+              {k: cal[k] for k in ("pooled_fire_share", "first_fire_share")})
+        return (st["massive_share"] > 0 and not st["pooled_fire_share"] and not cal["pooled_fire_share"]
+                and st["first_fire_share"] == 1.0 == cal["first_fire_share"])
 
     R.plant_massive(model, plans[0], lambda: R.trace_vision(model, calib_imgs), gen, accept_vision)
     R.plant_massive(model, plans[1], lambda: R.trace_text(model, calib_tokens), gen, accept_text)
@@ -205,7 +209,7 @@ def build_realistic_clip(seed: int, images: dict, text_tokens: torch.Tensor):
     for what, st in stats.items():
         print(what, json.dumps(st))
         # the fixture's own images hold only 290 tokens, chosen to contain massive ones: wider range
-        R.check(st, what, fire=(0.01, 0.15) if "a, b" in what else (0.01, 0.08))
+        R.check(st, what, fire=(0.01, 0.15) if "a, b" in what or "text" in what else (0.01, 0.08))
     planted = {p.prefix: {"block": p.block, "neurons": p.neurons, "gain_outlier_dims": p.gain_dims,
                           "massive_dims": p.massive_dims} for p in plans}
     return model, {"planted": planted, "stats": stats}

@@ -7,8 +7,8 @@ module plants all three into a seeded random model, deterministically, then meas
 1. **Heavy-tailed weights.** Every matrix (attention, MLP, patch embedding, projections, token
    embedding, the DINOiser head) is drawn from a Student-t distribution with `DOF` degrees of
    freedom (excess kurtosis 6 for 5 d.o.f.), scaled to `c / sqrt(fan_in)`.
-2. **LayerNorm outlier channels.** In every LayerNorm of a tower, the gains of the same few residual
-   channels are multiplied by 5-10.
+2. **LayerNorm outlier channels.** In every LayerNorm of a tower's blocks (and `ln_pre`), the gains
+   of the same few residual channels are multiplied by 5-10.
 3. **Massive activations** (Sun et al., "Massive Activations in Large Language Models",
    arXiv 2402.17762; the high-norm tokens of OpenCLIP ViT-B/16 in Darcet et al., "Vision Transformers
    Need Registers", arXiv 2309.16588). In one early block of each tower, one MLP neuron is given a
@@ -16,6 +16,11 @@ module plants all three into a seeded random model, deterministically, then meas
    calibration images or prompts), and writes into two residual channels with weights large enough
    that those channels reach >= `MASSIVE_RATIO` x the median |activation| of the residual stream
    on the tokens where it fires. The residual connection carries them through every later block.
+   In the text tower the neurons fire on every prompt's start token and on no other token: that
+   is where text transformers carry their massive activations (the attention sink), and never on
+   the pooled EOT token, whose embedding they would wipe out. Under the causal mask the start
+   token's state is the same in every prompt, which makes this exact; it is 1/length of the tokens
+   (≈ 10 % of short prompts).
 
 `plant_*` record what they planted in a `TowerPlan`; `tower_stats` re-measures it on any inputs
 and `check` asserts it. The photos of www/samples are split once, here: the calibration photos
@@ -161,8 +166,12 @@ def trace_text(model, tokens: torch.Tensor) -> dict:
             hk.remove()
     eot = tokens.argmax(-1)
     keep = torch.arange(tokens.shape[1])[None, :] <= eot[:, None]  # [N, 77]
+    lengths = (eot + 1).tolist()
+    ends = torch.tensor(lengths).cumsum(0)
     return {"ln2": [t[keep] for t in rec["ln2"]], "inp": [t[keep] for t in rec["inp"]],
-            "tokens": (eot + 1).tolist()}
+            "tokens": lengths,
+            "pooled": (ends - 1).tolist(),  # each prompt's EOT among the kept tokens
+            "first": (ends - torch.tensor(lengths)).tolist()}  # each prompt's start token
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,13 +234,17 @@ def fill_weights(model, gen: torch.Generator) -> None:
 def tower_plans(model, vision_block: int, text_block: int) -> list[TowerPlan]:
     vis = len(model.visual.transformer.resblocks)
     txt = len(model.transformer.resblocks)
+    # The outlier gains sit in ln_pre and the blocks' LayerNorms, where they shape what the block
+    # matrices and the integer kernel see. Not in ln_post / ln_final: those feed the embeddings,
+    # and outlier channels there make every label embedding collapse onto them (measured on the
+    # full-size model: VOC label embeddings 0.973 alike; real CLIP's are far more distinct).
     return [
         TowerPlan("visual.transformer",
-                  ["visual.ln_pre", "visual.ln_post"]
+                  ["visual.ln_pre"]
                   + [f"visual.transformer.resblocks.{i}.{n}" for i in range(vis) for n in ("ln_1", "ln_2")],
                   vision_block),
         TowerPlan("transformer",
-                  ["ln_final"] + [f"transformer.resblocks.{i}.{n}" for i in range(txt) for n in ("ln_1", "ln_2")],
+                  [f"transformer.resblocks.{i}.{n}" for i in range(txt) for n in ("ln_1", "ln_2")],
                   text_block),
     ]
 
@@ -253,11 +266,13 @@ def plant_gain_outliers(model, plan: TowerPlan, width: int, gen: torch.Generator
 
 def plant_massive(model, plan: TowerPlan, trace, gen: torch.Generator, accept=None, attempts: int = 40) -> None:
     """Plant the massive activation of one tower in block `plan.block`'s MLP: two neurons share a
-    random trigger direction u of the `ln_2` output, with thresholds t1 (the `1 - FIRE_SHARE`
-    quantile of u·ln_2 over the calibration tokens) and t2 = t1 + RAMP·std, and write into the two
+    trigger direction u of the `ln_2` output, with thresholds t1 and t2 = t1 + RAMP·std, and
+    write into the two
     `plan.massive_dims` with opposite signs, so that their sum is a steep ramp that saturates at
     SHARPNESS·RAMP: the same magnitude on every firing token, as real massive activations have,
-    and ≈ 0 elsewhere. The plateau is scaled to PLATEAU_RATIO x the median
+    and ≈ 0 elsewhere. Vision: u is random and t1 the `1 - FIRE_SHARE` quantile of u·ln_2 over
+    the calibration tokens. Text (the trace has prompts): the start token, see below. The plateau
+    is scaled to PLATEAU_RATIO x the median
     |residual activation| at the last block's input. `trace()` re-traces the tower on the
     calibration inputs; `accept(plan)` may reject a draw (then another direction is drawn)."""
     blocks = _blocks(model, plan.prefix)
@@ -265,6 +280,10 @@ def plant_massive(model, plan: TowerPlan, trace, gen: torch.Generator, accept=No
     mlp_dim, width = blk.mlp.c_fc.weight.shape
     base = trace()
     y = base["ln2"][plan.block]  # [N, width]
+    # Text: the start token. Under the causal mask it sees only itself, so its state is the same
+    # in every prompt; the trigger points from the other tokens' mean to it, and the threshold
+    # sits halfway between it and the highest other token.
+    first = base.get("first")
     median = float(base["inp"][-1].abs().median())  # |residual| at the last block's input
     saved = [t.detach().clone() for t in (blk.mlp.c_fc.weight, blk.mlp.c_fc.bias, blk.mlp.c_proj.weight)]
     for attempt in range(attempts):
@@ -274,9 +293,25 @@ def plant_massive(model, plan: TowerPlan, trace, gen: torch.Generator, accept=No
         n1, n2 = torch.randperm(mlp_dim, generator=gen)[:2].tolist()
         u = torch.randn(width, generator=gen, dtype=y.dtype)
         u = u / u.norm()
-        s = y @ u
-        t1 = float(torch.quantile(s, 1.0 - FIRE_SHARE))
-        sd = float(s.std())
+        if first:
+            rest = torch.ones(y.shape[0], dtype=torch.bool)
+            rest[first] = False
+            # the discriminant direction (other tokens whitened), so that the start token stands
+            # apart even where the LayerNorm outlier channels spread the other tokens out
+            d = y[first].mean(0) - y[rest].mean(0)
+            cov = torch.cov(y[rest].T) + 1e-3 * torch.eye(width, dtype=y.dtype)
+            d = torch.linalg.solve(cov, d)
+            u = d + 0.02 * float(d.norm()) * u  # a little noise, so that a rejected draw differs
+            s = y @ u
+            sd = float(s[rest].std())
+            lo, hi = float(s[rest].max()), float(s[first].min())
+            if hi - lo < 4 * RAMP * sd:
+                continue
+            t1 = (lo + hi) / 2
+        else:
+            s = y @ u
+            t1 = float(torch.quantile(s, 1.0 - FIRE_SHARE))
+            sd = float(s.std())
         t2 = t1 + RAMP * sd
         kappa = SHARPNESS / sd
         # d0 plateau = PLATEAU_RATIO x median, d1 gets -0.6 of it
@@ -334,9 +369,14 @@ def tower_stats(model, plan: TowerPlan, tr: dict) -> dict:
     for n in tr["tokens"]:
         per_input.append(int(massive[start:start + n].sum()))
         start += n
+    pooled, first = tr.get("pooled"), tr.get("first")
     return {
         "tokens": int(last.shape[0]),
         "fire_share": float(fire.double().mean()),
+        # text: the share of prompts whose pooled (EOT) token fires (0 by construction) and whose
+        # start token fires (1 by construction)
+        "pooled_fire_share": float(fire[pooled].double().mean()) if pooled else None,
+        "first_fire_share": float(fire[first].double().mean()) if first else None,
         "massive_share": float(massive.double().mean()),
         "massive_tokens_per_input": per_input,
         "max_ratio": float(last[:, [d0, d1]].abs().max() / median),
@@ -351,6 +391,9 @@ def check(stats: dict, what: str, fire=(0.01, 0.08), massive_min: float = 0.005)
     assert fire[0] <= stats["fire_share"] <= fire[1], f"{what}: fires on {stats['fire_share']:.3%} of tokens"
     assert stats["massive_share"] >= massive_min, f"{what}: massive on {stats['massive_share']:.3%} of tokens"
     assert stats["max_ratio"] >= MASSIVE_RATIO, f"{what}: max ratio {stats['max_ratio']:.0f}"
+    assert not stats["pooled_fire_share"], f"{what}: pooled tokens fire ({stats['pooled_fire_share']:.2%})"
+    if stats["first_fire_share"] is not None:
+        assert stats["first_fire_share"] == 1.0, f"{what}: start tokens fire on {stats['first_fire_share']:.2%}"
     assert stats["min_ln_gain_outlier_ratio"] >= GAIN_OUTLIER_RANGE[0] * 0.7, \
         f"{what}: LayerNorm outlier gains only {stats['min_ln_gain_outlier_ratio']:.1f}x the median"
     for kind, k in stats["weight_excess_kurtosis"].items():

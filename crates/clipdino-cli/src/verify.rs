@@ -68,6 +68,11 @@ pub struct VerifyArgs {
     /// and no templates: for test models with a trimmed vocabulary.
     #[arg(long, value_name = "FILE", group = "label_source")]
     label_tokens: Option<PathBuf>,
+    /// Also compare the text embeddings of these class names (one per line, with the templates
+    /// of --templates) without segmenting with them: real prompts for the text tower when the
+    /// segmentation labels are token rows.
+    #[arg(long, value_name = "FILE")]
+    text_classes: Option<PathBuf>,
     /// The background label for the DINOiser background rule (default: one named "background").
     #[arg(long, value_name = "LABEL")]
     background: Option<String>,
@@ -127,14 +132,17 @@ fn patch_cosines(a: &Tensor, b: &Tensor, out: &mut Vec<f64>) -> Result<()> {
     Ok(())
 }
 
-/// Mean and minimum.
+/// Mean, minimum and 1st percentile (the minimum can be one patch whose token flipped, e.g. a
+/// massive activation switched on or off; the percentile shows whether it is one or many).
 fn stats(v: &[f64]) -> Value {
     if v.is_empty() {
         return Value::Null;
     }
     let mean = v.iter().sum::<f64>() / v.len() as f64;
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    json!({"mean": mean, "min": min})
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let p01 = sorted[(sorted.len() - 1) / 100];
+    json!({"mean": mean, "min": sorted[0], "p01": p01})
 }
 
 fn stat(v: &Value, k: &str) -> f64 {
@@ -222,6 +230,8 @@ struct Run {
 /// One model loaded and run on every photo × protocol.
 struct Outputs {
     label_emb: Tensor,
+    /// Embeddings of the `--text-classes` names.
+    text_emb: Option<Tensor>,
     label_seconds: f64,
     load_seconds: f64,
     runs: Vec<Run>,
@@ -231,6 +241,7 @@ struct Job<'a> {
     photos: &'a [(String, image::RgbImage)],
     presets: &'a [Preset],
     labels: &'a LabelSet,
+    text_classes: Option<&'a LabelSet>,
     segment: SegmentOptions,
 }
 
@@ -238,6 +249,7 @@ fn run_model(engine: &Engine, job: &Job, what: &str) -> Result<Outputs> {
     let t = Instant::now();
     let label_emb = job.labels.embed(engine)?;
     let label_seconds = t.elapsed().as_secs_f64();
+    let text_emb = job.text_classes.map(|l| l.embed(engine)).transpose()?;
     let mut runs = Vec::new();
     let sp = progress::spinner(what.to_string());
     for (name, img) in job.photos {
@@ -255,6 +267,7 @@ fn run_model(engine: &Engine, job: &Job, what: &str) -> Result<Outputs> {
     sp.finish_and_clear();
     Ok(Outputs {
         label_emb,
+        text_emb,
         label_seconds,
         load_seconds: engine.load_seconds,
         runs,
@@ -369,6 +382,10 @@ fn compare(
     compute: Compute,
 ) -> Result<(Value, f64)> {
     let text = text_cosines(&cand.label_emb, &reference.label_emb)?;
+    let text_classes = match (&cand.text_emb, &reference.text_emb) {
+        (Some(c), Some(r)) => stats(&text_cosines(c, r)?),
+        _ => Value::Null,
+    };
     let mut overall = Acc::default();
     let mut per_preset: Vec<(Preset, Acc)> =
         job.presets.iter().map(|p| (*p, Acc::default())).collect();
@@ -396,6 +413,7 @@ fn compare(
         "load_seconds": cand.load_seconds,
         "label_seconds": cand.label_seconds,
         "text_cosine": stats(&text),
+        "text_classes_cosine": text_classes,
         "overall": overall.to_json(),
         "per_preset": per_preset.iter().map(|(p, a)| (p.name().to_string(), a.to_json())).collect::<serde_json::Map<_, _>>(),
         "photos": photos,
@@ -474,6 +492,12 @@ fn table(report: &Value) -> String {
                 _ => "",
             }
         );
+        if !c["text_classes_cosine"].is_null() {
+            s += &format!(
+                "    text of --text-classes: cosine {}\n",
+                pair(&c["text_classes_cosine"])
+            );
+        }
         for p in c["photos"].as_array().into_iter().flatten() {
             s += &format!(
                 "    {:<30} {:>8} {:>9} {:>6}  {:>17}  {:>17}  {:>17}  {:>7.2}\n",
@@ -528,6 +552,17 @@ pub fn run(a: VerifyArgs) -> Result<()> {
         ),
     };
     let background = labels::resolve_background(label_set.names(), a.background.as_deref())?;
+    let text_classes = match &a.text_classes {
+        Some(c) => {
+            let text = String::from_utf8(files::read_input(c, "class file")?)
+                .map_err(|_| anyhow!("class file {} is not UTF-8 text", c.display()))?;
+            Some(LabelSet::Text(
+                labels::parse_class_file(&text, &c.display().to_string())?,
+                set,
+            ))
+        }
+        None => None,
+    };
     let mode = match a.mode {
         ModeArg::Dinoiser => clipdino::pipeline::Mode::Dinoiser,
         ModeArg::Maskclip => clipdino::pipeline::Mode::MaskClip,
@@ -568,6 +603,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
         photos: &photos,
         presets: &presets,
         labels: &label_set,
+        text_classes: text_classes.as_ref(),
         segment: SegmentOptions {
             mode,
             background,
@@ -650,6 +686,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
             json!({"name": p.name(), "short_side": o.short_side, "window": o.window.map(|w| json!({"size": w.size, "stride": w.stride}))})
         }).collect::<Vec<_>>(),
         "labels": label_set.names(),
+        "text_classes": text_classes.as_ref().map(|l| l.names().to_vec()),
         "labels_described": label_set.describe(),
         "templates": match &label_set { LabelSet::Text(_, t) => json!(format!("{t:?}").to_lowercase()), LabelSet::Tokens(..) => Value::Null },
         "background": background,
