@@ -23,6 +23,7 @@ use clipdino::{ComputePath, TensorStore, Vb};
 use crate::engine::read_model_inputs;
 use crate::eval::list_images;
 use crate::files;
+use crate::photo;
 use crate::progress;
 
 #[derive(Args)]
@@ -103,8 +104,8 @@ fn calibrate(bundle: &Bundle, images: &[PathBuf], classes: &str) -> Result<Activ
     let seg = Segmenter::new(&vb, &bundle.clip, bundle.head.as_ref())?;
     let pb = progress::bar(paths.len() as u64 + 1, "calibrating");
     for p in &paths {
-        let img = files::load_image(p)?;
-        let x = files::image_to_tensor(&img)?;
+        let img = photo::load_image(p)?;
+        let x = photo::image_to_tensor(&img)?;
         seg.encode_image(&x, &EncodeOptions::balanced(), &mut |_| {})?;
         pb.inc(1);
     }

@@ -14,16 +14,18 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use clipdino::loaders::{self, Bundle};
-use clipdino::pipeline::{ImageFeatures, Preset, SegmentOptions, Segmenter};
+use clipdino::pipeline::{ImageFeatures, Mode, Preset, SegmentOptions, Segmenter};
+use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
 use clipdino::{clip, ComputePath, Vb};
 use serde_json::{json, Value};
 
 use crate::convert::human_bytes;
-use crate::engine::{Compute, Engine, ModeArg, TemplatesArg};
+use crate::engine::Engine;
 use crate::eval::{list_images, IMAGE_EXTS};
 use crate::files;
 use crate::labels;
+use crate::photo;
 use crate::progress;
 
 #[derive(Args)]
@@ -46,7 +48,7 @@ pub struct VerifyArgs {
     /// Compute paths to run each bundle on, comma-separated: int (the browser app's), f32,
     /// quantized.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "int")]
-    compute: Vec<Compute>,
+    compute: Vec<ComputePath>,
     /// Activation values per row the integer kernel keeps in f32 (default 8; 0 = none).
     #[arg(long, value_name = "N")]
     wide_channels: Option<usize>,
@@ -77,8 +79,8 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "LABEL")]
     background: Option<String>,
     /// Prompt templates averaged per label.
-    #[arg(long, value_enum, default_value_t = TemplatesArg::Full)]
-    templates: TemplatesArg,
+    #[arg(long, value_enum, default_value_t = TemplateSet::Full)]
+    templates: TemplateSet,
     /// Protocols, comma-separated: balanced (short side 336, one pass), paper (short side 448,
     /// windows 448 / stride 224), fast (224), full-res.
     #[arg(
@@ -89,8 +91,8 @@ pub struct VerifyArgs {
     )]
     presets: Vec<String>,
     /// Features that classify the pixels.
-    #[arg(long, value_enum, default_value_t = ModeArg::Dinoiser)]
-    mode: ModeArg,
+    #[arg(long, value_enum, default_value_t = Mode::Dinoiser)]
+    mode: Mode,
     /// Write the report as JSON here (the table goes to stdout either way).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -276,16 +278,11 @@ fn run_model(engine: &Engine, job: &Job, what: &str) -> Result<Outputs> {
 
 fn engine_for(
     bundle: Bundle,
-    compute: Compute,
+    path: ComputePath,
     wide: Option<usize>,
     source: String,
     t0: Instant,
 ) -> Result<Engine> {
-    let path = match compute {
-        Compute::F32 => ComputePath::F32,
-        Compute::Quantized => ComputePath::Quantized,
-        Compute::Int => ComputePath::Int,
-    };
     let Bundle { clip, head, store } = bundle;
     let mut vb = Vb::new(Arc::new(store), Device::Cpu, path);
     if let Some(k) = wide {
@@ -379,7 +376,7 @@ fn compare(
     file: &Path,
     bytes: u64,
     recipe: &str,
-    compute: Compute,
+    compute: ComputePath,
 ) -> Result<(Value, f64)> {
     let text = text_cosines(&cand.label_emb, &reference.label_emb)?;
     let text_classes = match (&cand.text_emb, &reference.text_emb) {
@@ -532,10 +529,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
     if presets.is_empty() {
         bail!("--presets lists no protocol");
     }
-    let set = match a.templates {
-        TemplatesArg::Full => clipdino::templates::TemplateSet::Full,
-        TemplatesArg::Fast => clipdino::templates::TemplateSet::Fast,
-    };
+    let set = a.templates;
     let label_set = match (&a.labels, &a.classes, &a.label_tokens) {
         (Some(l), _, _) => LabelSet::Text(labels::parse_labels(l)?, set),
         (_, Some(c), _) => {
@@ -563,10 +557,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
         }
         None => None,
     };
-    let mode = match a.mode {
-        ModeArg::Dinoiser => clipdino::pipeline::Mode::Dinoiser,
-        ModeArg::Maskclip => clipdino::pipeline::Mode::MaskClip,
-    };
+    let mode = a.mode;
 
     // photos
     let mut paths = Vec::new();
@@ -592,7 +583,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok((name, files::load_image(p)?))
+            Ok((name, photo::load_image(p)?))
         })
         .collect::<Result<_>>()?;
     // Read every bundle before the long runs, so that a wrong path fails at once.
@@ -628,7 +619,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
     if mode == clipdino::pipeline::Mode::Dinoiser && bundle.head.is_none() {
         bail!("the reference has no CLIP-DINOiser head: give --head last.pt, or --mode maskclip");
     }
-    let engine = engine_for(bundle, Compute::F32, None, ref_files.join(" + "), t0)?;
+    let engine = engine_for(bundle, ComputePath::F32, None, ref_files.join(" + "), t0)?;
     sp.finish_and_clear();
     let reference = run_model(&engine, &job, "reference")?;
     drop(engine);

@@ -102,7 +102,7 @@ struct OcText {
 }
 
 fn heads_of(width: usize, head_width: usize, field: &str) -> Result<usize> {
-    if head_width == 0 || width % head_width != 0 {
+    if head_width == 0 || !width.is_multiple_of(head_width) {
         return Err(Error::config(
             field,
             format!("width {width} is not a multiple of head width {head_width}"),
@@ -131,6 +131,32 @@ impl ClipConfig {
                 context_length: 77,
                 vocab_size: 49408,
                 mlp_dim: 2048,
+            },
+        }
+    }
+
+    /// A tiny ViT for tests and benchmarks of the code paths (not of the speed): the shapes of
+    /// `tests/fixtures/tiny` (embed 32; vision width 64, 2 heads, 4 blocks, patch 16; text width
+    /// 64, 2 heads, 2 blocks) but the full 49 408-token CLIP vocabulary, so that real labels can
+    /// be tokenised.
+    pub fn tiny() -> Self {
+        Self {
+            embed_dim: 32,
+            vision: VisionConfig {
+                width: 64,
+                layers: 4,
+                heads: 2,
+                patch_size: 16,
+                image_size: 224,
+                mlp_dim: 256,
+            },
+            text: TextConfig {
+                width: 64,
+                layers: 2,
+                heads: 2,
+                context_length: 77,
+                vocab_size: 49408,
+                mlp_dim: 256,
             },
         }
     }
@@ -269,17 +295,17 @@ impl ClipConfig {
         let checks: [(&str, bool); 8] = [
             (
                 "vision_cfg.width",
-                v.width > 0 && v.heads > 0 && v.width % v.heads == 0,
+                v.width > 0 && v.heads > 0 && v.width.is_multiple_of(v.heads),
             ),
             ("vision_cfg.layers", (3..=64).contains(&v.layers)),
             ("vision_cfg.patch_size", (1..=64).contains(&v.patch_size)),
             (
                 "vision_cfg.image_size",
-                v.image_size >= v.patch_size && v.image_size % v.patch_size == 0,
+                v.image_size >= v.patch_size && v.image_size.is_multiple_of(v.patch_size),
             ),
             (
                 "text_cfg.width",
-                t.width > 0 && t.heads > 0 && t.width % t.heads == 0,
+                t.width > 0 && t.heads > 0 && t.width.is_multiple_of(t.heads),
             ),
             ("text_cfg.layers", (1..=64).contains(&t.layers)),
             (
@@ -297,6 +323,9 @@ impl ClipConfig {
     }
 }
 
-/// CLIP normalisation constants (open_clip `OPENAI_DATASET_MEAN` / `OPENAI_DATASET_STD`).
+/// CLIP normalisation constants (open_clip `OPENAI_DATASET_MEAN` / `OPENAI_DATASET_STD`), with
+/// upstream's digits.
+#[allow(clippy::excessive_precision)]
 pub const IMAGE_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const IMAGE_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];

@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod quant;
 mod rng;
 pub mod templates;
+pub mod timing;
 pub mod tokenizer;
 pub mod weights;
 
