@@ -45,7 +45,12 @@ RECIPES = [
     ("q4_k,value_path=q8_0", "q4_k,value_path=q8_0", True),
     ("q4_k,embed=q8_0", "q4_k,embed=q8_0", True),
     ("q4_k,mlp=q5_k", "q4_k,mlp=q5_k", True),
-    ("default", "default", True),
+    ("q6_k+imatrix", "q6_k", True),
+    ("q6_k,attn=q8_0", "q6_k,attn=q8_0", True),
+    # the mixed K-quant recipe that was the candidate default before the full-size realistic run
+    ("mixed-k", "q4_k,attn=q5_k,first=q8_0,value_path=q6_k,head_block=q6_k,projection=q8_0,"
+                "patch_embedding=q8_0,dinoiser=q8_0", True),
+    ("default", "default", False),
 ]
 # Compute paths: (row name, verify arguments)
 COMPUTES = [
@@ -53,7 +58,7 @@ COMPUTES = [
     ("int", ["--compute", "int"]),
     ("int, no wide channels", ["--compute", "int", "--wide-channels", "0"]),
 ]
-QUANTIZED_RECIPES = {"q8_0", "q4_k", "q4_0", "default"}  # candle's quantized matmuls are slow natively
+QUANTIZED_RECIPES = {"q8_0", "q4_k", "q4_0", "mixed-k"}  # candle's quantized matmuls are slow natively
 
 
 def run(cmd: list, **kw) -> subprocess.CompletedProcess:
@@ -61,18 +66,13 @@ def run(cmd: list, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], check=True, **kw)
 
 
-def label_tokens(path: Path, vocab: int) -> None:
-    """Ten labels as random token rows (SOT, 3-11 random ids, EOT; the largest two ids are SOT
-    and EOT, as in CLIP's vocabulary), named after the VOC-style labels so that the first one is
-    the background label. Why token rows and not the label names with the 80 templates: in a
-    random text tower the templates dominate and the ten label embeddings come out 0.96-0.97
-    alike (measured on both full-size models), so patches sit within a fraction of a logit of
-    the next label and any change flips them; random rows are 0.5-0.7 alike, closer to real
-    CLIP's label geometry. The text tower still sees real prompts through --text-classes."""
+def label_tokens(path: Path) -> None:
+    """The tiny fixtures' vocabulary (1000 ids, SOT 998, EOT 999) cannot tokenize the label names:
+    ten random token rows (3-11 ids) stand in for them, named after the VOC-style labels so that
+    the first one is the background label."""
     rng = random.Random(10)
     names = [l.strip() for l in LABELS.read_text().splitlines() if l.strip()]
-    sot, eot = vocab - 2, vocab - 1
-    rows = [[sot] + [rng.randrange(1, sot) for _ in range(rng.randrange(3, 12))] + [eot] for _ in names]
+    rows = [[998] + [rng.randrange(1, 998) for _ in range(rng.randrange(3, 12))] + [999] for _ in names]
     path.write_text(json.dumps({"names": names, "tokens": rows}))
 
 
@@ -93,9 +93,8 @@ def prepare(a, data: Path) -> dict:
     r = models["realistic-vit-b-16"]
     if "realistic-vit-b-16" in a.models and not (r / "last.pt").is_file():
         run([a.python, REPO / "tests/reference/make_study_models.py", "realistic", "--out", r])
-    tokens = {"tiny": data / "label-tokens-1000.json", "full": data / "label-tokens-49408.json"}
-    label_tokens(tokens["tiny"], 1000)
-    label_tokens(tokens["full"], 49408)
+    tokens = data / "tiny-label-tokens.json"
+    label_tokens(tokens)
     return {"photos": photos, "models": models, "tokens": tokens}
 
 
@@ -108,7 +107,7 @@ def study_model(a, data: Path, name: str, folder: Path, inputs: dict) -> dict:
     upstream = ["--clip", clip, "--config", folder / "open_clip_config.json", "--head", folder / "last.pt"]
     tiny = name.startswith("tiny")
     calib = inputs["photos"] / "calibration"
-    recipes = [r for r in RECIPES if not a.quick or r[0] in ("f32", "q8_0", "q4_k", "q4_0", "default")]
+    recipes = [r for r in RECIPES if not a.quick or r[0] in ("f16", "q8_0", "q6_k", "q6_k+imatrix", "q4_k", "q4_0", "mixed-k")]
     converted = []
     for row, recipe, calibrated in recipes:
         path = bundles / (row.replace(",", "_").replace("=", "-").replace("+", "_") + ".gguf")
@@ -120,8 +119,7 @@ def study_model(a, data: Path, name: str, folder: Path, inputs: dict) -> dict:
             run(cmd, stdout=subprocess.DEVNULL)
             print(f"  converted in {time.time() - t:.1f} s", flush=True)
         converted.append((row, recipe, calibrated, path))
-    labels = (["--label-tokens", inputs["tokens"]["tiny"]] if tiny
-              else ["--label-tokens", inputs["tokens"]["full"], "--text-classes", LABELS])
+    labels = ["--label-tokens", inputs["tokens"]] if tiny else ["--classes", LABELS]
     evaluation = inputs["photos"] / "evaluation"
     reports = {}
     for cname, cargs in COMPUTES + [("quantized", ["--compute", "quantized"])]:
@@ -159,7 +157,7 @@ def tables(results: dict) -> str:
                 pp = c["per_preset"]
                 lines.append(
                     f"| {row} | `{c['recipe']}`{' + imatrix' if cal else ''} | {cname} | {c['bytes'] / 1e6:.1f} MB "
-                    f"| {c['load_seconds']:.2f} s | {fmt_pair(c.get('text_classes_cosine') or c['text_cosine'])} | {fmt_pair(c['overall']['dense_cosine'])} "
+                    f"| {c['load_seconds']:.2f} s | {fmt_pair(c['text_cosine'])} | {fmt_pair(c['overall']['dense_cosine'])} "
                     f"| {fmt_pair(c['overall']['refined_cosine'])} | {pp.get('balanced', {}).get('agreement', float('nan')):.2f} "
                     f"| {pp.get('paper', {}).get('agreement', float('nan')):.2f} | {c['overall']['agreement']:.2f} |")
     return "\n".join(lines) + "\n"
