@@ -332,7 +332,12 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             .iter()
             .flat_map(|q| {
                 [
-                    load(&format!("gguf {q}"), vec![files::gguf(q)], ComputePath::Int, r),
+                    load(
+                        &format!("gguf {q}"),
+                        vec![files::gguf(q)],
+                        ComputePath::Int,
+                        r,
+                    ),
                     Step::Tower {
                         preset: Preset::Window448,
                         runs: r,
