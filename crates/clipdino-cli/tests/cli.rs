@@ -1653,7 +1653,7 @@ fn publish_script_writes_both_bundles_and_the_quality_report() {
     let files = s.files();
     for f in [
         "site/clip-dinoiser.gguf",
-        "site/clip-dinoiser-q8_0.gguf",
+        "site/clip-dinoiser-f16.gguf",
         "site/quality.json",
     ] {
         assert!(files.contains(&f.to_string()), "{f} not in {files:?}");
@@ -1665,9 +1665,21 @@ fn publish_script_writes_both_bundles_and_the_quality_report() {
     assert_eq!(q["photos"].as_array().unwrap().len(), 3);
     assert_eq!(q["labels"].as_array().unwrap().len(), 10);
     let c = q["candidates"].as_array().unwrap();
-    assert_eq!(c[0]["file"], "clip-dinoiser.gguf");
-    assert_eq!(c[1]["file"], "clip-dinoiser-q8_0.gguf");
-    assert_eq!(c[0]["compute"], "int");
+    // each bundle on each compute path: the default on int (the app's) first
+    let runs: Vec<(&str, &str)> = c
+        .iter()
+        .map(|x| (x["file"].as_str().unwrap(), x["compute"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("clip-dinoiser.gguf", "int"),
+            ("clip-dinoiser.gguf", "f32"),
+            ("clip-dinoiser-f16.gguf", "int"),
+            ("clip-dinoiser-f16.gguf", "f32"),
+        ]
+    );
+    assert_eq!(c[0]["recipe"], "q8_0");
     assert!(c.iter().all(|x| x["pass"] == true));
     assert!(!fs::read_to_string(s.path("site/quality.json"))
         .unwrap()
