@@ -110,7 +110,8 @@ fn widest(row: &[f32], wide: usize) -> Vec<usize> {
     let mut top: Vec<(f32, usize)> = Vec::with_capacity(wide + 1);
     for (j, v) in row.iter().enumerate() {
         let a = v.abs();
-        if top.len() == wide && !(a > top[wide - 1].0) {
+        if top.len() == wide && a.partial_cmp(&top[wide - 1].0) != Some(std::cmp::Ordering::Greater)
+        {
             continue;
         }
         let pos = top.iter().position(|&(b, _)| a > b).unwrap_or(top.len());
