@@ -8,7 +8,9 @@
 //  4. bench/results.json and a table on stdout.
 // Options: --runs N (5), --plan full|smoke, --data DIR (target/bench), --pkg DIR
 // (target/bench-web/pkg), --native-bin PATH (the clipdino CLI), --out FILE (bench/results.json), --python PATH,
-// --skip-native / --skip-export / --skip-wasm / --skip-memory / --skip-ort (reuse earlier outputs).
+// --skip-native / --skip-export / --skip-wasm / --skip-memory / --skip-ort (reuse earlier outputs),
+// --memory-plan memory|memory_default (the bundle of the fresh-worker memory run: Q4_0 or the
+// `default` recipe, QUANTIZATION.md).
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -23,7 +25,7 @@ function parseArgs(argv) {
   const a = {
     runs: 5, plan: 'full', data: 'target/bench', pkg: 'target/bench-web/pkg',
     nativeBin: 'target/release/clipdino', out: 'bench/results.json',
-    python: process.env.PYTHON ?? 'python3', skip: new Set(),
+    python: process.env.PYTHON ?? 'python3', skip: new Set(), memoryPlan: 'memory',
   };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
@@ -38,6 +40,7 @@ function parseArgs(argv) {
     else if (k === '--native-bin') a.nativeBin = v();
     else if (k === '--out') a.out = v();
     else if (k === '--python') a.python = v();
+    else if (k === '--memory-plan') a.memoryPlan = v();
     else if (k.startsWith('--skip-')) a.skip.add(k.slice(7));
     else throw new Error(`unknown option ${k}`);
   }
@@ -186,7 +189,7 @@ async function browserRuns(a, photo, sizes, loads) {
     }
     if (!a.skip.has('memory')) {
       loads.push(load('wasm memory run start'));
-      out.wasm_memory = await ours('memory');
+      out.wasm_memory = await ours(a.memoryPlan);
       loads.push(load('wasm memory run end'));
     }
     if (!a.skip.has('ort')) {

@@ -50,6 +50,10 @@ for q in f32 f16 q8_0 q4_0; do
     --clip "$W/open_clip_model.safetensors" --config "$W/open_clip_config.json" --head "$W/last.pt" \
     --quant "$q" --out "$W/clip-dinoiser-$q.gguf"
 done
+# the published recipe (QUANTIZATION.md; converted like scripts/publish-models.sh does)
+[ -f "$W/clip-dinoiser-default.gguf" ] || target/release/clipdino convert \
+  --clip "$W/open_clip_model.safetensors" --config "$W/open_clip_config.json" --head "$W/last.pt" \
+  --quant default --out "$W/clip-dinoiser-default.gguf"
 
 # 3. the photo as packed RGB (www/samples/china.jpg, 640×427)
 "$PYTHON" bench/photo.py --out "$DATA"

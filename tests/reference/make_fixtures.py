@@ -43,6 +43,8 @@ import open_clip
 from open_clip.model import CLIP
 from open_clip.push_to_hf_hub import save_config_for_hf
 
+import realistic as R
+
 # ---------------------------------------------------------------------------------------------
 # Configuration of the tiny model and the protocol constants
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +75,7 @@ STD = (0.26862954, 0.26130258, 0.27577711)  # open_clip OPENAI_DATASET_STD
 OPENAI_NORMALIZE = T.Normalize(MEAN, STD)  # what MaskClip.forward applies (after padding)
 
 MODEL_SEED = 20240101
+REALISTIC_SEED = 20261201  # --realistic: weights, LayerNorm outliers and planted neurons
 IMAGE_SEED = 7
 TRIAL_SEED0 = 1000  # head + labels; the first trial seed that passes `check_margins` is used
 
@@ -147,6 +150,75 @@ def build_head(seed: int) -> DinoiserHead:
         head.obj_proj.bias.copy_(0.1 * torch.randn(head.obj_proj.bias.shape, generator=gen))
         head.bkg_decoder.weight.copy_(1.0 * torch.randn(head.bkg_decoder.weight.shape, generator=gen))
         head.bkg_decoder.bias.copy_(0.1 * torch.randn(head.bkg_decoder.bias.shape, generator=gen))
+    return head
+
+
+REPO = Path(__file__).resolve().parent.parent.parent
+# --realistic: the planted neurons sit in the first block of each tower, so that the head's
+# input (ln_2 of vision block 1) and every later block see the massive activations.
+REALISTIC_BLOCKS = {"vision": 0, "text": 0}
+
+
+def photo(name: str) -> torch.Tensor:
+    return R.load_photo(REPO / "www" / "samples" / f"{name}.jpg")
+
+
+def build_realistic_clip(seed: int, images: dict, text_tokens: torch.Tensor):
+    """open_clip's CLIP with realistic statistics (tests/reference/realistic.py): Student-t
+    weights, LayerNorm outlier gains, and one massive-activation neuron per tower. The thresholds
+    are set on the fixture images + the calibration photos (short side 224) and on random prompts;
+    a draw is kept only if the evaluation photos fire within range and images `a` and `b` each
+    hold at least one massive token (so that the parity fixture exercises them)."""
+    torch.manual_seed(seed)
+    model = CLIP(embed_dim=EMBED_DIM, vision_cfg=dict(VISION_CFG), text_cfg=dict(TEXT_CFG)).eval()
+    gen = torch.Generator().manual_seed(seed)
+    R.fill_weights(model, gen)
+    plans = R.tower_plans(model, REALISTIC_BLOCKS["vision"], REALISTIC_BLOCKS["text"])
+    R.plant_gain_outliers(model, plans[0], VISION_CFG["width"], gen)
+    R.plant_gain_outliers(model, plans[1], TEXT_CFG["width"], gen)
+    calib_imgs = [images[k] for k in ("img224", "a", "b", "c")] + \
+        [R.resize_short(photo(n), 224) for n in R.CALIBRATION_PHOTOS]
+    eval_imgs = [R.resize_short(photo(n), 224) for n in R.EVALUATION_PHOTOS]
+    tgen = torch.Generator().manual_seed(seed + 1)
+    calib_tokens = torch.cat([random_tokens(tgen, torch.randint(4, 24, (64,), generator=tgen).tolist()),
+                              text_tokens])
+
+    def accept_vision(plan):
+        ab = R.tower_stats(model, plan, R.trace_vision(model, [images["a"], images["b"]]))
+        ev = R.tower_stats(model, plan, R.trace_vision(model, eval_imgs))
+        return min(ab["massive_tokens_per_input"]) >= 1 and 0.01 <= ev["fire_share"] <= 0.08
+
+    def accept_text(plan):
+        st = R.tower_stats(model, plan, R.trace_text(model, text_tokens))
+        cal = R.tower_stats(model, plan, R.trace_text(model, calib_tokens))
+        print("  text draw:", {k: st[k] for k in ("fire_share", "massive_share", "pooled_fire_share", "first_fire_share")},
+              {k: cal[k] for k in ("pooled_fire_share", "first_fire_share")})
+        return (st["massive_share"] > 0 and not st["pooled_fire_share"] and not cal["pooled_fire_share"]
+                and st["first_fire_share"] == 1.0 == cal["first_fire_share"])
+
+    R.plant_massive(model, plans[0], lambda: R.trace_vision(model, calib_imgs), gen, accept_vision)
+    R.plant_massive(model, plans[1], lambda: R.trace_text(model, calib_tokens), gen, accept_text)
+    stats = {
+        "vision (a, b, c, img224)": R.tower_stats(model, plans[0], R.trace_vision(
+            model, [images[k] for k in ("a", "b", "c", "img224")])),
+        "vision (evaluation photos, short side 224)": R.tower_stats(model, plans[0],
+                                                                   R.trace_vision(model, eval_imgs)),
+        "text (text.tokens)": R.tower_stats(model, plans[1], R.trace_text(model, text_tokens)),
+        "text (calibration prompts)": R.tower_stats(model, plans[1], R.trace_text(model, calib_tokens)),
+    }
+    for what, st in stats.items():
+        print(what, json.dumps(st))
+        # the fixture's own images hold only 290 tokens, chosen to contain massive ones: wider range
+        R.check(st, what, fire=(0.01, 0.15) if "a, b" in what or "text" in what else (0.01, 0.08))
+    planted = {p.prefix: {"block": p.block, "neurons": p.neurons, "gain_outlier_dims": p.gain_dims,
+                          "massive_dims": p.massive_dims} for p in plans}
+    return model, {"planted": planted, "stats": stats}
+
+
+def build_realistic_head(seed: int) -> DinoiserHead:
+    gen = torch.Generator().manual_seed(seed)
+    head = DinoiserHead(VISION_CFG["width"], PROJ_DIM).eval()
+    R.fill_head(head, gen)
     return head
 
 
@@ -277,7 +349,7 @@ class ClipDinoiserReference:
         clip_feats = self.hook_features["clip_inter"]  # [B, N, C], batch-first
         c_dim = clip_feats.shape[-1]
         clip_feats = clip_feats[:, 1:].permute(0, 2, 1).reshape(b, c_dim, h, w)
-        proj_feats = self.head.obj_proj(clip_feats).reshape(b, PROJ_DIM, -1)
+        proj_feats = self.head.obj_proj(clip_feats).reshape(b, self.head.obj_proj.out_channels, -1)
         proj_feats = proj_feats / proj_feats.norm(dim=1, keepdim=True)
         corrs = torch.matmul(proj_feats.permute(0, 2, 1), proj_feats).reshape(b, h * w, h, w)
         output = clip_feats / clip_feats.norm(dim=1, keepdim=True)
@@ -611,12 +683,8 @@ def max_abs(a, b) -> float:
     return float((a - b).abs().max()) if a.numel() else 0.0
 
 
-def generate(out_dir: Path) -> None:
+def generate(out_dir: Path, realistic: bool = False) -> None:
     torch.set_grad_enabled(False)
-    model = build_clip(MODEL_SEED)
-    model64 = copy.deepcopy(model).double()
-    sd = model.state_dict()
-
     gen = torch.Generator().manual_seed(IMAGE_SEED)
     text_tokens = random_tokens(gen, [2, 9, 23, 41, 64, 77])
     text_tokens[2, 3] = 0  # id 0 ('!' in the real vocabulary) inside a sequence is a token, not padding
@@ -626,13 +694,21 @@ def generate(out_dir: Path) -> None:
         "b": smooth_image(gen, 96, 64, (6, 4)),
         "c": smooth_image(gen, 90, 130, (5, 7)),
     }
+    planted = None
+    if realistic:
+        model, planted = build_realistic_clip(REALISTIC_SEED, images, text_tokens)
+        print("planted:", json.dumps(planted))
+    else:
+        model = build_clip(MODEL_SEED)
+    model64 = copy.deepcopy(model).double()
+    sd = model.state_dict()
 
     # --- choose the head and the labels: first trial seed whose references keep clear margins ---
     for trial in range(TRIAL_SEED0, TRIAL_SEED0 + 200):
         tgen = torch.Generator().manual_seed(trial)
         lengths = torch.randint(4, 17, (4,), generator=tgen).tolist()
         label_tokens = random_tokens(tgen, lengths)
-        head = build_head(trial)
+        head = build_realistic_head(trial) if realistic else build_head(trial)
         head64 = copy.deepcopy(head).double()
         r64 = compute_all(copy.deepcopy(model64), head64, {k: v.double() for k, v in images.items()}, label_tokens)
         reasons = check_margins(r64)
@@ -707,10 +783,13 @@ def generate(out_dir: Path) -> None:
     save_file(exp, str(out_dir / "expected.safetensors"),
               # one key only: safetensors writes metadata keys in hash order, which would make the
               # file bytes differ between runs
-              metadata={"generator": f"tests/reference/make_fixtures.py (trial seed {trial}, "
-                                     f"background index {BACKGROUND})"})
+              metadata={"generator": f"tests/reference/make_fixtures.py{' --realistic' if realistic else ''} "
+                                     f"(trial seed {trial}, background index {BACKGROUND})"})
 
     verify_written(out_dir, model, sd, hsd, exp)
+    if planted is not None:
+        report["planted"] = planted
+        report["head weight excess kurtosis"] = R.head_stats(head)
     print("measured:", json.dumps(report))
 
 
@@ -888,16 +967,22 @@ def verify_written(out_dir: Path, model: CLIP, sd, hsd, exp) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default_out = Path(__file__).resolve().parent.parent / "fixtures" / "tiny"
-    ap.add_argument("--out", type=Path, default=default_out, help="output directory (default: %(default)s)")
+    fixtures = Path(__file__).resolve().parent.parent / "fixtures"
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output directory (default: tests/fixtures/tiny, or tiny-realistic with --realistic)")
+    ap.add_argument("--realistic", action="store_true",
+                    help="realistic statistics (heavy-tailed weights, LayerNorm outlier gains, massive "
+                         "activations; see realistic.py) instead of Gaussian weights")
     ap.add_argument("--check", action="store_true", help="recompute and compare with the existing files")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = fixtures / ("tiny-realistic" if args.realistic else "tiny")
     print(f"torch {torch.__version__}, open_clip {open_clip.__version__}, numpy {np.__version__}")
     if not args.check:
-        generate(args.out)
+        generate(args.out, args.realistic)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp))
+        generate(Path(tmp), args.realistic)
         return 0 if compare_dirs(Path(tmp), args.out) else 1
 
 

@@ -199,6 +199,11 @@ pub enum PlanKind {
     /// path (Q4_0 bundle on the integer kernel: encode, labels, head, segment, K-Means) and the
     /// kernel micro-benchmarks: the quick way to re-measure the headline numbers.
     Compare,
+    /// QUANTIZATION.md's bundles on the integer kernel: the `default` recipe, Q8_0 and the
+    /// former default Q4_0, each loaded and its image tower timed at 448×448.
+    Quant,
+    /// Like `memory`, with the `default` recipe's bundle.
+    MemoryDefault,
 }
 
 /// File names of the weights folder written by `bench/run.sh`.
@@ -289,10 +294,18 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
                 runs: r,
             },
         ],
-        PlanKind::Memory => vec![
+        PlanKind::Memory | PlanKind::MemoryDefault => vec![
             load(
-                "gguf q4_0",
-                vec![files::gguf("q4_0")],
+                if kind == PlanKind::Memory {
+                    "gguf q4_0"
+                } else {
+                    "gguf default"
+                },
+                vec![files::gguf(if kind == PlanKind::Memory {
+                    "q4_0"
+                } else {
+                    "default"
+                })],
                 ComputePath::Int,
                 Runs::once(),
             ),
@@ -315,6 +328,23 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
                 runs: Runs::once(),
             },
         ],
+        PlanKind::Quant => ["default", "q8_0", "q4_0"]
+            .iter()
+            .flat_map(|q| {
+                [
+                    load(
+                        &format!("gguf {q}"),
+                        vec![files::gguf(q)],
+                        ComputePath::Int,
+                        r,
+                    ),
+                    Step::Tower {
+                        preset: Preset::Window448,
+                        runs: r,
+                    },
+                ]
+            })
+            .collect(),
         PlanKind::Compare => {
             let mut v = Vec::new();
             v.push(load(

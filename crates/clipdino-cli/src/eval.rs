@@ -48,7 +48,15 @@ pub struct EvalArgs {
     json: bool,
 }
 
-const IMAGE_EXTS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
+pub(crate) const IMAGE_EXTS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
+
+/// The image files of a folder (by extension), sorted.
+pub(crate) fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(list_dir(dir, "image folder")?
+        .into_iter()
+        .filter(|p| ext_is(p, IMAGE_EXTS))
+        .collect())
+}
 
 fn list_dir(dir: &Path, what: &str) -> Result<Vec<PathBuf>> {
     let rd = fs::read_dir(dir).map_err(|e| {

@@ -1,6 +1,6 @@
 //! `clipdino`: the native command line of the clipdino model crate — convert weights to the
 //! browser's GGUF bundle, generate random weights in the upstream formats, segment an image,
-//! evaluate mIoU on a folder of masks, and benchmark.
+//! evaluate mIoU on a folder of masks, benchmark, and verify a bundle against the upstream weights.
 //!
 //! Errors are printed as one line in words on stderr with a non-zero exit code; outputs are
 //! written through temporary files so nothing is ever left half-written.
@@ -16,6 +16,7 @@ mod photo;
 mod progress;
 mod random_weights;
 mod segment;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Time each stage of the pipeline.
     Bench(bench::BenchArgs),
+    /// Check bundles against the upstream weights (or another bundle) on photos: feature
+    /// cosines, label-map agreement, times; optionally a pass/fail threshold.
+    Verify(verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Command::Segment(a) => segment::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Verify(a) => verify::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

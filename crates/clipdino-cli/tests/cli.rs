@@ -1480,11 +1480,7 @@ fn voc_eval_script_scores_the_val_list_with_upstream_files_and_a_bundle() {
         "2007_000001\r\n2007_000003\n",
     )
     .unwrap();
-    let bundle = s.s("clip-dinoiser-q8_0.gguf");
-    let mut a: Vec<String> = vec!["convert".into()];
-    a.extend(tiny_args());
-    a.extend(["--quant", "q8_0", "--out", &bundle].map(String::from));
-    ok(&run(&a));
+    let bundle = tiny_bundle(&s, "q8_0");
     let script = repo().join("scripts/eval-voc.sh");
     let eval = |out: &str| {
         Command::new("bash")
@@ -1510,7 +1506,7 @@ fn voc_eval_script_scores_the_val_list_with_upstream_files_and_a_bundle() {
     assert!(md.contains("all 2 val images"), "{md}");
     for (row, v) in [
         ("| upstream files (f32) | f32 |", &up),
-        ("| clip-dinoiser-q8_0.gguf | int |", &b),
+        ("| q8_0.gguf | int |", &b),
     ] {
         let want = format!("{row} {:.2} |", v["mIoU"].as_f64().unwrap());
         assert!(md.contains(&want), "{want:?} not in\n{md}");
@@ -1532,4 +1528,249 @@ fn voc_eval_script_scores_the_val_list_with_upstream_files_and_a_bundle() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("2007_000009.jpg"), "{}", stderr(&o));
     assert!(!s.path("broken/voc21.md").exists());
+}
+
+// --- verify and the publish steps ----------------------------------------------------------
+
+/// `convert` of the tiny random model into `dir/<quant>.gguf`.
+fn tiny_bundle(s: &Scratch, quant: &str) -> String {
+    let out = s.s(&format!("{}.gguf", quant.replace([',', '='], "_")));
+    let mut a = vec!["convert".to_string()];
+    a.extend(tiny_args());
+    a.extend(["--quant".into(), quant.into(), "--out".into(), out.clone()]);
+    ok(&run(&a));
+    out
+}
+
+fn verify_args(models: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut a = vec!["verify".to_string()];
+    a.extend(tiny_args());
+    for m in models {
+        a.extend(["--model".into(), m.to_string()]);
+    }
+    a.extend(with_defaults(
+        extra,
+        &[
+            ("--images", &voc_image().display().to_string()),
+            ("--labels", "person,table,plant,background"),
+            ("--templates", "fast"),
+            ("--presets", "fast,paper"),
+        ],
+    ));
+    a
+}
+
+#[test]
+fn verify_scores_bundles_against_the_upstream_files() {
+    let s = Scratch::new("verify");
+    let f32_bundle = tiny_bundle(&s, "f32");
+    let q4 = tiny_bundle(&s, "q4_0");
+    let report = s.s("report.json");
+    let out = ok(&run(&verify_args(
+        &[&f32_bundle, &q4],
+        &["--compute", "f32,int", "--json", &report],
+    )));
+    assert!(
+        out.contains("f32.gguf") && out.contains("q4_0.gguf"),
+        "{out}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["tool"], "clipdino verify");
+    assert_eq!(r["labels"].as_array().unwrap().len(), 4);
+    assert_eq!(r["background"], 3);
+    assert_eq!(r["presets"][1]["window"]["size"], 448);
+    let c = r["candidates"].as_array().unwrap();
+    assert_eq!(c.len(), 4, "2 bundles × 2 compute paths");
+    // The f32 bundle holds the upstream tensors: on f32 compute it IS the reference.
+    assert_eq!(
+        (c[0]["file"].as_str(), c[0]["compute"].as_str()),
+        (Some("f32.gguf"), Some("f32"))
+    );
+    assert_eq!(c[0]["overall"]["agreement"], 100.0);
+    assert_eq!(c[0]["recipe"], "f32");
+    for k in ["dense_cosine", "refined_cosine"] {
+        assert!(
+            c[0]["overall"][k]["min"].as_f64().unwrap() > 0.999_999,
+            "{k}"
+        );
+    }
+    assert!(c[0]["text_cosine"]["min"].as_f64().unwrap() > 0.999_999);
+    // Every candidate: per photo and preset, and overall, with times and sizes.
+    for cand in c {
+        assert_eq!(
+            cand["photos"].as_array().unwrap().len(),
+            2,
+            "1 photo × 2 presets"
+        );
+        assert!(cand["per_preset"]["paper"]["pixels"].as_u64().unwrap() > 0);
+        assert!(cand["bytes"].as_u64().unwrap() > 100_000);
+        assert!(cand["load_seconds"].as_f64().unwrap() > 0.0);
+        let agree = cand["overall"]["agreement"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&agree));
+        let dense = cand["overall"]["dense_cosine"]["mean"].as_f64().unwrap();
+        assert!(dense > 0.9 && dense <= 1.0 + 1e-9, "{dense}");
+        assert!(cand.get("pass").is_none(), "no threshold, no verdict");
+    }
+    assert_eq!(r["pass"], true);
+}
+
+#[test]
+fn verify_threshold_refuses_a_bundle_below_it() {
+    let s = Scratch::new("verify-threshold");
+    let q4 = tiny_bundle(&s, "q4_0");
+    let report = s.s("report.json");
+    let o = run(&verify_args(
+        &[&q4],
+        &[
+            "--min-agreement",
+            "100",
+            "--presets",
+            "fast",
+            "--json",
+            &report,
+        ],
+    ));
+    one_line_error(&o, &["q4_0.gguf", "below --min-agreement 100"]);
+    // The table and the report are still written, with the verdict.
+    assert!(stdout(&o).contains("BELOW THRESHOLD"), "{}", stdout(&o));
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["pass"], false);
+    assert_eq!(r["candidates"][0]["pass"], false);
+    // The same bundle passes a threshold below its agreement.
+    let agree = r["candidates"][0]["overall"]["agreement"].as_f64().unwrap();
+    let floor = format!("{}", (agree - 1.0).max(0.0));
+    ok(&run(&verify_args(
+        &[&q4],
+        &["--min-agreement", &floor, "--presets", "fast"],
+    )));
+}
+
+#[test]
+fn verify_bad_inputs() {
+    let s = Scratch::new("verify-bad");
+    let q8 = tiny_bundle(&s, "q8_0");
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["--presets", "fast,huge"], &["--presets", "huge"]),
+        (&["--min-agreement", "101"], &["--min-agreement", "101"]),
+        (&["--images", "/nonexistent/photo.png"], &["photo.png"]),
+        (&["--background", "sky"], &["sky", "not one of the labels"]),
+    ];
+    for (extra, words) in cases {
+        one_line_error(&run(&verify_args(&[&q8], extra)), words);
+    }
+    one_line_error(
+        &run(&verify_args(&[&s.s("missing.gguf")], &[])),
+        &["missing.gguf"],
+    );
+}
+
+#[test]
+fn convert_recipes_and_calibration() {
+    let s = Scratch::new("recipes");
+    // A mixed recipe: K-quant rows of 256 (c_proj, conv1), fallbacks elsewhere (rows of 64).
+    let mut a = vec!["convert".to_string()];
+    a.extend(tiny_args());
+    a.extend([
+        "--quant".into(),
+        "q4_k,attn=q6_k,dinoiser=q8_0".into(),
+        "--calibrate".into(),
+        voc_image().display().to_string(),
+        "--calibrate-classes".into(),
+        "voc21".into(),
+        "--out".into(),
+        s.s("mixed.gguf"),
+    ]);
+    let out = ok(&run(&a));
+    for dt in ["q4_k", "q5_0", "q8_0"] {
+        assert!(out.contains(dt), "{dt} missing from\n{out}");
+    }
+    let r = s.s("r.json");
+    ok(&run(&verify_args(
+        &[&s.s("mixed.gguf")],
+        &["--presets", "fast", "--json", &r],
+    )));
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(&r).unwrap()).unwrap();
+    assert_eq!(r["candidates"][0]["recipe"], "q4_k,attn=q6_k,dinoiser=q8_0");
+    // A bad recipe is refused in words, naming the group.
+    let mut a = vec!["convert".to_string()];
+    a.extend(tiny_args());
+    a.extend([
+        "--quant".into(),
+        "q4_k,vison=q8_0".into(),
+        "--out".into(),
+        s.s("bad.gguf"),
+    ]);
+    let o = run(&a);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("`vison` is not a tensor group"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!s.path("bad.gguf").exists());
+}
+
+/// The commands the publishing workflow runs (scripts/publish-models.sh), on random weights.
+#[test]
+fn publish_script_writes_both_bundles_and_the_quality_report() {
+    let s = Scratch::new("publish");
+    let script = repo().join("scripts/publish-models.sh");
+    let publish = |out: &str, min: &str| {
+        Command::new("bash")
+            .arg(&script)
+            .arg(tiny())
+            .arg(s.path(out))
+            .env("CLIPDINO", BIN)
+            .env("MIN_AGREEMENT", min)
+            .output()
+            .expect("run the publish script")
+    };
+    let o = publish("site", "50");
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let files = s.files();
+    for f in [
+        "site/clip-dinoiser.gguf",
+        "site/clip-dinoiser-f16.gguf",
+        "site/quality.json",
+    ] {
+        assert!(files.contains(&f.to_string()), "{f} not in {files:?}");
+    }
+    let q: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.path("site/quality.json")).unwrap()).unwrap();
+    assert_eq!(q["pass"], true);
+    assert_eq!(q["min_agreement"], 50.0);
+    assert_eq!(q["photos"].as_array().unwrap().len(), 3);
+    assert_eq!(q["labels"].as_array().unwrap().len(), 10);
+    let c = q["candidates"].as_array().unwrap();
+    // each bundle on each compute path: the default on int (the app's) first
+    let runs: Vec<(&str, &str)> = c
+        .iter()
+        .map(|x| (x["file"].as_str().unwrap(), x["compute"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("clip-dinoiser.gguf", "int"),
+            ("clip-dinoiser.gguf", "f32"),
+            ("clip-dinoiser-f16.gguf", "int"),
+            ("clip-dinoiser-f16.gguf", "f32"),
+        ]
+    );
+    assert_eq!(c[0]["recipe"], "q8_0");
+    assert!(c.iter().all(|x| x["pass"] == true));
+    assert!(!fs::read_to_string(s.path("site/quality.json"))
+        .unwrap()
+        .contains(".publish."));
+    // Below the threshold: the script fails and publishes nothing.
+    let o = publish("refused", "100.0");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("below --min-agreement"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!s
+        .files()
+        .iter()
+        .any(|f| f.starts_with("refused/") && !f.starts_with("refused/.")));
 }

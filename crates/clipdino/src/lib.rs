@@ -15,6 +15,7 @@ pub mod loaders;
 pub mod metrics;
 pub mod overlay;
 pub mod pipeline;
+pub mod quant;
 mod rng;
 pub mod templates;
 pub mod timing;

@@ -1,6 +1,8 @@
 //! One linear layer for every compute path: f32 weights or GGML-quantized ones through candle's
-//! [`QMatMul`], or the exact-sum integer kernel of [`crate::intgemm`] ([`ComputePath::Int`]).
-//! The bias always stays f32.
+//! [`QMatMul`], or the exact-sum integer kernel of [`crate::intgemm`] ([`ComputePath::Int`]),
+//! whose weights are packed from the stored matrix row by row (no f32 copy of the matrix).
+//! The bias always stays f32. Built from a calibrating [`Vb`], the layer also records its inputs
+//! ([`crate::quant::calib`]).
 
 use std::sync::Arc;
 
@@ -9,6 +11,8 @@ use candle_core::{Module, Tensor};
 
 use crate::error::Result;
 use crate::intgemm::PackedLinear;
+use crate::quant::calib::ActivationStats;
+use crate::quant::rows::for_each_row;
 use crate::weights::{ComputePath, Vb};
 
 #[derive(Debug, Clone)]
@@ -24,12 +28,15 @@ enum Kernel {
 #[derive(Debug, Clone)]
 pub struct Linear {
     kernel: Kernel,
+    /// Where the inputs are recorded, under the weight's full name.
+    record: Option<(Arc<ActivationStats>, String)>,
 }
 
 impl Linear {
     pub fn from_parts(weight: QMatMul, bias: Option<Tensor>) -> Self {
         Self {
             kernel: Kernel::Candle { weight, bias },
+            record: None,
         }
     }
 
@@ -50,23 +57,32 @@ impl Linear {
             Some(b) => Some(vb.get(&[out], b)?),
             None => None,
         };
+        let record = vb.calibration().map(|s| (s.clone(), vb.full_name(weight)));
         if vb.compute_path() == ComputePath::Int {
-            let w = vb
-                .matrix(out, inp, weight)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
+            let (full, stored) = vb.stored_matrix(out, inp, weight)?;
             let b = b.map(|b| b.to_vec1::<f32>()).transpose()?;
-            let packed = PackedLinear::new(&vb.full_name(weight), &w, out, inp, b)?;
+            let packed = PackedLinear::build(&full, out, inp, b, |pack| {
+                for_each_row(stored, out, inp, &full, pack)
+            })?
+            .with_wide_channels(vb.wide_channels());
             return Ok(Self {
                 kernel: Kernel::Int(Arc::new(packed)),
+                record,
             });
         }
-        Ok(Self::from_parts(vb.qmatmul(out, inp, weight)?, b))
+        Ok(Self {
+            record,
+            ..Self::from_parts(vb.qmatmul(out, inp, weight)?, b)
+        })
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some((stats, name)) = &self.record {
+            let k = x.dim(candle_core::D::Minus1)?;
+            stats.record(name, &x.flatten_all()?.to_vec1::<f32>()?, k);
+        }
         match &self.kernel {
             Kernel::Candle { weight, bias } => {
                 let y = weight.forward(x)?;

@@ -18,6 +18,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::quant::calib::ActivationStats;
 
 /// How a stored tensor is kept in memory.
 #[derive(Debug, Clone)]
@@ -40,7 +41,9 @@ impl Stored {
     pub fn dtype_name(&self) -> String {
         match self {
             Stored::Float(t) => format!("{:?}", t.dtype()).to_lowercase(),
-            Stored::Quant(q) => format!("{:?}", q.dtype()).to_lowercase(),
+            Stored::Quant(q) => crate::quant::Quant::from_dtype(q.dtype())
+                .map(|q| q.as_str().to_string())
+                .unwrap_or_else(|| format!("{:?}", q.dtype()).to_lowercase()),
         }
     }
 
@@ -179,8 +182,9 @@ pub enum ComputePath {
     Quantized,
     /// The towers' linear layers (attention in/out projections, MLPs) re-quantized at load to
     /// 10-bit weights per output channel and run by the exact-sum integer kernel of
-    /// [`crate::intgemm`] (activations quantized per row to 13 bits at run time); everything
-    /// else as [`ComputePath::F32`]. About 2× faster than f32 in wasm, half the memory of f32.
+    /// [`crate::intgemm`] (activations quantized per row to 13 bits at run time, each row's
+    /// largest few values kept in f32 beside the integer product); everything else as
+    /// [`ComputePath::F32`]. About 2× faster than f32 in wasm, half the memory of f32.
     Int,
 }
 
@@ -191,6 +195,11 @@ pub struct Vb {
     prefix: String,
     device: Device,
     path: ComputePath,
+    /// Record the linear layers' inputs (calibration runs of the f32 model).
+    calibration: Option<Arc<ActivationStats>>,
+    /// [`ComputePath::Int`]: values per activation row computed in f32 beside the integer
+    /// product (see [`crate::intgemm`]).
+    wide_channels: usize,
 }
 
 impl Vb {
@@ -200,7 +209,31 @@ impl Vb {
             prefix: String::new(),
             device,
             path,
+            calibration: None,
+            wide_channels: crate::intgemm::WIDE_CHANNELS,
         }
+    }
+
+    /// Every linear layer built from this `Vb` records its inputs into `stats` (under its weight
+    /// tensor's full name), e.g. to calibrate a bundle's quantization.
+    pub fn with_calibration(mut self, stats: Arc<ActivationStats>) -> Self {
+        self.calibration = Some(stats);
+        self
+    }
+
+    pub fn calibration(&self) -> Option<&Arc<ActivationStats>> {
+        self.calibration.as_ref()
+    }
+
+    /// Activation values per row kept in f32 by the integer kernel ([`ComputePath::Int`];
+    /// default [`crate::intgemm::WIDE_CHANNELS`], 0 = every value on the integer grid).
+    pub fn with_wide_channels(mut self, k: usize) -> Self {
+        self.wide_channels = k;
+        self
+    }
+
+    pub fn wide_channels(&self) -> usize {
+        self.wide_channels
     }
 
     /// Push a name segment: `vb.pp("visual").pp("ln_pre")` → `visual.ln_pre.`.
@@ -285,6 +318,15 @@ impl Vb {
         let full = self.full_name(name);
         let s = self.stored(&full)?;
         self.qmatmul_from(&full, s, out, inp)
+    }
+
+    /// The stored `[out, in]` matrix `name` (same shape rules as [`Vb::qmatmul`]) and its full
+    /// name, for readers that take it row by row ([`crate::quant::rows`]).
+    pub fn stored_matrix(&self, out: usize, inp: usize, name: &str) -> Result<(String, &Stored)> {
+        let full = self.full_name(name);
+        let s = self.stored(&full)?;
+        self.check_matrix(&full, s, out, inp)?;
+        Ok((full, s))
     }
 
     /// A `[out, in]` weight matrix as f32, whatever its storage (same shape rules as

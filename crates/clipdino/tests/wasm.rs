@@ -57,6 +57,40 @@ fn expected() -> HashMap<String, Tensor> {
         .expect("expected")
 }
 
+/// The realistic-statistics fixture (`tests/fixtures/tiny-realistic/`).
+fn realistic_bundle() -> clipdino::loaders::Bundle {
+    let files = vec![
+        (
+            "open_clip_model.safetensors".to_string(),
+            fixture!("tiny-realistic/open_clip_model.safetensors").to_vec(),
+        ),
+        (
+            "open_clip_config.json".to_string(),
+            fixture!("tiny-realistic/open_clip_config.json").to_vec(),
+        ),
+        (
+            "last.pt".to_string(),
+            fixture!("tiny-realistic/last.pt").to_vec(),
+        ),
+    ];
+    load_model_files(&files).expect("load the realistic tiny model")
+}
+
+fn realistic_expected() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load_buffer(
+        fixture!("tiny-realistic/expected.safetensors"),
+        &Device::Cpu,
+    )
+    .expect("expected")
+}
+
+/// `max |Δ| / max(1, max |want|)` ≤ 1e-4, as natively (tests/parity_realistic.rs).
+fn scaled(name: &str, got: &Tensor, want: &Tensor) {
+    let d = common::scaled_diff(got, want);
+    web_sys_log(&format!("wasm realistic {name}: scaled max |Δ| = {d:.3e}"));
+    assert!(d <= TOL, "{name}: scaled max |Δ| = {d} > {TOL}");
+}
+
 fn get(exp: &HashMap<String, Tensor>, key: &str) -> Tensor {
     exp.get(key)
         .unwrap_or_else(|| panic!("expected tensor {key}"))
@@ -175,12 +209,20 @@ fn integer_kernel_is_exact_in_wasm() {
     ] {
         let w: Vec<f32> = (0..n * k).map(|_| next() * 0.05).collect();
         let b: Vec<f32> = (0..n).map(|_| next()).collect();
-        let x: Vec<f32> = (0..m * k).map(|_| next() * 3.0).collect();
-        let p = PackedLinear::new("w", &w, n, k, Some(b)).unwrap();
-        assert!(
-            p.matmul(&x, m) == p.matmul_reference(&x, m),
-            "[{m}, {k}] x [{n}, {k}]ᵀ differs"
-        );
+        let mut x: Vec<f32> = (0..m * k).map(|_| next() * 3.0).collect();
+        // massive values on a few rows, for the wide channels
+        for i in (0..m).step_by(3) {
+            x[i * k + (7 * i) % k] = 800.0;
+        }
+        for wide in [0, clipdino::intgemm::WIDE_CHANNELS] {
+            let p = PackedLinear::new("w", &w, n, k, Some(b.clone()))
+                .unwrap()
+                .with_wide_channels(wide);
+            assert!(
+                p.matmul(&x, m) == p.matmul_reference(&x, m),
+                "[{m}, {k}] x [{n}, {k}]ᵀ with {wide} wide channels differs"
+            );
+        }
     }
 }
 
@@ -224,6 +266,79 @@ fn integer_compute_path_stays_close_to_upstream() {
         same as f64 >= 0.99 * total as f64,
         "labels agree on {same}/{total}"
     );
+}
+
+/// The realistic-statistics model (heavy-tailed weights, LayerNorm outlier gains, massive
+/// activations) in the browser: same outputs as upstream PyTorch, same label maps.
+#[wasm_bindgen_test]
+fn realistic_model_matches_upstream() {
+    let seg = Segmenter::from_bundle(realistic_bundle(), &Device::Cpu, ComputePath::F32).unwrap();
+    let exp = realistic_expected();
+    let tokens = exp["text.tokens"].to_vec2::<i64>().unwrap();
+    let rows: Vec<Vec<u32>> = tokens
+        .iter()
+        .map(|r| {
+            let eot = r
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, v)| **v)
+                .map(|(i, _)| i)
+                .unwrap();
+            r[..=eot].iter().map(|&v| v as u32).collect()
+        })
+        .collect();
+    let got = seg.clip.text.forward(&rows).unwrap();
+    scaled("text.embeddings", &got, &get(&exp, "text.embeddings"));
+    let labels = get(&exp, "labels");
+    let opts = SegmentOptions {
+        mode: Mode::Dinoiser,
+        background: Some(2),
+        output_size: None,
+    };
+    for key in ["a", "b"] {
+        let feats = seg
+            .encode_image(
+                &get(&exp, &format!("{key}.image")),
+                &EncodeOptions::full_res(),
+                &mut |_| {},
+            )
+            .unwrap();
+        let w = &feats.windows[0];
+        scaled(
+            &format!("{key}.dense"),
+            &w.dense,
+            &get(&exp, &format!("{key}.dense")),
+        );
+        scaled(
+            &format!("{key}.refined"),
+            w.refined.as_ref().unwrap(),
+            &get(&exp, &format!("{key}.refined")),
+        );
+        let out = seg.segment(&feats, &labels, &opts).unwrap();
+        scaled(
+            &format!("{key}.probs_full"),
+            &out.probs,
+            &get(&exp, &format!("{key}.probs_full")),
+        );
+        assert_eq!(
+            out.labels,
+            label_map(&exp, &format!("{key}.labelmap")),
+            "{key}.labelmap"
+        );
+    }
+    let window = EncodeOptions {
+        short_side: Some(64),
+        window: Some(Window {
+            size: 64,
+            stride: 32,
+        }),
+    };
+    let feats = seg
+        .encode_image(&get(&exp, "c.image"), &window, &mut |_| {})
+        .unwrap();
+    let out = seg.segment(&feats, &labels, &opts).unwrap();
+    scaled("c.probs", &out.probs, &get(&exp, "c.probs"));
+    assert_eq!(out.labels, label_map(&exp, "c.labelmap"), "c.labelmap");
 }
 
 #[wasm_bindgen_test]

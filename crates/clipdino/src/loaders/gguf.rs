@@ -4,7 +4,7 @@
 //! `candle_core::quantized::gguf_file`. Metadata:
 //! * `general.architecture = "clipdino"`, `clipdino.format_version` (u32, [`FORMAT_VERSION`]),
 //! * `clipdino.clip_config` / `clipdino.head_config`: the [`ClipConfig`] / [`HeadConfig`] as JSON,
-//! * `clipdino.quant`: the [`Quant`] the file was written with (informative).
+//! * `clipdino.quant`: the [`Recipe`] the file was written with (informative).
 //!
 //! Tensor names are the upstream open_clip names, the head under `dinoiser.`; the layout of the
 //! quantized matrices follows [`crate::weights`] (conv1 flattened to `[out, 3·p·p]`, right-multiplied
@@ -24,6 +24,8 @@ use candle_core::{DType, Device, Tensor};
 use super::Bundle;
 use crate::config::{ClipConfig, HeadConfig};
 use crate::error::{Error, Result};
+use crate::quant::calib::ActivationStats;
+use crate::quant::{is_head_weight, is_matrix, Layout, Quant, Recipe, RIGHT_MULTIPLIED};
 use crate::weights::{Stored, TensorStore};
 
 pub const ARCHITECTURE: &str = "clipdino";
@@ -34,91 +36,29 @@ pub const KEY_CLIP: &str = "clipdino.clip_config";
 pub const KEY_HEAD: &str = "clipdino.head_config";
 pub const KEY_QUANT: &str = "clipdino.quant";
 
-/// Storage of the large matrices in a bundle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Quant {
-    F32,
-    #[default]
-    F16,
-    Q8_0,
-    Q4_0,
-}
-
-impl Quant {
-    pub const ALL: [Quant; 4] = [Quant::F32, Quant::F16, Quant::Q8_0, Quant::Q4_0];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Quant::F32 => "f32",
-            Quant::F16 => "f16",
-            Quant::Q8_0 => "q8_0",
-            Quant::Q4_0 => "q4_0",
-        }
-    }
-
-    fn matrix_dtype(self) -> GgmlDType {
-        match self {
-            Quant::F32 => GgmlDType::F32,
-            Quant::F16 => GgmlDType::F16,
-            Quant::Q8_0 => GgmlDType::Q8_0,
-            Quant::Q4_0 => GgmlDType::Q4_0,
-        }
-    }
-
-    fn other_dtype(self) -> GgmlDType {
-        match self {
-            Quant::F16 => GgmlDType::F16,
-            _ => GgmlDType::F32,
-        }
-    }
-}
-
-impl std::fmt::Display for Quant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Quant {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Quant::ALL
-            .into_iter()
-            .find(|q| q.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| {
-                Error::invalid("quant", format!("`{s}` is not one of f32, f16, q8_0, q4_0"))
-            })
-    }
-}
-
-/// Matrices stored with the bundle's [`Quant`] (everything else stays f32, or f16 for `Quant::F16`).
-fn is_matrix(name: &str) -> bool {
-    const SUFFIXES: [&str; 4] = [
-        ".attn.in_proj_weight",
-        ".attn.out_proj.weight",
-        ".mlp.c_fc.weight",
-        ".mlp.c_proj.weight",
-    ];
-    const NAMES: [&str; 6] = [
-        "visual.conv1.weight",
-        "token_embedding.weight",
-        "visual.proj",
-        "text_projection",
-        "visual.proj_t",
-        "text_projection_t",
-    ];
-    !name.starts_with("dinoiser.")
-        && (SUFFIXES.iter().any(|s| name.ends_with(s)) || NAMES.contains(&name))
-}
-
-/// Upstream matrices used as `x @ W` (`[in, out]`): stored transposed under `<name>_t`.
-const RIGHT_MULTIPLIED: [&str; 2] = ["visual.proj", "text_projection"];
-
-/// Serialise a bundle as GGUF with the given storage for its matrices. Q8_0 / Q4_0 need rows
-/// whose length is a multiple of 32; other matrices fall back to f16.
+/// Serialise a bundle as GGUF with every matrix in `quant` ([`Recipe::uniform`]).
 pub fn write_gguf_bundle(bundle: &Bundle, quant: Quant) -> Result<Vec<u8>> {
+    write_gguf_bundle_with(bundle, &Recipe::uniform(quant), None)
+}
+
+/// Serialise a bundle as GGUF with the storage formats of `recipe` (see [`crate::quant`]).
+/// With `importance` (activation statistics of the f32 model on calibration inputs), K-quant
+/// matrices are quantized with their input channels' mean squares as rounding weights.
+pub fn write_gguf_bundle_with(
+    bundle: &Bundle,
+    recipe: &Recipe,
+    importance: Option<&ActivationStats>,
+) -> Result<Vec<u8>> {
     bundle.clip.validate()?;
     let dev = Device::Cpu;
+    let layout = Layout {
+        vision_layers: bundle.clip.vision.layers,
+        text_layers: bundle.clip.text.layers,
+        head_layer: bundle
+            .head
+            .as_ref()
+            .map_or(bundle.clip.vision.layers.saturating_sub(3), |h| h.layer),
+    };
     let mut tensors: Vec<(String, Arc<QTensor>)> = Vec::with_capacity(bundle.store.len());
     for name in bundle.store.names() {
         let stored = bundle
@@ -132,26 +72,29 @@ pub fn write_gguf_bundle(bundle: &Bundle, quant: Quant) -> Result<Vec<u8>> {
         } else {
             name.to_string()
         };
-        // Target shape: right-multiplied matrices transposed, conv1 flattened, scalars as [1]
+        // Target shape: right-multiplied matrices transposed, conv weights stored flattened when
+        // quantized (conv1 always; the head's obj_proj when a recipe stores it), scalars as [1]
         // (GGUF has no scalars, e.g. `logit_scale`).
         let mut dims = stored.dims();
         if transpose {
             dims.reverse();
         }
-        if matrix && dims.len() > 2 {
+        let flatten = matrix || (is_head_weight(name) && recipe.stores_head());
+        if flatten && dims.len() > 2 {
             dims = vec![dims[0], dims[1..].iter().product()];
         }
         if dims.is_empty() {
             dims = vec![1];
         }
-        let mut dtype = if matrix {
-            quant.matrix_dtype()
-        } else {
-            quant.other_dtype()
-        };
-        if dims.last().copied().unwrap_or(1) % dtype.block_size() != 0 {
-            dtype = GgmlDType::F16;
-        }
+        let row_len = dims.last().copied().unwrap_or(1);
+        let format = recipe.format_for(&out_name, row_len, &layout);
+        let dtype = format.dtype();
+        // The layer's input statistics are recorded under the upstream weight name.
+        let weights = importance
+            .filter(|_| format.takes_importance())
+            .and_then(|s| s.get(name))
+            .filter(|c| c.sum_sq.len() == row_len)
+            .map(|c| c.importance());
         let q = match stored {
             // Re-writing a bundle with its own storage: keep the blocks as they are.
             Stored::Quant(q) if q.dtype() == dtype && q.shape().dims() == dims.as_slice() => {
@@ -162,7 +105,11 @@ pub fn write_gguf_bundle(bundle: &Bundle, quant: Quant) -> Result<Vec<u8>> {
                 if transpose {
                     t = t.t()?.contiguous()?;
                 }
-                Arc::new(QTensor::quantize(&t.reshape(dims)?, dtype)?)
+                let t = t.reshape(dims)?;
+                Arc::new(match &weights {
+                    Some(w) => QTensor::quantize_imatrix(&t, w, dtype)?,
+                    None => QTensor::quantize(&t, dtype)?,
+                })
             }
         };
         tensors.push((out_name, q));
@@ -178,7 +125,7 @@ pub fn write_gguf_bundle(bundle: &Bundle, quant: Quant) -> Result<Vec<u8>> {
             Value::String("OpenCLIP ViT + CLIP-DINOiser".to_string()),
         ),
         (KEY_VERSION, Value::U32(FORMAT_VERSION)),
-        (KEY_QUANT, Value::String(quant.to_string())),
+        (KEY_QUANT, Value::String(recipe.to_string())),
         (KEY_CLIP, Value::String(clip_json)),
     ];
     if let Some(h) = &bundle.head {

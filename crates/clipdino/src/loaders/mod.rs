@@ -13,7 +13,11 @@ mod pickle;
 mod random;
 mod safetensors;
 
-pub use gguf::{read_gguf_bundle, write_gguf_bundle, Quant, ARCHITECTURE, FORMAT_VERSION};
+pub use crate::quant::{Quant, Recipe};
+pub use gguf::{
+    read_gguf_bundle, write_gguf_bundle, write_gguf_bundle_with, ARCHITECTURE, FORMAT_VERSION,
+    KEY_QUANT,
+};
 pub use pickle::{read_torch_pickle, write_torch_pickle};
 pub use random::{random_clip_store, random_head_store};
 pub use safetensors::{read_safetensors, write_safetensors, write_safetensors_entries};
@@ -165,7 +169,9 @@ pub fn validate_head_store(store: &TensorStore, cfg: &HeadConfig, prefix: &str) 
     for (n, shape) in expected {
         let name = format!("{prefix}{n}");
         let got = store.dims(&name).ok_or_else(|| store.missing(&name))?;
-        if got != shape {
+        // A bundle may store a conv weight flattened to [out, in·k·k] (quantized head).
+        let flat = shape.len() == 4 && got == [shape[0], shape[1..].iter().product()];
+        if got != shape && !flat {
             return Err(store.shape_err(&name, &shape, &got));
         }
     }
