@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
 use clap::Args;
-use clipdino::loaders::{self, Quant};
+use clipdino::loaders::{self, LoadMeter, Quant};
 use clipdino::TensorStore;
 
-use crate::engine::read_model_inputs;
+use crate::engine::{read_model_inputs, BudgetArgs};
 use crate::files;
 use crate::progress;
 
@@ -30,27 +30,15 @@ pub struct ConvertArgs {
     /// Output GGUF file.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    #[command(flatten)]
+    budget: BudgetArgs,
 }
 
 fn parse_quant(s: &str) -> std::result::Result<Quant, String> {
     s.parse::<Quant>().map_err(|e| e.to_string())
 }
 
-/// `1234567` → `1.2 MB` (decimal units, as file managers show them).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < UNITS.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use clipdino::loaders::human_bytes;
 
 /// Tensor count and storage bytes per stored dtype.
 pub fn dtype_breakdown(store: &TensorStore) -> BTreeMap<String, (usize, u64)> {
@@ -65,7 +53,13 @@ pub fn dtype_breakdown(store: &TensorStore) -> BTreeMap<String, (usize, u64)> {
 
 pub fn run(a: ConvertArgs) -> Result<()> {
     files::check_writable_file(&a.out, "output file")?;
-    let inputs = read_model_inputs(Some(&a.clip), a.config.as_deref(), a.head.as_deref())?;
+    let budget = a.budget.budget();
+    let inputs = read_model_inputs(
+        Some(&a.clip),
+        a.config.as_deref(),
+        a.head.as_deref(),
+        &budget,
+    )?;
     let input_bytes: u64 = inputs.iter().map(|(_, b)| b.len() as u64).sum();
     let sizes: Vec<(String, u64)> = inputs
         .iter()
@@ -73,14 +67,14 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         .collect();
 
     let sp = progress::spinner("reading weights");
-    let bundle = loaders::load_model_files(&inputs)?;
+    let bundle = loaders::load_model_files_with(&inputs, budget)?;
     drop(inputs);
     sp.set_message(format!("writing {}", a.quant));
     let bytes = loaders::write_gguf_bundle(&bundle, a.quant)?;
     // Read the result back: proves the bundle loads and gives the real per-dtype sizes.
     sp.set_message("checking the bundle");
     let out_name = a.out.display().to_string();
-    let check = loaders::read_gguf_bundle(&bytes, &out_name)
+    let check = loaders::read_gguf_bundle_metered(&bytes, &out_name, &mut LoadMeter::new(budget))
         .map_err(|e| anyhow!("the written bundle does not read back: {e}"))?;
     sp.finish_and_clear();
     files::write_atomic(&a.out, &bytes, "output file")?;

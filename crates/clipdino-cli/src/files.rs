@@ -9,18 +9,20 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use image::{ImageDecoder, ImageReader, RgbImage};
 
-/// Largest accepted image side, in pixels.
-pub const MAX_SIDE: u32 = 16384;
-/// Largest accepted image area, in pixels (40 megapixels).
-pub const MAX_PIXELS: u64 = 40_000_000;
-
-/// Read a whole input file; a missing, unreadable or empty file is an error naming it.
-pub fn read_input(path: &Path, what: &str) -> Result<Vec<u8>> {
+/// The size of an input file, from its metadata; a missing file or a directory is an error
+/// naming it.
+pub fn input_len(path: &Path, what: &str) -> Result<u64> {
     let meta = fs::metadata(path)
         .map_err(|e| anyhow!("cannot read {what} {}: {}", path.display(), io_words(&e)))?;
     if meta.is_dir() {
         bail!("{what} {} is a directory, not a file", path.display());
     }
+    Ok(meta.len())
+}
+
+/// Read a whole input file; a missing, unreadable or empty file is an error naming it.
+pub fn read_input(path: &Path, what: &str) -> Result<Vec<u8>> {
+    input_len(path, what)?;
     let bytes = fs::read(path)
         .map_err(|e| anyhow!("cannot read {what} {}: {}", path.display(), io_words(&e)))?;
     if bytes.is_empty() {
@@ -84,18 +86,9 @@ fn jpeg_truncated(bytes: &[u8]) -> bool {
     }
 }
 
+/// The shared photo limits of `clipdino::limits`, with the file named.
 fn check_size(w: u32, h: u32, name: &str) -> Result<()> {
-    if w > MAX_SIDE || h > MAX_SIDE {
-        bail!("{name} is {w}×{h} px, over the limit of {MAX_SIDE} px a side; downscale it first");
-    }
-    if w as u64 * h as u64 > MAX_PIXELS {
-        bail!(
-            "{name} is {w}×{h} px ({:.1} megapixels), over the limit of {} megapixels; downscale it first",
-            w as f64 * h as f64 / 1e6,
-            MAX_PIXELS / 1_000_000
-        );
-    }
-    Ok(())
+    clipdino::limits::check_image_size(w.into(), h.into()).map_err(|e| anyhow!("{name}: {e}"))
 }
 
 /// An RGB image as a `[3, H, W]` f32 tensor in [0, 1].
@@ -397,9 +390,12 @@ mod tests {
     fn size_caps() {
         assert!(check_size(16384, 2000, "x").is_ok());
         let e = check_size(16385, 10, "x").unwrap_err().to_string();
-        assert!(e.contains("16384 px a side"), "{e}");
-        let e = check_size(8000, 6000, "x").unwrap_err().to_string();
-        assert!(e.contains("40 megapixels"), "{e}");
+        assert!(
+            e.starts_with("x: ") && e.contains("16384 pixels a side"),
+            "{e}"
+        );
+        let e = check_size(12000, 9000, "x").unwrap_err().to_string();
+        assert!(e.contains("100 megapixels"), "{e}");
     }
 
     #[test]
