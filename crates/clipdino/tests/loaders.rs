@@ -3,6 +3,8 @@
 //! of bad input, which must give a typed error naming the file / tensor / field, never a panic.
 
 mod common;
+#[path = "support/hostile.rs"]
+mod hostile;
 
 use std::io::Write;
 
@@ -14,6 +16,10 @@ use clipdino::loaders::{
 };
 use clipdino::{ClipConfig, Error, HeadConfig, Stored, TensorStore};
 use common::{max_abs, max_abs_diff};
+use hostile::{
+    aliased_storages, deep_pickle, gguf_offset_pos, gguf_tensor_infos, memo_bomb_pickle,
+    shared_storage_views, tensors_pickle, torch_zip, TensorSpec,
+};
 
 type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -776,51 +782,9 @@ fn gguf_hostile_counts_and_sizes() -> R<()> {
     Ok(())
 }
 
-/// A torch-format zip with the given `data.pkl` and storages.
-fn torch_zip(pkl: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let o =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    zw.start_file("archive/data.pkl", o).unwrap();
-    zw.write_all(pkl).unwrap();
-    for (k, d) in storages {
-        zw.start_file(format!("archive/data/{k}"), o).unwrap();
-        zw.write_all(d).unwrap();
-    }
-    zw.finish().unwrap().into_inner()
-}
-
-/// Pickle of `{'w': _rebuild_tensor_v2(('storage', FloatStorage, '0', 'cpu', numel), offset, size, stride, False, OrderedDict())}`.
+/// Pickle of `{'w': _rebuild_tensor_v2(('storage', <class>, '0', 'cpu', numel), offset, size, stride, False, OrderedDict())}`.
 fn tensor_pickle(class: &str, numel: u32, offset: u32, size: &[u32], stride: &[u32]) -> Vec<u8> {
-    let mut p = vec![0x80, 2, b'}', b'('];
-    let s = |p: &mut Vec<u8>, x: &str| {
-        p.push(b'X');
-        p.extend_from_slice(&(x.len() as u32).to_le_bytes());
-        p.extend_from_slice(x.as_bytes());
-    };
-    let int = |p: &mut Vec<u8>, v: u32| {
-        p.push(b'J');
-        p.extend_from_slice(&v.to_le_bytes());
-    };
-    s(&mut p, "w");
-    p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
-    s(&mut p, "storage");
-    p.extend_from_slice(format!("ctorch\n{class}\n").as_bytes());
-    s(&mut p, "0");
-    s(&mut p, "cpu");
-    int(&mut p, numel);
-    p.extend_from_slice(b"tQ");
-    int(&mut p, offset);
-    p.push(b'(');
-    for &d in size {
-        int(&mut p, d);
-    }
-    p.extend_from_slice(b"t(");
-    for &d in stride {
-        int(&mut p, d);
-    }
-    p.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtRu.");
-    p
+    tensors_pickle(&[("w", class, "0", numel, offset, size, stride)])
 }
 
 #[test]
@@ -891,22 +855,9 @@ fn torch_pickle_views_and_hostile_pickles() -> R<()> {
         // BINUNICODE claiming 4 GB
         ("str", torch_zip(b"\x80\x02X\xff\xff\xff\xffabc.", &[])),
         // 100 000 nested tuples
-        (
-            "deep",
-            torch_zip(
-                &[&[0x80u8, 2, b'N'][..], &[0x85u8; 100_000], b"."].concat(),
-                &[],
-            ),
-        ),
+        ("deep", torch_zip(&deep_pickle(100_000), &[])),
         // memo bomb: a list doubled 64 times through the memo
-        ("bomb", {
-            let mut p = vec![0x80, 2, b']', b'q', 0];
-            for _ in 0..64 {
-                p.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
-            }
-            p.push(b'.');
-            torch_zip(&p, &[])
-        }),
+        ("bomb", torch_zip(&memo_bomb_pickle(), &[])),
         // unknown opcode, stack underflow, missing STOP
         ("opcode", torch_zip(b"\x80\x02\xff.", &[])),
         ("underflow", torch_zip(b"\x80\x02t.", &[])),
@@ -925,7 +876,10 @@ fn torch_pickle_views_and_hostile_pickles() -> R<()> {
         assert!(
             matches!(
                 e,
-                Error::NotWeights { .. } | Error::Truncated { .. } | Error::UnsupportedDtype { .. }
+                Error::NotWeights { .. }
+                    | Error::Truncated { .. }
+                    | Error::UnsupportedDtype { .. }
+                    | Error::OverBudget { .. }
             ),
             "{name}: {e}"
         );
@@ -1103,101 +1057,6 @@ fn budget(max_bytes: u64) -> LoadBudget {
     LoadBudget::with_max_bytes(max_bytes)
 }
 
-/// A torch-format pickle of `{name: _rebuild_tensor_v2(('storage', <class>, key, 'cpu', numel),
-/// offset, size, stride, False, OrderedDict()), ...}`, sizes as 4-byte ints.
-fn tensors_pickle(tensors: &[(&str, &str, &str, u32, u32, &[u32], &[u32])]) -> Vec<u8> {
-    let mut p = vec![0x80, 2, b'}', b'('];
-    let s = |p: &mut Vec<u8>, x: &str| {
-        p.push(b'X');
-        p.extend_from_slice(&(x.len() as u32).to_le_bytes());
-        p.extend_from_slice(x.as_bytes());
-    };
-    let int = |p: &mut Vec<u8>, v: u32| {
-        p.push(b'J');
-        p.extend_from_slice(&v.to_le_bytes());
-    };
-    for &(name, class, key, numel, offset, size, stride) in tensors {
-        s(&mut p, name);
-        p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
-        s(&mut p, "storage");
-        p.extend_from_slice(format!("ctorch\n{class}\n").as_bytes());
-        s(&mut p, key);
-        s(&mut p, "cpu");
-        int(&mut p, numel);
-        p.extend_from_slice(b"tQ");
-        int(&mut p, offset);
-        p.push(b'(');
-        for &d in size {
-            int(&mut p, d);
-        }
-        p.extend_from_slice(b"t(");
-        for &d in stride {
-            int(&mut p, d);
-        }
-        p.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtR");
-    }
-    p.extend_from_slice(b"u.");
-    p
-}
-
-/// A torch-format zip like [`torch_zip`], with every entry compressed by `method`.
-fn torch_zip_with(
-    pkl: &[u8],
-    storages: &[(&str, &[u8])],
-    method: zip::CompressionMethod,
-) -> Vec<u8> {
-    let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let o = zip::write::SimpleFileOptions::default().compression_method(method);
-    zw.start_file("archive/data.pkl", o).unwrap();
-    zw.write_all(pkl).unwrap();
-    for (k, d) in storages {
-        zw.start_file(format!("archive/data/{k}"), o).unwrap();
-        zw.write_all(d).unwrap();
-    }
-    zw.finish().unwrap().into_inner()
-}
-
-/// Add central-directory entries named `aliases` that all point at the local entry of
-/// `target`: a zip whose directory lists many files stored once.
-fn alias_zip_entries(zip: &[u8], target: &str, aliases: &[String]) -> Vec<u8> {
-    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]) as usize;
-    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    let eocd = zip.len() - 22;
-    assert_eq!(u32_at(zip, eocd), 0x0605_4b50, "no zip comment expected");
-    let entries = u16_at(zip, eocd + 10);
-    let cd_size = u32_at(zip, eocd + 12) as usize;
-    let cd_off = u32_at(zip, eocd + 16) as usize;
-    let mut cd = zip[cd_off..cd_off + cd_size].to_vec();
-    let mut pos = 0;
-    let mut record = None;
-    while pos < cd.len() {
-        let n = u16_at(&cd, pos + 28);
-        let len = 46 + n + u16_at(&cd, pos + 30) + u16_at(&cd, pos + 32);
-        if &cd[pos + 46..pos + 46 + n] == target.as_bytes() {
-            record = Some(cd[pos..pos + len].to_vec());
-        }
-        pos += len;
-    }
-    let record = record.expect("target entry");
-    let n = u16_at(&record, 28);
-    for a in aliases {
-        let mut r = record[..46].to_vec();
-        r[28..30].copy_from_slice(&(a.len() as u16).to_le_bytes());
-        r.extend_from_slice(a.as_bytes());
-        r.extend_from_slice(&record[46 + n..]);
-        cd.extend_from_slice(&r);
-    }
-    let mut out = zip[..cd_off].to_vec();
-    out.extend_from_slice(&cd);
-    let mut end = zip[eocd..].to_vec();
-    let total = (entries + aliases.len()) as u16;
-    end[8..10].copy_from_slice(&total.to_le_bytes());
-    end[10..12].copy_from_slice(&total.to_le_bytes());
-    end[12..16].copy_from_slice(&(cd.len() as u32).to_le_bytes());
-    out.extend_from_slice(&end);
-    out
-}
-
 #[test]
 fn one_budget_covers_every_file_of_a_load() -> R<()> {
     let files = fixture_files(&[
@@ -1220,7 +1079,7 @@ fn one_budget_covers_every_file_of_a_load() -> R<()> {
     let e = loaders::load_model_files_with(&files, budget(clip_bytes + 100)).unwrap_err();
     assert!(matches!(e, Error::OverBudget { .. }), "{e}");
     assert_names(&e, "last.pt");
-    assert_names(&e, "over its budget of");
+    assert_names(&e, "of the load's budget of");
     // The tensor count is part of the budget too.
     let few = LoadBudget {
         max_bytes: u64::MAX,
@@ -1383,7 +1242,7 @@ fn item3_torch_views_of_one_storage_are_each_charged() -> R<()> {
     const NUMEL: u32 = 1 << 18;
     let storage: Vec<u8> = vec![0u8; NUMEL as usize * 4];
     let names: Vec<String> = (0..100).map(|i| format!("view{i:03}")).collect();
-    let tensors: Vec<(&str, &str, &str, u32, u32, &[u32], &[u32])> = names
+    let tensors: Vec<TensorSpec> = names
         .iter()
         .map(|n| {
             (
@@ -1409,6 +1268,21 @@ fn item3_torch_views_of_one_storage_are_each_charged() -> R<()> {
         100 << 20,
         "views are charged, the storage is read in place"
     );
+    // The same from a deflated storage: a 4 kB file asking for 100 × 1 MB.
+    let small = shared_storage_views(100, NUMEL);
+    assert!(small.len() < 8 << 10, "{}", small.len());
+    let mut meter = LoadMeter::new(budget(200 << 20));
+    assert_eq!(
+        loaders::read_torch_pickle_metered(&small, "views.pt", &mut meter)?.len(),
+        100
+    );
+    let e = loaders::read_torch_pickle_metered(
+        &small,
+        "views.pt",
+        &mut LoadMeter::new(budget(10 << 20)),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::OverBudget { .. }), "{e}");
     // Refused at the view that overflows a 10 MB budget: nothing beyond it was built.
     let e = loaders::read_torch_pickle_metered(
         &file,
@@ -1426,35 +1300,7 @@ fn item3_torch_views_of_one_storage_are_each_charged() -> R<()> {
 fn item3_torch_entries_sharing_one_compressed_entry_inflate_within_the_budget() -> R<()> {
     // One deflated 4 MB storage of zeros (a few kB in the file), listed under 200 names in the
     // central directory; every tensor names its own storage, i.e. another alias.
-    let numel = 1u32 << 20;
-    let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
-    let names: Vec<String> = (0..200).map(|i| format!("t{i:03}")).collect();
-    let tensors: Vec<(&str, &str, &str, u32, u32, &[u32], &[u32])> = names
-        .iter()
-        .zip(&keys)
-        .map(|(n, k)| {
-            (
-                n.as_str(),
-                "FloatStorage",
-                k.as_str(),
-                numel,
-                0,
-                &[1u32][..],
-                &[1u32][..],
-            )
-        })
-        .collect();
-    let zeros = vec![0u8; numel as usize * 4];
-    let base = torch_zip_with(
-        &tensors_pickle(&tensors),
-        &[("k0", &zeros)],
-        zip::CompressionMethod::Deflated,
-    );
-    let aliases: Vec<String> = keys[1..]
-        .iter()
-        .map(|k| format!("archive/data/{k}"))
-        .collect();
-    let file = alias_zip_entries(&base, "archive/data/k0", &aliases);
+    let file = aliased_storages(200, 1 << 20);
     assert!(file.len() < 64 << 10, "{} bytes", file.len());
     // 200 × 4 MB = 800 MB to inflate; a 100 MB budget stops it after 25 entries.
     let mut meter = LoadMeter::new(budget(100 << 20));
@@ -1568,28 +1414,6 @@ fn item3_torch_pickle_refuses_imports_outside_the_allow_list() -> R<()> {
     let allowed = b"\x80\x02}(X\x01\x00\x00\x00actorch\nfloat32\nX\x01\x00\x00\x00bctorch\ndevice\nX\x03\x00\x00\x00cpu\x85RX\x01\x00\x00\x00cctorch\nSize\n)Ru.";
     assert!(read_torch_pickle(&torch_zip(allowed, &[]), "ok.pt")?.is_empty());
     Ok(())
-}
-
-/// Offsets of each tensor info in a GGUF file written by candle (v2/v3): (name, position of
-/// its n_dims field).
-fn gguf_tensor_infos(g: &[u8], names: &[&str]) -> Vec<(String, usize)> {
-    names
-        .iter()
-        .map(|n| {
-            let mut key = (n.len() as u64).to_le_bytes().to_vec();
-            key.extend_from_slice(n.as_bytes());
-            let pos = g
-                .windows(key.len())
-                .position(|w| w == key.as_slice())
-                .unwrap_or_else(|| panic!("tensor info {n}"));
-            (n.to_string(), pos + key.len())
-        })
-        .collect()
-}
-
-fn gguf_offset_pos(g: &[u8], nd_pos: usize) -> usize {
-    let nd = u32::from_le_bytes(g[nd_pos..nd_pos + 4].try_into().unwrap()) as usize;
-    nd_pos + 4 + 8 * nd + 4
 }
 
 #[test]

@@ -132,9 +132,9 @@ impl LoadMeter {
             return Err(self.over(
                 source,
                 format!(
-                    "{what} needs {}, which would bring the load to {}, over its budget of {}",
+                    "{what} needs {}, but only {} of the load's budget of {} is left",
                     human_bytes(bytes),
-                    human_bytes(total),
+                    human_bytes(self.remaining()),
                     human_bytes(self.budget.max_bytes)
                 ),
             ));
