@@ -6,9 +6,10 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]      (default: 600 s, every target)
 #
 # Each target runs in turn for the given time under an RSS limit (FUZZ_RSS_MB, default 2048),
-# seeded from tests/fixtures (plus GGUF bundles converted from them), and the script prints a
+# seeded from tests/fixtures and from a micro model written in every format (a few kB each, so
+# inputs run fast), and the script prints a
 # table: target, seconds, executions, findings. Findings (crash-*, oom-*, timeout-*, leak-*) are
-# kept in target/fuzz/artifacts/<target>/: copy each into
+# kept in target/fuzz/artifacts/<run>/<target>/: copy each into
 # crates/clipdino/tests/fuzz_regressions/<target>/ (a normal `cargo test` replays them), then fix.
 # Long runs belong here, not in scripts/test.sh; run them niced on a shared machine
 # (`nice -n 10 scripts/fuzz.sh`).
@@ -43,17 +44,9 @@ rm -rf "$SEEDS"
 mkdir -p "$SEEDS"/{gguf,safetensors,torch_zip,pickle,config,tokenizer}
 cp $FIX/tiny/*.safetensors "$SEEDS/safetensors/"
 cp $FIX/tiny/open_clip_pytorch_model.bin $FIX/tiny/last.pt "$SEEDS/torch_zip/"
-if ! ls "$WORK"/bundles/*.gguf >/dev/null 2>&1; then
-  say "converting the tiny fixture model to GGUF seeds (clipdino convert)"
-  mkdir -p "$WORK/bundles"
-  cargo build -q -p clipdino-cli
-  for q in f32 f16 q8_0 q4_0; do
-    target/debug/clipdino convert --clip $FIX/tiny/open_clip_model.safetensors \
-      --config $FIX/tiny/open_clip_config.json --head $FIX/tiny/last.pt \
-      --quant $q --out "$WORK/bundles/tiny-$q.gguf" >/dev/null
-  done
-fi
-cp "$WORK"/bundles/*.gguf "$SEEDS/gguf/"
+say "writing micro-model seeds (cargo test -p clipdino --test fuzz_regressions -- --ignored)"
+CLIPDINO_FUZZ_SEEDS=$SEEDS cargo test -q -p clipdino --test fuzz_regressions -- \
+  --ignored write_fuzz_seeds >/dev/null
 python3 - "$FIX" "$SEEDS" <<'PY'
 import json, pathlib, sys, zipfile
 fix, seeds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
@@ -84,11 +77,12 @@ t0=$(date +%s)
 (cd crates/clipdino && cargo +nightly fuzz build)
 say "build: $(( $(date +%s) - t0 )) s"
 
+RUN=$(date +%Y%m%d-%H%M%S)
 mkdir -p "$WORK/logs"
 REPORT=()
 for t in "${TARGETS[@]}"; do
   corpus=$WORK/corpus/$t
-  artifacts=$WORK/artifacts/$t
+  artifacts=$WORK/artifacts/$RUN/$t
   mkdir -p "$corpus" "$artifacts"
   log=$WORK/logs/$t.log
   say "$t: ${SECS} s, RSS limit ${RSS_MB} MB"

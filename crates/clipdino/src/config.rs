@@ -331,6 +331,23 @@ impl ClipConfig {
         vision_head_width: usize,
         text_head_width: usize,
     ) -> Result<Self> {
+        Self::infer_unnamed(store, vision_head_width, text_head_width).map_err(|e| match e {
+            Error::Config { field, detail } => Error::Config {
+                field,
+                detail: format!(
+                    "{detail} (inferred from the tensor shapes of {}; give its open_clip_config.json if the guess is wrong)",
+                    store.source()
+                ),
+            },
+            e => e,
+        })
+    }
+
+    fn infer_unnamed(
+        store: &TensorStore,
+        vision_head_width: usize,
+        text_head_width: usize,
+    ) -> Result<Self> {
         let dims = |n: &str, rank: usize| -> Result<Vec<usize>> {
             let d = store.dims(n).ok_or_else(|| store.missing(n))?;
             if d.len() != rank {

@@ -118,3 +118,80 @@ fn tokenizer() {
     .collect();
     replay("tokenizer", checks::check_text, seeds);
 }
+
+/// Small seed files for `scripts/fuzz.sh` (a micro model in every format, a few kB each, so
+/// the fuzzers run thousands of inputs a second instead of tens), written into
+/// `$CLIPDINO_FUZZ_SEEDS/<target>/`. Run by the script; ignored otherwise.
+#[test]
+#[ignore = "writes seed files for scripts/fuzz.sh"]
+fn write_fuzz_seeds() {
+    use candle_core::Device;
+    use clipdino::loaders::{
+        random_clip_store, random_head_store, write_gguf_bundle, write_safetensors,
+        write_torch_pickle, Bundle, Quant,
+    };
+    use clipdino::{ClipConfig, HeadConfig};
+    let Ok(dir) = std::env::var("CLIPDINO_FUZZ_SEEDS") else {
+        panic!("set CLIPDINO_FUZZ_SEEDS to the seed folder");
+    };
+    let dir = Path::new(&dir);
+    let write = |target: &str, name: &str, bytes: &[u8]| {
+        std::fs::create_dir_all(dir.join(target)).unwrap();
+        std::fs::write(dir.join(target).join(name), bytes).unwrap();
+    };
+    let clip: ClipConfig = serde_json::from_value(serde_json::json!({
+        "embed_dim": 4,
+        "vision": {"width": 4, "layers": 3, "heads": 1, "patch_size": 2, "image_size": 4, "mlp_dim": 8},
+        "text": {"width": 4, "layers": 1, "heads": 1, "context_length": 4, "vocab_size": 8, "mlp_dim": 8}
+    }))
+    .unwrap();
+    clip.validate().unwrap();
+    let head = HeadConfig::for_clip(&clip, 4);
+    let store = random_clip_store(&clip, 1);
+    let head_store = random_head_store(&head, 2);
+    let entries = |s: &clipdino::TensorStore| -> Vec<(String, candle_core::Tensor)> {
+        s.names()
+            .into_iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    s.get(n).unwrap().to_f32(&Device::Cpu).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let clip_st = write_safetensors(&store).unwrap();
+    write("safetensors", "micro.safetensors", &clip_st);
+    let mut infer = vec![3u8];
+    infer.extend(&clip_st);
+    write("config", "micro-infer.safetensors", &infer);
+    let mut oc = vec![0u8];
+    oc.extend(clip.to_open_clip_json().into_bytes());
+    write("config", "micro-open_clip.json", &oc);
+    write(
+        "torch_zip",
+        "micro.bin",
+        &write_torch_pickle(&entries(&store), None, &[]).unwrap(),
+    );
+    let last = write_torch_pickle(
+        &entries(&head_store),
+        Some("model_state_dict"),
+        &[("epoch", 9)],
+    )
+    .unwrap();
+    write("torch_zip", "micro-last.pt", &last);
+    let mut bundle_store = store.clone();
+    bundle_store.merge(head_store, "dinoiser.");
+    let bundle = Bundle {
+        clip,
+        head: Some(head),
+        store: bundle_store,
+    };
+    for q in Quant::ALL {
+        write(
+            "gguf",
+            &format!("micro-{q}.gguf"),
+            &write_gguf_bundle(&bundle, q).unwrap(),
+        );
+    }
+}
