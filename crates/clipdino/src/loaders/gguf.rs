@@ -647,7 +647,7 @@ fn load_tensor(t: &TensorEntry, raw: &[u8], meter: &mut LoadMeter, source: &str)
                 } else {
                     Err(Error::invalid(
                         "gguf tensor",
-                        "could not get an aligned buffer",
+                        format!("no aligned buffer for tensor `{}` of {source}", t.name),
                     ))
                 };
                 meter.release(n);
@@ -686,9 +686,18 @@ pub fn read_gguf_bundle_metered(
     }
     let version = match header.meta.get(KEY_VERSION) {
         None => return Err(missing_key(KEY_VERSION, source)),
-        Some(MetaValue::Int(v)) => u32::try_from(*v)
-            .map_err(|_| Error::config(KEY_VERSION, format!("{v} is not a bundle format")))?,
-        Some(_) => return Err(Error::config(KEY_VERSION, "not an integer")),
+        Some(MetaValue::Int(v)) => u32::try_from(*v).map_err(|_| {
+            Error::config(
+                KEY_VERSION,
+                format!("{v} is not a bundle format (in {source})"),
+            )
+        })?,
+        Some(_) => {
+            return Err(Error::config(
+                KEY_VERSION,
+                format!("is not an integer (in {source})"),
+            ))
+        }
     };
     if version == 0 || version > FORMAT_VERSION {
         return Err(Error::config(
