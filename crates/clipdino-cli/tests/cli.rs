@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::{fixture, ok, one_line_error, repo, run, stderr, stdout, tiny, voc_image, Scratch};
+use common::{fixture, ok, one_line_error, run, stderr, tiny, voc_image, Scratch};
 
 fn tiny_args() -> Vec<String> {
     let d = tiny();

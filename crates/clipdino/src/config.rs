@@ -145,7 +145,7 @@ fn in_range(field: &str, value: usize, lo: usize, hi: usize, typical: usize) -> 
 }
 
 fn heads_divide(field: &str, width: usize, heads: usize) -> Result<()> {
-    if heads == 0 || heads > width || width % heads != 0 {
+    if heads == 0 || heads > width || !width.is_multiple_of(heads) {
         return Err(Error::config(
             field,
             format!("{heads} attention heads do not divide the width {width}"),
@@ -207,7 +207,7 @@ fn mlp_dim(width: usize, ratio: Option<f64>, field: &str) -> Result<usize> {
 }
 
 fn heads_of(width: usize, head_width: usize, field: &str) -> Result<usize> {
-    if head_width == 0 || width % head_width != 0 {
+    if head_width == 0 || !width.is_multiple_of(head_width) {
         return Err(Error::config(
             field,
             format!("width {width} is not a multiple of head width {head_width}"),
@@ -443,7 +443,7 @@ impl ClipConfig {
         // The CLIP-DINOiser head reads block L−3.
         in_range("vision_cfg.layers", v.layers, 3, MAX_LAYERS, 12)?;
         in_range("vision_cfg.patch_size", v.patch_size, 1, MAX_PATCH_SIZE, 16)?;
-        if v.image_size % v.patch_size != 0 || !(1..=MAX_GRID).contains(&v.grid()) {
+        if !v.image_size.is_multiple_of(v.patch_size) || !(1..=MAX_GRID).contains(&v.grid()) {
             return Err(Error::config(
                 "vision_cfg.image_size",
                 format!(

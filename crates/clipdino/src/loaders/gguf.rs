@@ -513,7 +513,7 @@ fn scan_header<'a>(bytes: &'a [u8], source: &'a str, meter: &LoadMeter) -> Resul
         let (bs, ts) = (dtype.block_size() as u64, dtype.type_size() as u64);
         // GGML blocks run along the innermost dimension.
         let row = dims.last().copied().unwrap_or(1) as u64;
-        if row % bs != 0 {
+        if !row.is_multiple_of(bs) {
             return Err(corrupt(format!(
                 "its rows of {row} values do not fill whole {dtype:?} blocks of {bs}"
             )));

@@ -248,7 +248,7 @@ pub fn gguf_file(
         b.extend_from_slice(&ty.to_le_bytes());
         b.extend_from_slice(&offset.to_le_bytes());
     }
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     b.extend_from_slice(data);
