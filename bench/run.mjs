@@ -1,5 +1,5 @@
 // Benchmark driver (called by bench/run.sh after the builds, weights and photo exist):
-//  1. the native run of the same steps (clipdino-bench-native, one thread), which also dumps the
+//  1. the native run of the same steps (`clipdino bench`, one thread), which also dumps the
 //     image-tower inputs;
 //  2. the ONNX export of the open_clip image tower at those input sizes (bench/export_onnx.py);
 //  3. headless Chromium (fresh profile) serving everything from 127.0.0.1: the clipdino wasm
@@ -7,7 +7,7 @@
 //     onnxruntime-web (wasm, SIMD, 1 thread) on the exported towers;
 //  4. bench/results.json and a table on stdout.
 // Options: --runs N (5), --plan full|smoke, --data DIR (target/bench), --pkg DIR
-// (target/bench-web/pkg), --native-bin PATH, --out FILE (bench/results.json), --python PATH,
+// (target/bench-web/pkg), --native-bin PATH (the clipdino CLI), --out FILE (bench/results.json), --python PATH,
 // --skip-native / --skip-export / --skip-wasm / --skip-memory / --skip-ort (reuse earlier outputs).
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -22,7 +22,7 @@ const ROOT = path.resolve(import.meta.dirname, '..');
 function parseArgs(argv) {
   const a = {
     runs: 5, plan: 'full', data: 'target/bench', pkg: 'target/bench-web/pkg',
-    nativeBin: 'target/release/clipdino-bench-native', out: 'bench/results.json',
+    nativeBin: 'target/release/clipdino', out: 'bench/results.json',
     python: process.env.PYTHON ?? 'python3', skip: new Set(),
   };
   for (let i = 0; i < argv.length; i++) {
@@ -110,7 +110,7 @@ function gitState() {
       return null;
     }
   };
-  const dirty = git('status', '--porcelain', '--', 'crates/clipdino', 'crates/clipdino-bench-web', 'Cargo.lock');
+  const dirty = git('status', '--porcelain', '--', 'crates/clipdino', 'crates/clipdino-bench-web', 'crates/clipdino-cli', 'Cargo.lock');
   return { commit: git('rev-parse', 'HEAD'), uncommitted: dirty ? dirty.split('\n') : [] };
 }
 
@@ -118,7 +118,7 @@ function runNative(a, photo, loads) {
   loads.push(load('native start'));
   const out = path.join(a.data, 'native.json');
   const args = [
-    '--weights', path.join(a.data, 'weights'), '--photo', photo.file, '--width', String(photo.width),
+    'bench', '--weights', path.join(a.data, 'weights'), '--rgb', photo.file, '--width', String(photo.width),
     '--height', String(photo.height), '--runs', String(a.runs), '--plan', a.plan,
     '--dump-inputs', path.join(a.data, 'inputs'), '--out', out,
   ];

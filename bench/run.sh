@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the whole benchmark (see BENCHMARKS.md):
-#   builds the clipdino CLI, the native bench binary and the bench wasm (+ wasm-bindgen),
+#   builds the clipdino CLI (whose `bench` runs the steps natively) and the bench wasm (+ wasm-bindgen),
 #   writes full-size random ViT-B/16 weights in the upstream formats and the four GGUF bundles,
 #   decodes the photo, then bench/run.mjs runs native (1 thread) → ONNX export → headless
 #   Chromium (clipdino wasm in a Web Worker, a fresh worker for peak memory, onnxruntime-web)
@@ -29,10 +29,12 @@ echo "== load before building: $(uptime)"
 [ -d node_modules/onnxruntime-web ] && [ -d node_modules/playwright-core ] || npm ci
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 command -v wasm-bindgen >/dev/null || cargo install wasm-bindgen-cli --version 0.2.130
-cargo build --locked --release -p clipdino-cli
-cargo build --locked --profile "$PROFILE" -p clipdino-bench-web --bin clipdino-bench-native
-# wasm32 builds read .cargo/config.toml: -C target-feature=+simd128
-cargo build --locked --profile "$PROFILE" --target wasm32-unknown-unknown -p clipdino-bench-web --lib
+cargo build --locked --profile "$PROFILE" -p clipdino-cli
+CLI="target/$OUTDIR/clipdino"
+# wasm32 builds read .cargo/config.toml: -C target-feature=+simd128. The crate is an rlib for the
+# CLI; wasm-bindgen needs it as a cdylib.
+cargo rustc --locked --profile "$PROFILE" --target wasm32-unknown-unknown -p clipdino-bench-web \
+  --lib --crate-type cdylib
 PKG=target/bench-web/pkg
 wasm-bindgen --target web --no-typescript --out-dir "$PKG" \
   "target/wasm32-unknown-unknown/$OUTDIR/clipdino_bench_web.wasm"
@@ -41,10 +43,10 @@ ls -la "$PKG"
 # 2. weights: full-size random ViT-B/16 in the upstream formats + GGUF bundles
 W="$DATA/weights"
 if [ ! -f "$W/last.pt" ] || [ ! -f "$W/open_clip_model.safetensors" ]; then
-  target/release/clipdino random-weights --arch vit-b-16 --seed 0 --out "$W"
+  "$CLI" random-weights --arch vit-b-16 --seed 0 --out "$W"
 fi
 for q in f32 f16 q8_0 q4_0; do
-  [ -f "$W/clip-dinoiser-$q.gguf" ] || target/release/clipdino convert \
+  [ -f "$W/clip-dinoiser-$q.gguf" ] || "$CLI" convert \
     --clip "$W/open_clip_model.safetensors" --config "$W/open_clip_config.json" --head "$W/last.pt" \
     --quant "$q" --out "$W/clip-dinoiser-$q.gguf"
 done
@@ -54,6 +56,6 @@ done
 
 # 4. native → ONNX export → Chromium → results
 echo "== load before running: $(uptime)"
-node bench/run.mjs --data "$DATA" --pkg "$PKG" --native-bin "target/$OUTDIR/clipdino-bench-native" \
+node bench/run.mjs --data "$DATA" --pkg "$PKG" --native-bin "$CLI" \
   --python "$PYTHON" "$@"
 echo "== load after running: $(uptime)"

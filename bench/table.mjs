@@ -155,8 +155,13 @@ export function formatTable(res) {
     if (!w) continue;
     const nat = Object.fromEntries((p.native?.ops ?? []).map((o) => [o.op, o]));
     out.push('');
+    // Profiles time the model's own forward through its timing hook; results from before that
+    // came from an instrumented replica, checked against the model.
+    const check = w.timed_vs_untimed_max_abs_diff
+      ? `timed vs untimed forward max|Δ| dense ${w.timed_vs_untimed_max_abs_diff.dense}`
+      : `replica vs model max|Δ| dense ${w.max_abs_diff_vs_model?.dense}`;
     out.push(`Profile of the tower at ${w.input[2]}×${w.input[3]} (${w.tokens} tokens), ${p.model} / ${p.compute}: ` +
-      `wasm ${f(w.ops_ms_total)} ms, native ${f(p.native?.ops_ms_total)} ms; replica vs model max|Δ| dense ${w.max_abs_diff_vs_model?.dense}`);
+      `wasm ${f(w.ops_ms_total)} ms, native ${f(p.native?.ops_ms_total)} ms; ${check}`);
     out.push(table(['op', 'calls', 'wasm ms', 'share', 'wasm GFLOP/s', 'native ms', 'native GFLOP/s', 'wasm/native'],
       w.ops.map((o) => [o.op, o.calls, f(o.ms), `${f(100 * o.share)}%`, f(o.gflops_per_s), f(nat[o.op]?.ms), f(nat[o.op]?.gflops_per_s), x(ratio(o.ms, nat[o.op]?.ms))])));
   }

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Runs every test: native (model crate parity, loaders, tokenizer, pipeline, CLI processes, app state),
-# wasm32 in headless Chromium (wasm-bindgen-test), and the end-to-end page tests (playwright-core).
-# Installs whatever is missing first (scripts/setup.sh). Usage: scripts/test.sh
+# Runs every check: formatting and lints (rustfmt, clippy with warnings as errors, native and
+# wasm32), native tests (model crate parity, loaders, tokenizer, pipeline, CLI processes, app state,
+# the worker's scheduler), wasm32 in headless Chromium (wasm-bindgen-test), and the end-to-end page
+# tests (playwright-core). Installs whatever is missing first (scripts/setup.sh).
+# Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PWD/node_modules/.bin:$PATH"
 
 scripts/setup.sh all
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+start=$SECONDS
+elapsed() { printf '%dm%02ds' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)); }
+step() { printf '\n\033[1m== [%s] %s\033[0m\n' "$(elapsed)" "$*"; }
+
+step "formatting and lints (cargo fmt --check; cargo clippy -D warnings, native and wasm32)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The crates that build for the browser, as they are built there (with their wasm-only code).
+cargo clippy -p clipdino -p clipdino-web -p clipdino-bench-web --target wasm32-unknown-unknown \
+  --all-targets --locked -- -D warnings
 
 step "native tests (cargo test --workspace)"
 cargo test --workspace --locked
@@ -25,3 +36,5 @@ scripts/build-site.sh
 
 step "page tests (playwright-core + /usr/bin/chromium against dist/ on 127.0.0.1) and the SIMD check of the shipped wasm"
 node --test --test-concurrency=1 tests/page/ bench/simd.test.mjs
+
+step "all passed in $(elapsed)"

@@ -6,26 +6,18 @@ use wasm_bindgen::JsValue;
 use web_sys::File;
 use yew::prelude::*;
 
-use crate::hooks::use_worker::WorkerHandle;
-use crate::protocol::{Att, ImageInput, LocalFile, Request, WeightSet};
+use crate::bridge::WorkerHandle;
+use crate::protocol::{
+    Att, ImageInput, ImageRequest, KMeansRequest, LocalFile, Request, SegmentRequest, WeightSet,
+};
 use crate::samples::Sample;
 use crate::state::{Action, Area, Kind, Photo, PhotoSource, State};
+use crate::url::resolve;
 
 #[derive(Clone, PartialEq)]
 pub struct AppCtx {
     pub state: UseReducerHandle<State>,
     pub worker: WorkerHandle,
-}
-
-/// Resolve a site-relative URL against the page (works under any sub-path).
-pub fn resolve(rel: &str) -> String {
-    let base = web_sys::window()
-        .and_then(|w| w.document())
-        .and_then(|d| d.base_uri().ok().flatten())
-        .unwrap_or_default();
-    web_sys::Url::new_with_base(rel, &base)
-        .map(|u| u.href())
-        .unwrap_or_else(|_| rel.to_string())
 }
 
 /// What a dropped / picked / pasted file is, judged by type and name.
@@ -113,13 +105,13 @@ impl AppCtx {
             size: None,
         }));
         self.worker.send(
-            &Request::SetImage {
+            &Request::SetImage(ImageRequest {
                 id,
                 input: ImageInput::Url {
                     url: resolve(&sample.url()),
                 },
                 resolution: self.state.settings.resolution,
-            },
+            }),
             vec![],
         );
     }
@@ -139,7 +131,7 @@ impl AppCtx {
             size: None,
         }));
         self.worker.send(
-            &Request::SetImage {
+            &Request::SetImage(ImageRequest {
                 id,
                 input: ImageInput::File(LocalFile {
                     name,
@@ -147,7 +139,7 @@ impl AppCtx {
                     blob: Att(0),
                 }),
                 resolution: self.state.settings.resolution,
-            },
+            }),
             vec![file.into()],
         );
     }
@@ -192,7 +184,7 @@ impl AppCtx {
         let id = self.worker.next_id();
         self.dispatch(Action::Sent(Kind::Segment, id));
         self.worker.send(
-            &Request::Segment {
+            &Request::Segment(SegmentRequest {
                 id,
                 image: photo.id,
                 labels: s.label_texts(),
@@ -200,7 +192,7 @@ impl AppCtx {
                 mode: s.settings.mode,
                 resolution: s.settings.resolution,
                 templates: s.settings.templates,
-            },
+            }),
             vec![],
         );
         Some(id)
@@ -213,12 +205,12 @@ impl AppCtx {
         let id = self.worker.next_id();
         self.dispatch(Action::Sent(Kind::KMeans, id));
         self.worker.send(
-            &Request::KMeans {
+            &Request::KMeans(KMeansRequest {
                 id,
                 image: photo.id,
                 k: s.settings.k,
                 resolution: s.settings.resolution,
-            },
+            }),
             vec![],
         );
         Some(id)

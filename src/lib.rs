@@ -1,11 +1,14 @@
 //! The clipdino browser app: a Yew UI thread and one Web Worker that owns the model.
 //!
-//! * [`protocol`]: the message enums between them; [`transport`]: how they travel.
-//! * [`state`]: plain state, actions and reducer, share-link codec (unit-tested natively).
+//! * [`protocol`]: the message enums between them; [`transport`]: how they travel;
+//!   [`bridge`]: the worker as the UI thread sees it.
+//! * [`state`]: plain state, actions and reducer, share-link codec, weights-source rules
+//!   (unit-tested natively); [`url`]: URL helpers of UI and worker.
 //! * [`components`], [`hooks`], [`context`], [`canvas`]: the UI; it never does tensor math.
 //! * [`worker`]: weights download + Cache API, photo decoding, the model and its cached
-//!   image features.
+//!   image features; a pure scheduler decides what runs next (unit-tested natively).
 
+pub mod bridge;
 pub mod canvas;
 pub mod components;
 pub mod context;
@@ -15,6 +18,7 @@ pub mod protocol;
 pub mod samples;
 pub mod state;
 pub mod transport;
+pub mod url;
 pub mod worker;
 
 /// UI entry point (`src/bin/app.rs`).

@@ -16,64 +16,15 @@ pub type RequestId = u64;
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Att(pub usize);
 
-/// Segmentation head: CLIP-DINOiser refinement, or raw MaskCLIP features.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Mode {
-    #[default]
-    Dinoiser,
-    MaskClip,
-}
+// The option enums are the model crate's own (one definition each); they travel as their
+// lower-case names: `"dinoiser"` / `"maskclip"`, `"fast"` / `"balanced"` / `"paper"`,
+// `"fast"` / `"full"`.
+pub use clipdino::pipeline::{Mode, Preset};
+pub use clipdino::templates::TemplateSet;
 
-/// Processing resolution: the photo's short side in pixels; `Paper` also uses the paper's
-/// 448×448 sliding window with stride 224.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Resolution {
-    Fast,
-    #[default]
-    Balanced,
-    Paper,
-}
-
-impl Resolution {
-    pub const ALL: [Resolution; 3] = [Resolution::Fast, Resolution::Balanced, Resolution::Paper];
-
-    pub fn short_side(self) -> u32 {
-        match self {
-            Resolution::Fast => 224,
-            Resolution::Balanced => 336,
-            Resolution::Paper => 448,
-        }
-    }
-
-    /// Sliding window (side, stride) in pixels, or `None` for a single whole-image pass.
-    pub fn window(self) -> Option<(u32, u32)> {
-        match self {
-            Resolution::Paper => Some((448, 224)),
-            _ => None,
-        }
-    }
-
-    pub fn from_short_side(px: u32) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.short_side() == px)
-    }
-}
-
-/// Prompt templates averaged per label: the CLIP paper's 7 or the full 80 ImageNet ones.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Templates {
-    #[default]
-    Fast,
-    Full,
-}
-
-impl Templates {
-    pub fn count(self) -> usize {
-        match self {
-            Templates::Fast => 7,
-            Templates::Full => 80,
-        }
-    }
-}
+/// The processing resolutions the app offers: short side 224 or 336 in one pass, or the paper's
+/// 448 with 448×448 sliding windows (stride 224).
+pub const RESOLUTIONS: [Preset; 3] = [Preset::Fast, Preset::Balanced, Preset::Paper];
 
 /// A weight file on the web.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -126,43 +77,63 @@ pub enum Request {
     },
     /// Decode a photo (EXIF orientation applied, downscaled for processing) and encode it as
     /// soon as a model is loaded.
-    SetImage {
-        id: RequestId,
-        input: ImageInput,
-        resolution: Resolution,
-    },
-    /// Segment the image of request `image` with `labels`. Cheap when the image features for
-    /// (`image`, `resolution`) are cached: only new labels are embedded.
-    Segment {
-        id: RequestId,
-        image: RequestId,
-        labels: Vec<String>,
-        /// Index of the background label, if any (CLIP-DINOiser background rule).
-        background: Option<usize>,
-        mode: Mode,
-        resolution: Resolution,
-        templates: Templates,
-    },
-    /// Cluster the dense features of image `image` into `k` groups, raw and refined.
-    KMeans {
-        id: RequestId,
-        image: RequestId,
-        k: usize,
-        resolution: Resolution,
-    },
+    SetImage(ImageRequest),
+    /// Segment a decoded photo with labels. Cheap when its image features are cached: only
+    /// new labels are embedded.
+    Segment(SegmentRequest),
+    /// Cluster the dense features of a decoded photo, raw and refined.
+    KMeans(KMeansRequest),
     /// Stop the request with this id (a download stops at the next chunk).
     Cancel { id: RequestId },
+}
+
+// The payloads of the image-side requests are plain structs so that the worker keeps them as
+// they arrived (its scheduler stores the newest of each kind). On the wire a request is
+// `{"Segment": {"id": …, …}}`, exactly as when they were inline struct variants.
+
+/// See [`Request::SetImage`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ImageRequest {
+    pub id: RequestId,
+    pub input: ImageInput,
+    /// Encode at this resolution as soon as a model is there (what the next `Segment` most
+    /// likely asks for).
+    pub resolution: Preset,
+}
+
+/// See [`Request::Segment`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SegmentRequest {
+    pub id: RequestId,
+    /// The `SetImage` request of the photo.
+    pub image: RequestId,
+    pub labels: Vec<String>,
+    /// Index of the background label, if any (CLIP-DINOiser background rule).
+    pub background: Option<usize>,
+    pub mode: Mode,
+    pub resolution: Preset,
+    pub templates: TemplateSet,
+}
+
+/// See [`Request::KMeans`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct KMeansRequest {
+    pub id: RequestId,
+    /// The `SetImage` request of the photo.
+    pub image: RequestId,
+    /// Number of clusters.
+    pub k: usize,
+    pub resolution: Preset,
 }
 
 impl Request {
     pub fn id(&self) -> RequestId {
         match self {
-            Request::LoadUrls { id, .. }
-            | Request::LoadFiles { id, .. }
-            | Request::SetImage { id, .. }
-            | Request::Segment { id, .. }
-            | Request::KMeans { id, .. }
-            | Request::Cancel { id } => *id,
+            Request::LoadUrls { id, .. } | Request::LoadFiles { id, .. } => *id,
+            Request::SetImage(r) => r.id,
+            Request::Segment(r) => r.id,
+            Request::KMeans(r) => r.id,
+            Request::Cancel { id } => *id,
         }
     }
 }
@@ -187,6 +158,31 @@ pub enum Stage {
     /// Classifying patches, refining, upsampling.
     Segment,
     KMeans,
+}
+
+/// How far a request got.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Progress {
+    pub stage: Stage,
+    /// File or item being worked on, if any.
+    pub item: Option<String>,
+    pub done: u64,
+    pub total: Option<u64>,
+    /// A download is read from the browser cache, not the network.
+    pub from_cache: bool,
+}
+
+impl Progress {
+    /// Stage `stage` has begun (nothing counted yet).
+    pub fn started(stage: Stage) -> Self {
+        Self {
+            stage,
+            item: None,
+            done: 0,
+            total: None,
+            from_cache: false,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -224,12 +220,9 @@ pub enum Response {
     Ready,
     Progress {
         id: RequestId,
-        stage: Stage,
-        /// File or item being worked on, if any.
-        item: Option<String>,
-        done: u64,
-        total: Option<u64>,
-        from_cache: bool,
+        /// On the wire its fields sit beside `id`.
+        #[serde(flatten)]
+        progress: Progress,
     },
     /// The chosen weights are large and not cached: ask the user first.
     NeedsConfirmation {
@@ -251,7 +244,7 @@ pub enum Response {
     },
     ImageEncoded {
         id: RequestId,
-        resolution: Resolution,
+        resolution: Preset,
         /// Image encodes done by this worker so far (a cheap label edit must not change it).
         encodes: u64,
         grid: (usize, usize),
@@ -356,30 +349,30 @@ mod tests {
                     blob: Att(0),
                 }],
             },
-            Request::SetImage {
+            Request::SetImage(ImageRequest {
                 id: 3,
                 input: ImageInput::File(LocalFile {
                     name: "a.jpg".into(),
                     size: 9,
                     blob: Att(0),
                 }),
-                resolution: Resolution::Paper,
-            },
-            Request::Segment {
+                resolution: Preset::Paper,
+            }),
+            Request::Segment(SegmentRequest {
                 id: 4,
                 image: 3,
                 labels: vec!["cat".into(), "background".into()],
                 background: Some(1),
                 mode: Mode::MaskClip,
-                resolution: Resolution::Fast,
-                templates: Templates::Full,
-            },
-            Request::KMeans {
+                resolution: Preset::Fast,
+                templates: TemplateSet::Full,
+            }),
+            Request::KMeans(KMeansRequest {
                 id: 5,
                 image: 3,
                 k: 6,
-                resolution: Resolution::Balanced,
-            },
+                resolution: Preset::Balanced,
+            }),
             Request::Cancel { id: 1 },
         ];
         for (i, r) in reqs.iter().enumerate() {
@@ -387,6 +380,18 @@ mod tests {
             assert_eq!(&back, r);
             assert_eq!(back.id(), [1, 2, 3, 4, 5, 1][i]);
         }
+        // The wire text: payload structs travel like the struct variants they replaced; the
+        // option enums by the model crate's lower-case names (they were `"MaskClip"`, `"Fast"`,
+        // `"Full"` when the app had its own copies; UI and worker are always built together).
+        assert_eq!(
+            to_json(&reqs[3]),
+            r#"{"Segment":{"id":4,"image":3,"labels":["cat","background"],"background":1,"mode":"maskclip","resolution":"fast","templates":"full"}}"#
+        );
+        assert_eq!(
+            to_json(&reqs[4]),
+            r#"{"KMeans":{"id":5,"image":3,"k":6,"resolution":"balanced"}}"#
+        );
+        assert_eq!(to_json(&reqs[5]), r#"{"Cancel":{"id":1}}"#);
     }
 
     #[test]
@@ -413,9 +418,9 @@ mod tests {
 
     #[test]
     fn resolutions() {
-        assert_eq!(Resolution::from_short_side(448), Some(Resolution::Paper));
-        assert_eq!(Resolution::from_short_side(500), None);
-        assert_eq!(Resolution::Paper.window(), Some((448, 224)));
-        assert_eq!(Resolution::Fast.window(), None);
+        let sides: Vec<_> = RESOLUTIONS.iter().map(|r| r.short_side()).collect();
+        assert_eq!(sides, [Some(224), Some(336), Some(448)]);
+        let windows: Vec<_> = RESOLUTIONS.iter().map(|r| r.window().is_some()).collect();
+        assert_eq!(windows, [false, false, true]);
     }
 }

@@ -3,7 +3,7 @@
 use yew::prelude::*;
 
 use crate::context::AppCtx;
-use crate::state::{Action, Mode, Resolution, Templates};
+use crate::state::{Action, Mode, Preset, TemplateSet};
 
 fn choice<T: PartialEq + Copy + 'static>(
     ctx: &AppCtx,
@@ -41,14 +41,14 @@ pub fn SettingsPanel() -> Html {
             </div>
             <div class="setting" role="group" aria-label="Resolution" data-role="resolution">
                 <span class="name">{ "Resolution" }</span>
-                { choice(&ctx, st.resolution, Resolution::Fast, "Fast · 224", "Short side 224 px, one pass", false, Action::SetResolution) }
-                { choice(&ctx, st.resolution, Resolution::Balanced, "Balanced · 336", "Short side 336 px, one pass", false, Action::SetResolution) }
-                { choice(&ctx, st.resolution, Resolution::Paper, "Paper · 448", "Short side 448 px with 448 px sliding windows, stride 224 (the paper's protocol; slowest)", false, Action::SetResolution) }
+                { choice(&ctx, st.resolution, Preset::Fast, "Fast · 224", "Short side 224 px, one pass", false, Action::SetResolution) }
+                { choice(&ctx, st.resolution, Preset::Balanced, "Balanced · 336", "Short side 336 px, one pass", false, Action::SetResolution) }
+                { choice(&ctx, st.resolution, Preset::Paper, "Paper · 448", "Short side 448 px with 448 px sliding windows, stride 224 (the paper's protocol; slowest)", false, Action::SetResolution) }
             </div>
             <div class="setting" role="group" aria-label="Prompt templates" data-role="templates">
                 <span class="name">{ "Prompts" }</span>
-                { choice(&ctx, st.templates, Templates::Fast, "7 templates", "The CLIP paper's 7 prompt templates per label (fast)", false, Action::SetTemplates) }
-                { choice(&ctx, st.templates, Templates::Full, "80 templates", "All 80 ImageNet prompt templates per label (slower to embed, slightly better)", false, Action::SetTemplates) }
+                { choice(&ctx, st.templates, TemplateSet::Fast, "7 templates", "The CLIP paper's 7 prompt templates per label (fast)", false, Action::SetTemplates) }
+                { choice(&ctx, st.templates, TemplateSet::Full, "80 templates", "All 80 ImageNet prompt templates per label (slower to embed, slightly better)", false, Action::SetTemplates) }
             </div>
             if no_head { <p class="muted">{ "These weights have no CLIP-DINOiser head, so only raw MaskCLIP is available." }</p> }
         </section>

@@ -6,7 +6,7 @@ use yew::prelude::*;
 use crate::components::notice::Notice;
 use crate::context::AppCtx;
 use crate::hooks::use_file_picker;
-use crate::protocol::Stage;
+use crate::protocol::{Progress, Stage};
 use crate::state::{Action, Area, LoadPhase};
 
 pub fn mb(bytes: u64) -> String {
@@ -41,11 +41,14 @@ pub fn WeightsPanel() -> Html {
     let body = match &s.load {
         LoadPhase::Active {
             id,
-            stage,
-            item,
-            done,
-            total,
-            from_cache,
+            progress:
+                Progress {
+                    stage,
+                    item,
+                    done,
+                    total,
+                    from_cache,
+                },
         } => {
             let id = *id;
             let cancel = {

@@ -11,4 +11,4 @@ pub use use_file_picker::{use_file_picker, FilePicker};
 pub use use_fragment_sync::use_fragment_sync;
 pub use use_page_files::use_page_files;
 pub use use_request_driver::use_request_driver;
-pub use use_worker::{use_worker, WorkerHandle};
+pub use use_worker::use_worker;

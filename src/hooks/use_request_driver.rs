@@ -10,7 +10,7 @@ use gloo_timers::callback::Timeout;
 use yew::prelude::*;
 
 use crate::context::AppCtx;
-use crate::protocol::{Mode, Resolution, Templates};
+use crate::protocol::{Mode, Preset, TemplateSet};
 use crate::state::LoadPhase;
 
 /// Typing pause before a label change is sent.
@@ -23,8 +23,8 @@ struct SegmentKey {
     labels: Vec<String>,
     background: Option<usize>,
     mode: Mode,
-    resolution: Resolution,
-    templates: Templates,
+    resolution: Preset,
+    templates: TemplateSet,
 }
 
 #[derive(Clone, PartialEq)]
@@ -32,7 +32,7 @@ struct KMeansKey {
     model: u64,
     photo: Option<u64>,
     k: usize,
-    resolution: Resolution,
+    resolution: Preset,
 }
 
 #[hook]

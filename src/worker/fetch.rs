@@ -140,7 +140,7 @@ pub async fn head(url: &str) -> Reach {
                 Reach::Missing(format!(
                     "{} sent a web page instead of {}",
                     host_of(url),
-                    crate::state::file_name_of(url)
+                    crate::url::file_name_of(url)
                 ))
             } else {
                 Reach::Ok(content_length(&resp))
@@ -149,7 +149,7 @@ pub async fn head(url: &str) -> Reach {
         404 | 410 => Reach::Missing(format!(
             "{} has no {} ({})",
             host_of(url),
-            crate::state::file_name_of(url),
+            crate::url::file_name_of(url),
             status_text(&resp)
         )),
         // Some servers refuse HEAD; the GET will tell.
@@ -158,7 +158,7 @@ pub async fn head(url: &str) -> Reach {
             "{} answered {} for {}",
             host_of(url),
             status_text(&resp),
-            crate::state::file_name_of(url)
+            crate::url::file_name_of(url)
         )),
     }
 }
@@ -379,7 +379,7 @@ pub async fn get_blob(url: &str) -> Result<Blob, String> {
             "{} answered {} for {}.",
             host_of(url),
             status_text(&resp),
-            crate::state::file_name_of(url)
+            crate::url::file_name_of(url)
         ));
     }
     let p = resp.blob().map_err(|e| js_error_text(&e))?;

@@ -21,7 +21,7 @@ use web_sys::{Blob, Cache, WorkerGlobalScope};
 use clipdino::templates::TemplateSet;
 
 use super::fetch;
-use crate::protocol::Templates;
+use crate::url::percent_encode;
 
 /// Version of the computation behind the stored vectors. **Bump it whenever the text tower's
 /// output can change for the same weights, tokenizer, templates and compute path** — a
@@ -87,38 +87,18 @@ pub fn weights_fingerprint(files: &[(String, Vec<u8>)], tokenizer_hash: u64) -> 
     format!("{h:016x}-{total}")
 }
 
-pub fn template_set(t: Templates) -> TemplateSet {
-    match t {
-        Templates::Fast => TemplateSet::Fast,
-        Templates::Full => TemplateSet::Full,
-    }
-}
-
 /// The template set as a key part: its name and a hash of its texts, so that an edited
 /// template list misses on its own.
-fn templates_part(t: Templates) -> String {
-    let set = template_set(t);
+fn templates_part(set: TemplateSet) -> String {
     let text = set.templates().join("\n");
     format!("{}-{:016x}", set.name(), content_hash(text.as_bytes()))
 }
 
-/// Percent-encode everything but `A-Z a-z 0-9 - _ . ~` (injective, so distinct labels give
-/// distinct keys; case and inner spaces are kept as typed).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Cache key (an `https:` URL, as the Cache API requires; never fetched) of one label's
-/// embedding. The label sits in the query, where URL parsing keeps `.` and `..` as they are.
-pub fn entry_key(fingerprint: &str, version: u32, templates: Templates, label: &str) -> String {
+/// embedding. The label sits in the query, where URL parsing keeps `.` and `..` as they are;
+/// percent-encoding is injective, so distinct labels give distinct keys (case and inner spaces
+/// are kept as typed).
+pub fn entry_key(fingerprint: &str, version: u32, templates: TemplateSet, label: &str) -> String {
     format!(
         "https://clipdino.invalid/label-embedding/v{version}/{}/{}?label={}",
         percent_encode(fingerprint),
@@ -257,7 +237,7 @@ mod tests {
 
     #[test]
     fn keys_name_everything_the_vector_depends_on() {
-        let k = entry_key("abc-12", 1, Templates::Full, "cat");
+        let k = entry_key("abc-12", 1, TemplateSet::Full, "cat");
         assert!(
             k.starts_with("https://clipdino.invalid/label-embedding/v1/abc-12/full-"),
             "{k}"
@@ -265,21 +245,23 @@ mod tests {
         assert!(k.ends_with("?label=cat"), "{k}");
         let all = [
             k.clone(),
-            entry_key("abc-13", 1, Templates::Full, "cat"),
-            entry_key("abc-12", 2, Templates::Full, "cat"),
-            entry_key("abc-12", 1, Templates::Fast, "cat"),
-            entry_key("abc-12", 1, Templates::Full, "Cat"),
-            entry_key("abc-12", 1, Templates::Full, "cat "),
-            entry_key("abc-12", 1, Templates::Full, "c%61t"),
-            entry_key("abc-12", 1, Templates::Full, ".."),
-            entry_key("abc-12", 1, Templates::Full, "chat noir & blanc?#x"),
+            entry_key("abc-13", 1, TemplateSet::Full, "cat"),
+            entry_key("abc-12", 2, TemplateSet::Full, "cat"),
+            entry_key("abc-12", 1, TemplateSet::Fast, "cat"),
+            entry_key("abc-12", 1, TemplateSet::Full, "Cat"),
+            entry_key("abc-12", 1, TemplateSet::Full, "cat "),
+            entry_key("abc-12", 1, TemplateSet::Full, "c%61t"),
+            entry_key("abc-12", 1, TemplateSet::Full, ".."),
+            entry_key("abc-12", 1, TemplateSet::Full, "chat noir & blanc?#x"),
         ];
         for i in 0..all.len() {
             for j in 0..i {
                 assert_ne!(all[i], all[j]);
             }
         }
-        assert!(entry_key("f", 1, Templates::Full, "a/b ü&").ends_with("?label=a%2Fb%20%C3%BC%26"));
+        assert!(
+            entry_key("f", 1, TemplateSet::Full, "a/b ü&").ends_with("?label=a%2Fb%20%C3%BC%26")
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use clipdino::pipeline::{
 use clipdino::tokenizer::ClipTokenizer;
 use clipdino::{ComputePath, Stored, Vb};
 
-use crate::protocol::{Mode, ModelInfo, Resolution, Templates};
+use crate::protocol::{Mode, ModelInfo, Preset, TemplateSet};
 
 /// A segmentation as the UI draws it: one byte per pixel at the processing size.
 pub struct SegmentMaps {
@@ -45,7 +45,7 @@ pub struct Model {
     pub compute_path: String,
     tokenizer: ClipTokenizer,
     /// `(label, templates)` → L2-normalised embedding `[E]`, plus whether a prompt was cut.
-    embeddings: RefCell<HashMap<(String, Templates), (Tensor, bool)>>,
+    embeddings: RefCell<HashMap<(String, TemplateSet), (Tensor, bool)>>,
 }
 
 fn storage_summary(bundle: &Bundle) -> String {
@@ -116,7 +116,7 @@ impl Model {
     }
 
     /// Processing size and encoder options for a `w × h` photo (see [`plan`]).
-    pub fn plan(&self, res: Resolution, w: u32, h: u32) -> (u32, u32, EncodeOptions) {
+    pub fn plan(&self, res: Preset, w: u32, h: u32) -> (u32, u32, EncodeOptions) {
         plan(res, w, h, self.patch())
     }
 
@@ -141,7 +141,7 @@ impl Model {
     }
 
     /// A cached label embedding as plain numbers (for storing it), with its `cut` flag.
-    pub fn embedding(&self, label: &str, templates: Templates) -> Option<(Vec<f32>, bool)> {
+    pub fn embedding(&self, label: &str, templates: TemplateSet) -> Option<(Vec<f32>, bool)> {
         let cache = self.embeddings.borrow();
         let (t, cut) = cache.get(&(label.to_string(), templates))?;
         Some((t.to_vec1::<f32>().ok()?, *cut))
@@ -152,7 +152,7 @@ impl Model {
     pub fn insert_embedding(
         &self,
         label: &str,
-        templates: Templates,
+        templates: TemplateSet,
         values: Vec<f32>,
         cut: bool,
     ) -> Result<(), String> {
@@ -167,39 +167,34 @@ impl Model {
         Ok(())
     }
 
-    pub fn is_embedded(&self, label: &str, templates: Templates) -> bool {
+    pub fn is_embedded(&self, label: &str, templates: TemplateSet) -> bool {
         self.embeddings
             .borrow()
             .contains_key(&(label.to_string(), templates))
     }
 
     /// Embed one label (cached). Returns whether a prompt had to be cut to the context length.
-    pub fn embed(&self, label: &str, templates: Templates) -> Result<bool, String> {
+    pub fn embed(&self, label: &str, templates: TemplateSet) -> Result<bool, String> {
         let key = (label.to_string(), templates);
         if let Some((_, cut)) = self.embeddings.borrow().get(&key) {
             return Ok(*cut);
         }
-        let set = super::label_cache::template_set(templates);
-        let mut cut = false;
-        for prompt in set.apply(label) {
-            cut |= self
-                .tokenizer
-                .encode(&prompt)
-                .map_err(|e| e.to_string())?
-                .truncated;
-        }
-        let e = self
+        let (e, cut) = self
             .seg
             .clip
-            .embed_labels(&self.tokenizer, &[label.to_string()], set)
-            .and_then(|t| Ok(t.squeeze(0)?))
+            .embed_labels_checked(&self.tokenizer, &[label.to_string()], templates)
+            .and_then(|e| Ok((e.embeddings.squeeze(0)?, e.truncated[0])))
             .map_err(|e| format!("embedding “{label}”: {e}"))?;
         self.embeddings.borrow_mut().insert(key, (e, cut));
         Ok(cut)
     }
 
     /// Stack cached embeddings into `[L, E]` (every label must have been embedded).
-    pub fn label_matrix(&self, labels: &[String], templates: Templates) -> Result<Tensor, String> {
+    pub fn label_matrix(
+        &self,
+        labels: &[String],
+        templates: TemplateSet,
+    ) -> Result<Tensor, String> {
         let cache = self.embeddings.borrow();
         let rows: Vec<Tensor> = labels
             .iter()
@@ -285,10 +280,11 @@ impl Model {
 pub const MAX_LONG_SIDE: usize = 2688;
 
 /// Processing size `(width, height)` and encoder options for a `w × h` photo: the short side
-/// scaled to the resolution's (up or down), the long side capped at [`MAX_LONG_SIDE`]. A single
-/// pass that would still exceed the encoder's patch budget uses windows instead.
-pub fn plan(res: Resolution, w: u32, h: u32, patch: usize) -> (u32, u32, EncodeOptions) {
-    let short = res.short_side() as usize;
+/// scaled to the resolution's (up or down; kept for a full-resolution preset), the long side
+/// capped at [`MAX_LONG_SIDE`]. A single pass that would still exceed the encoder's patch budget
+/// uses windows instead.
+pub fn plan(res: Preset, w: u32, h: u32, patch: usize) -> (u32, u32, EncodeOptions) {
+    let short = res.short_side().unwrap_or(w.min(h).max(1) as usize);
     let (mut ph, mut pw) = pipeline::short_side_size(h.max(1) as usize, w.max(1) as usize, short);
     let long = ph.max(pw);
     if long > MAX_LONG_SIDE {
@@ -297,17 +293,11 @@ pub fn plan(res: Resolution, w: u32, h: u32, patch: usize) -> (u32, u32, EncodeO
         pw = ((pw as f64 * s).round() as usize).clamp(1, MAX_LONG_SIDE);
     }
     let p = patch.max(1);
-    let window = match res.window() {
-        Some((size, stride)) => Some(Window {
-            size: size as usize,
-            stride: stride as usize,
-        }),
-        None if ph.div_ceil(p) * pw.div_ceil(p) > clipdino::clip::MAX_PATCHES => Some(Window {
-            size: short,
-            stride: short / 2,
-        }),
-        None => None,
-    };
+    let too_many_patches = ph.div_ceil(p) * pw.div_ceil(p) > clipdino::clip::MAX_PATCHES;
+    let window = res.window().or(too_many_patches.then_some(Window {
+        size: short,
+        stride: short / 2,
+    }));
     // The photo arrives already resized: the encoder's own short-side resize is then a no-op.
     let opts = EncodeOptions {
         short_side: Some(ph.min(pw)),
@@ -369,7 +359,7 @@ mod tests {
 
     #[test]
     fn processing_sizes() {
-        let (w, h, o) = plan(Resolution::Balanced, 640, 427, 16);
+        let (w, h, o) = plan(Preset::Balanced, 640, 427, 16);
         assert_eq!((w, h), (504, 336));
         assert_eq!(
             o,
@@ -383,7 +373,7 @@ mod tests {
             (336, 504),
             "no second resize"
         );
-        let (w, h, o) = plan(Resolution::Paper, 427, 640, 16);
+        let (w, h, o) = plan(Preset::Paper, 427, 640, 16);
         assert_eq!((w, h), (448, 671));
         assert_eq!(
             o.window,
@@ -393,14 +383,14 @@ mod tests {
             })
         );
         // Small photos are scaled up to the short side.
-        assert_eq!(plan(Resolution::Fast, 48, 96, 16).0, 224);
+        assert_eq!(plan(Preset::Fast, 48, 96, 16).0, 224);
         // A 1 × 1000 strip stays bounded.
-        let (w, h, o) = plan(Resolution::Balanced, 1, 1000, 16);
+        let (w, h, o) = plan(Preset::Balanced, 1, 1000, 16);
         assert_eq!((w, h), (3, 2688));
         assert_eq!(o.short_side, Some(3));
         // An 8:1 panorama at 336 fits one pass; the patch budget holds everywhere.
         for (w, h) in [(2688, 336), (5000, 300), (300, 5000), (7, 3)] {
-            for r in Resolution::ALL {
+            for r in crate::protocol::RESOLUTIONS {
                 let (pw, ph, o) = plan(r, w, h, 16);
                 assert!(pw as usize <= MAX_LONG_SIDE && ph as usize <= MAX_LONG_SIDE);
                 if o.window.is_none() {

@@ -12,7 +12,7 @@ use wasm_bindgen_test::*;
 use web_sys::Blob;
 
 use super::{fetch, image, label_cache};
-use crate::protocol::Templates;
+use crate::protocol::TemplateSet;
 use crate::transport::{buffer_of, bytes_of, pack, unpack};
 
 wasm_bindgen_test_configure!(run_in_dedicated_worker);
@@ -130,7 +130,7 @@ async fn label_embeddings_are_stored_keyed_and_validated() {
         .expect("Cache API in a dedicated worker");
     let fp = label_cache::weights_fingerprint(&[("m.gguf".into(), vec![1, 2, 3])], 9);
     let values: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin() / 16.0).collect();
-    let key = entry_key(&fp, V, Templates::Full, "red cat");
+    let key = entry_key(&fp, V, TemplateSet::Full, "red cat");
     assert_eq!(
         label_cache::load(&cache, &key, 512).await,
         None,
@@ -151,10 +151,10 @@ async fn label_embeddings_are_stored_keyed_and_validated() {
     // Anything else in the key misses.
     let other_fp = label_cache::weights_fingerprint(&[("m.gguf".into(), vec![1, 2, 4])], 9);
     for k in [
-        entry_key(&other_fp, V, Templates::Full, "red cat"),
-        entry_key(&fp, V + 1, Templates::Full, "red cat"),
-        entry_key(&fp, V, Templates::Fast, "red cat"),
-        entry_key(&fp, V, Templates::Full, "red  cat"),
+        entry_key(&other_fp, V, TemplateSet::Full, "red cat"),
+        entry_key(&fp, V + 1, TemplateSet::Full, "red cat"),
+        entry_key(&fp, V, TemplateSet::Fast, "red cat"),
+        entry_key(&fp, V, TemplateSet::Full, "red  cat"),
     ] {
         assert_eq!(label_cache::load(&cache, &k, 512).await, None, "{k}");
     }
@@ -162,7 +162,7 @@ async fn label_embeddings_are_stored_keyed_and_validated() {
     assert_eq!(label_cache::load(&cache, &key, 768).await, None);
 
     // Corrupt entries are ignored: wrong length, truncated, non-finite.
-    let bad = entry_key(&fp, V, Templates::Full, "dog");
+    let bad = entry_key(&fp, V, TemplateSet::Full, "dog");
     label_cache::store(&cache, &bad, &values[..500], false)
         .await
         .unwrap();

@@ -8,26 +8,26 @@
 //! sample, plus the memory read-out after the step.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use clipdino::kmeans::{kmeans_tensor, KMeansOptions};
 use clipdino::loaders::{load_model_files, Bundle};
 use clipdino::pipeline::{
-    resize_bilinear, short_side_size, slide_windows, EncodeOptions, FeatureKind, ImageFeatures,
-    Mode, SegmentOptions, Segmenter, Window,
+    self, resize_bilinear, short_side_size, slide_windows, EncodeOptions, FeatureKind,
+    ImageFeatures, Mode, SegmentOptions, Segmenter,
 };
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
-use clipdino::{clip, ComputePath, Error, Result, Vb};
+use clipdino::{clip, ComputePath, Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::clock::{self, now_ms, timed};
-use crate::profile;
+use crate::stats::{repeat, summary, Runs};
+use crate::{kernels, profile};
 
-/// The ten labels of the label and segmentation steps (`clipdino bench` uses the same list);
-/// the last one is the background label of the CLIP-DINOiser rule.
+/// The ten labels of the label and segmentation steps; the last one is the background label of
+/// the CLIP-DINOiser rule.
 pub const LABELS10: [&str; 10] = [
     "person",
     "dog",
@@ -41,27 +41,9 @@ pub const LABELS10: [&str; 10] = [
     "background",
 ];
 
-/// How linear layers multiply: dequantized to f32 at load, with candle's quantized kernels, or
-/// with the integer kernel (`clipdino::intgemm`, what the app does).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Compute {
-    F32,
-    Quantized,
-    Int,
-}
-
-impl Compute {
-    fn path(self) -> ComputePath {
-        match self {
-            Compute::F32 => ComputePath::F32,
-            Compute::Quantized => ComputePath::Quantized,
-            Compute::Int => ComputePath::Int,
-        }
-    }
-}
-
-/// Image processing presets of the benchmark (the app's resolutions).
+/// Image inputs of the benchmark: the app's resolutions ([`pipeline::Preset`]) and one more, the
+/// 448 short side in one pass (the tower at the size the ONNX peer is also timed at). Named by
+/// the short side, as the results have always been.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Preset {
     /// Short side 224, one pass.
@@ -83,25 +65,13 @@ impl Preset {
 
     pub fn options(self) -> EncodeOptions {
         match self {
-            Preset::S224 => EncodeOptions {
-                short_side: Some(224),
-                window: None,
-            },
-            Preset::S336 => EncodeOptions {
-                short_side: Some(336),
-                window: None,
-            },
+            Preset::S224 => pipeline::Preset::Fast.options(),
+            Preset::S336 => pipeline::Preset::Balanced.options(),
             Preset::S448 => EncodeOptions {
-                short_side: Some(448),
                 window: None,
+                ..pipeline::Preset::Paper.options()
             },
-            Preset::Window448 => EncodeOptions {
-                short_side: Some(448),
-                window: Some(Window {
-                    size: 448,
-                    stride: 224,
-                }),
-            },
+            Preset::Window448 => pipeline::Preset::Paper.options(),
         }
     }
 
@@ -115,57 +85,17 @@ impl Preset {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Templates {
-    Fast,
-    Full,
-}
-
-impl Templates {
-    fn set(self) -> TemplateSet {
-        match self {
-            Templates::Fast => TemplateSet::Fast,
-            Templates::Full => TemplateSet::Full,
-        }
-    }
-}
-
-/// Timed repetitions of a step.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Runs {
-    pub runs: usize,
-    #[serde(default = "yes")]
-    pub warmup: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Runs {
-    pub fn new(runs: usize) -> Self {
-        Self { runs, warmup: true }
-    }
-    pub fn once() -> Self {
-        Self {
-            runs: 1,
-            warmup: false,
-        }
-    }
-}
-
 /// One benchmark step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Step {
-    /// Parse the given files (`load_model_files`) and build the model (`Vb` + `Segmenter::new`,
-    /// i.e. `Segmenter::from_bundle`). The files must have been added with [`Suite::add_file`];
+    /// Parse the given files (`load_model_files`) and build the model
+    /// (`Segmenter::from_bundle`). The files must have been added with [`Suite::add_file`];
     /// they are dropped afterwards, the last model built is kept for the following steps.
     Load {
         label: String,
         files: Vec<String>,
-        compute: Compute,
+        compute: ComputePath,
         #[serde(flatten)]
         runs: Runs,
     },
@@ -184,7 +114,7 @@ pub enum Step {
     /// `ClipModel::embed_labels` for the first `labels` of [`LABELS10`].
     Labels {
         labels: usize,
-        templates: Templates,
+        templates: TemplateSet,
         #[serde(flatten)]
         runs: Runs,
     },
@@ -208,7 +138,7 @@ pub enum Step {
         #[serde(flatten)]
         runs: Runs,
     },
-    /// An instrumented replica of the tower forward, timing every op (see [`profile`]).
+    /// The tower forward with the model's per-op timing hook on (see [`profile`]).
     Profile {
         preset: Preset,
         #[serde(flatten)]
@@ -220,6 +150,35 @@ pub enum Step {
         #[serde(flatten)]
         runs: Runs,
     },
+}
+
+impl Step {
+    /// A short description for progress lines and tables, e.g. `encode 448-window`.
+    pub fn title(&self) -> String {
+        match self {
+            Step::Load { label, compute, .. } => {
+                format!("load {label} ({})", compute_name(*compute))
+            }
+            Step::Encode { preset, .. } => format!("encode {}", preset.name()),
+            Step::Tower { preset, .. } => format!("tower {}", preset.name()),
+            Step::Labels {
+                labels, templates, ..
+            } => format!("labels {labels} × {templates}"),
+            Step::Head { preset, .. } => format!("head {}", preset.name()),
+            Step::Segment { preset, .. } => format!("segment {}", preset.name()),
+            Step::Kmeans { preset, k, .. } => format!("k-means {} k={k}", preset.name()),
+            Step::Profile { preset, .. } => format!("profile {}", preset.name()),
+            Step::Kernels { tokens, .. } => format!("kernels {tokens} tokens"),
+        }
+    }
+}
+
+/// The serialised name of a compute path (`f32`, `quantized`, `int`).
+pub fn compute_name(c: ComputePath) -> String {
+    serde_json::to_value(c)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Which plan to run.
@@ -252,7 +211,7 @@ pub mod files {
     }
 }
 
-fn load(label: &str, files: Vec<String>, compute: Compute, runs: Runs) -> Step {
+fn load(label: &str, files: Vec<String>, compute: ComputePath, runs: Runs) -> Step {
     Step::Load {
         label: label.to_string(),
         files,
@@ -276,7 +235,7 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             load(
                 "upstream safetensors + last.pt",
                 upstream,
-                Compute::F32,
+                ComputePath::F32,
                 Runs::once(),
             ),
             Step::Encode {
@@ -289,7 +248,7 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             },
             Step::Labels {
                 labels: 1,
-                templates: Templates::Fast,
+                templates: TemplateSet::Fast,
                 runs: Runs::once(),
             },
             Step::Segment {
@@ -318,7 +277,7 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             load(
                 "upstream safetensors + last.pt",
                 upstream,
-                Compute::F32,
+                ComputePath::F32,
                 Runs::once(),
             ),
             Step::Tower {
@@ -334,12 +293,12 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             load(
                 "gguf q4_0",
                 vec![files::gguf("q4_0")],
-                Compute::Int,
+                ComputePath::Int,
                 Runs::once(),
             ),
             Step::Labels {
                 labels: 10,
-                templates: Templates::Fast,
+                templates: TemplateSet::Fast,
                 runs: Runs::once(),
             },
             Step::Encode {
@@ -361,14 +320,14 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             v.push(load(
                 "upstream safetensors + last.pt",
                 upstream,
-                Compute::F32,
+                ComputePath::F32,
                 r,
             ));
             v.extend(tower_448(r, few));
             v.push(load(
                 "gguf q4_0",
                 vec![files::gguf("q4_0")],
-                Compute::Int,
+                ComputePath::Int,
                 r,
             ));
             v.extend(tower_448(r, few));
@@ -386,21 +345,26 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
                 v.push(load(
                     &format!("gguf {q}"),
                     vec![files::gguf(q)],
-                    Compute::Quantized,
+                    ComputePath::Quantized,
                     r,
                 ));
                 v.extend(tower_448(few, Runs::once()));
             }
             v.extend([
                 // f32 compute: every bundle dequantized at load (the app's path before ComputePath::Int)
-                load("gguf f32", vec![files::gguf("f32")], Compute::F32, r),
-                load("gguf f16", vec![files::gguf("f16")], Compute::F32, r),
-                load("gguf q8_0", vec![files::gguf("q8_0")], Compute::F32, r),
-                load("gguf q4_0", vec![files::gguf("q4_0")], Compute::F32, r),
+                load("gguf f32", vec![files::gguf("f32")], ComputePath::F32, r),
+                load("gguf f16", vec![files::gguf("f16")], ComputePath::F32, r),
+                load("gguf q8_0", vec![files::gguf("q8_0")], ComputePath::F32, r),
+                load("gguf q4_0", vec![files::gguf("q4_0")], ComputePath::F32, r),
                 // kept for the rest: the upstream files, so that the tower output can be compared
                 // with the ONNX peer built from the same safetensors (timing is that of any
                 // f32-compute model)
-                load("upstream safetensors + last.pt", upstream, Compute::F32, r),
+                load(
+                    "upstream safetensors + last.pt",
+                    upstream,
+                    ComputePath::F32,
+                    r,
+                ),
             ]);
             for p in Preset::ALL {
                 v.push(Step::Tower { preset: p, runs: r });
@@ -414,7 +378,7 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             v.push(load(
                 "gguf q4_0",
                 vec![files::gguf("q4_0")],
-                Compute::Int,
+                ComputePath::Int,
                 r,
             ));
             for p in Preset::ALL {
@@ -456,7 +420,7 @@ fn app_path_steps(v: &mut Vec<Step>, r: Runs, presets: &[Preset]) {
         v.push(Step::Encode { preset: p, runs: r });
     }
     for n in [1, 10] {
-        for t in [Templates::Fast, Templates::Full] {
+        for t in [TemplateSet::Fast, TemplateSet::Full] {
             v.push(Step::Labels {
                 labels: n,
                 templates: t,
@@ -475,45 +439,10 @@ fn app_path_steps(v: &mut Vec<Step>, r: Runs, presets: &[Preset]) {
     }
 }
 
-/// Median / min / max / samples of a list of milliseconds.
-pub fn summary(v: &[f64]) -> Value {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    let median = match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => s[n / 2],
-        _ => 0.5 * (s[n / 2 - 1] + s[n / 2]),
-    };
-    json!({
-        "median_ms": median,
-        "min_ms": s.first().copied(),
-        "max_ms": s.last().copied(),
-        "runs_ms": v,
-    })
-}
-
-/// Run `f` (warm-up + `runs`) and return the timed samples and the last result.
-fn repeat<T>(runs: Runs, mut f: impl FnMut() -> Result<T>) -> Result<(Vec<f64>, T)> {
-    if runs.warmup {
-        f()?;
-    }
-    let mut v = Vec::with_capacity(runs.runs);
-    let mut last = None;
-    for _ in 0..runs.runs.max(1) {
-        let (ms, out) = timed(&mut f)?;
-        v.push(ms);
-        last = Some(out);
-    }
-    let last = last.ok_or_else(|| Error::invalid("runs", "no run"))?;
-    Ok((v, last))
-}
-
 /// A loaded model and what it was loaded from.
 pub struct Loaded {
     pub label: String,
-    pub compute: Compute,
-    pub vb: Vb,
+    pub compute: ComputePath,
     pub seg: Segmenter,
 }
 
@@ -694,11 +623,11 @@ impl Suite {
                 let m = self.model()?;
                 let names: Vec<String> =
                     LABELS10[..*labels].iter().map(|s| s.to_string()).collect();
-                let set = templates.set();
+                let set = *templates;
                 let (v, emb) = repeat(*runs, || {
                     m.seg.clip.embed_labels(&self.tokenizer, &names, set)
                 })?;
-                if *labels == 10 && *templates == Templates::Fast {
+                if *labels == 10 && set == TemplateSet::Fast {
                     self.labels10 = Some(emb);
                 }
                 let mut r = summary(&v);
@@ -765,9 +694,9 @@ impl Suite {
             Step::Profile { preset, runs } => {
                 let m = self.model()?;
                 let x = self.tower_input(*preset, m.seg.clip_cfg.vision.patch_size)?;
-                profile::profile_tower(&m.vb, &m.seg, &x, *runs)
+                profile::profile_tower(&m.seg, &x, *runs)
             }
-            Step::Kernels { tokens, runs } => profile::kernels(*tokens, *runs),
+            Step::Kernels { tokens, runs } => kernels::kernels(*tokens, *runs),
         }
     }
 
@@ -775,7 +704,7 @@ impl Suite {
         &mut self,
         label: &str,
         names: &[String],
-        compute: Compute,
+        compute: ComputePath,
         runs: Runs,
     ) -> Result<Value> {
         let mut files = Vec::with_capacity(names.len());
@@ -800,13 +729,7 @@ impl Suite {
             if storage.is_null() {
                 storage = storage_summary(&bundle);
             }
-            let (b_ms, loaded) = timed(|| -> Result<(Vb, Segmenter)> {
-                // = Segmenter::from_bundle, keeping the Vb for the profile step
-                let Bundle { clip, head, store } = bundle;
-                let vb = Vb::new(Arc::new(store), Device::Cpu, compute.path());
-                let seg = Segmenter::new(&vb, &clip, head.as_ref())?;
-                Ok((vb, seg))
-            })?;
+            let (b_ms, loaded) = timed(|| Segmenter::from_bundle(bundle, &Device::Cpu, compute))?;
             if i >= usize::from(runs.warmup) {
                 parse.push(p_ms);
                 build.push(b_ms);
@@ -814,11 +737,10 @@ impl Suite {
             kept = Some(loaded);
         }
         drop(files);
-        let (vb, seg) = kept.ok_or_else(|| Error::invalid("runs", "no run"))?;
+        let seg = kept.ok_or_else(|| Error::invalid("runs", "no run"))?;
         self.model = Some(Loaded {
             label: label.to_string(),
             compute,
-            vb,
             seg,
         });
         let total: Vec<f64> = parse.iter().zip(&build).map(|(a, b)| a + b).collect();

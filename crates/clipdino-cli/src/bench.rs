@@ -1,292 +1,243 @@
-//! `clipdino bench`: median wall-clock time of each stage — model load, label encoding (1 and 10
-//! labels, 7 and 80 templates), image encoding, the DINOiser head alone, segmentation and
-//! K-Means at several image sizes. Without a model it generates random ViT-B/16 weights in
-//! memory (same shapes, so the same cost as the real weights).
+//! `clipdino bench`: the benchmark steps of `crates/clipdino-bench-web` — the very code the
+//! browser runs in `bench/` — natively, on the same photo and weight files: weight parsing,
+//! image encoding, the image tower alone, label embeddings (1 and 10 labels, 7 and 80 templates),
+//! the DINOiser head, segmentation for cached labels, K-Means, an op-level profile of the tower
+//! (the model's own forward pass with its timing hook on) and kernel micro-benchmarks. Each step
+//! reports the median of its timed runs after one warm-up run.
+//!
+//! Weight files the plan names and `--weights` does not hold are generated in memory: random
+//! ViT-B/16 weights with seed 0, what `clipdino random-weights --arch vit-b-16` and `clipdino
+//! convert` write (same shapes, so the same cost as the real weights).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use clipdino::kmeans::{self, KMeansOptions};
-use clipdino::loaders::{self, Bundle};
-use clipdino::pipeline::{EncodeOptions, FeatureKind, Mode, SegmentOptions};
-use clipdino::templates::TemplateSet;
-use clipdino::{clip, ClipConfig, HeadConfig};
+use clipdino::loaders::{self, Bundle, Quant};
+use clipdino_bench_web::suite::{self, files, PlanKind, Step, Suite};
 use image::RgbImage;
+use serde_json::{json, Value};
 
-use crate::engine::{Compute, Engine, ModelArgs};
-use crate::files;
+use crate::files as cli_files;
+use crate::photo as cli_photo;
 use crate::progress;
+use crate::random_weights::{arch_configs, head_checkpoint, Arch};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Square image sides to time, comma-separated.
-    #[arg(
-        long,
-        default_value = "224,336,448",
-        value_delimiter = ',',
-        value_name = "PX,.."
-    )]
-    sizes: Vec<usize>,
-    /// Timed runs per measurement (the median is reported), after one warm-up run.
+    /// Which steps: `compare` (f32 and integer compute side by side at 448×448, the app's path,
+    /// kernels), `smoke` (one quick run of each step), `profile`, `kernels`, `memory` or `full`
+    /// (everything, as in BENCHMARKS.md).
+    #[arg(long, default_value = "compare", value_parser = parse_plan, value_name = "PLAN")]
+    plan: PlanKind,
+    /// Timed runs per step (the median is reported), after one warm-up run.
     #[arg(long, default_value_t = 5, value_name = "N")]
     runs: usize,
-    /// Print JSON instead of a table.
+    /// Folder with the weight files the plan loads: `open_clip_model.safetensors`,
+    /// `open_clip_config.json`, `last.pt`, `clip-dinoiser-<quant>.gguf` (bench/run.sh writes
+    /// them). Missing ones are generated in memory from random ViT-B/16 weights.
+    #[arg(long, value_name = "DIR")]
+    weights: Option<PathBuf>,
+    /// The photo (default: a synthetic 640×427 image).
+    #[arg(long, value_name = "FILE", conflicts_with = "rgb")]
+    photo: Option<PathBuf>,
+    /// The photo as packed RGB bytes (`height · width · 3`), as bench/run.sh passes it to the
+    /// browser run too.
+    #[arg(long, value_name = "FILE", requires_all = ["width", "height"])]
+    rgb: Option<PathBuf>,
+    /// Width of the `--rgb` photo.
+    #[arg(long, value_name = "PX", requires = "rgb")]
+    width: Option<usize>,
+    /// Height of the `--rgb` photo.
+    #[arg(long, value_name = "PX", requires = "rgb")]
+    height: Option<usize>,
+    /// Write every result as one JSON document to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Print that JSON document instead of the table.
     #[arg(long)]
     json: bool,
+    /// Write each tower step's normalised input here as raw little-endian f32
+    /// (`tower_<H>x<W>.f32`, for the ONNX peer of bench/run.sh).
+    #[arg(long, value_name = "DIR")]
+    dump_inputs: Option<PathBuf>,
 }
 
-const LABELS10: [&str; 10] = [
-    "person",
-    "dog",
-    "cat",
-    "car",
-    "tree",
-    "sky",
-    "road",
-    "building",
-    "grass",
-    "background",
-];
-
-/// Median milliseconds of `runs` calls of `f` after one warm-up call.
-fn time_ms<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
-    f()?;
-    let mut v = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let t = Instant::now();
-        std::hint::black_box(f()?);
-        v.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Ok(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
+fn parse_plan(s: &str) -> std::result::Result<PlanKind, String> {
+    serde_json::from_value(json!(s)).map_err(|_| {
+        format!("`{s}` is not a plan (compare, smoke, profile, kernels, memory or full)")
     })
 }
 
 /// A deterministic, textured test image (smooth gradients plus stripes).
-fn test_image(side: usize) -> RgbImage {
-    RgbImage::from_fn(side as u32, side as u32, |x, y| {
-        let (x, y) = (x as f32 / side as f32, y as f32 / side as f32);
+fn test_image(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        let (x, y) = (x as f32 / w as f32, y as f32 / h as f32);
         let s = ((x * 23.0).sin() * (y * 17.0).cos() * 0.5 + 0.5) * 255.0;
         image::Rgb([(x * 255.0) as u8, (y * 255.0) as u8, s as u8])
     })
 }
 
-fn random_vit_b_16() -> Result<Bundle> {
-    let clip = ClipConfig::vit_b_16();
-    let head = HeadConfig::for_clip(&clip, 256);
-    let mut store = loaders::random_clip_store(&clip, 0);
-    store.merge(loaders::random_head_store(&head, 1), "dinoiser.");
-    Ok(Bundle {
-        clip,
-        head: Some(head),
-        store,
-    })
+fn photo(a: &BenchArgs) -> Result<(Vec<u8>, usize, usize)> {
+    if let (Some(p), Some(w), Some(h)) = (&a.rgb, a.width, a.height) {
+        return Ok((cli_files::read_input(p, "photo")?, w, h));
+    }
+    let img = match &a.photo {
+        Some(p) => cli_photo::load_image(p)?,
+        None => test_image(640, 427),
+    };
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    Ok((img.into_raw(), w, h))
 }
 
-struct SizeRow {
-    size: usize,
-    grid: usize,
-    encode_ms: f64,
-    head_ms: Option<f64>,
-    segment_ms: f64,
-    kmeans_ms: f64,
+/// Random ViT-B/16 weights (seed 0; the head with seed 1, as `random-weights` does) as the file
+/// `name` of the plan.
+fn generate(name: &str) -> Result<Vec<u8>> {
+    let (clip, head) = arch_configs(Arch::VitB16);
+    let sp = progress::spinner(format!("random ViT-B/16 weights: {name}"));
+    let bytes = match name {
+        files::SAFETENSORS => loaders::write_safetensors(&loaders::random_clip_store(&clip, 0))?,
+        files::CONFIG => clip.to_open_clip_json().into_bytes(),
+        files::HEAD => head_checkpoint(&loaders::random_head_store(&head, 1))?,
+        _ => {
+            let quant = name
+                .strip_prefix("clip-dinoiser-")
+                .and_then(|n| n.strip_suffix(".gguf"))
+                .and_then(|q| q.parse::<Quant>().ok())
+                .with_context(|| format!("the plan names {name}, which cannot be generated"))?;
+            let mut store = loaders::random_clip_store(&clip, 0);
+            store.merge(loaders::random_head_store(&head, 1), "dinoiser.");
+            let bundle = Bundle {
+                clip,
+                head: Some(head),
+                store,
+            };
+            loaders::write_gguf_bundle(&bundle, quant)?
+        }
+    };
+    sp.finish_and_clear();
+    Ok(bytes)
+}
+
+/// The weight file `name`: from `--weights`, or generated.
+fn weight_file(a: &BenchArgs, name: &str) -> Result<(Vec<u8>, bool)> {
+    if let Some(dir) = &a.weights {
+        let p = dir.join(name);
+        if p.exists() {
+            return Ok((cli_files::read_input(&p, "weights file")?, false));
+        }
+    }
+    Ok((generate(name)?, true))
+}
+
+/// Write the tower input of `step` (a `tower` step) to `dir`.
+fn dump_input(s: &Suite, step: &Step, dir: &std::path::Path) -> Result<()> {
+    let (Step::Tower { preset, .. }, Some(m)) = (step, &s.model) else {
+        return Ok(());
+    };
+    let x = s.tower_input(*preset, m.seg.clip_cfg.vision.patch_size)?;
+    let (_, _, h, w) = x.dims4()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+    cli_files::write_atomic(
+        &dir.join(format!("tower_{h}x{w}.f32")),
+        &bytes,
+        "tower input",
+    )
+}
+
+/// The median of a step's timed runs, when it has one.
+fn median(r: &Value) -> Option<f64> {
+    r["median_ms"].as_f64().filter(|m| m.is_finite())
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    if a.sizes.is_empty() || a.sizes.iter().any(|&s| s == 0 || s > 1024) {
-        bail!("--sizes must be image sides between 1 and 1024 px");
-    }
-    let (engine, weights, gen_s) = if a.model.given() {
-        (
-            Engine::load(&a.model)?,
-            a.model
-                .model
-                .clone()
-                .or(a.model.clip.clone())
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            None,
-        )
-    } else {
-        let sp = progress::spinner("random ViT-B/16 weights");
-        let t = Instant::now();
-        let bundle = random_vit_b_16()?;
-        let gen = t.elapsed().as_secs_f64();
-        let t0 = Instant::now();
-        let e = Engine::from_bundle(
-            bundle,
-            a.model.compute,
-            "random ViT-B/16 weights".into(),
-            t0,
-        )?;
-        sp.finish_and_clear();
-        (
-            e,
-            "random ViT-B/16 weights (in memory)".to_string(),
-            Some(gen),
-        )
-    };
-    let seg = &engine.segmenter;
-    let has_head = seg.has_head();
-    let total = 4 + a.sizes.len() as u64 * 4;
-    let pb = progress::bar(total, "benchmark");
-
-    // Label encoding.
-    let mut label_rows = Vec::new();
-    for n in [1usize, 10] {
-        for (set, name) in [(TemplateSet::Fast, "fast"), (TemplateSet::Full, "full")] {
-            let labels: Vec<String> = LABELS10[..n].iter().map(|s| s.to_string()).collect();
-            let ms = time_ms(a.runs, || engine.embed_labels(&labels, set))?;
-            label_rows.push((n, name, set.templates().len(), ms));
-            pb.inc(1);
+    if let Some(dir) = &a.weights {
+        if !dir.is_dir() {
+            bail!("--weights {}: no such folder", dir.display());
         }
     }
-    let labels10: Vec<String> = LABELS10.iter().map(|s| s.to_string()).collect();
-    let emb = engine.embed_labels(&labels10, TemplateSet::Fast)?;
-
-    let mut rows = Vec::new();
-    for &size in &a.sizes {
-        let img = test_image(size);
-        let opts = EncodeOptions {
-            short_side: Some(size),
-            window: None,
-        };
-        let encode_ms = time_ms(a.runs, || engine.encode(&img, &opts, false))?;
-        pb.inc(1);
-        let feats = engine.encode(&img, &opts, false)?.features;
-        let head_ms = match &seg.head {
-            Some(h) => {
-                let x = clip::preprocess(
-                    &files::image_to_tensor(&img)?,
-                    seg.clip_cfg.vision.patch_size,
-                )?;
-                let out = seg
-                    .clip
-                    .vision
-                    .forward(&x, seg.head_cfg.layer, &mut |_, _| {})?;
-                Some(time_ms(a.runs, || {
-                    Ok((h.refine(&out.dense, &out.inter)?, h.background(&out.inter)?))
-                })?)
-            }
-            None => None,
-        };
-        pb.inc(1);
-        let sopts = SegmentOptions {
-            mode: if has_head {
-                Mode::Dinoiser
-            } else {
-                Mode::MaskClip
-            },
-            background: Some(LABELS10.len() - 1),
-            output_size: None,
-        };
-        let segment_ms = time_ms(a.runs, || engine.segment(&feats, &emb, &sopts))?;
-        pb.inc(1);
-        let kind = if has_head {
-            FeatureKind::Refined
-        } else {
-            FeatureKind::Raw
-        };
-        let grid = feats.patch_grid(kind)?;
-        let kmeans_ms = time_ms(a.runs, || {
-            Ok(kmeans::kmeans_tensor(&grid, &KMeansOptions::new(8))?)
-        })?;
-        pb.inc(1);
-        rows.push(SizeRow {
-            size,
-            grid: size.div_ceil(seg.clip_cfg.vision.patch_size),
-            encode_ms,
-            head_ms,
-            segment_ms,
-            kmeans_ms,
-        });
+    if let Some(out) = &a.out {
+        cli_files::check_writable_file(out, "output file")?;
     }
-    pb.finish_and_clear();
-
-    let threads = candle_core::utils::get_num_threads();
+    let (rgb, width, height) = photo(&a)?;
+    let mut s = Suite::new(suite::photo_tensor(&rgb, width, height)?)?;
+    drop(rgb);
+    let steps = suite::plan(a.plan, a.runs);
+    let mut results: Vec<Value> = Vec::new();
+    let mut generated = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        if let Step::Load { files, .. } = step {
+            for f in files {
+                let (bytes, made) = weight_file(&a, f)?;
+                if made {
+                    generated.push(f.clone());
+                }
+                s.add_file(f.clone(), bytes);
+            }
+        }
+        if let Some(dir) = &a.dump_inputs {
+            dump_input(&s, step, dir)?;
+        }
+        let t = Instant::now();
+        let r = s
+            .run(step)
+            .with_context(|| format!("step {} of {} ({})", i + 1, steps.len(), step.title()))?;
+        progress::clear();
+        eprintln!(
+            "[native] {:>3}/{} {:<44} {:>10.1} ms{}",
+            i + 1,
+            steps.len(),
+            step.title(),
+            t.elapsed().as_secs_f64() * 1e3,
+            median(&r)
+                .map(|m| format!(" (median {m:.1} ms)"))
+                .unwrap_or_default()
+        );
+        results.push(r);
+    }
+    let doc = json!({
+        "target": "native",
+        "arch": std::env::consts::ARCH,
+        "candle_threads": candle_core::utils::get_num_threads(),
+        "rayon_num_threads_env": std::env::var("RAYON_NUM_THREADS").ok(),
+        "avx": candle_core::utils::with_avx(),
+        "runs": a.runs,
+        "plan": a.plan,
+        "generated_weights": generated,
+        "steps": results,
+    });
+    let text = serde_json::to_string_pretty(&doc)?;
+    if let Some(out) = &a.out {
+        cli_files::write_atomic(out, text.as_bytes(), "output file")?;
+    }
     if a.json {
-        let j = serde_json::json!({
-            "weights": weights,
-            "runs": a.runs,
-            "threads": threads,
-            "random_weights_seconds": gen_s,
-            "load_ms": engine.load_seconds * 1e3,
-            "encode_labels": label_rows.iter().map(|(n, set, t, ms)| serde_json::json!({
-                "labels": n, "templates": set, "prompts": n * t, "ms": ms,
-            })).collect::<Vec<_>>(),
-            "sizes": rows.iter().map(|r| serde_json::json!({
-                "size": r.size, "patches": r.grid * r.grid, "encode_image_ms": r.encode_ms,
-                "head_ms": r.head_ms, "segment_10_labels_ms": r.segment_ms, "kmeans_k8_ms": r.kmeans_ms,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        println!("{text}");
         return Ok(());
     }
-    println!("weights: {weights}");
+    let threads = candle_core::utils::get_num_threads();
     println!(
-        "median of {} runs, {} thread{}, compute {}",
+        "plan {}: median of {} run{} per step, {threads} thread{}{}",
+        json!(a.plan).as_str().unwrap_or_default(),
         a.runs,
-        threads,
+        if a.runs == 1 { "" } else { "s" },
         if threads == 1 { "" } else { "s" },
-        match a.model.compute {
-            Compute::F32 => "f32",
-            Compute::Quantized => "quantized",
-            Compute::Int => "int",
+        if generated.is_empty() {
+            String::new()
+        } else {
+            format!("; random ViT-B/16 weights for {}", generated.join(", "))
         }
     );
-    if let Some(g) = gen_s {
-        println!("random weights generated in {g:.2} s");
-    }
-    println!(
-        "load (weights → model): {:.0} ms",
-        engine.load_seconds * 1e3
-    );
-    println!();
-    let mut head = format!("{:<30}", "stage (ms)");
-    for r in &rows {
-        head += &format!("{:>10}", format!("{}px", r.size));
-    }
-    println!("{head}");
-    let line = |name: &str, f: &dyn Fn(&SizeRow) -> Option<f64>| {
-        let mut s = format!("{name:<30}");
-        for r in &rows {
-            s += &match f(r) {
-                Some(v) => format!("{v:>10.1}"),
-                None => format!("{:>10}", "-"),
-            };
-        }
-        println!("{s}");
-    };
-    let mut patches = format!("{:<30}", "patches");
-    for r in &rows {
-        patches += &format!("{:>10}", format!("{0}×{0}", r.grid));
-    }
-    println!("{patches}");
-    line("encode image (tower + head)", &|r| Some(r.encode_ms));
-    line("  DINOiser head alone", &|r| r.head_ms);
-    line("segment, 10 labels", &|r| Some(r.segment_ms));
-    line("k-means, k = 8", &|r| Some(r.kmeans_ms));
-    println!();
-    println!("{:<30}{:>10}", "encode labels (ms)", "");
-    for (n, set, t, ms) in &label_rows {
-        println!(
-            "{:<30}{ms:>10.1}",
-            format!(
-                "{n} label{}, {set} ({} prompts)",
-                if *n == 1 { "" } else { "s" },
-                n * t
-            )
-        );
+    println!("{:<48}{:>12}", "step", "median ms");
+    for (step, r) in steps.iter().zip(&results) {
+        // The kernel step reports a median per kernel (in the JSON), not one for the step.
+        let ms = median(r).map_or("-".to_string(), |m| format!("{m:.1}"));
+        println!("{:<48}{ms:>12}", step.title());
     }
     Ok(())
 }

@@ -5,12 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use clipdino::loaders::{self, human_bytes, Bundle, LoadBudget};
 use clipdino::pipeline::{
-    EncodeOptions, ImageFeatures, Mode, Progress, SegmentOptions, Segmentation, Segmenter, Window,
+    self, EncodeOptions, ImageFeatures, Mode, Progress, SegmentOptions, Segmentation, Segmenter,
+    Window,
 };
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
@@ -18,6 +19,7 @@ use clipdino::ComputePath;
 use image::RgbImage;
 
 use crate::files;
+use crate::photo;
 use crate::progress;
 
 /// Where the weights come from.
@@ -37,16 +39,10 @@ pub struct ModelArgs {
     pub head: Option<PathBuf>,
     /// Matrix multiplication: dequantize to f32 at load, keep candle's quantized kernels, or
     /// the integer kernel of the browser app (10-bit weights, 13-bit activations, exact sums).
-    #[arg(long, value_enum, default_value_t = Compute::F32)]
-    pub compute: Compute,
+    #[arg(long, value_enum, default_value_t = ComputePath::F32)]
+    pub compute: ComputePath,
     #[command(flatten)]
     pub budget: BudgetArgs,
-}
-
-impl ModelArgs {
-    pub fn given(&self) -> bool {
-        self.model.is_some() || self.clip.is_some()
-    }
 }
 
 /// The memory budget of loading the weight files (`clipdino::loaders::LoadBudget`).
@@ -72,36 +68,12 @@ impl BudgetArgs {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
-pub enum Compute {
-    #[default]
-    F32,
-    Quantized,
-    Int,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum ModeArg {
-    /// MaskCLIP features refined by the CLIP-DINOiser head (+ background rule).
-    Dinoiser,
-    /// Raw MaskCLIP dense features.
-    Maskclip,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum TemplatesArg {
-    /// The 80 ImageNet prompt templates.
-    Full,
-    /// The CLIP paper's 7-template subset.
-    Fast,
-}
-
 /// How the image is processed (shared by `segment` and `eval`).
 #[derive(Args, Clone)]
 pub struct PipelineArgs {
     /// Features: CLIP-DINOiser (needs the head) or raw MaskCLIP.
-    #[arg(long, value_enum, default_value_t = ModeArg::Dinoiser)]
-    pub mode: ModeArg,
+    #[arg(long, value_enum, default_value_t = Mode::Dinoiser)]
+    pub mode: Mode,
     /// Resize the image so its short side has this many pixels (aspect kept).
     #[arg(long, default_value_t = 448, value_name = "PX")]
     pub short_side: usize,
@@ -120,8 +92,8 @@ pub struct PipelineArgs {
     #[arg(long)]
     pub full_res: bool,
     /// Prompt templates averaged per label.
-    #[arg(long, value_enum, default_value_t = TemplatesArg::Full)]
-    pub templates: TemplatesArg,
+    #[arg(long, value_enum, default_value_t = TemplateSet::Full)]
+    pub templates: TemplateSet,
 }
 
 /// Encode + segment options resolved against a loaded model.
@@ -132,13 +104,6 @@ pub struct RunOptions {
 }
 
 impl PipelineArgs {
-    pub fn templates(&self) -> TemplateSet {
-        match self.templates {
-            TemplatesArg::Full => TemplateSet::Full,
-            TemplatesArg::Fast => TemplateSet::Fast,
-        }
-    }
-
     pub fn encode_options(&self) -> Result<EncodeOptions> {
         if self.full_res {
             return Ok(EncodeOptions {
@@ -166,10 +131,7 @@ impl PipelineArgs {
 
     /// Check the options against the model: DINOiser mode needs the head.
     pub fn options(&self, engine: &Engine, background: Option<usize>) -> Result<RunOptions> {
-        let mode = match self.mode {
-            ModeArg::Dinoiser => Mode::Dinoiser,
-            ModeArg::Maskclip => Mode::MaskClip,
-        };
+        let mode = self.mode;
         if mode == Mode::Dinoiser && !engine.segmenter.has_head() {
             bail!(
                 "{} has no CLIP-DINOiser head: pass --head last.pt (or convert with it), or use --mode maskclip",
@@ -226,6 +188,16 @@ pub fn read_model_inputs(
     Ok(out)
 }
 
+/// The pipeline's error, with what to change on the command line when the image does not fit.
+fn plan_words(e: clipdino::Error) -> anyhow::Error {
+    match e {
+        clipdino::Error::GridTooLarge { .. } => {
+            anyhow!("{e}; use a smaller --short-side, or --window instead of --full-res")
+        }
+        e => anyhow!(e),
+    }
+}
+
 /// A loaded model: the segmenter, the tokenizer, and how long loading took.
 pub struct Engine {
     pub segmenter: Segmenter,
@@ -267,16 +239,11 @@ impl Engine {
 
     pub fn from_bundle(
         bundle: Bundle,
-        compute: Compute,
+        compute: ComputePath,
         source: String,
         t0: Instant,
     ) -> Result<Self> {
-        let path = match compute {
-            Compute::F32 => ComputePath::F32,
-            Compute::Quantized => ComputePath::Quantized,
-            Compute::Int => ComputePath::Int,
-        };
-        let segmenter = Segmenter::from_bundle(bundle, &Device::Cpu, path)?;
+        let segmenter = Segmenter::from_bundle(bundle, &Device::Cpu, compute)?;
         let tokenizer = ClipTokenizer::embedded()?;
         Ok(Self {
             segmenter,
@@ -286,35 +253,34 @@ impl Engine {
         })
     }
 
-    /// L2-normalised label embeddings `[L, E]` (`ClipModel::embed_labels`). The prompts are
-    /// tokenised here first to check them against the model's vocabulary and to warn about labels
-    /// whose prompts exceed the 77-token context (the tokenizer truncates them).
+    /// L2-normalised label embeddings `[L, E]` (`ClipModel::embed_labels_checked`), with a
+    /// warning for every label whose prompts exceed the 77-token context (they are truncated).
     pub fn embed_labels(&self, labels: &[String], set: TemplateSet) -> Result<Tensor> {
-        let vocab = self.segmenter.clip_cfg.text.vocab_size;
-        for label in labels {
-            let mut truncated = false;
-            for prompt in set.apply(label) {
-                let enc = self.tokenizer.encode(&prompt)?;
-                if let Some(&bad) = enc.ids.iter().find(|&&id| id as usize >= vocab) {
-                    bail!(
-                        "{}: the text tower's vocabulary has {vocab} tokens, but the CLIP tokenizer gives token id {bad} for \"{label}\"; these weights cannot encode text labels",
-                        self.source
-                    );
-                }
-                truncated |= enc.truncated;
-            }
-            if truncated {
-                let short: String = label.chars().take(40).collect();
-                let ell = if short.len() < label.len() { "…" } else { "" };
-                progress::warn(format!(
-                    "label \"{short}{ell}\" is longer than the 77-token context in its prompts; it was truncated"
-                ));
-            }
-        }
-        Ok(self
+        let e = self
             .segmenter
             .clip
-            .embed_labels(&self.tokenizer, labels, set)?)
+            .embed_labels_checked(&self.tokenizer, labels, set)
+            .with_context(|| self.source.clone())?;
+        for (label, _) in labels.iter().zip(&e.truncated).filter(|(_, &cut)| cut) {
+            let short: String = label.chars().take(40).collect();
+            let ell = if short.len() < label.len() { "…" } else { "" };
+            progress::warn(format!(
+                "label \"{short}{ell}\" is longer than the 77-token context in its prompts; it was truncated"
+            ));
+        }
+        Ok(e.embeddings)
+    }
+
+    /// What encoding `img` with `opts` will do, checked against the pipeline's limits from the
+    /// sizes alone (cheap; call it before slow work such as label embedding).
+    pub fn plan(&self, img: &RgbImage, opts: &EncodeOptions) -> Result<pipeline::Plan> {
+        pipeline::plan(
+            img.height() as usize,
+            img.width() as usize,
+            opts,
+            self.segmenter.clip_cfg.vision.patch_size,
+        )
+        .map_err(plan_words)
     }
 
     /// Encode an image (expensive); `keep_inter` also returns the head's input features.
@@ -325,8 +291,10 @@ impl Engine {
         keep_inter: bool,
     ) -> Result<Encoded> {
         let t0 = Instant::now();
-        let x = files::image_to_tensor(img)?;
         let seg = &self.segmenter;
+        // Sizes and limits before the image becomes a tensor or is resized.
+        self.plan(img, opts)?;
+        let x = photo::image_to_tensor(img)?;
         let blocks = seg.clip_cfg.vision.layers as u64;
         let pb = progress::bar(blocks, "encoding image");
         let features = seg.encode_image(&x, opts, &mut |p: Progress| {
@@ -337,12 +305,7 @@ impl Engine {
             pb.set_position((p.window * p.blocks + p.block) as u64);
         });
         pb.finish_and_clear();
-        let features = features.map_err(|e| match e {
-            clipdino::Error::GridTooLarge { .. } => {
-                anyhow!("{e}; use a smaller --short-side, or --window instead of --full-res")
-            }
-            e => anyhow!(e),
-        })?;
+        let features = features.map_err(plan_words)?;
         let inter = keep_inter.then(|| {
             features
                 .windows

@@ -12,6 +12,7 @@ use clipdino::metrics::ConfusionMatrix;
 use crate::engine::{Engine, ModelArgs, PipelineArgs};
 use crate::files::{self, LabelMap};
 use crate::labels;
+use crate::photo;
 use crate::progress;
 
 #[derive(Args)]
@@ -167,10 +168,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 .collect::<Result<_>>()?;
             let engine = Engine::load(&a.model)?;
             let opts = a.pipeline.options(&engine, background)?;
-            let label_emb = engine.embed_labels(&classes, a.pipeline.templates())?;
+            let label_emb = engine.embed_labels(&classes, a.pipeline.templates)?;
             let pb = progress::bar(pairs.len() as u64, "evaluating");
             for (img_path, m) in &pairs {
-                let img = files::load_image(img_path)?;
+                let img = photo::load_image(img_path)?;
                 let gt = files::read_label_png(m)?;
                 let seg = engine.segment_image(&img, &label_emb, &opts, false)?;
                 let pred = LabelMap {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use candle_core::Device;
 use clap::{Args, ValueEnum};
-use clipdino::{loaders, ClipConfig, HeadConfig, TensorStore, TextConfig, VisionConfig};
+use clipdino::{loaders, ClipConfig, HeadConfig, TensorStore};
 
 use crate::files::OutputDir;
 use crate::progress;
@@ -33,31 +33,6 @@ pub struct RandomWeightsArgs {
     out: PathBuf,
 }
 
-/// The tiny test architecture: the shapes of `tests/fixtures/tiny` (embed 32, vision width 64 with
-/// 2 heads and 4 blocks, text width 64 with 2 heads and 2 blocks) but the full 49 408-token
-/// vocabulary, so that real labels can be tokenised.
-pub fn tiny_config() -> ClipConfig {
-    ClipConfig {
-        embed_dim: 32,
-        vision: VisionConfig {
-            width: 64,
-            layers: 4,
-            heads: 2,
-            patch_size: 16,
-            image_size: 224,
-            mlp_dim: 256,
-        },
-        text: TextConfig {
-            width: 64,
-            layers: 2,
-            heads: 2,
-            context_length: 77,
-            vocab_size: 49408,
-            mlp_dim: 256,
-        },
-    }
-}
-
 /// Config and head config of an architecture (ViT-B/16's head projects to 256 channels).
 pub fn arch_configs(arch: Arch) -> (ClipConfig, HeadConfig) {
     match arch {
@@ -67,7 +42,7 @@ pub fn arch_configs(arch: Arch) -> (ClipConfig, HeadConfig) {
             (c, h)
         }
         Arch::Tiny => {
-            let c = tiny_config();
+            let c = ClipConfig::tiny();
             let h = HeadConfig::for_clip(&c, 32);
             (c, h)
         }
@@ -88,6 +63,15 @@ fn entries(store: &TensorStore) -> Result<Vec<(String, candle_core::Tensor)>> {
         .collect()
 }
 
+/// A CLIP-DINOiser checkpoint (`last.pt`: the head's tensors under `model_state_dict`).
+pub fn head_checkpoint(head: &TensorStore) -> Result<Vec<u8>> {
+    Ok(loaders::write_torch_pickle(
+        &entries(head)?,
+        Some("model_state_dict"),
+        &[("epoch", 0)],
+    )?)
+}
+
 pub fn run(a: RandomWeightsArgs) -> Result<()> {
     let out = OutputDir::prepare(&a.out, "output folder")?;
     let res = (|| -> Result<Vec<(&'static str, Vec<u8>)>> {
@@ -101,11 +85,7 @@ pub fn run(a: RandomWeightsArgs) -> Result<()> {
         pb.inc(1);
         let bin = loaders::write_torch_pickle(&clip_entries, None, &[])?;
         pb.inc(1);
-        let last_pt = loaders::write_torch_pickle(
-            &entries(&head)?,
-            Some("model_state_dict"),
-            &[("epoch", 0)],
-        )?;
+        let last_pt = head_checkpoint(&head)?;
         pb.inc(1);
         let json = cfg.to_open_clip_json().into_bytes();
         pb.finish_and_clear();

@@ -240,6 +240,32 @@ impl ClipConfig {
         }
     }
 
+    /// A tiny ViT for tests and benchmarks of the code paths (not of the speed): the shapes of
+    /// `tests/fixtures/tiny` (embed 32; vision width 64, 2 heads, 4 blocks, patch 16; text width
+    /// 64, 2 heads, 2 blocks) but the full 49 408-token CLIP vocabulary, so that real labels can
+    /// be tokenised.
+    pub fn tiny() -> Self {
+        Self {
+            embed_dim: 32,
+            vision: VisionConfig {
+                width: 64,
+                layers: 4,
+                heads: 2,
+                patch_size: 16,
+                image_size: 224,
+                mlp_dim: 256,
+            },
+            text: TextConfig {
+                width: 64,
+                layers: 2,
+                heads: 2,
+                context_length: 77,
+                vocab_size: 49408,
+                mlp_dim: 256,
+            },
+        }
+    }
+
     /// Parse an `open_clip_config.json` (hub layout `{"model_cfg": {...}}` or a bare model config).
     pub fn from_open_clip_json(json: &str) -> Result<Self> {
         if json.len() > MAX_CONFIG_JSON_BYTES {
@@ -489,6 +515,9 @@ impl ClipConfig {
     }
 }
 
-/// CLIP normalisation constants (open_clip `OPENAI_DATASET_MEAN` / `OPENAI_DATASET_STD`).
+/// CLIP normalisation constants (open_clip `OPENAI_DATASET_MEAN` / `OPENAI_DATASET_STD`), with
+/// upstream's digits.
+#[allow(clippy::excessive_precision)]
 pub const IMAGE_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const IMAGE_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];

@@ -8,7 +8,7 @@
 //!
 //! Both operands are held as i16 so that wasm's `i32x4.dot_i16x8_s` (8 multiply-adds per
 //! instruction, `pmaddwd` on x86) does the work, in a 4 × 2 register tile: 8 i32x4 accumulators
-//! + 3 operand vectors fit in the 16 SIMD registers the browser's JIT gives wasm code. With
+//! and 3 operand vectors fit in the 16 SIMD registers the browser's JIT gives wasm code. With
 //! 128-bit SIMD and no fused multiply-add in wasm this runs ≈ 2× faster than candle's f32 gemm
 //! (BENCHMARKS.md). The extra bits over int8 (8-bit both sides, what onnxruntime's dynamic
 //! quantization does) cost nothing, because the i16 lanes are there anyway, and cut the error

@@ -18,6 +18,7 @@ pub mod overlay;
 pub mod pipeline;
 mod rng;
 pub mod templates;
+pub mod timing;
 pub mod tokenizer;
 pub mod weights;
 

@@ -25,7 +25,14 @@ pub const MAX_IMAGE_SIDE: u64 = 16_384;
 pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
 /// Largest patch grid (h·w) the image tower accepts in one pass: 64×64 patches, e.g.
 /// 1024×1024 px at patch 16. Attention memory grows with its square.
+///
+/// The patch counts of a photo are checked from its size alone by [`crate::pipeline::plan`]
+/// (one pass and all windows), before anything is resized.
 pub const MAX_PATCHES: usize = 4096;
+/// Most patches one image may send through the tower, summed over its windows (16 single
+/// passes: about 16.8 MP of windows at patch 16, ≈ 0.5 GB of cached features at ViT-B/16
+/// widths). Bounds the work and memory of a sliding-window run on a very elongated image.
+pub const MAX_TOTAL_PATCHES: usize = 16 * MAX_PATCHES;
 
 /// Two labels that give the same text embedding, by their 0-based positions.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,10 +10,14 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::Error;
 
-/// Which prompt templates to average per label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// Which prompt templates to average per label. Serialised (JSON, clap) as `full` / `fast`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum TemplateSet {
     /// The 80 ImageNet templates of the CLIP paper (`OPENAI_IMAGENET_TEMPLATES`).
     #[default]

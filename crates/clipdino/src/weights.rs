@@ -166,8 +166,11 @@ impl TensorStore {
     }
 }
 
-/// How linear-layer weights are used at compute time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How linear-layer weights are used at compute time. Serialised (JSON, clap) as `f32` /
+/// `quantized` / `int`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ComputePath {
     /// Dequantize everything to f32 at load (fastest matmul on wasm today, most memory).
     #[default]

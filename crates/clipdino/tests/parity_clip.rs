@@ -420,3 +420,39 @@ fn full_size_vit_b16_random_weights() {
         assert!(d <= 1e-5, "label `{label}`: max |Δ| {d:e}");
     }
 }
+
+/// The one "embed labels and say which were cut" step the CLI and the app share: a label whose
+/// prompts exceed the 77-token context is flagged (and still embedded, as `embed_labels` does),
+/// and weights whose text tower cannot hold the tokenizer's ids are refused with the label named.
+#[test]
+fn embed_labels_checked_flags_truncation_and_foreign_vocabularies() {
+    let cfg = ClipConfig::tiny();
+    let m = model(random_clip_store(&cfg, 3), &cfg, ComputePath::F32);
+    let tok = ClipTokenizer::embedded().unwrap();
+    let long = vec!["very"; 90].join(" ");
+    let labels: Vec<String> = vec!["cat".into(), long, "sofa".into()];
+    for set in TemplateSet::ALL {
+        let got = m.embed_labels_checked(&tok, &labels, set).unwrap();
+        assert_eq!(got.truncated, [false, true, false], "{set}");
+        let plain = m.embed_labels(&tok, &labels, set).unwrap();
+        assert_eq!(max_abs_diff(&got.embeddings, &plain), 0.0);
+        assert_eq!(got.embeddings.dims(), &[3, cfg.embed_dim]);
+    }
+    let none = m
+        .embed_labels_checked(&tok, &[], TemplateSet::Fast)
+        .unwrap();
+    assert_eq!(none.embeddings.dims(), &[0, cfg.embed_dim]);
+    assert!(none.truncated.is_empty());
+
+    let mut small = ClipConfig::tiny();
+    small.text.vocab_size = 1000;
+    let m = model(random_clip_store(&small, 3), &small, ComputePath::F32);
+    let e = m
+        .embed_labels_checked(&tok, &["cat".into()], TemplateSet::Fast)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("vocabulary has 1000 tokens") && e.contains("“cat”"),
+        "{e}"
+    );
+}

@@ -14,6 +14,7 @@ use candle_core::{Module, Tensor, D};
 use super::fastmath;
 use crate::error::{Error, Result};
 use crate::linear::Linear;
+use crate::timing::{matmul_flops, op, op_flops};
 use crate::weights::Vb;
 
 /// Largest attention score matrix computed at once, in elements (64 MiB of f32).
@@ -42,12 +43,14 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let n = x.dim(D::Minus1)? as f64;
-        let x = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / n)?)?;
-        let var = (x.sqr()?.sum_keepdim(D::Minus1)? / n)?;
-        x.broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        op("layernorm", || {
+            let n = x.dim(D::Minus1)? as f64;
+            let x = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / n)?)?;
+            let var = (x.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+            x.broadcast_div(&(var + self.eps)?.sqrt()?)?
+                .broadcast_mul(&self.weight)?
+                .broadcast_add(&self.bias)
+        })
     }
 }
 
@@ -69,9 +72,12 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = op_flops("matmul mlp.c_fc", matmul_flops(x), || self.c_fc.forward(x))?;
         // c_fc's output is a fresh tensor: the GELU overwrites it.
-        self.c_proj
-            .forward(&fastmath::gelu_(self.c_fc.forward(x)?)?)
+        let h = op("gelu (erf)", || fastmath::gelu_(h))?;
+        op_flops("matmul mlp.c_proj", matmul_flops(&h), || {
+            self.c_proj.forward(&h)
+        })
     }
 }
 
@@ -113,11 +119,17 @@ impl MultiheadAttention {
 
     /// `[B, T, w]` → `[B, T, 3w]`: q, k and v (in that order along the last dim).
     pub fn qkv(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.in_proj.forward(x)?)
+        Ok(op_flops(
+            "matmul attn.in_proj (qkv)",
+            matmul_flops(x),
+            || self.in_proj.forward(x),
+        )?)
     }
 
     pub fn out_proj(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.out_proj.forward(x)?)
+        Ok(op_flops("matmul attn.out_proj", matmul_flops(x), || {
+            self.out_proj.forward(x)
+        })?)
     }
 
     /// Split `[B, T, 3w]` into per-head `q, k, v`, each `[B·heads, T, head_dim]` and contiguous,
@@ -125,11 +137,12 @@ impl MultiheadAttention {
     pub(crate) fn split_heads(&self, qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = qkv.dims3()?;
         let d = self.width / self.heads;
-        let qkv = qkv
-            .reshape((b, t, 3, self.heads, d))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?
-            .reshape((3, b * self.heads, t, d))?;
+        let qkv = op("attention split heads (copy)", || {
+            qkv.reshape((b, t, 3, self.heads, d))?
+                .permute((2, 0, 3, 1, 4))?
+                .contiguous()?
+                .reshape((3, b * self.heads, t, d))
+        })?;
         Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
     }
 
@@ -153,10 +166,10 @@ impl MultiheadAttention {
         let q = if n_query == t {
             q
         } else {
-            q.narrow(1, 0, n_query)?.contiguous()?
+            op("slicing", || q.narrow(1, 0, n_query)?.contiguous())?
         };
         // torch scales q by 1/√d before q·kᵀ.
-        let q = (q * (1.0 / (d as f64).sqrt()))?;
+        let q = op("attention q scale", || q * (1.0 / (d as f64).sqrt()))?;
         // Heads are processed in groups so that the score matrix stays under `budget` elements
         // (large images: 4097² scores per head).
         let bh = b * self.heads;
@@ -169,24 +182,30 @@ impl MultiheadAttention {
                 k.narrow(0, start, g)?,
                 v.narrow(0, start, g)?,
             );
-            let scores = q.matmul(&k.t()?)?;
+            let scores = op_flops("attention q·kᵀ", matmul_flops(&q), || q.matmul(&k.t()?))?;
             let scores = match mask {
                 Some(m) => scores.broadcast_add(m)?,
                 None => scores,
             };
             // `scores` is a fresh tensor: the softmax overwrites it.
-            outs.push(fastmath::softmax_last_dim_(scores)?.matmul(&v)?);
+            let probs = op("attention softmax", || fastmath::softmax_last_dim_(scores))?;
+            outs.push(op_flops(
+                "attention probs·v",
+                matmul_flops(&probs),
+                || probs.matmul(&v),
+            )?);
         }
         let out = if outs.len() == 1 {
             outs.remove(0)
         } else {
             Tensor::cat(&outs, 0)?
         };
-        let out = out
-            .reshape((b, self.heads, n_query, d))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, n_query, self.width))?;
+        let out = op("attention merge heads (copy)", || {
+            out.reshape((b, self.heads, n_query, d))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, n_query, self.width))
+        })?;
         self.out_proj(&out)
     }
 }
@@ -214,12 +233,14 @@ impl ResidualAttentionBlock {
     pub fn attn_residual(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let t = x.dim(1)?;
         let qkv = self.attn.qkv(&self.ln_1.forward(x)?)?;
-        Ok((x + self.attn.attend(&qkv, t, mask)?)?)
+        let a = self.attn.attend(&qkv, t, mask)?;
+        Ok(op("residual add", || x + a)?)
     }
 
     /// `x + mlp(ln_2 x)`.
     pub fn mlp_residual(&self, x: &Tensor) -> Result<Tensor> {
-        Ok((x + self.mlp.forward(&self.ln_2.forward(x)?)?)?)
+        let m = self.mlp.forward(&self.ln_2.forward(x)?)?;
+        Ok(op("residual add", || x + m)?)
     }
 
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
@@ -230,7 +251,8 @@ impl ResidualAttentionBlock {
     pub fn forward_with_ln2(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         let h = self.attn_residual(x, mask)?;
         let ln2 = self.ln_2.forward(&h)?;
-        let out = (&h + self.mlp.forward(&ln2)?)?;
+        let m = self.mlp.forward(&ln2)?;
+        let out = op("residual add", || &h + m)?;
         Ok((out, ln2))
     }
 }

@@ -52,6 +52,17 @@ pub fn preprocess(image_chw01: &Tensor, patch: usize) -> Result<Tensor> {
     Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?.unsqueeze(0)?)
 }
 
+/// Label embeddings with, per label, whether its prompts had to be cut (see
+/// [`ClipModel::embed_labels_checked`]).
+#[derive(Debug, Clone)]
+pub struct LabelEmbeddings {
+    /// `[L, embed]`, L2-normalised.
+    pub embeddings: Tensor,
+    /// Per label: at least one of its prompts was longer than the text context and was truncated
+    /// (the tokenizer keeps EOT in the last slot).
+    pub truncated: Vec<bool>,
+}
+
 /// Both CLIP towers.
 #[derive(Debug, Clone)]
 pub struct ClipModel {
@@ -84,25 +95,48 @@ impl ClipModel {
         labels: &[String],
         set: TemplateSet,
     ) -> Result<Tensor> {
+        Ok(self.embed_labels_checked(tok, labels, set)?.embeddings)
+    }
+
+    /// [`Self::embed_labels`], also telling per label whether a prompt was truncated to the
+    /// context length. A prompt token outside the text tower's vocabulary (weights made for
+    /// another tokenizer) is an error naming the label.
+    pub fn embed_labels_checked(
+        &self,
+        tok: &ClipTokenizer,
+        labels: &[String],
+        set: TemplateSet,
+    ) -> Result<LabelEmbeddings> {
         let n = set.templates().len();
         let embed = self.cfg.embed_dim;
-        if labels.is_empty() || n == 0 {
-            return Ok(Tensor::zeros(
-                (labels.len(), embed),
-                DType::F32,
-                self.text.device(),
-            )?);
-        }
+        let vocab = self.cfg.text.vocab_size;
+        let mut truncated = vec![false; labels.len()];
         // ids[label][template]
-        let ids = labels
-            .iter()
-            .map(|label| {
-                set.apply(label)
-                    .iter()
-                    .map(|prompt| Ok(tok.encode(prompt)?.ids))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut ids = Vec::with_capacity(labels.len());
+        for (label, cut) in labels.iter().zip(&mut truncated) {
+            let mut per_template = Vec::with_capacity(n);
+            for prompt in set.apply(label) {
+                let enc = tok.encode(&prompt)?;
+                if let Some(&bad) = enc.ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(Error::invalid(
+                        "labels",
+                        format!(
+                            "the text tower's vocabulary has {vocab} tokens, but the CLIP tokenizer gives token id {bad} for “{label}”; these weights cannot encode text labels"
+                        ),
+                    ));
+                }
+                *cut |= enc.truncated;
+                per_template.push(enc.ids);
+            }
+            ids.push(per_template);
+        }
+        if labels.is_empty() || n == 0 {
+            let embeddings = Tensor::zeros((labels.len(), embed), DType::F32, self.text.device())?;
+            return Ok(LabelEmbeddings {
+                embeddings,
+                truncated,
+            });
+        }
         let e = if labels.len() < 2 {
             self.text.forward(&ids.concat())?
         } else {
@@ -127,7 +161,10 @@ impl ClipModel {
         };
         let e = l2_normalize(&e)?;
         let e = e.reshape((labels.len(), n, embed))?.mean(1)?;
-        l2_normalize(&e)
+        Ok(LabelEmbeddings {
+            embeddings: l2_normalize(&e)?,
+            truncated,
+        })
     }
 }
 

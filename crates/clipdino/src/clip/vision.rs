@@ -19,6 +19,7 @@ use super::interp::resize_bicubic_hwc;
 use super::MAX_PATCHES;
 use crate::config::{ClipConfig, VisionConfig};
 use crate::error::{Error, Result};
+use crate::timing::{matmul_flops, op, op_flops};
 use crate::weights::Vb;
 
 /// Outputs of [`VisionTransformer::forward`] for one image with an `h×w` patch grid.
@@ -159,15 +160,22 @@ impl VisionTransformer {
         let (width, hw) = (self.cfg.width, h * w);
 
         // Patch embedding: unfold to [h·w, 3·p·p] in (c, ky, kx) order, then one matmul.
-        let patches = pixels
-            .reshape((3, h, p, w, p))?
-            .permute((1, 3, 0, 2, 4))?
-            .contiguous()?
-            .reshape((hw, 3 * p * p))?;
-        let patches = self.conv1.forward(&patches)?;
-        let cls = self.class_embedding.reshape((1, width))?;
-        let x = Tensor::cat(&[&cls, &patches], 0)?;
-        let x = (x + self.positional_embedding(h, w)?)?;
+        let flops = |_: &_| 2.0 * (hw * 3 * p * p * width) as f64;
+        let patches = op_flops("patch embedding (unfold + matmul)", flops, || {
+            pixels
+                .reshape((3, h, p, w, p))?
+                .permute((1, 3, 0, 2, 4))?
+                .contiguous()?
+                .reshape((hw, 3 * p * p))?
+                .apply(&self.conv1)
+        })?;
+        let pos = op("positional embedding (bicubic resize)", || {
+            self.positional_embedding(h, w)
+        })?;
+        let x = op("cls + positional add", || {
+            let cls = self.class_embedding.reshape((1, width))?;
+            Tensor::cat(&[&cls, &patches], 0)? + pos
+        })?;
         let mut x = self.ln_pre.forward(&x)?.unsqueeze(0)?;
 
         let mut inter = None;
@@ -189,28 +197,35 @@ impl VisionTransformer {
         // Ordinary path: only the CLS query is needed, unless the caller wants this block's ln_2.
         let n_query = if inter_layer == layers - 1 { t } else { 1 };
         let attn = last.attn.attend(&qkv, n_query, None)?;
-        let hid = (x.narrow(1, 0, n_query)? + attn)?;
+        let hid = op("residual add", || x.narrow(1, 0, n_query)? + attn)?;
         let ln2 = last.ln_2.forward(&hid)?;
-        let out = (&hid + last.mlp.forward(&ln2)?)?;
+        let m = last.mlp.forward(&ln2)?;
+        let out = op("residual add", || &hid + m)?;
         if inter_layer == layers - 1 {
             inter = Some(ln2);
         }
         // MaskCLIP value path (patch tokens only; the CLS row is dropped afterwards anyway).
-        let v = qkv
-            .narrow(1, 1, hw)?
-            .narrow(2, 2 * width, width)?
-            .contiguous()?;
-        let v = (last.attn.out_proj(&v)? + x.narrow(1, 1, hw)?)?;
+        let v = op("slicing", || {
+            qkv.narrow(1, 1, hw)?
+                .narrow(2, 2 * width, width)?
+                .contiguous()
+        })?;
+        let v = last.attn.out_proj(&v)?;
+        let v = op("residual add", || v + x.narrow(1, 1, hw)?)?;
         let v = last.mlp_residual(&v)?;
         progress(layers, layers);
 
         let pooled = self.ln_post.forward(&out.narrow(1, 0, 1)?)?;
-        let pooled = self
-            .proj
-            .forward(&pooled.reshape((1, width))?)?
-            .reshape(self.embed_dim)?;
+        let pooled = pooled.reshape((1, width))?;
+        let pooled = op_flops("ln_post + visual.proj", matmul_flops(&pooled), || {
+            self.proj.forward(&pooled)
+        })?
+        .reshape(self.embed_dim)?;
         let dense = self.ln_post.forward(&v.reshape((hw, width))?)?;
-        let dense = self.proj.forward(&dense)?.reshape((h, w, self.embed_dim))?;
+        let dense = op_flops("ln_post + visual.proj", matmul_flops(&dense), || {
+            self.proj.forward(&dense)
+        })?
+        .reshape((h, w, self.embed_dim))?;
         let inter = inter
             .ok_or_else(|| {
                 Error::invalid("inter_layer", format!("block {inter_layer} was not run"))

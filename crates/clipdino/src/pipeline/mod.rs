@@ -19,9 +19,10 @@ mod window;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
 
 pub use resize::{resize_bilinear, resize_bilinear_vec, short_side_size};
-pub use window::{slide_windows, PixelBox, Window};
+pub use window::{plan, slide_windows, PixelBox, Plan, Window, MAX_TOTAL_PATCHES};
 
 use crate::clip::{self, ClipModel};
 use crate::config::{ClipConfig, HeadConfig};
@@ -35,13 +36,16 @@ use resize::{resize_into, Placement};
 /// CLIP `logit_scale` parameter is not used).
 pub const LOGIT_SCALE: f32 = 100.0;
 
-/// Which dense features classify the pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which dense features classify the pixels. Serialised (JSON, clap) as `dinoiser` / `maskclip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Mode {
     /// DINOiser-refined MaskCLIP features (+ the background rule when a background label is set).
     #[default]
     Dinoiser,
     /// Raw MaskCLIP features.
+    #[cfg_attr(feature = "clap", value(name = "maskclip"))]
     MaskClip,
 }
 
@@ -94,8 +98,11 @@ impl Default for EncodeOptions {
     }
 }
 
-/// Named [`EncodeOptions`] presets (CLI flags, UI choices, URL state).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Named [`EncodeOptions`] presets (CLI flags, UI choices, URL state). Serialised (JSON, clap)
+/// as [`Preset::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Preset {
     Fast,
     #[default]
@@ -128,6 +135,16 @@ impl Preset {
             Preset::Paper => "paper",
             Preset::FullRes => "full-res",
         }
+    }
+
+    /// The short side the image is resized to (`None`: kept as it is).
+    pub fn short_side(self) -> Option<usize> {
+        self.options().short_side
+    }
+
+    /// The sliding window, if the preset uses one.
+    pub fn window(self) -> Option<Window> {
+        self.options().window
     }
 }
 
@@ -381,18 +398,19 @@ where
     if patch == 0 {
         return Err(Error::config("patch_size", "must be positive"));
     }
+    // Sizes and limits first: nothing is resized or allocated for an image that cannot run.
+    let Plan {
+        height: ph,
+        width: pw,
+        windows: boxes,
+        ..
+    } = plan(h, w, opts, patch)?;
     let image = image_chw01.to_dtype(DType::F32)?;
-    let (ph, pw) = match opts.short_side {
-        Some(0) => return Err(Error::invalid("short_side", "must be positive")),
-        Some(s) => short_side_size(h, w, s),
-        None => (h, w),
-    };
     let image = if (ph, pw) != (h, w) {
         resize_bilinear(&image, ph, pw)?
     } else {
         image
     };
-    let boxes = slide_windows(ph, pw, opts.window)?;
     let n = boxes.len();
     let mut windows = Vec::with_capacity(n);
     let mut embed_dim = 0;

@@ -468,6 +468,38 @@ fn presets_round_trip() {
         })
     );
     assert_eq!(Preset::FullRes.options().short_side, None);
+    assert_eq!(Preset::Balanced.short_side(), Some(336));
+    assert_eq!(Preset::Paper.window(), Preset::Paper.options().window);
+}
+
+/// The serialised names (app protocol, benchmark steps) are the names users type.
+#[test]
+fn enums_serialise_as_their_names() {
+    let json = |v: serde_json::Value| v.as_str().unwrap().to_string();
+    for p in Preset::ALL {
+        assert_eq!(json(serde_json::to_value(p).unwrap()), p.name());
+        assert_eq!(
+            serde_json::from_value::<Preset>(p.name().into()).unwrap(),
+            p
+        );
+    }
+    for (m, name) in [(Mode::Dinoiser, "dinoiser"), (Mode::MaskClip, "maskclip")] {
+        assert_eq!(json(serde_json::to_value(m).unwrap()), name);
+    }
+    for t in crate::templates::TemplateSet::ALL {
+        assert_eq!(json(serde_json::to_value(t).unwrap()), t.name());
+    }
+    for (c, name) in [
+        (ComputePath::F32, "f32"),
+        (ComputePath::Quantized, "quantized"),
+        (ComputePath::Int, "int"),
+    ] {
+        assert_eq!(json(serde_json::to_value(c).unwrap()), name);
+        assert_eq!(
+            serde_json::from_value::<ComputePath>(name.into()).unwrap(),
+            c
+        );
+    }
 }
 
 /// `segment` must stay cheap: the paper preset on a 480×640 photo (two 448² windows at

@@ -1,0 +1,779 @@
+//! The app state: a plain [`State`], the [`Action`]s that change it and a pure reducer
+//! (`impl Reducible`); worker replies are applied in [`replies`], share links are read and
+//! written in [`share`], and which weights to load is decided in [`weights`].
+//!
+//! Nothing here touches the DOM or the worker, so all of it is unit-tested natively. Side
+//! effects (sending requests, painting canvases) live in hooks and components, which dispatch
+//! [`Action::Sent`] for every request so that replies to superseded requests are dropped here.
+
+mod replies;
+pub mod share;
+pub mod weights;
+
+use std::collections::HashSet;
+use std::rc::Rc;
+
+use yew::Reducible;
+
+use crate::palette;
+pub use crate::protocol::{Mode, Preset, TemplateSet};
+use crate::protocol::{ModelInfo, Progress, RequestId, Response, Stage, WeightSet};
+pub use share::Share;
+pub use weights::WeightsSource;
+
+/// Most labels one segmentation takes (label maps are one byte per pixel).
+pub const MAX_LABELS: usize = 200;
+/// Longest label, in characters (CLIP reads at most 77 tokens including the prompt template).
+pub const MAX_LABEL_CHARS: usize = 80;
+pub const K_MIN: usize = 2;
+pub const K_MAX: usize = 16;
+
+pub fn is_background(label: &str) -> bool {
+    label.trim().eq_ignore_ascii_case("background")
+}
+
+/// Trim and collapse inner whitespace.
+pub fn normalise_label(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Label {
+    /// Stable id for keys and edits.
+    pub id: u32,
+    pub text: String,
+    /// Colour slot, kept for the label's lifetime.
+    pub slot: usize,
+}
+
+impl Label {
+    pub fn colour(&self) -> [u8; 3] {
+        if is_background(&self.text) {
+            palette::BACKGROUND
+        } else {
+            palette::colour(self.slot)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub mode: Mode,
+    pub resolution: Preset,
+    pub templates: TemplateSet,
+    /// K-Means cluster count.
+    pub k: usize,
+    /// Overlay opacity in percent.
+    pub opacity: u8,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Dinoiser,
+            resolution: Preset::Balanced,
+            templates: TemplateSet::Fast,
+            k: 6,
+            opacity: 55,
+        }
+    }
+}
+
+/// Progress of the current weights request.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum LoadPhase {
+    /// Nothing requested (worker not ready yet, or finished).
+    #[default]
+    Idle,
+    /// A request is out; the worker looks for caches and sizes.
+    Checking {
+        id: RequestId,
+    },
+    /// Large download, not cached: the user has to confirm.
+    Offer {
+        set: WeightSet,
+        total_bytes: Option<u64>,
+        notes: Vec<String>,
+    },
+    Active {
+        id: RequestId,
+        progress: Progress,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PhotoSource {
+    Sample(String),
+    Local { name: String },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Photo {
+    /// The `SetImage` request that carries this photo.
+    pub id: RequestId,
+    pub source: PhotoSource,
+    /// URL for the full-size `<img>` preview (a sample URL or a `blob:` URL).
+    pub preview_url: String,
+    /// Size after EXIF orientation, once decoded.
+    pub size: Option<(u32, u32)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegView {
+    pub id: RequestId,
+    pub width: u32,
+    pub height: u32,
+    pub labels: Vec<String>,
+    pub colours: Vec<[u8; 3]>,
+    pub label_map: Rc<Vec<u8>>,
+    pub confidence: Rc<Vec<u8>>,
+    pub areas: Vec<f32>,
+    pub millis: f64,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KMeansView {
+    pub id: RequestId,
+    pub k: usize,
+    pub width: u32,
+    pub height: u32,
+    pub raw: Rc<Vec<u8>>,
+    pub refined: Option<Rc<Vec<u8>>>,
+    pub millis: f64,
+}
+
+/// The last image encode of the current photo.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncodeInfo {
+    pub resolution: Preset,
+    pub grid: (usize, usize),
+    pub windows: usize,
+    pub millis: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Area {
+    Weights,
+    Photo,
+    Labels,
+    Result,
+    Share,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub text: String,
+    pub error: bool,
+}
+
+/// Newest request of each kind; older replies are ignored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latest {
+    pub load: RequestId,
+    pub image: RequestId,
+    pub segment: RequestId,
+    pub kmeans: RequestId,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Load,
+    Image,
+    Segment,
+    KMeans,
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct State {
+    pub labels: Vec<Label>,
+    next_label_id: u32,
+    pub settings: Settings,
+    pub weights_source: WeightsSource,
+    pub worker_ready: bool,
+    pub model: Option<ModelInfo>,
+    /// Increases with every model loaded (effects re-run on it).
+    pub model_generation: u64,
+    pub load: LoadPhase,
+    /// The photo on screen (decoded by the worker).
+    pub photo: Option<Photo>,
+    /// A photo sent to the worker and not decoded yet.
+    pub pending_photo: Option<Photo>,
+    /// The image encoded for the current photo (None while encoding).
+    pub encoded: Option<EncodeInfo>,
+    pub segmentation: Option<Rc<SegView>>,
+    pub kmeans: Option<Rc<KMeansView>>,
+    /// Image-side work in progress (decode, encode, embed, segment, k-means).
+    pub work: Option<Progress>,
+    /// Image encodes done by the worker (a label edit must not change it).
+    pub encodes: u64,
+    /// Labels the worker embedded with the text tower, and labels it read back from browser
+    /// storage (shown in the debug line; the page tests read them).
+    pub label_embeds: u64,
+    pub label_loads: u64,
+    /// Label shown alone in the overlay (clicked in the legend).
+    pub isolate: Option<String>,
+    pub notices: Vec<(Area, Notice)>,
+    pub latest: Latest,
+    /// `blob:` URLs no longer shown, to be revoked by an effect.
+    pub stale_urls: Vec<String>,
+    /// Sample photo named by a link, to be opened by an effect.
+    pub requested_sample: Option<String>,
+}
+
+impl State {
+    pub fn label_texts(&self) -> Vec<String> {
+        self.labels.iter().map(|l| l.text.clone()).collect()
+    }
+
+    pub fn background_index(&self) -> Option<usize> {
+        self.labels.iter().position(|l| is_background(&l.text))
+    }
+
+    pub fn has_background(&self) -> bool {
+        self.background_index().is_some()
+    }
+
+    pub fn notice(&self, area: Area) -> Option<&Notice> {
+        self.notices
+            .iter()
+            .find(|(a, _)| *a == area)
+            .map(|(_, n)| n)
+    }
+
+    pub fn sample_id(&self) -> Option<&str> {
+        match self
+            .photo
+            .as_ref()
+            .or(self.pending_photo.as_ref())
+            .map(|p| &p.source)
+        {
+            Some(PhotoSource::Sample(id)) => Some(id),
+            _ => None,
+        }
+    }
+
+    fn set_notice(&mut self, area: Area, text: impl Into<String>, error: bool) {
+        self.notices.retain(|(a, _)| *a != area);
+        self.notices.push((
+            area,
+            Notice {
+                text: text.into(),
+                error,
+            },
+        ));
+    }
+
+    fn clear_notice(&mut self, area: Area) {
+        self.notices.retain(|(a, _)| *a != area);
+    }
+
+    fn free_slot(&self) -> usize {
+        let used: HashSet<usize> = self
+            .labels
+            .iter()
+            .filter(|l| !is_background(&l.text))
+            .map(|l| l.slot)
+            .collect();
+        (0..).find(|s| !used.contains(s)).unwrap_or(0)
+    }
+
+    /// Add one label. Returns a reason when it was not added.
+    fn push_label(&mut self, raw: &str) -> Result<(), String> {
+        let text = normalise_label(raw);
+        if text.is_empty() {
+            return Err("Empty label: type a word or a short phrase.".into());
+        }
+        if text.chars().count() > MAX_LABEL_CHARS {
+            let short: String = text.chars().take(24).collect();
+            return Err(format!(
+                "“{short}…” is too long: labels have at most {MAX_LABEL_CHARS} characters."
+            ));
+        }
+        if self
+            .labels
+            .iter()
+            .any(|l| l.text.to_lowercase() == text.to_lowercase())
+        {
+            return Err(format!("“{text}” is already in the list."));
+        }
+        if self.labels.len() >= MAX_LABELS {
+            return Err(format!(
+                "At most {MAX_LABELS} labels: “{text}” was not added."
+            ));
+        }
+        let slot = if is_background(&text) {
+            usize::MAX
+        } else {
+            self.free_slot()
+        };
+        self.next_label_id += 1;
+        self.labels.push(Label {
+            id: self.next_label_id,
+            text,
+            slot,
+        });
+        Ok(())
+    }
+
+    /// Add comma-separated labels; one notice sums up what was skipped.
+    fn add_labels(&mut self, input: &str) {
+        let parts: Vec<&str> = input.split([',', '\n', ';']).collect();
+        let mut problems = Vec::new();
+        let mut added = 0;
+        let mut empties = 0;
+        for p in &parts {
+            if normalise_label(p).is_empty() {
+                empties += 1;
+                continue;
+            }
+            match self.push_label(p) {
+                Ok(()) => added += 1,
+                Err(e) => problems.push(e),
+            }
+        }
+        if added == 0 && problems.is_empty() && empties > 0 {
+            problems.push("Empty label: type a word or a short phrase.".into());
+        }
+        if problems.is_empty() {
+            self.clear_notice(Area::Labels);
+        } else {
+            let total = problems.len();
+            let mut text = problems.into_iter().take(3).collect::<Vec<_>>().join(" ");
+            if total > 3 {
+                text.push_str(&format!(" ({} more skipped.)", total - 3));
+            }
+            self.set_notice(Area::Labels, text, true);
+        }
+        self.after_labels_changed();
+    }
+
+    fn after_labels_changed(&mut self) {
+        if let Some(iso) = &self.isolate {
+            if !self.labels.iter().any(|l| &l.text == iso) {
+                self.isolate = None;
+            }
+        }
+        if self.labels.is_empty() {
+            self.segmentation = None;
+        }
+    }
+
+    fn photo_replaced(&mut self, old: Option<Photo>) {
+        if let Some(p) = old {
+            if p.preview_url.starts_with("blob:") {
+                self.stale_urls.push(p.preview_url);
+            }
+        }
+    }
+
+    fn is_latest(&self, kind: Kind, id: RequestId) -> bool {
+        let l = &self.latest;
+        id == match kind {
+            Kind::Load => l.load,
+            Kind::Image => l.image,
+            Kind::Segment => l.segment,
+            Kind::KMeans => l.kmeans,
+        }
+    }
+
+    fn kind_of(&self, id: RequestId) -> Option<Kind> {
+        let l = &self.latest;
+        if id == l.load {
+            Some(Kind::Load)
+        } else if id == l.image {
+            Some(Kind::Image)
+        } else if id == l.segment {
+            Some(Kind::Segment)
+        } else if id == l.kmeans {
+            Some(Kind::KMeans)
+        } else {
+            None
+        }
+    }
+
+    fn colours_for(&self, labels: &[String]) -> Vec<[u8; 3]> {
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match self.labels.iter().find(|l| &l.text == t) {
+                Some(l) => l.colour(),
+                None if is_background(t) => palette::BACKGROUND,
+                None => palette::colour(i),
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actions and reducer
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Text typed in the label box and confirmed (Enter / comma / Add): comma-separated.
+    AddLabels(String),
+    RemoveLabel(u32),
+    /// Edit a label in place; commas split it into several labels.
+    EditLabel(u32, String),
+    ToggleBackground,
+    /// Replace all labels by a preset list.
+    SetLabels(Vec<String>),
+    SetMode(Mode),
+    SetResolution(Preset),
+    SetTemplates(TemplateSet),
+    SetK(usize),
+    SetOpacity(u8),
+    /// Show one label alone (click in the legend again to show all).
+    ToggleIsolate(String),
+    /// Share link / URL restored.
+    RestoreShare(Share),
+    /// A request went out to the worker.
+    Sent(Kind, RequestId),
+    /// A `SetImage` went out for this photo.
+    PhotoRequested(Photo),
+    /// The user picked weights (or confirmed a download): a new load request is out.
+    WeightsRequested(RequestId),
+    /// The user declined the large download.
+    DeclineDownload,
+    /// A worker reply with its attachments.
+    Worker(Response, Vec<Rc<Vec<u8>>>),
+    /// A message that originates in the UI (bad drop, clipboard refused, …).
+    Notice(Area, String, bool),
+    Dismiss(Area),
+    /// The effect revoked the first `n` stale `blob:` URLs.
+    UrlsRevoked(usize),
+}
+
+impl Reducible for State {
+    type Action = Action;
+
+    fn reduce(self: Rc<Self>, action: Action) -> Rc<Self> {
+        let mut s = (*self).clone();
+        s.apply(action);
+        Rc::new(s)
+    }
+}
+
+impl State {
+    /// The reducer body (also used directly by tests).
+    pub fn apply(&mut self, action: Action) {
+        match action {
+            Action::AddLabels(text) => self.add_labels(&text),
+            Action::RemoveLabel(id) => {
+                self.labels.retain(|l| l.id != id);
+                self.clear_notice(Area::Labels);
+                self.after_labels_changed();
+            }
+            Action::EditLabel(id, text) => {
+                let Some(pos) = self.labels.iter().position(|l| l.id == id) else {
+                    return;
+                };
+                let mut parts = text.split([',', '\n', ';']);
+                let first = normalise_label(parts.next().unwrap_or(""));
+                let rest: Vec<&str> = parts.collect();
+                if first.is_empty() {
+                    // Clearing a chip's text removes it.
+                    self.labels.remove(pos);
+                    self.clear_notice(Area::Labels);
+                } else if first.chars().count() > MAX_LABEL_CHARS {
+                    self.set_notice(
+                        Area::Labels,
+                        format!("Labels have at most {MAX_LABEL_CHARS} characters; the edit was not applied."),
+                        true,
+                    );
+                } else if self
+                    .labels
+                    .iter()
+                    .any(|l| l.id != id && l.text.to_lowercase() == first.to_lowercase())
+                {
+                    self.set_notice(
+                        Area::Labels,
+                        format!("“{first}” is already in the list."),
+                        true,
+                    );
+                } else {
+                    let was_bg = is_background(&self.labels[pos].text);
+                    let slot = if is_background(&first) {
+                        usize::MAX
+                    } else if was_bg {
+                        self.free_slot()
+                    } else {
+                        self.labels[pos].slot
+                    };
+                    let label = &mut self.labels[pos];
+                    if self.isolate.as_deref() == Some(label.text.as_str()) {
+                        self.isolate = Some(first.clone());
+                    }
+                    label.text = first;
+                    label.slot = slot;
+                    self.clear_notice(Area::Labels);
+                }
+                if !rest.is_empty() {
+                    self.add_labels(&rest.join(","));
+                }
+                self.after_labels_changed();
+            }
+            Action::ToggleBackground => match self.background_index() {
+                Some(i) => {
+                    self.labels.remove(i);
+                    self.after_labels_changed();
+                }
+                None => self.add_labels("background"),
+            },
+            Action::SetLabels(list) => {
+                self.labels.clear();
+                self.isolate = None;
+                if list.is_empty() {
+                    self.clear_notice(Area::Labels);
+                    self.after_labels_changed();
+                } else {
+                    self.add_labels(&list.join(","));
+                }
+            }
+            Action::SetMode(m) => self.settings.mode = m,
+            Action::SetResolution(r) => self.settings.resolution = r,
+            Action::SetTemplates(t) => self.settings.templates = t,
+            Action::SetK(k) => self.settings.k = k.clamp(K_MIN, K_MAX),
+            Action::SetOpacity(o) => self.settings.opacity = o.min(100),
+            Action::ToggleIsolate(label) => {
+                self.isolate = if self.isolate.as_deref() == Some(label.as_str()) {
+                    None
+                } else {
+                    Some(label)
+                }
+            }
+            Action::RestoreShare(share) => self.apply_share(&share),
+            Action::Sent(kind, id) => {
+                let l = &mut self.latest;
+                match kind {
+                    Kind::Load => l.load = id,
+                    Kind::Image => l.image = id,
+                    Kind::Segment => l.segment = id,
+                    Kind::KMeans => l.kmeans = id,
+                }
+                if kind == Kind::Load {
+                    self.load = LoadPhase::Checking { id };
+                }
+            }
+            Action::PhotoRequested(photo) => {
+                self.latest.image = photo.id;
+                if !matches!(&photo.source, PhotoSource::Sample(id) if Some(id) == self.requested_sample.as_ref())
+                {
+                    self.requested_sample = None;
+                }
+                let old = self.pending_photo.replace(photo);
+                self.photo_replaced(old);
+                self.clear_notice(Area::Photo);
+                self.work = Some(Progress::started(Stage::Decode));
+            }
+            Action::WeightsRequested(id) => {
+                self.latest.load = id;
+                self.load = LoadPhase::Checking { id };
+                self.clear_notice(Area::Weights);
+            }
+            Action::DeclineDownload => {
+                self.load = LoadPhase::Idle;
+                self.set_notice(
+                    Area::Weights,
+                    "No weights loaded. Pick weight files from your disk, or start the download when you are ready.",
+                    false,
+                );
+            }
+            Action::Worker(msg, payloads) => self.on_response(msg, &payloads),
+            Action::Notice(area, text, error) => self.set_notice(area, text, error),
+            Action::Dismiss(area) => self.clear_notice(area),
+            Action::UrlsRevoked(n) => {
+                let n = n.min(self.stale_urls.len());
+                self.stale_urls.drain(..n);
+            }
+        }
+    }
+}
+
+/// Helpers of the reducer's tests (here and in the child modules).
+#[cfg(test)]
+mod test_util {
+    use super::*;
+    use crate::protocol::Att;
+
+    pub fn with_labels(list: &str) -> State {
+        let mut s = State::default();
+        s.apply(Action::AddLabels(list.into()));
+        s
+    }
+
+    pub fn texts(s: &State) -> Vec<&str> {
+        s.labels.iter().map(|l| l.text.as_str()).collect()
+    }
+
+    pub fn seg_response(
+        id: RequestId,
+        labels: &[&str],
+        w: u32,
+        h: u32,
+    ) -> (Response, Vec<Rc<Vec<u8>>>) {
+        let n = (w * h) as usize;
+        (
+            Response::Segmentation {
+                id,
+                width: w,
+                height: h,
+                labels: labels.iter().map(|s| s.to_string()).collect(),
+                label_map: Att(0),
+                confidence: Att(1),
+                areas: vec![1.0 / labels.len() as f32; labels.len()],
+                encodes: 1,
+                label_embeds: labels.len() as u64,
+                label_loads: 0,
+                millis: 1.0,
+                warnings: vec![],
+            },
+            vec![Rc::new(vec![0; n]), Rc::new(vec![255; n])],
+        )
+    }
+
+    pub fn photo(id: RequestId, url: &str) -> Photo {
+        Photo {
+            id,
+            source: PhotoSource::Local {
+                name: "x.jpg".into(),
+            },
+            preview_url: url.into(),
+            size: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::*;
+    use super::*;
+
+    #[test]
+    fn comma_separated_labels_are_trimmed_and_deduplicated() {
+        let s = with_labels("  cat , dog,,  Cat, sky   blue ,dog");
+        assert_eq!(texts(&s), ["cat", "dog", "sky blue"]);
+        let n = s.notice(Area::Labels).expect("duplicates are reported");
+        assert!(
+            n.error && n.text.contains("“Cat” is already in the list."),
+            "{}",
+            n.text
+        );
+    }
+
+    #[test]
+    fn empty_and_overlong_labels_are_refused_with_a_message() {
+        let mut s = with_labels(" , ,");
+        assert!(s.labels.is_empty());
+        assert!(s
+            .notice(Area::Labels)
+            .unwrap()
+            .text
+            .starts_with("Empty label"));
+        s.apply(Action::AddLabels("x".repeat(MAX_LABEL_CHARS + 1)));
+        assert!(s.labels.is_empty());
+        assert!(s.notice(Area::Labels).unwrap().text.contains("too long"));
+        s.apply(Action::AddLabels("x".repeat(MAX_LABEL_CHARS)));
+        assert_eq!(s.labels.len(), 1);
+        assert!(
+            s.notice(Area::Labels).is_none(),
+            "a good label clears the message"
+        );
+    }
+
+    #[test]
+    fn more_than_max_labels_are_cut_with_a_message() {
+        let many: Vec<String> = (0..MAX_LABELS + 37).map(|i| format!("thing {i}")).collect();
+        let mut s = State::default();
+        s.apply(Action::SetLabels(many));
+        assert_eq!(s.labels.len(), MAX_LABELS);
+        let n = s.notice(Area::Labels).unwrap();
+        assert!(n.text.contains("At most 200 labels"), "{}", n.text);
+        assert!(n.text.contains("(34 more skipped.)"), "{}", n.text);
+        // Slots stay distinct for every label.
+        let slots: HashSet<usize> = s.labels.iter().map(|l| l.slot).collect();
+        assert_eq!(slots.len(), MAX_LABELS);
+    }
+
+    #[test]
+    fn colours_are_stable_across_edits_and_removals() {
+        let mut s = with_labels("cat,dog,tree");
+        let before: Vec<[u8; 3]> = s.labels.iter().map(|l| l.colour()).collect();
+        let dog = s.labels[1].id;
+        s.apply(Action::EditLabel(dog, "puppy".into()));
+        assert_eq!(texts(&s), ["cat", "puppy", "tree"]);
+        assert_eq!(
+            s.labels.iter().map(|l| l.colour()).collect::<Vec<_>>(),
+            before
+        );
+        // Removing "cat" keeps the others' colours; a new label reuses the free slot.
+        s.apply(Action::RemoveLabel(s.labels[0].id));
+        assert_eq!(s.labels[0].colour(), before[1]);
+        assert_eq!(s.labels[1].colour(), before[2]);
+        s.apply(Action::AddLabels("car".into()));
+        assert_eq!(s.labels[2].colour(), before[0]);
+    }
+
+    #[test]
+    fn edit_in_place_rules() {
+        let mut s = with_labels("cat,dog");
+        let (cat, dog) = (s.labels[0].id, s.labels[1].id);
+        s.apply(Action::EditLabel(cat, " DOG ".into()));
+        assert_eq!(
+            texts(&s),
+            ["cat", "dog"],
+            "an edit into a duplicate is refused"
+        );
+        assert!(s.notice(Area::Labels).unwrap().error);
+        s.apply(Action::EditLabel(cat, "kitten, bird".into()));
+        assert_eq!(texts(&s), ["kitten", "dog", "bird"], "commas split an edit");
+        s.apply(Action::EditLabel(dog, "   ".into()));
+        assert_eq!(texts(&s), ["kitten", "bird"], "emptying a chip removes it");
+        s.apply(Action::EditLabel(9999, "ghost".into()));
+        assert_eq!(texts(&s), ["kitten", "bird"]);
+    }
+
+    #[test]
+    fn background_chip() {
+        let mut s = with_labels("cat,dog");
+        assert_eq!(s.background_index(), None);
+        s.apply(Action::ToggleBackground);
+        assert_eq!(s.background_index(), Some(2));
+        assert_eq!(s.labels[2].colour(), palette::BACKGROUND);
+        s.apply(Action::AddLabels("Background".into()));
+        assert_eq!(s.labels.len(), 3, "background is only there once");
+        s.apply(Action::ToggleBackground);
+        assert_eq!(texts(&s), ["cat", "dog"]);
+        // Typing it is the same as the chip.
+        s.apply(Action::AddLabels("background".into()));
+        assert!(s.has_background());
+    }
+
+    #[test]
+    fn isolation_follows_edits_and_resets_on_removal() {
+        let mut s = with_labels("cat,dog");
+        s.apply(Action::ToggleIsolate("dog".into()));
+        assert_eq!(s.isolate.as_deref(), Some("dog"));
+        s.apply(Action::EditLabel(s.labels[1].id, "puppy".into()));
+        assert_eq!(s.isolate.as_deref(), Some("puppy"));
+        s.apply(Action::ToggleIsolate("puppy".into()));
+        assert_eq!(s.isolate, None);
+        s.apply(Action::ToggleIsolate("cat".into()));
+        s.apply(Action::RemoveLabel(s.labels[0].id));
+        assert_eq!(s.isolate, None);
+    }
+
+    #[test]
+    fn clearing_all_labels_clears_the_overlay() {
+        let mut s = with_labels("cat");
+        s.apply(Action::Sent(Kind::Segment, 1));
+        let (r, p) = seg_response(1, &["cat"], 1, 1);
+        s.apply(Action::Worker(r, p));
+        assert!(s.segmentation.is_some());
+        s.apply(Action::RemoveLabel(s.labels[0].id));
+        assert!(s.segmentation.is_none());
+    }
+}

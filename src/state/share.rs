@@ -1,0 +1,418 @@
+//! Share links: `#labels=cat,dog&mode=dinoiser&res=336&tpl=7&k=6&opacity=55&sample=chelsea&model=…`.
+//!
+//! A page's query string and fragment are read into a [`Share`] (bad values are ignored with a
+//! warning each: links are user data); the state writes its own [`Share`] back as the fragment.
+//! Old links keep working: the keys and values below are a public format.
+
+use super::{normalise_label, Area, Mode, Preset, State, TemplateSet, WeightsSource, K_MAX, K_MIN};
+use crate::protocol::RESOLUTIONS;
+use crate::url::{is_fetchable_url, percent_decode, percent_encode};
+
+/// The app resolution with this short side (`res=336`).
+fn resolution_of(short_side: usize) -> Option<Preset> {
+    RESOLUTIONS
+        .into_iter()
+        .find(|r| r.short_side() == Some(short_side))
+}
+
+/// Everything a share link (or the page URL) can hold. `None` = not given.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Share {
+    pub labels: Option<Vec<String>>,
+    pub mode: Option<Mode>,
+    pub resolution: Option<Preset>,
+    pub templates: Option<TemplateSet>,
+    pub k: Option<usize>,
+    pub opacity: Option<u8>,
+    /// Sample photo id (a local photo is never shared).
+    pub sample: Option<String>,
+    pub weights: WeightsSource,
+}
+
+fn pairs(s: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    s.trim_start_matches(['#', '?'])
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), v.to_string()),
+            None => (percent_decode(p), String::new()),
+        })
+}
+
+impl Share {
+    /// Read the page's query string and fragment (the fragment wins). Unknown keys are
+    /// ignored; bad values produce a warning each.
+    pub fn parse(query: &str, fragment: &str) -> (Share, Vec<String>) {
+        let mut share = Share::default();
+        let mut warnings = Vec::new();
+        let (mut model, mut clip, mut head, mut config) = (None, None, None, None);
+        for (key, raw) in pairs(query).chain(pairs(fragment)) {
+            let value = percent_decode(&raw);
+            let bad = |w: &mut Vec<String>| w.push(format!("Ignored `{key}={value}` in the link."));
+            match key.as_str() {
+                "labels" | "l" => {
+                    // Labels are separated by encoded-free commas; each part is decoded alone.
+                    let list: Vec<String> = raw
+                        .split(',')
+                        .map(percent_decode)
+                        .map(|s| normalise_label(&s))
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    share.labels = Some(list);
+                }
+                "mode" => match value.as_str() {
+                    "dinoiser" | "clip-dinoiser" => share.mode = Some(Mode::Dinoiser),
+                    "maskclip" => share.mode = Some(Mode::MaskClip),
+                    _ => bad(&mut warnings),
+                },
+                "res" => match value.parse().ok().and_then(resolution_of) {
+                    Some(r) => share.resolution = Some(r),
+                    None => bad(&mut warnings),
+                },
+                "tpl" => match value.as_str() {
+                    "7" | "fast" => share.templates = Some(TemplateSet::Fast),
+                    "80" | "full" => share.templates = Some(TemplateSet::Full),
+                    _ => bad(&mut warnings),
+                },
+                "k" => match value.parse::<usize>() {
+                    Ok(k) if (K_MIN..=K_MAX).contains(&k) => share.k = Some(k),
+                    _ => bad(&mut warnings),
+                },
+                "opacity" => match value.parse::<u8>() {
+                    Ok(o) if o <= 100 => share.opacity = Some(o),
+                    _ => bad(&mut warnings),
+                },
+                "sample" => {
+                    if value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                        && !value.is_empty()
+                    {
+                        share.sample = Some(value)
+                    } else {
+                        bad(&mut warnings)
+                    }
+                }
+                "model" => model = Some(value),
+                "clip" => clip = Some(value),
+                "head" => head = Some(value),
+                "config" => config = Some(value),
+                _ => {}
+            }
+        }
+        let url_ok = |u: &Option<String>| u.as_deref().is_none_or(is_fetchable_url);
+        for (name, u) in [
+            ("model", &model),
+            ("clip", &clip),
+            ("head", &head),
+            ("config", &config),
+        ] {
+            if !url_ok(u) {
+                warnings.push(format!(
+                    "Ignored `{name}`: only http(s) or site-relative URLs can be fetched."
+                ));
+            }
+        }
+        let keep = |u: Option<String>| u.filter(|s| is_fetchable_url(s));
+        let (model, clip, head, config) = (keep(model), keep(clip), keep(head), keep(config));
+        share.weights = match (model, clip) {
+            (Some(m), _) => WeightsSource::Bundle(m),
+            (None, Some(c)) => WeightsSource::Pair {
+                clip: c,
+                head,
+                config,
+            },
+            (None, None) => {
+                if head.is_some() {
+                    warnings.push(
+                        "A `head` URL needs a `clip` URL beside it; using the default weights."
+                            .into(),
+                    );
+                }
+                WeightsSource::Default
+            }
+        };
+        (share, warnings)
+    }
+
+    /// The fragment text (without `#`).
+    pub fn to_fragment(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(labels) = &self.labels {
+            let enc: Vec<String> = labels.iter().map(|l| percent_encode(l)).collect();
+            parts.push(format!("labels={}", enc.join(",")));
+        }
+        if let Some(m) = self.mode {
+            parts.push(format!(
+                "mode={}",
+                match m {
+                    Mode::Dinoiser => "dinoiser",
+                    Mode::MaskClip => "maskclip",
+                }
+            ));
+        }
+        if let Some(r) = self.resolution {
+            if let Some(px) = r.short_side() {
+                parts.push(format!("res={px}"));
+            }
+        }
+        if let Some(t) = self.templates {
+            parts.push(format!("tpl={}", t.len()));
+        }
+        if let Some(k) = self.k {
+            parts.push(format!("k={k}"));
+        }
+        if let Some(o) = self.opacity {
+            parts.push(format!("opacity={o}"));
+        }
+        if let Some(s) = &self.sample {
+            parts.push(format!("sample={}", percent_encode(s)));
+        }
+        match &self.weights {
+            WeightsSource::Default => {}
+            WeightsSource::Bundle(u) => parts.push(format!("model={}", percent_encode(u))),
+            WeightsSource::Pair { clip, head, config } => {
+                parts.push(format!("clip={}", percent_encode(clip)));
+                if let Some(h) = head {
+                    parts.push(format!("head={}", percent_encode(h)));
+                }
+                if let Some(c) = config {
+                    parts.push(format!("config={}", percent_encode(c)));
+                }
+            }
+        }
+        parts.join("&")
+    }
+}
+
+impl State {
+    /// Apply settings and labels from a share link.
+    pub(super) fn apply_share(&mut self, share: &Share) {
+        if let Some(labels) = &share.labels {
+            self.labels.clear();
+            for l in labels {
+                // Links are user data too: skip what the editor would refuse.
+                let _ = self.push_label(l);
+            }
+            self.after_labels_changed();
+        }
+        if let Some(m) = share.mode {
+            self.settings.mode = m;
+        }
+        if let Some(r) = share.resolution {
+            self.settings.resolution = r;
+        }
+        if let Some(t) = share.templates {
+            self.settings.templates = t;
+        }
+        if let Some(k) = share.k {
+            self.settings.k = k.clamp(K_MIN, K_MAX);
+        }
+        if let Some(o) = share.opacity {
+            self.settings.opacity = o.min(100);
+        }
+        if share.weights != WeightsSource::Default {
+            self.weights_source = share.weights.clone();
+        }
+        if share.sample.is_some() {
+            self.requested_sample = share.sample.clone();
+        }
+    }
+
+    /// The state a page starts in: defaults, then what its URL says (`warnings` from
+    /// [`Share::parse`] become a notice).
+    pub fn from_link(share: &Share, warnings: Vec<String>) -> Self {
+        let mut s = State::default();
+        s.apply_share(share);
+        if !warnings.is_empty() {
+            s.set_notice(Area::Share, warnings.join(" "), true);
+        }
+        s
+    }
+
+    /// The share link fragment (without `#`) for the current state.
+    pub fn share(&self) -> Share {
+        Share {
+            labels: Some(self.label_texts()),
+            mode: Some(self.settings.mode),
+            resolution: Some(self.settings.resolution),
+            templates: Some(self.settings.templates),
+            k: Some(self.settings.k),
+            opacity: Some(self.settings.opacity),
+            sample: self.sample_id().map(str::to_string),
+            weights: self.weights_source.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+    use super::super::*;
+
+    #[test]
+    fn share_fragment_round_trip() {
+        let mut s = with_labels("cat,hot dog,crème brûlée,a&b=c #1,background");
+        s.apply(Action::SetMode(Mode::MaskClip));
+        s.apply(Action::SetResolution(Preset::Paper));
+        s.apply(Action::SetTemplates(TemplateSet::Full));
+        s.apply(Action::SetK(9));
+        s.apply(Action::SetOpacity(70));
+        s.weights_source = WeightsSource::Pair {
+            clip: "https://example.org/w/clip.safetensors?download=1".into(),
+            head: Some("weights/last.pt".into()),
+            config: None,
+        };
+        s.apply(Action::PhotoRequested(Photo {
+            id: 1,
+            source: PhotoSource::Sample("chelsea".into()),
+            preview_url: "samples/chelsea.jpg".into(),
+            size: None,
+        }));
+        let frag = s.share().to_fragment();
+        assert!(!frag.contains(' ') && !frag.contains('#'), "{frag}");
+        assert!(
+            frag.starts_with(
+                "labels=cat,hot%20dog,cr%C3%A8me%20br%C3%BBl%C3%A9e,a%26b%3Dc%20%231,background&"
+            ),
+            "{frag}"
+        );
+        let (back, warnings) = Share::parse("", &format!("#{frag}"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(back, s.share());
+        let mut fresh = State::default();
+        fresh.apply(Action::RestoreShare(back));
+        assert_eq!(fresh.label_texts(), s.label_texts());
+        assert_eq!(fresh.settings, s.settings);
+        assert_eq!(fresh.weights_source, s.weights_source);
+    }
+
+    #[test]
+    fn share_parse_query_and_fragment() {
+        let (sh, w) = Share::parse(
+            "?model=https%3A%2F%2Fx.org%2Fm.gguf&res=224",
+            "#res=448&k=99&tpl=3&labels=a,,b",
+        );
+        assert_eq!(
+            sh.weights,
+            WeightsSource::Bundle("https://x.org/m.gguf".into())
+        );
+        assert_eq!(sh.resolution, Some(Preset::Paper), "the fragment wins");
+        assert_eq!(sh.k, None);
+        assert_eq!(sh.templates, None);
+        assert_eq!(sh.labels, Some(vec!["a".into(), "b".into()]));
+        assert_eq!(w.len(), 2, "{w:?}");
+        let (sh, w) = Share::parse("", "clip=javascript:alert(1)&head=last.pt");
+        assert_eq!(sh.weights, WeightsSource::Default);
+        assert_eq!(w.len(), 2, "{w:?}");
+        let (sh, _) = Share::parse(
+            "clip=c.safetensors&head=h.pt&config=open_clip_config.json",
+            "",
+        );
+        assert_eq!(
+            sh.weights,
+            WeightsSource::Pair {
+                clip: "c.safetensors".into(),
+                head: Some("h.pt".into()),
+                config: Some("open_clip_config.json".into())
+            }
+        );
+        let (sets, confirm) = sh.weights.candidates(|u| format!("http://h/{u}"));
+        assert_eq!(confirm, None, "explicit URLs load without asking");
+        let names: Vec<&str> = sets[0].files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["c.safetensors", "open_clip_config.json", "h.pt"]);
+        // Labels in a link obey the editor's rules.
+        let (sh, _) = Share::parse("", &format!("labels=cat,CAT,{}", "y".repeat(200)));
+        let mut s = State::default();
+        s.apply(Action::RestoreShare(sh));
+        assert_eq!(s.label_texts(), ["cat"]);
+        let (sh, w) = Share::parse("", "sample=../../etc&k=2&opacity=101&mode=x");
+        assert_eq!(
+            (sh.sample, sh.k, sh.opacity, sh.mode),
+            (None, Some(2), None, None)
+        );
+        assert_eq!(w.len(), 3);
+    }
+
+    /// Links written by earlier versions of the page are a public format: this one (every key)
+    /// must keep opening the same state, and the page must keep writing it back to the letter.
+    #[test]
+    fn links_from_earlier_versions_keep_working() {
+        let old = "labels=cat,hot%20dog,background&mode=maskclip&res=448&tpl=80&k=9&opacity=70&sample=chelsea&clip=https%3A%2F%2Fexample.org%2Fclip.safetensors&head=weights%2Flast.pt";
+        let (sh, w) = Share::parse("", &format!("#{old}"));
+        assert!(w.is_empty(), "{w:?}");
+        let s = State::from_link(&sh, w);
+        assert_eq!(s.label_texts(), ["cat", "hot dog", "background"]);
+        assert_eq!(
+            (s.settings.mode, s.settings.resolution, s.settings.templates),
+            (Mode::MaskClip, Preset::Paper, TemplateSet::Full)
+        );
+        assert_eq!((s.settings.k, s.settings.opacity), (9, 70));
+        assert_eq!(s.requested_sample.as_deref(), Some("chelsea"));
+        assert_eq!(
+            s.weights_source,
+            WeightsSource::Pair {
+                clip: "https://example.org/clip.safetensors".into(),
+                head: Some("weights/last.pt".into()),
+                config: None
+            }
+        );
+        let mut s = s;
+        s.apply(Action::PhotoRequested(Photo {
+            id: 1,
+            source: PhotoSource::Sample("chelsea".into()),
+            preview_url: "samples/chelsea.jpg".into(),
+            size: None,
+        }));
+        assert_eq!(s.share().to_fragment(), old);
+        // The other spellings old links used.
+        for (frag, res, tpl, mode) in [
+            (
+                "res=224&tpl=7&mode=dinoiser",
+                Preset::Fast,
+                TemplateSet::Fast,
+                Mode::Dinoiser,
+            ),
+            (
+                "res=336&tpl=fast&mode=clip-dinoiser",
+                Preset::Balanced,
+                TemplateSet::Fast,
+                Mode::Dinoiser,
+            ),
+            (
+                "res=448&tpl=full&mode=maskclip",
+                Preset::Paper,
+                TemplateSet::Full,
+                Mode::MaskClip,
+            ),
+        ] {
+            let (sh, w) = Share::parse("", frag);
+            assert!(w.is_empty(), "{frag}: {w:?}");
+            assert_eq!(
+                (sh.resolution, sh.templates, sh.mode),
+                (Some(res), Some(tpl), Some(mode))
+            );
+        }
+    }
+
+    #[test]
+    fn a_page_starts_from_its_link() {
+        let (sh, w) = Share::parse("?clip=c.safetensors", "#labels=cat,dog&sample=coffee&k=99");
+        let s = State::from_link(&sh, w);
+        assert_eq!(s.label_texts(), ["cat", "dog"]);
+        assert_eq!(s.requested_sample.as_deref(), Some("coffee"));
+        assert!(matches!(s.weights_source, WeightsSource::Pair { .. }));
+        assert!(s.notice(Area::Share).unwrap().text.contains("k=99"));
+        let mut s = s;
+        s.apply(Action::SetLabels(vec![]));
+        assert!(
+            s.labels.is_empty() && s.notice(Area::Labels).is_none(),
+            "clearing is not an error"
+        );
+        s.apply(Action::PhotoRequested(photo(1, "blob:x")));
+        assert_eq!(
+            s.requested_sample, None,
+            "a local photo replaces the linked sample"
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! URL text helpers shared by the UI (share links, weight URLs) and the worker (file names of
+//! downloads, label-cache keys): percent-encoding, the file name at the end of a URL, which URLs
+//! may be fetched at all (pure, unit-tested natively), and resolving a site-relative URL on the
+//! page.
+
+/// `A-Z a-z 0-9 - . _ ~`: the bytes that never need an escape.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Percent-encode every byte but the unreserved ones (like `encodeURIComponent`, but also
+/// `!'()*`). Injective: distinct strings give distinct encodings.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if is_unreserved(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decode `%XX` escapes (invalid escapes are kept as text) and `+` as space.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// File name at the end of a URL path (no query / fragment), for display and format detection.
+pub fn file_name_of(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if name.is_empty() {
+        "download".to_string()
+    } else {
+        percent_decode(name)
+    }
+}
+
+/// A site-relative URL resolved against the page's base URL (works under any sub-path). UI
+/// thread only (it reads the document).
+pub fn resolve(rel: &str) -> String {
+    let base = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.base_uri().ok().flatten())
+        .unwrap_or_default();
+    web_sys::Url::new_with_base(rel, &base)
+        .map(|u| u.href())
+        .unwrap_or_else(|_| rel.to_string())
+}
+
+/// http(s) URLs and site-relative paths; never `javascript:`, `data:`, `file:` and the like.
+pub fn is_fetchable_url(u: &str) -> bool {
+    let lower = u.trim().to_ascii_lowercase();
+    if lower.is_empty() {
+        return false;
+    }
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return true;
+    }
+    // A relative path has no scheme before its first '/', '?' or '#'.
+    let head = lower.split(['/', '?', '#']).next().unwrap_or("");
+    !head.contains(':') && !lower.starts_with("//")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_and_percent_coding() {
+        assert_eq!(
+            file_name_of("https://h/a/b/open_clip_model.safetensors?download=true"),
+            "open_clip_model.safetensors"
+        );
+        assert_eq!(file_name_of("models/my%20model.gguf"), "my model.gguf");
+        assert_eq!(file_name_of("https://h/"), "download");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%41+b"), "%zzA b");
+        assert_eq!(
+            percent_decode(&percent_encode("日本 & more")),
+            "日本 & more"
+        );
+        assert_eq!(
+            percent_encode("a/b ü&~x.y_z-!"),
+            "a%2Fb%20%C3%BC%26~x.y_z-%21"
+        );
+    }
+
+    #[test]
+    fn only_http_and_relative_urls_are_fetched() {
+        assert!(
+            is_fetchable_url("models/x.gguf")
+                && is_fetchable_url("HTTPS://x/y")
+                && is_fetchable_url("/abs/x")
+        );
+        assert!(
+            !is_fetchable_url("javascript:alert(1)")
+                && !is_fetchable_url("data:x")
+                && !is_fetchable_url("//evil/x")
+                && !is_fetchable_url("  ")
+        );
+    }
+}
