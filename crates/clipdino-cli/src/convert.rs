@@ -13,14 +13,14 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use clipdino::loaders::{self, Bundle, Recipe};
+use clipdino::loaders::{self, Bundle, LoadMeter, Recipe};
 use clipdino::pipeline::{EncodeOptions, Segmenter};
 use clipdino::quant::calib::ActivationStats;
 use clipdino::templates::{ClassList, TemplateSet, CLASS_LISTS};
 use clipdino::tokenizer::ClipTokenizer;
 use clipdino::{ComputePath, TensorStore, Vb};
 
-use crate::engine::read_model_inputs;
+use crate::engine::{read_model_inputs, BudgetArgs};
 use crate::eval::list_images;
 use crate::files;
 use crate::photo;
@@ -58,6 +58,8 @@ pub struct ConvertArgs {
     /// Output GGUF file.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    #[command(flatten)]
+    budget: BudgetArgs,
 }
 
 fn parse_recipe(s: &str) -> std::result::Result<Recipe, String> {
@@ -123,21 +125,7 @@ fn calibrate(bundle: &Bundle, images: &[PathBuf], classes: &str) -> Result<Activ
     Arc::try_unwrap(stats).map_err(|_| anyhow!("calibration statistics still in use"))
 }
 
-/// `1234567` → `1.2 MB` (decimal units, as file managers show them).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < UNITS.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use clipdino::loaders::human_bytes;
 
 /// Tensor count and storage bytes per stored dtype.
 pub fn dtype_breakdown(store: &TensorStore) -> BTreeMap<String, (usize, u64)> {
@@ -152,7 +140,13 @@ pub fn dtype_breakdown(store: &TensorStore) -> BTreeMap<String, (usize, u64)> {
 
 pub fn run(a: ConvertArgs) -> Result<()> {
     files::check_writable_file(&a.out, "output file")?;
-    let inputs = read_model_inputs(Some(&a.clip), a.config.as_deref(), a.head.as_deref())?;
+    let budget = a.budget.budget();
+    let inputs = read_model_inputs(
+        Some(&a.clip),
+        a.config.as_deref(),
+        a.head.as_deref(),
+        &budget,
+    )?;
     let input_bytes: u64 = inputs.iter().map(|(_, b)| b.len() as u64).sum();
     let sizes: Vec<(String, u64)> = inputs
         .iter()
@@ -160,7 +154,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         .collect();
 
     let sp = progress::spinner("reading weights");
-    let bundle = loaders::load_model_files(&inputs)?;
+    let bundle = loaders::load_model_files_with(&inputs, budget)?;
     drop(inputs);
     sp.finish_and_clear();
     let stats = if a.calibrate.is_empty() {
@@ -173,7 +167,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     // Read the result back: proves the bundle loads and gives the real per-dtype sizes.
     sp.set_message("checking the bundle");
     let out_name = a.out.display().to_string();
-    let check = loaders::read_gguf_bundle(&bytes, &out_name)
+    let check = loaders::read_gguf_bundle_metered(&bytes, &out_name, &mut LoadMeter::new(budget))
         .map_err(|e| anyhow!("the written bundle does not read back: {e}"))?;
     sp.finish_and_clear();
     files::write_atomic(&a.out, &bytes, "output file")?;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
-use clipdino::loaders::{self, Bundle};
+use clipdino::loaders::{self, human_bytes, Bundle, LoadBudget};
 use clipdino::pipeline::{
     self, EncodeOptions, ImageFeatures, Mode, Progress, SegmentOptions, Segmentation, Segmenter,
     Window,
@@ -41,6 +41,31 @@ pub struct ModelArgs {
     /// the integer kernel of the browser app (10-bit weights, 13-bit activations, exact sums).
     #[arg(long, value_enum, default_value_t = ComputePath::F32)]
     pub compute: ComputePath,
+    #[command(flatten)]
+    pub budget: BudgetArgs,
+}
+
+/// The memory budget of loading the weight files (`clipdino::loaders::LoadBudget`).
+#[derive(Args, Clone)]
+pub struct BudgetArgs {
+    /// Most memory loading the weights may take, in MB, all files together (the default holds
+    /// ViT-B/16 in f32 with room to spare; files asking for more are refused before reading).
+    #[arg(long, value_name = "MB", default_value_t = LoadBudget::DEFAULT.max_bytes / 1_000_000)]
+    pub load_budget_mb: u64,
+}
+
+impl Default for BudgetArgs {
+    fn default() -> Self {
+        Self {
+            load_budget_mb: LoadBudget::DEFAULT.max_bytes / 1_000_000,
+        }
+    }
+}
+
+impl BudgetArgs {
+    pub fn budget(&self) -> LoadBudget {
+        LoadBudget::with_max_bytes(self.load_budget_mb.saturating_mul(1_000_000))
+    }
 }
 
 /// How the image is processed (shared by `segment` and `eval`).
@@ -125,18 +150,37 @@ impl PipelineArgs {
 }
 
 /// Read the weight files named on the command line, as `(file name, bytes)` for
-/// `loaders::load_model_files`.
+/// `loaders::load_model_files_with`. Files larger together than the load budget are refused
+/// from their sizes, before anything is read.
 pub fn read_model_inputs(
     clip: Option<&Path>,
     config: Option<&Path>,
     head: Option<&Path>,
+    budget: &LoadBudget,
 ) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut out = Vec::new();
-    for (p, what) in [
+    let named = [
         (clip, "weights file"),
         (config, "config file"),
         (head, "head checkpoint"),
-    ] {
+    ];
+    let mut total = 0u64;
+    for (p, what) in named {
+        if let Some(p) = p {
+            let len = files::input_len(p, what)?;
+            total = total.saturating_add(len);
+            if total > budget.max_bytes {
+                bail!(
+                    "{what} {} is {}: the weight files come to {}, over the load budget of {} (--load-budget-mb)",
+                    p.display(),
+                    human_bytes(len),
+                    human_bytes(total),
+                    human_bytes(budget.max_bytes)
+                );
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (p, what) in named {
         if let Some(p) = p {
             out.push((p.display().to_string(), files::read_input(p, what)?));
         }
@@ -174,9 +218,10 @@ pub struct Encoded {
 impl Engine {
     pub fn load(args: &ModelArgs) -> Result<Self> {
         let t0 = Instant::now();
+        let budget = args.budget.budget();
         let inputs = match (&args.model, &args.clip) {
-            (Some(m), _) => read_model_inputs(Some(m), None, None)?,
-            (None, Some(c)) => read_model_inputs(Some(c), args.config.as_deref(), args.head.as_deref())?,
+            (Some(m), _) => read_model_inputs(Some(m), None, None, &budget)?,
+            (None, Some(c)) => read_model_inputs(Some(c), args.config.as_deref(), args.head.as_deref(), &budget)?,
             (None, None) => bail!("no model given: pass --model model.gguf, or --clip weights [--config open_clip_config.json] [--head last.pt]"),
         };
         let source = inputs
@@ -185,7 +230,7 @@ impl Engine {
             .collect::<Vec<_>>()
             .join(" + ");
         let sp = progress::spinner("loading weights");
-        let bundle = loaders::load_model_files(&inputs)?;
+        let bundle = loaders::load_model_files_with(&inputs, budget)?;
         drop(inputs);
         let engine = Self::from_bundle(bundle, args.compute, source, t0);
         sp.finish_and_clear();

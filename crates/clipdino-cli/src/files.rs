@@ -9,13 +9,20 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::photo;
 
-/// Read a whole input file; a missing, unreadable or empty file is an error naming it.
-pub fn read_input(path: &Path, what: &str) -> Result<Vec<u8>> {
+/// The size of an input file, from its metadata; a missing file or a directory is an error
+/// naming it.
+pub fn input_len(path: &Path, what: &str) -> Result<u64> {
     let meta = fs::metadata(path)
         .map_err(|e| anyhow!("cannot read {what} {}: {}", path.display(), io_words(&e)))?;
     if meta.is_dir() {
         bail!("{what} {} is a directory, not a file", path.display());
     }
+    Ok(meta.len())
+}
+
+/// Read a whole input file; a missing, unreadable or empty file is an error naming it.
+pub fn read_input(path: &Path, what: &str) -> Result<Vec<u8>> {
+    input_len(path, what)?;
     let bytes = fs::read(path)
         .map_err(|e| anyhow!("cannot read {what} {}: {}", path.display(), io_words(&e)))?;
     if bytes.is_empty() {

@@ -1,19 +1,9 @@
-//! Label lists from the command line (`--labels "a,b,background"`) or a class file (one per line).
+//! Label lists from the command line (`--labels "a,b,background"`) or a class file (one per line),
+//! checked against the model crate's shared input limits (`clipdino::limits`: count, length,
+//! duplicates by the tokenizer's own normalisation).
 
 use anyhow::{bail, Result};
-
-/// The most labels one segmentation accepts.
-pub const MAX_LABELS: usize = 300;
-
-/// The key two labels collide on: the tokenizer lower-cases and collapses whitespace, so
-/// "Cat" and "cat " give the same embedding.
-fn key(label: &str) -> String {
-    label
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
-}
+use clipdino::limits::{check_labels, label_key};
 
 /// Parse a comma-separated label list.
 pub fn parse_labels(arg: &str) -> Result<Vec<String>> {
@@ -47,20 +37,7 @@ pub fn parse_class_file(text: &str, name: &str) -> Result<Vec<String>> {
 }
 
 fn validate(labels: Vec<String>) -> Result<Vec<String>> {
-    if labels.len() > MAX_LABELS {
-        bail!("{} labels given; the limit is {MAX_LABELS}", labels.len());
-    }
-    let mut dups: Vec<String> = Vec::new();
-    for (i, l) in labels.iter().enumerate() {
-        let k = key(l);
-        if let Some(j) = labels[..i].iter().position(|o| key(o) == k) {
-            let msg = format!("\"{}\" (#{}) and \"{}\" (#{})", labels[j], j + 1, l, i + 1);
-            dups.push(msg);
-        }
-    }
-    if !dups.is_empty() {
-        bail!("duplicate labels: {}", dups.join(", "));
-    }
+    check_labels(&labels)?;
     Ok(labels)
 }
 
@@ -69,8 +46,8 @@ fn validate(labels: Vec<String>) -> Result<Vec<String>> {
 pub fn resolve_background(labels: &[String], arg: Option<&str>) -> Result<Option<usize>> {
     match arg {
         Some(b) => {
-            let k = key(b);
-            match labels.iter().position(|l| key(l) == k) {
+            let k = label_key(b);
+            match labels.iter().position(|l| label_key(l) == k) {
                 Some(i) => Ok(Some(i)),
                 None => bail!(
                     "--background \"{b}\" is not one of the labels ({})",
@@ -78,7 +55,7 @@ pub fn resolve_background(labels: &[String], arg: Option<&str>) -> Result<Option
                 ),
             }
         }
-        None => Ok(labels.iter().position(|l| key(l) == "background")),
+        None => Ok(labels.iter().position(|l| label_key(l) == "background")),
     }
 }
 
@@ -103,12 +80,18 @@ mod tests {
         let e = parse_labels("cat,dog,Cat,dog").unwrap_err().to_string();
         assert_eq!(
             e,
-            "duplicate labels: \"cat\" (#1) and \"Cat\" (#3), \"dog\" (#2) and \"dog\" (#4)"
+            "duplicate labels (they read the same to the model): “cat” (#1) and “Cat” (#3), “dog” (#2) and “dog” (#4)"
         );
-        let many: Vec<String> = (0..301).map(|i| format!("thing {i}")).collect();
+        // The tokenizer's normalisation, not only case: an HTML entity reads as its character.
+        let e = parse_labels("fish & chips,fish &amp; chips").unwrap_err();
+        assert!(e.to_string().contains("duplicate labels"), "{e}");
+        let max = clipdino::limits::MAX_LABELS;
+        let many: Vec<String> = (0..=max).map(|i| format!("thing {i}")).collect();
         let e = parse_labels(&many.join(",")).unwrap_err().to_string();
-        assert!(e.contains("301 labels") && e.contains("300"), "{e}");
-        assert!(parse_labels(&many[..300].join(",")).is_ok());
+        assert!(e.contains("201 labels") && e.contains("200"), "{e}");
+        assert!(parse_labels(&many[..max].join(",")).is_ok());
+        let e = parse_labels(&"x".repeat(81)).unwrap_err().to_string();
+        assert!(e.contains("81 characters") && e.contains("80"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,8 @@ use crate::progress;
 
 #[derive(Args)]
 pub struct VerifyArgs {
+    #[command(flatten)]
+    budget: crate::engine::BudgetArgs,
     /// Reference: open_clip weights (`open_clip_model.safetensors` or `.bin`), run in f32.
     #[arg(long, value_name = "FILE", required_unless_present = "reference")]
     clip: Option<PathBuf>,
@@ -604,17 +606,19 @@ pub fn run(a: VerifyArgs) -> Result<()> {
 
     // reference
     let t0 = Instant::now();
+    let budget = a.budget.budget();
     let inputs = match &a.reference {
-        Some(r) => crate::engine::read_model_inputs(Some(r), None, None)?,
+        Some(r) => crate::engine::read_model_inputs(Some(r), None, None, &budget)?,
         None => crate::engine::read_model_inputs(
             a.clip.as_deref(),
             a.config.as_deref(),
             a.head.as_deref(),
+            &budget,
         )?,
     };
     let ref_files: Vec<String> = inputs.iter().map(|(n, _)| n.clone()).collect();
     let sp = progress::spinner("loading the reference");
-    let bundle = loaders::load_model_files(&inputs)?;
+    let bundle = loaders::load_model_files_with(&inputs, budget)?;
     drop(inputs);
     if mode == clipdino::pipeline::Mode::Dinoiser && bundle.head.is_none() {
         bail!("the reference has no CLIP-DINOiser head: give --head last.pt, or --mode maskclip");
@@ -632,7 +636,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
         for &compute in &a.compute {
             let t0 = Instant::now();
             let name = m.display().to_string();
-            let bundle = loaders::load_model_files(&[(name.clone(), bytes.clone())])?;
+            let bundle = loaders::load_model_files_with(&[(name.clone(), bytes.clone())], budget)?;
             if mode == clipdino::pipeline::Mode::Dinoiser && bundle.head.is_none() {
                 bail!("{name} has no CLIP-DINOiser head: use --mode maskclip");
             }

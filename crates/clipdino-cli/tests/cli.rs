@@ -6,128 +6,14 @@
 //! `tests/fixtures/voc`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_clipdino");
+mod common;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixture(p: &str) -> PathBuf {
-    repo().join("tests/fixtures").join(p)
-}
-
-fn voc_image() -> PathBuf {
-    fixture("voc/images/voc_sample.jpg")
-}
-
-/// A fresh scratch folder, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("clipdino-cli-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-    fn path(&self, p: &str) -> PathBuf {
-        self.0.join(p)
-    }
-    fn s(&self, p: &str) -> String {
-        self.path(p).display().to_string()
-    }
-    /// Every file below the folder, relative, sorted.
-    fn files(&self) -> Vec<String> {
-        fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
-            for e in fs::read_dir(d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    walk(base, &p, out);
-                } else {
-                    out.push(p.strip_prefix(base).unwrap().display().to_string());
-                }
-            }
-        }
-        let mut v = Vec::new();
-        walk(&self.0, &self.0, &mut v);
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(BIN).args(args).output().expect("run clipdino")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
-
-/// A failed run with exactly one stderr line `error: …` containing every word of `words`.
-#[track_caller]
-fn one_line_error(o: &Output, words: &[&str]) -> String {
-    let err = stderr(o);
-    assert!(
-        !o.status.success(),
-        "expected failure, got success\nstdout:\n{}\nstderr:\n{err}",
-        stdout(o)
-    );
-    assert_ne!(o.status.code(), Some(0));
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line on stderr, got:\n{err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    for w in words {
-        assert!(lines[0].contains(w), "error line lacks {w:?}: {}", lines[0]);
-    }
-    lines[0].to_string()
-}
-
-/// The tiny random model in the upstream formats, written once per test run (to a fixed place,
-/// so runs do not pile up copies).
-fn tiny() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clipdino-cli-tiny-seed7");
-        let _ = fs::remove_dir_all(&d);
-        ok(&run(&[
-            "random-weights",
-            "--arch",
-            "tiny",
-            "--seed",
-            "7",
-            "--out",
-            &d.display().to_string(),
-        ]));
-        d
-    })
-}
+use common::{
+    fixture, ok, one_line_error, repo, run, stderr, stdout, tiny, voc_image, Scratch, BIN,
+};
 
 fn tiny_args() -> Vec<String> {
     let d = tiny();
@@ -677,12 +563,13 @@ fn segment_kmeans_view_and_full_resolution() {
 
 #[test]
 fn a_label_over_77_tokens_is_truncated_with_a_warning() {
-    let long = vec!["very"; 90].join(" ");
+    // 80 characters (the limit), each digit its own token: over 77 tokens in every prompt.
+    let long = "1234567890".repeat(8);
     let o = run(&segment_args(&["--labels", &format!("cat,{long}")]));
     ok(&o);
     let err = stderr(&o);
     assert!(
-        err.contains("warning:") && err.contains("truncated") && err.contains("very very"),
+        err.contains("warning:") && err.contains("truncated") && err.contains("1234567890123"),
         "{err}"
     );
 }
@@ -946,14 +833,14 @@ fn bad_images() {
         "img-wide",
         Some(&s.path("wide.png")),
         &["--labels", "cat"],
-        &["16385×1", "16384 px a side"],
+        &["wide.png", "16385×1", "16384 pixels a side"],
     );
-    write_grey(&s.path("big.png"), 8000, 6000, &vec![0; 8000 * 6000]);
+    write_grey(&s.path("big.png"), 12000, 9000, &vec![0; 12000 * 9000]);
     segment_fails(
         "img-big",
         Some(&s.path("big.png")),
         &["--labels", "cat"],
-        &["8000×6000", "40 megapixels"],
+        &["big.png", "12000×9000", "100 megapixels"],
     );
     segment_fails(
         "img-dir",
@@ -1074,8 +961,8 @@ fn oversized_and_elongated_images_are_refused_before_allocating() {
         Some(&s.path("bomb.jpg")),
         &["--labels", "cat"],
         &[
-            "bomb.jpg is 16000×16000 px (256.0 megapixels)",
-            "40 megapixels",
+            "bomb.jpg: the photo is 16000×16000 pixels (256.0 megapixels)",
+            "100 megapixels",
         ],
     );
     fs::write(s.path("wide.jpg"), with_jpeg_size(&jpg, 65000, 10)).unwrap();
@@ -1083,7 +970,10 @@ fn oversized_and_elongated_images_are_refused_before_allocating() {
         "bomb-wide",
         Some(&s.path("wide.jpg")),
         &["--labels", "cat"],
-        &["wide.jpg is 65000×10 px", "16384 px a side"],
+        &[
+            "wide.jpg: the photo is 65000×10 pixels",
+            "16384 pixels a side",
+        ],
     );
     // 16384×1 at short side 448 would be resized to 7 340 032×448 px (39 GB as f32): the plan
     // is checked first, in one pass and with windows.
@@ -1152,14 +1042,31 @@ fn bad_labels() {
         "lab-dup",
         None,
         &["--labels", "cat,dog,Cat,sky,dog"],
-        &["duplicate labels", "\"cat\"", "\"Cat\"", "\"dog\""],
+        &["duplicate labels", "“cat” (#1)", "“Cat” (#3)", "“dog” (#5)"],
     );
-    let many: Vec<String> = (0..301).map(|i| format!("thing {i}")).collect();
+    // Duplicates as the tokenizer reads them: HTML entities, full-width letters.
+    segment_fails(
+        "lab-dup-norm",
+        None,
+        &["--labels", "fish &amp; chips,sky,fish & chips,ｓｋｙ"],
+        &[
+            "duplicate labels",
+            "“fish &amp; chips” (#1)",
+            "“ｓｋｙ” (#4)",
+        ],
+    );
+    let many: Vec<String> = (0..201).map(|i| format!("thing {i}")).collect();
     segment_fails(
         "lab-many",
         None,
         &["--labels", &many.join(",")],
-        &["301 labels", "limit is 300"],
+        &["201 labels", "at most 200"],
+    );
+    segment_fails(
+        "lab-long",
+        None,
+        &["--labels", &format!("cat,{}", "x".repeat(81))],
+        &["label 2", "81 characters", "at most 80"],
     );
     segment_fails(
         "lab-bg",

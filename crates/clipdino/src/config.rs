@@ -3,6 +3,12 @@
 //!
 //! open_clip derives the head count as `width / head_width` (`head_width` defaults to 64) and the
 //! MLP width as `width * mlp_ratio` (default 4).
+//!
+//! A configuration can come from a file anyone wrote (a JSON config, a GGUF bundle's stored
+//! config, or tensor shapes), so [`ClipConfig::validate`] bounds every field (the `MAX_*`
+//! constants) and the size of the whole model, before any size is derived from it. Within those
+//! bounds every product the model computes (`grid·grid + 1`, `3·width`, `vocab·width`, …) fits in
+//! 32 bits, so nothing wraps on `wasm32`.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +27,16 @@ pub struct VisionConfig {
 }
 
 impl VisionConfig {
-    /// Side of the pretrained patch grid (14 for ViT-B/16 at 224).
+    /// Side of the pretrained patch grid (14 for ViT-B/16 at 224); 0 for a zero patch size.
     pub fn grid(&self) -> usize {
-        self.image_size / self.patch_size
+        self.image_size.checked_div(self.patch_size).unwrap_or(0)
+    }
+
+    /// Rows of the positional embedding: `grid² + 1` (the CLS token). Saturates instead of
+    /// wrapping; [`ClipConfig::validate`] bounds it to at most `MAX_GRID² + 1`.
+    pub fn positions(&self) -> usize {
+        let g = self.grid();
+        g.saturating_mul(g).saturating_add(1)
     }
 }
 
@@ -61,6 +74,84 @@ impl HeadConfig {
             layer: cfg.vision.layers.saturating_sub(3),
         }
     }
+
+    /// Check the head against the CLIP model it sits on: its input is the vision width, its
+    /// layer a vision block, its projection width within [`MAX_HEAD_PROJ_DIM`].
+    pub fn validate(&self, clip: &ClipConfig) -> Result<()> {
+        if self.in_dim != clip.vision.width {
+            return Err(Error::config(
+                "head_config.in_dim",
+                format!(
+                    "is {}, but the CLIP vision tower is {} wide",
+                    self.in_dim, clip.vision.width
+                ),
+            ));
+        }
+        in_range(
+            "head_config.proj_dim",
+            self.proj_dim,
+            1,
+            MAX_HEAD_PROJ_DIM,
+            256,
+        )?;
+        if self.layer >= clip.vision.layers {
+            return Err(Error::config(
+                "head_config.layer",
+                format!(
+                    "is block {}, but the vision tower has {} blocks",
+                    self.layer, clip.vision.layers
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// --- bounds ----------------------------------------------------------------------------
+
+/// Widest tower / embedding accepted (ViT-B/16: 768 vision, 512 text and embedding).
+pub const MAX_WIDTH: usize = 4096;
+/// Most blocks per tower (ViT-B/16: 12).
+pub const MAX_LAYERS: usize = 64;
+/// Widest MLP (ViT-B/16: 3072 vision, 2048 text).
+pub const MAX_MLP_DIM: usize = 16_384;
+/// Largest patch (ViT-B/16: 16).
+pub const MAX_PATCH_SIZE: usize = 64;
+/// Largest pretrained patch-grid side (ViT-B/16 at 224: 14), the side of
+/// [`crate::limits::MAX_PATCHES`].
+pub const MAX_GRID: usize = 64;
+/// Longest text context (ViT-B/16: 77).
+pub const MAX_CONTEXT: usize = 1024;
+/// Largest vocabulary (CLIP: 49 408).
+pub const MAX_VOCAB: usize = 1 << 20;
+/// Widest CLIP-DINOiser projection (upstream: 256).
+pub const MAX_HEAD_PROJ_DIM: usize = 4096;
+/// Most bytes the CLIP tensors may take in f32, the compute form of every path: the app's whole
+/// memory budget (1 GB). ViT-B/16 takes 598 MB.
+pub const MAX_MODEL_F32_BYTES: u64 = 1_000_000_000;
+/// Longest `open_clip_config.json` read (upstream files are about 1 kB).
+pub const MAX_CONFIG_JSON_BYTES: usize = 1 << 20;
+
+/// `value` must lie in `lo..=hi`; `typical` is ViT-B/16's value, for the message.
+fn in_range(field: &str, value: usize, lo: usize, hi: usize, typical: usize) -> Result<()> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::config(
+            field,
+            format!("is {value}; it must be from {lo} to {hi} (ViT-B/16: {typical})"),
+        ))
+    }
+}
+
+fn heads_divide(field: &str, width: usize, heads: usize) -> Result<()> {
+    if heads == 0 || heads > width || !width.is_multiple_of(heads) {
+        return Err(Error::config(
+            field,
+            format!("{heads} attention heads do not divide the width {width}"),
+        ));
+    }
+    Ok(())
 }
 
 // --- open_clip_config.json -------------------------------------------------------------
@@ -99,6 +190,20 @@ struct OcText {
     heads: Option<usize>,
     layers: usize,
     mlp_ratio: Option<f64>,
+}
+
+/// `width · mlp_ratio` (default 4) as open_clip computes it, refusing ratios that are not finite
+/// and positive or give an MLP wider than [`MAX_MLP_DIM`].
+fn mlp_dim(width: usize, ratio: Option<f64>, field: &str) -> Result<usize> {
+    let r = ratio.unwrap_or(4.0);
+    let dim = width as f64 * r;
+    if !(r.is_finite() && r > 0.0 && dim >= 1.0 && dim <= MAX_MLP_DIM as f64) {
+        return Err(Error::config(
+            field,
+            format!("is {r}: with width {width} the MLP must be 1 to {MAX_MLP_DIM} wide"),
+        ));
+    }
+    Ok(dim as usize)
 }
 
 fn heads_of(width: usize, head_width: usize, field: &str) -> Result<usize> {
@@ -163,6 +268,15 @@ impl ClipConfig {
 
     /// Parse an `open_clip_config.json` (hub layout `{"model_cfg": {...}}` or a bare model config).
     pub fn from_open_clip_json(json: &str) -> Result<Self> {
+        if json.len() > MAX_CONFIG_JSON_BYTES {
+            return Err(Error::config(
+                "open_clip_config.json",
+                format!(
+                    "is {} bytes; a config is about 1 kB (at most {MAX_CONFIG_JSON_BYTES} bytes are read)",
+                    json.len()
+                ),
+            ));
+        }
         let f: OcFile = serde_json::from_str(json)
             .map_err(|e| Error::config("open_clip_config.json", e.to_string()))?;
         let m = match f.model_cfg {
@@ -181,6 +295,9 @@ impl ClipConfig {
         };
         let v = m.vision_cfg;
         let t = m.text_cfg;
+        // The widths first: the head count and MLP width derive from them.
+        in_range("vision_cfg.width", v.width, 1, MAX_WIDTH, 768)?;
+        in_range("text_cfg.width", t.width, 1, MAX_WIDTH, 512)?;
         let vheads = heads_of(v.width, v.head_width.unwrap_or(64), "vision_cfg.head_width")?;
         let theads = t.heads.unwrap_or(8);
         let cfg = Self {
@@ -191,7 +308,7 @@ impl ClipConfig {
                 heads: vheads,
                 patch_size: v.patch_size,
                 image_size: v.image_size,
-                mlp_dim: (v.width as f64 * v.mlp_ratio.unwrap_or(4.0)) as usize,
+                mlp_dim: mlp_dim(v.width, v.mlp_ratio, "vision_cfg.mlp_ratio")?,
             },
             text: TextConfig {
                 width: t.width,
@@ -199,7 +316,7 @@ impl ClipConfig {
                 heads: theads,
                 context_length: t.context_length.unwrap_or(77),
                 vocab_size: t.vocab_size.unwrap_or(49408),
-                mlp_dim: (t.width as f64 * t.mlp_ratio.unwrap_or(4.0)) as usize,
+                mlp_dim: mlp_dim(t.width, t.mlp_ratio, "text_cfg.mlp_ratio")?,
             },
         };
         cfg.validate()?;
@@ -215,13 +332,13 @@ impl ClipConfig {
                 "embed_dim": self.embed_dim,
                 "vision_cfg": {
                     "image_size": v.image_size, "layers": v.layers, "width": v.width,
-                    "patch_size": v.patch_size, "head_width": v.width / v.heads,
-                    "mlp_ratio": v.mlp_dim as f64 / v.width as f64,
+                    "patch_size": v.patch_size, "head_width": v.width / v.heads.max(1),
+                    "mlp_ratio": v.mlp_dim as f64 / v.width.max(1) as f64,
                 },
                 "text_cfg": {
                     "context_length": t.context_length, "vocab_size": t.vocab_size,
                     "width": t.width, "heads": t.heads, "layers": t.layers,
-                    "mlp_ratio": t.mlp_dim as f64 / t.width as f64,
+                    "mlp_ratio": t.mlp_dim as f64 / t.width.max(1) as f64,
                 }
             },
             "preprocess_cfg": {
@@ -233,26 +350,72 @@ impl ClipConfig {
 
     /// Infer widths, depths, patch, grid, context and vocab from tensor shapes. Head counts are
     /// not visible in shapes: they are taken as `width / 64` (open_clip's default head width)
-    /// unless `head_width` says otherwise.
+    /// unless `head_width` says otherwise. Every tensor read is checked for its number of
+    /// dimensions first; the result is [`ClipConfig::validate`]d.
     pub fn infer(
         store: &TensorStore,
         vision_head_width: usize,
         text_head_width: usize,
     ) -> Result<Self> {
-        let dims = |n: &str| store.dims(n).ok_or_else(|| store.missing(n));
-        let conv = dims("visual.conv1.weight")?;
-        if conv.len() != 4 {
-            return Err(store.shape_err("visual.conv1.weight", &[0, 3, 0, 0], &conv));
-        }
+        Self::infer_unnamed(store, vision_head_width, text_head_width).map_err(|e| match e {
+            Error::Config { field, detail } => Error::Config {
+                field,
+                detail: format!(
+                    "{detail} (inferred from the tensor shapes of {}; give its open_clip_config.json if the guess is wrong)",
+                    store.source()
+                ),
+            },
+            e => e,
+        })
+    }
+
+    fn infer_unnamed(
+        store: &TensorStore,
+        vision_head_width: usize,
+        text_head_width: usize,
+    ) -> Result<Self> {
+        let dims = |n: &str, rank: usize| -> Result<Vec<usize>> {
+            let d = store.dims(n).ok_or_else(|| store.missing(n))?;
+            if d.len() != rank {
+                return Err(Error::WrongRank {
+                    name: n.to_string(),
+                    source_name: store.source().to_string(),
+                    expected: rank,
+                    got: d,
+                });
+            }
+            Ok(d)
+        };
+        let conv = dims("visual.conv1.weight", 4)?;
         let (vw, patch) = (conv[0], conv[2]);
-        let pos = dims("visual.positional_embedding")?;
-        let grid = ((pos[0].saturating_sub(1)) as f64).sqrt() as usize;
-        if grid * grid + 1 != pos[0] {
+        if conv[1] != 3 || conv[3] != patch {
+            return Err(store.shape_err("visual.conv1.weight", &[vw, 3, patch, patch], &conv));
+        }
+        let rows = dims("visual.positional_embedding", 2)?[0];
+        // Integer square root of rows − 1, checked exactly (no float rounding, no overflow).
+        let cells = rows.saturating_sub(1);
+        let mut grid = (cells as f64).sqrt() as usize;
+        while grid.checked_mul(grid).is_none_or(|g2| g2 > cells) {
+            grid -= 1;
+        }
+        while (grid + 1)
+            .checked_mul(grid + 1)
+            .is_some_and(|g2| g2 <= cells)
+        {
+            grid += 1;
+        }
+        if rows == 0 || grid * grid != cells {
             return Err(Error::config(
                 "visual.positional_embedding",
-                format!("{} rows is not a square grid + CLS", pos[0]),
+                format!("{rows} rows is not a square grid + CLS"),
             ));
         }
+        let image_size = grid.checked_mul(patch).ok_or_else(|| {
+            Error::config(
+                "visual.positional_embedding",
+                format!("a {grid}×{grid} grid of {patch}-pixel patches is too large"),
+            )
+        })?;
         let count = |prefix: &str| {
             (0..)
                 .take_while(|i| store.contains(&format!("{prefix}.{i}.ln_1.weight")))
@@ -260,20 +423,25 @@ impl ClipConfig {
         };
         let vlayers = count("visual.transformer.resblocks");
         let tlayers = count("transformer.resblocks");
-        let vmlp = dims("visual.transformer.resblocks.0.mlp.c_fc.weight")?[0];
-        let proj =
-            dims("visual.proj").or_else(|_| dims("visual.proj_t").map(|d| vec![d[1], d[0]]))?;
-        let tok = dims("token_embedding.weight")?;
-        let tpos = dims("positional_embedding")?;
-        let tmlp = dims("transformer.resblocks.0.mlp.c_fc.weight")?[0];
+        let vmlp = dims("visual.transformer.resblocks.0.mlp.c_fc.weight", 2)?[0];
+        let embed_dim = match dims("visual.proj", 2) {
+            Ok(d) => d[1],
+            Err(Error::MissingTensor { .. }) if store.contains("visual.proj_t") => {
+                dims("visual.proj_t", 2)?[0]
+            }
+            Err(e) => return Err(e),
+        };
+        let tok = dims("token_embedding.weight", 2)?;
+        let tpos = dims("positional_embedding", 2)?;
+        let tmlp = dims("transformer.resblocks.0.mlp.c_fc.weight", 2)?[0];
         let cfg = Self {
-            embed_dim: proj[1],
+            embed_dim,
             vision: VisionConfig {
                 width: vw,
                 layers: vlayers,
                 heads: heads_of(vw, vision_head_width, "vision head_width")?,
                 patch_size: patch,
-                image_size: grid * patch,
+                image_size,
                 mlp_dim: vmlp,
             },
             text: TextConfig {
@@ -289,37 +457,61 @@ impl ClipConfig {
         Ok(cfg)
     }
 
+    /// Check every field against its bound (the `MAX_*` constants of this module) and the
+    /// whole model against [`MAX_MODEL_F32_BYTES`]. Errors name the field and say what is
+    /// allowed.
     pub fn validate(&self) -> Result<()> {
         let v = &self.vision;
         let t = &self.text;
-        let checks: [(&str, bool); 8] = [
-            (
-                "vision_cfg.width",
-                v.width > 0 && v.heads > 0 && v.width.is_multiple_of(v.heads),
-            ),
-            ("vision_cfg.layers", (3..=64).contains(&v.layers)),
-            ("vision_cfg.patch_size", (1..=64).contains(&v.patch_size)),
-            (
+        in_range("embed_dim", self.embed_dim, 1, MAX_WIDTH, 512)?;
+        in_range("vision_cfg.width", v.width, 1, MAX_WIDTH, 768)?;
+        heads_divide("vision_cfg.heads", v.width, v.heads)?;
+        // The CLIP-DINOiser head reads block L−3.
+        in_range("vision_cfg.layers", v.layers, 3, MAX_LAYERS, 12)?;
+        in_range("vision_cfg.patch_size", v.patch_size, 1, MAX_PATCH_SIZE, 16)?;
+        if !v.image_size.is_multiple_of(v.patch_size) || !(1..=MAX_GRID).contains(&v.grid()) {
+            return Err(Error::config(
                 "vision_cfg.image_size",
-                v.image_size >= v.patch_size && v.image_size.is_multiple_of(v.patch_size),
-            ),
-            (
-                "text_cfg.width",
-                t.width > 0 && t.heads > 0 && t.width.is_multiple_of(t.heads),
-            ),
-            ("text_cfg.layers", (1..=64).contains(&t.layers)),
-            (
-                "text_cfg.context_length",
-                (2..=1024).contains(&t.context_length),
-            ),
-            ("embed_dim", self.embed_dim > 0 && t.vocab_size > 2),
-        ];
-        for (field, ok) in checks {
-            if !ok {
-                return Err(Error::config(field, format!("invalid value in {self:?}")));
-            }
+                format!(
+                    "is {}; it must be 1 to {MAX_GRID} patches of {} pixels (ViT-B/16: 224)",
+                    v.image_size, v.patch_size
+                ),
+            ));
+        }
+        in_range("vision_cfg.mlp_dim", v.mlp_dim, 1, MAX_MLP_DIM, 3072)?;
+        in_range("text_cfg.width", t.width, 1, MAX_WIDTH, 512)?;
+        heads_divide("text_cfg.heads", t.width, t.heads)?;
+        in_range("text_cfg.layers", t.layers, 1, MAX_LAYERS, 12)?;
+        in_range(
+            "text_cfg.context_length",
+            t.context_length,
+            2,
+            MAX_CONTEXT,
+            77,
+        )?;
+        in_range("text_cfg.vocab_size", t.vocab_size, 3, MAX_VOCAB, 49408)?;
+        in_range("text_cfg.mlp_dim", t.mlp_dim, 1, MAX_MLP_DIM, 2048)?;
+        let bytes = self.f32_bytes();
+        if bytes > MAX_MODEL_F32_BYTES {
+            return Err(Error::config(
+                "model size",
+                format!(
+                    "these settings describe a model of {} in f32, over the limit of {} (ViT-B/16: 598 MB)",
+                    crate::loaders::human_bytes(bytes),
+                    crate::loaders::human_bytes(MAX_MODEL_F32_BYTES)
+                ),
+            ));
         }
         Ok(())
+    }
+
+    /// Bytes of the CLIP tensors in f32 (the form every compute path builds), in `u64` with
+    /// saturating products (exact for any config within the field bounds).
+    pub fn f32_bytes(&self) -> u64 {
+        crate::loaders::expected_clip_tensors(self)
+            .iter()
+            .map(|(_, d)| d.iter().fold(4u64, |a, &x| a.saturating_mul(x as u64)))
+            .fold(0u64, u64::saturating_add)
     }
 }
 

@@ -30,6 +30,17 @@ pub enum Error {
     #[error("{source_name} is not a weights file we can read: {detail}")]
     NotWeights { source_name: String, detail: String },
 
+    #[error("tensor `{name}` in {source_name} has shape {got:?}, expected {expected} dimensions")]
+    WrongRank {
+        name: String,
+        source_name: String,
+        expected: usize,
+        got: Vec<usize>,
+    },
+
+    #[error("{source_name} needs more memory than a model load may use: {detail}")]
+    OverBudget { source_name: String, detail: String },
+
     #[error("{source_name} holds a different model: {detail}")]
     WrongModel { source_name: String, detail: String },
 
@@ -47,6 +58,9 @@ pub enum Error {
 
     #[error("invalid input `{field}`: {detail}")]
     InvalidInput { field: String, detail: String },
+
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
 
     #[error("tokenizer: {0}")]
     Tokenizer(String),

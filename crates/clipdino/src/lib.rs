@@ -10,6 +10,7 @@ pub mod dinoiser;
 pub mod error;
 pub mod intgemm;
 pub mod kmeans;
+pub mod limits;
 pub mod linear;
 pub mod loaders;
 pub mod metrics;

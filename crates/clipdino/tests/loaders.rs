@@ -3,6 +3,8 @@
 //! of bad input, which must give a typed error naming the file / tensor / field, never a panic.
 
 mod common;
+#[path = "support/hostile.rs"]
+mod hostile;
 
 use std::io::Write;
 
@@ -10,10 +12,14 @@ use candle_core::{DType, Device, Tensor};
 use clipdino::loaders::{
     self, load_model_files, random_clip_store, random_head_store, read_dinoiser_checkpoint,
     read_gguf_bundle, read_safetensors, read_torch_pickle, write_gguf_bundle, write_safetensors,
-    write_safetensors_entries, write_torch_pickle, Bundle, Quant,
+    write_safetensors_entries, write_torch_pickle, Bundle, LoadBudget, LoadMeter, Quant,
 };
 use clipdino::{ClipConfig, Error, HeadConfig, Stored, TensorStore};
 use common::{max_abs, max_abs_diff};
+use hostile::{
+    aliased_storages, deep_pickle, gguf_offset_pos, gguf_tensor_infos, memo_bomb_pickle,
+    shared_storage_views, tensors_pickle, torch_zip, TensorSpec,
+};
 
 type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -776,51 +782,9 @@ fn gguf_hostile_counts_and_sizes() -> R<()> {
     Ok(())
 }
 
-/// A torch-format zip with the given `data.pkl` and storages.
-fn torch_zip(pkl: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let o =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    zw.start_file("archive/data.pkl", o).unwrap();
-    zw.write_all(pkl).unwrap();
-    for (k, d) in storages {
-        zw.start_file(format!("archive/data/{k}"), o).unwrap();
-        zw.write_all(d).unwrap();
-    }
-    zw.finish().unwrap().into_inner()
-}
-
-/// Pickle of `{'w': _rebuild_tensor_v2(('storage', FloatStorage, '0', 'cpu', numel), offset, size, stride, False, OrderedDict())}`.
+/// Pickle of `{'w': _rebuild_tensor_v2(('storage', <class>, '0', 'cpu', numel), offset, size, stride, False, OrderedDict())}`.
 fn tensor_pickle(class: &str, numel: u32, offset: u32, size: &[u32], stride: &[u32]) -> Vec<u8> {
-    let mut p = vec![0x80, 2, b'}', b'('];
-    let s = |p: &mut Vec<u8>, x: &str| {
-        p.push(b'X');
-        p.extend_from_slice(&(x.len() as u32).to_le_bytes());
-        p.extend_from_slice(x.as_bytes());
-    };
-    let int = |p: &mut Vec<u8>, v: u32| {
-        p.push(b'J');
-        p.extend_from_slice(&v.to_le_bytes());
-    };
-    s(&mut p, "w");
-    p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
-    s(&mut p, "storage");
-    p.extend_from_slice(format!("ctorch\n{class}\n").as_bytes());
-    s(&mut p, "0");
-    s(&mut p, "cpu");
-    int(&mut p, numel);
-    p.extend_from_slice(b"tQ");
-    int(&mut p, offset);
-    p.push(b'(');
-    for &d in size {
-        int(&mut p, d);
-    }
-    p.extend_from_slice(b"t(");
-    for &d in stride {
-        int(&mut p, d);
-    }
-    p.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtRu.");
-    p
+    tensors_pickle(&[("w", class, "0", numel, offset, size, stride)])
 }
 
 #[test]
@@ -891,22 +855,9 @@ fn torch_pickle_views_and_hostile_pickles() -> R<()> {
         // BINUNICODE claiming 4 GB
         ("str", torch_zip(b"\x80\x02X\xff\xff\xff\xffabc.", &[])),
         // 100 000 nested tuples
-        (
-            "deep",
-            torch_zip(
-                &[&[0x80u8, 2, b'N'][..], &[0x85u8; 100_000], b"."].concat(),
-                &[],
-            ),
-        ),
+        ("deep", torch_zip(&deep_pickle(100_000), &[])),
         // memo bomb: a list doubled 64 times through the memo
-        ("bomb", {
-            let mut p = vec![0x80, 2, b']', b'q', 0];
-            for _ in 0..64 {
-                p.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
-            }
-            p.push(b'.');
-            torch_zip(&p, &[])
-        }),
+        ("bomb", torch_zip(&memo_bomb_pickle(), &[])),
         // unknown opcode, stack underflow, missing STOP
         ("opcode", torch_zip(b"\x80\x02\xff.", &[])),
         ("underflow", torch_zip(b"\x80\x02t.", &[])),
@@ -925,7 +876,10 @@ fn torch_pickle_views_and_hostile_pickles() -> R<()> {
         assert!(
             matches!(
                 e,
-                Error::NotWeights { .. } | Error::Truncated { .. } | Error::UnsupportedDtype { .. }
+                Error::NotWeights { .. }
+                    | Error::Truncated { .. }
+                    | Error::UnsupportedDtype { .. }
+                    | Error::OverBudget { .. }
             ),
             "{name}: {e}"
         );
@@ -1091,5 +1045,628 @@ fn mutated_files_never_panic() -> R<()> {
         errors > 100,
         "only {errors} of 400 damaged pickles were refused"
     );
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Hostile files (issue 13): one budget per load, checked arithmetic, bounded configs. Test
+// names carry the issue's item numbers.
+// ------------------------------------------------------------------------------------------
+
+fn budget(max_bytes: u64) -> LoadBudget {
+    LoadBudget::with_max_bytes(max_bytes)
+}
+
+#[test]
+fn one_budget_covers_every_file_of_a_load() -> R<()> {
+    let files = fixture_files(&[
+        "open_clip_model.safetensors",
+        "open_clip_config.json",
+        "last.pt",
+    ]);
+    // The default budget holds it; so does a budget of exactly what it allocates.
+    let mut meter = LoadMeter::default();
+    let st = loaders::read_safetensors_metered(&files[0].1, "m", &mut meter)?;
+    let clip_bytes = meter.peak_bytes();
+    assert_eq!(
+        clip_bytes,
+        st.storage_bytes() as u64,
+        "tensors are all it keeps"
+    );
+    load_model_files(&files)?;
+    // The head file pushes the load over a budget that holds the CLIP file alone: the error
+    // names the head file and a tensor of it.
+    let e = loaders::load_model_files_with(&files, budget(clip_bytes + 100)).unwrap_err();
+    assert!(matches!(e, Error::OverBudget { .. }), "{e}");
+    assert_names(&e, "last.pt");
+    assert_names(&e, "of the load's budget of");
+    // The tensor count is part of the budget too.
+    let few = LoadBudget {
+        max_bytes: u64::MAX,
+        max_tensors: 10,
+    };
+    for f in [
+        "open_clip_model.safetensors",
+        "open_clip_pytorch_model.bin",
+        "last.pt",
+    ] {
+        let e = loaders::load_model_files_with(
+            &fixture_files(&[f]),
+            LoadBudget {
+                max_tensors: 2,
+                ..few
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::OverBudget { .. }), "{f}: {e}");
+        assert_names(&e, f);
+    }
+    let g = write_gguf_bundle(&tiny_bundle(3), Quant::Q8_0)?;
+    let e = loaders::load_model_files_with(&[("b.gguf".into(), g)], few).unwrap_err();
+    assert!(matches!(e, Error::OverBudget { .. }), "{e}");
+    assert_names(&e, "b.gguf");
+    Ok(())
+}
+
+#[test]
+fn torch_storages_stored_or_deflated_give_the_same_tensors() -> R<()> {
+    // torch stores entries uncompressed (read in place); a re-zipped file deflates them.
+    let bin = fixture("open_clip_pytorch_model.bin");
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bin))?;
+    let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let o = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i)?;
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut v)?;
+        zw.start_file(f.name().to_string(), o)?;
+        zw.write_all(&v)?;
+    }
+    let deflated = zw.finish()?.into_inner();
+    assert!(deflated.len() < bin.len());
+    assert_same_stores(
+        &read_torch_pickle(&bin, "stored.bin")?,
+        &read_torch_pickle(&deflated, "deflated.bin")?,
+    );
+    // A damaged stored storage fails its CRC (the bytes are read in place, not through zip).
+    let mut bad = bin.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x40;
+    let e = read_torch_pickle(&bad, "bitflip.bin").unwrap_err();
+    assert_names(&e, "bitflip.bin");
+    Ok(())
+}
+
+#[test]
+fn item1_gguf_alignment_of_any_integer_type_must_be_a_power_of_two() -> R<()> {
+    use candle_core::quantized::gguf_file::Value;
+    let arch = ("general.architecture", Value::String("clipdino".into()));
+    let version = ("clipdino.format_version", Value::U32(1));
+    let cfg = (
+        "clipdino.clip_config",
+        Value::String(serde_json::to_string(&tiny_cfg())?),
+    );
+    for (what, v) in [
+        ("u8 0", Value::U8(0)),
+        ("i8 0", Value::I8(0)),
+        ("i16 0", Value::I16(0)),
+        ("i32 0", Value::I32(0)),
+        ("i64 0", Value::I64(0)),
+        ("u64 0", Value::U64(0)),
+        ("negative", Value::I32(-32)),
+        ("not a power of two", Value::U32(24)),
+        ("too small", Value::U32(4)),
+        ("absurd", Value::U64(1 << 40)),
+        ("a string", Value::String("32".into())),
+        ("a float", Value::F32(32.0)),
+    ] {
+        let g = gguf_with(&[
+            arch.clone(),
+            version.clone(),
+            cfg.clone(),
+            ("general.alignment", v),
+        ])?;
+        let e = read_gguf_bundle(&g, "align.gguf").expect_err(what);
+        assert!(matches!(e, Error::NotWeights { .. }), "{what}: {e}");
+        assert_names(&e, "general.alignment");
+        assert_names(&e, "align.gguf");
+    }
+    // A valid alignment of a signed type is accepted (the read then stops at the missing CLIP
+    // tensors of this metadata-only file).
+    let g = gguf_with(&[arch, version, cfg, ("general.alignment", Value::I32(32))])?;
+    let e = read_gguf_bundle(&g, "ok.gguf").unwrap_err();
+    assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
+    Ok(())
+}
+
+#[test]
+fn item2_config_inference_checks_every_tensor_rank() -> R<()> {
+    let store = read_safetensors(&fixture("open_clip_model.safetensors"), "m")?;
+    let entries = entries_of(&store);
+    let dev = Device::Cpu;
+    let inferred = [
+        "visual.conv1.weight",
+        "visual.positional_embedding",
+        "visual.transformer.resblocks.0.mlp.c_fc.weight",
+        "visual.proj",
+        "token_embedding.weight",
+        "positional_embedding",
+        "transformer.resblocks.0.mlp.c_fc.weight",
+    ];
+    for name in inferred {
+        for bad in [
+            Tensor::new(1f32, &dev)?,
+            Tensor::zeros(5, DType::F32, &dev)?,
+        ] {
+            let mut e2 = without(&store, name);
+            e2.push((name.to_string(), bad.clone()));
+            let bytes = write_safetensors_entries(&e2, &[])?;
+            // No config: the architecture is inferred from the shapes.
+            let e = load_model_files(&[("rank.safetensors".into(), bytes)]).unwrap_err();
+            assert!(
+                matches!(e, Error::WrongRank { .. } | Error::ShapeMismatch { .. }),
+                "{name} {:?}: {e}",
+                bad.dims()
+            );
+            assert_names(&e, name);
+            assert_names(&e, "rank.safetensors");
+        }
+    }
+    // The transposed bundle layout of the projection is checked too.
+    let mut e2 = without(&store, "visual.proj");
+    e2.push(("visual.proj_t".into(), Tensor::zeros(7, DType::F32, &dev)?));
+    let s = read_safetensors(&write_safetensors_entries(&e2, &[])?, "t.safetensors")?;
+    let e = ClipConfig::infer(&s, 64, 64).unwrap_err();
+    assert!(matches!(e, Error::WrongRank { .. }), "{e}");
+    assert_names(&e, "visual.proj_t");
+    // A positional embedding of 0 or 3 rows is not a square grid + CLS.
+    for rows in [0usize, 3] {
+        let mut t = TensorStore::new("p");
+        for (n, x) in &entries {
+            t.insert(n.clone(), Stored::Float(x.clone()));
+        }
+        t.insert(
+            "visual.positional_embedding",
+            Stored::Float(Tensor::zeros((rows, 64), DType::F32, &dev)?),
+        );
+        let e = ClipConfig::infer(&t, 64, 64).unwrap_err();
+        assert_names(&e, "visual.positional_embedding");
+    }
+    Ok(())
+}
+
+#[test]
+fn item3_torch_views_of_one_storage_are_each_charged() -> R<()> {
+    // 100 views of one 1 MB storage: 100 MB of tensors from a 1 MB file.
+    const NUMEL: u32 = 1 << 18;
+    let storage: Vec<u8> = vec![0u8; NUMEL as usize * 4];
+    let names: Vec<String> = (0..100).map(|i| format!("view{i:03}")).collect();
+    let tensors: Vec<TensorSpec> = names
+        .iter()
+        .map(|n| {
+            (
+                n.as_str(),
+                "FloatStorage",
+                "0",
+                NUMEL,
+                0,
+                &[NUMEL][..],
+                &[1][..],
+            )
+        })
+        .collect();
+    let file = torch_zip(&tensors_pickle(&tensors), &[("0", &storage)]);
+    // Fine within a budget that holds them all.
+    let mut meter = LoadMeter::new(budget(200 << 20));
+    assert_eq!(
+        loaders::read_torch_pickle_metered(&file, "views.pt", &mut meter)?.len(),
+        100
+    );
+    assert_eq!(
+        meter.peak_bytes(),
+        100 << 20,
+        "views are charged, the storage is read in place"
+    );
+    // The same from a deflated storage: a 4 kB file asking for 100 × 1 MB.
+    let small = shared_storage_views(100, NUMEL);
+    assert!(small.len() < 8 << 10, "{}", small.len());
+    let mut meter = LoadMeter::new(budget(200 << 20));
+    assert_eq!(
+        loaders::read_torch_pickle_metered(&small, "views.pt", &mut meter)?.len(),
+        100
+    );
+    let e = loaders::read_torch_pickle_metered(
+        &small,
+        "views.pt",
+        &mut LoadMeter::new(budget(10 << 20)),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::OverBudget { .. }), "{e}");
+    // Refused at the view that overflows a 10 MB budget: nothing beyond it was built.
+    let e = loaders::read_torch_pickle_metered(
+        &file,
+        "views.pt",
+        &mut LoadMeter::new(budget(10 << 20)),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::OverBudget { .. }), "{e}");
+    assert_names(&e, "views.pt");
+    assert_names(&e, "view010");
+    Ok(())
+}
+
+#[test]
+fn item3_torch_entries_sharing_one_compressed_entry_inflate_within_the_budget() -> R<()> {
+    // One deflated 4 MB storage of zeros (a few kB in the file), listed under 200 names in the
+    // central directory; every tensor names its own storage, i.e. another alias.
+    let file = aliased_storages(200, 1 << 20);
+    assert!(file.len() < 64 << 10, "{} bytes", file.len());
+    // 200 × 4 MB = 800 MB to inflate; a 100 MB budget stops it after 25 entries.
+    let mut meter = LoadMeter::new(budget(100 << 20));
+    let e = loaders::read_torch_pickle_metered(&file, "aliases.pt", &mut meter).unwrap_err();
+    assert!(matches!(e, Error::OverBudget { .. }), "{e}");
+    assert_names(&e, "aliases.pt");
+    assert_names(&e, "inflate");
+    assert!(meter.peak_bytes() <= 100 << 20);
+    // Within a budget that allows it, each one-element view is built from its alias.
+    let mut meter = LoadMeter::new(budget(1 << 30));
+    assert_eq!(
+        loaders::read_torch_pickle_metered(&file, "aliases.pt", &mut meter)?.len(),
+        200
+    );
+    assert!(
+        meter.peak_bytes() < (8 << 20) + 4096,
+        "one inflated entry at a time"
+    );
+    Ok(())
+}
+
+#[test]
+fn item3_torch_pickle_stack_memo_and_dup_are_bounded_in_bytes() -> R<()> {
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        // 200 000 Nones on the stack
+        ("stack", {
+            let mut p = vec![0x80, 2];
+            p.extend(std::iter::repeat_n(b'N', 200_000));
+            p.push(b'.');
+            p
+        }),
+        // 200 000 MARKs
+        ("marks", {
+            let mut p = vec![0x80, 2];
+            p.extend(std::iter::repeat_n(b'(', 200_000));
+            p.push(b'.');
+            p
+        }),
+        // a 10 000-element list duplicated 100 000 times (48 GB of copies)
+        ("dup", {
+            let mut p = vec![0x80, 2, b']', b'('];
+            p.extend(std::iter::repeat_n(b'N', 10_000));
+            p.push(b'e');
+            p.extend(std::iter::repeat_n(b'2', 100_000));
+            p.push(b'.');
+            p
+        }),
+        // the same list fetched from the memo 100 000 times
+        ("memo", {
+            let mut p = vec![0x80, 2, b']', b'('];
+            p.extend(std::iter::repeat_n(b'N', 10_000));
+            p.extend_from_slice(b"eq\x00");
+            for _ in 0..100_000 {
+                p.extend_from_slice(b"h\x00");
+            }
+            p.push(b'.');
+            p
+        }),
+    ];
+    for (name, pkl) in cases {
+        let t0 = std::time::Instant::now();
+        let e = read_torch_pickle(&torch_zip(&pkl, &[]), name).expect_err(name);
+        assert!(
+            matches!(e, Error::NotWeights { .. } | Error::OverBudget { .. }),
+            "{name}: {e}"
+        );
+        assert_names(&e, name);
+        assert!(
+            e.to_string().contains("stack") || e.to_string().contains("MiB of objects"),
+            "{name}: {e}"
+        );
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "{name} took {:?}",
+            t0.elapsed()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn item3_torch_pickle_refuses_imports_outside_the_allow_list() -> R<()> {
+    // GLOBAL + REDUCE as `pickle` writes `os.system("...")`, and protocol 4's STACK_GLOBAL.
+    let marker = std::env::temp_dir().join(format!("clipdino-pwned-{}", std::process::id()));
+    let cmd = format!("touch {}", marker.display());
+    let mut reduce = b"\x80\x02cos\nsystem\nX".to_vec();
+    reduce.extend_from_slice(&(cmd.len() as u32).to_le_bytes());
+    reduce.extend_from_slice(cmd.as_bytes());
+    reduce.extend_from_slice(b"\x85R.");
+    let stack_global = b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93\x8c\x011\x85R.".to_vec();
+    let newobj = b"\x80\x02csubprocess\nPopen\n)\x81.".to_vec();
+    // Hidden inside an otherwise normal state dict.
+    let mut nested = tensors_pickle(&[("w", "FloatStorage", "0", 1, 0, &[1], &[1])]);
+    nested.truncate(nested.len() - 2);
+    nested.extend_from_slice(b"X\x01\x00\x00\x00xcposix\nsystem\nX\x02\x00\x00\x00ls\x85Ru.");
+    for (name, pkl, global) in [
+        ("reduce.pt", reduce, "os.system"),
+        ("stack_global.pt", stack_global, "builtins.eval"),
+        ("newobj.pt", newobj, "subprocess.Popen"),
+        ("nested.pt", nested, "posix.system"),
+    ] {
+        let e = read_torch_pickle(&torch_zip(&pkl, &[("0", &[0u8; 4])]), name).unwrap_err();
+        assert!(matches!(e, Error::NotWeights { .. }), "{name}: {e}");
+        assert_names(&e, name);
+        assert_names(&e, global);
+        assert_names(&e, "refused");
+    }
+    assert!(!marker.exists(), "a pickle ran a command");
+    // What torch itself writes is allowed: every fixture loads (checked elsewhere), and so
+    // do parameters, dtypes, devices and sizes as `torch.save` names them.
+    let allowed = b"\x80\x02}(X\x01\x00\x00\x00actorch\nfloat32\nX\x01\x00\x00\x00bctorch\ndevice\nX\x03\x00\x00\x00cpu\x85RX\x01\x00\x00\x00cctorch\nSize\n)Ru.";
+    assert!(read_torch_pickle(&torch_zip(allowed, &[]), "ok.pt")?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn item4_gguf_tensors_may_not_share_bytes() -> R<()> {
+    let good = write_gguf_bundle(&tiny_bundle(4), Quant::F32)?;
+    read_gguf_bundle(&good, "good.gguf")?;
+    let same = ["visual.ln_pre.bias", "visual.ln_pre.weight"];
+    let infos = gguf_tensor_infos(&good, &same);
+    let off = |g: &[u8], i: usize| {
+        let p = gguf_offset_pos(g, infos[i].1);
+        u64::from_le_bytes(g[p..p + 8].try_into().unwrap())
+    };
+    // Two tensors of the same size at the same offset.
+    let mut bad = good.clone();
+    let p1 = gguf_offset_pos(&bad, infos[1].1);
+    let o0 = off(&good, 0);
+    bad[p1..p1 + 8].copy_from_slice(&o0.to_le_bytes());
+    let e = read_gguf_bundle(&bad, "alias.gguf").unwrap_err();
+    assert!(matches!(e, Error::NotWeights { .. }), "{e}");
+    assert_names(&e, "share bytes");
+    assert_names(&e, "visual.ln_pre.bias");
+    assert_names(&e, "visual.ln_pre.weight");
+    // Every tensor at offset 0.
+    let bundle = tiny_bundle(4);
+    let all: Vec<String> = bundle
+        .store
+        .names()
+        .iter()
+        .map(|n| {
+            if *n == "visual.proj" || *n == "text_projection" {
+                format!("{n}_t")
+            } else {
+                n.to_string()
+            }
+        })
+        .collect();
+    let all_refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let mut zeroed = good.clone();
+    for (_, nd_pos) in gguf_tensor_infos(&good, &all_refs) {
+        let p = gguf_offset_pos(&zeroed, nd_pos);
+        zeroed[p..p + 8].copy_from_slice(&0u64.to_le_bytes());
+    }
+    let e = read_gguf_bundle(&zeroed, "zero.gguf").unwrap_err();
+    assert_names(&e, "share bytes");
+    // An offset that is not a multiple of the alignment.
+    let mut odd = good.clone();
+    odd[p1..p1 + 8].copy_from_slice(&(off(&good, 1) + 4).to_le_bytes());
+    let e = read_gguf_bundle(&odd, "odd.gguf").unwrap_err();
+    assert_names(&e, "visual.ln_pre.weight");
+    assert_names(&e, "alignment");
+    // A storage type the bundle format does not use is named.
+    let mut q41 = good.clone();
+    let tp = gguf_offset_pos(&q41, infos[1].1) - 4;
+    q41[tp..tp + 4].copy_from_slice(&3u32.to_le_bytes());
+    let e = read_gguf_bundle(&q41, "q41.gguf").unwrap_err();
+    assert!(matches!(e, Error::UnsupportedDtype { .. }), "{e}");
+    assert_names(&e, "visual.ln_pre.weight");
+    assert_names(&e, "GGML type 3");
+    Ok(())
+}
+
+/// A GGUF bundle file whose stored configs are `clip` / `head` (JSON), with the tiny weights.
+fn gguf_with_configs(clip: &serde_json::Value, head: Option<&serde_json::Value>) -> R<Vec<u8>> {
+    use candle_core::quantized::gguf_file::Value;
+    let mut meta = vec![
+        ("general.architecture", Value::String("clipdino".into())),
+        ("clipdino.format_version", Value::U32(1)),
+        ("clipdino.clip_config", Value::String(clip.to_string())),
+    ];
+    if let Some(h) = head {
+        meta.push(("clipdino.head_config", Value::String(h.to_string())));
+    }
+    gguf_with(&meta)
+}
+
+#[test]
+fn item5_config_fields_and_model_size_are_bounded() -> R<()> {
+    let base = serde_json::to_value(tiny_cfg())?;
+    let with = |path: &[&str], v: serde_json::Value| {
+        let mut c = base.clone();
+        let mut x = &mut c;
+        for p in &path[..path.len() - 1] {
+            x = x.get_mut(*p).unwrap();
+        }
+        x[path[path.len() - 1]] = v;
+        c
+    };
+    let huge: u64 = 1 << 40;
+    for (field, cfg) in [
+        // the issue's example: a 2^16 grid (wraps `grid*grid+1` on wasm32)
+        (
+            "vision_cfg.image_size",
+            with(&["vision", "image_size"], (1u64 << 20).into()),
+        ),
+        ("vision_cfg.width", with(&["vision", "width"], huge.into())),
+        (
+            "vision_cfg.layers",
+            with(&["vision", "layers"], 100_000.into()),
+        ),
+        (
+            "vision_cfg.patch_size",
+            with(&["vision", "patch_size"], 0.into()),
+        ),
+        (
+            "vision_cfg.mlp_dim",
+            with(&["vision", "mlp_dim"], huge.into()),
+        ),
+        ("vision_cfg.heads", with(&["vision", "heads"], 0.into())),
+        ("text_cfg.width", with(&["text", "width"], huge.into())),
+        (
+            "text_cfg.vocab_size",
+            with(&["text", "vocab_size"], huge.into()),
+        ),
+        (
+            "text_cfg.context_length",
+            with(&["text", "context_length"], huge.into()),
+        ),
+        ("embed_dim", with(&["embed_dim"], huge.into())),
+        // every field within its bound, but 3.6 GB of f32
+        (
+            "model size",
+            serde_json::json!({
+                "embed_dim": 4096,
+                "vision": {"width": 4096, "layers": 12, "heads": 64, "patch_size": 16, "image_size": 224, "mlp_dim": 16384},
+                "text": {"width": 4096, "layers": 1, "heads": 64, "context_length": 77, "vocab_size": 49408, "mlp_dim": 16384}
+            }),
+        ),
+    ] {
+        let g = gguf_with_configs(&cfg, None)?;
+        let e = read_gguf_bundle(&g, "cfg.gguf").unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{field}: {e}");
+        assert_names(&e, &format!("clipdino.clip_config: {field}"));
+        assert_names(&e, "cfg.gguf");
+        // Directly too.
+        let c: ClipConfig = serde_json::from_value(cfg)?;
+        assert_names(&c.validate().unwrap_err(), field);
+    }
+    // The head config is bounded and checked against the CLIP config.
+    for (field, head) in [
+        (
+            "head_config.proj_dim",
+            serde_json::json!({"in_dim": 64, "proj_dim": huge, "layer": 0}),
+        ),
+        (
+            "head_config.layer",
+            serde_json::json!({"in_dim": 64, "proj_dim": 32, "layer": 99}),
+        ),
+        (
+            "head_config.in_dim",
+            serde_json::json!({"in_dim": 65, "proj_dim": 32, "layer": 0}),
+        ),
+    ] {
+        let g = gguf_with_configs(&base, Some(&head))?;
+        let e = read_gguf_bundle(&g, "head.gguf").unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{field}: {e}");
+        assert_names(&e, field);
+    }
+    // open_clip JSON: absurd ratios, head widths and sizes.
+    let oc = |v: serde_json::Value| ClipConfig::from_open_clip_json(&v.to_string());
+    let vit = |extra: serde_json::Value| {
+        let mut v =
+            serde_json::json!({"image_size": 224, "layers": 12, "width": 768, "patch_size": 16});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::json!({"embed_dim": 512, "vision_cfg": v, "text_cfg": {"width": 512, "layers": 12}})
+    };
+    assert!(oc(vit(serde_json::json!({})))?.validate().is_ok());
+    for (field, extra) in [
+        (
+            "vision_cfg.mlp_ratio",
+            serde_json::json!({"mlp_ratio": 1e300}),
+        ),
+        (
+            "vision_cfg.mlp_ratio",
+            serde_json::json!({"mlp_ratio": -4.0}),
+        ),
+        (
+            "vision_cfg.mlp_ratio",
+            serde_json::json!({"mlp_ratio": 0.0}),
+        ),
+        (
+            "vision_cfg.head_width",
+            serde_json::json!({"head_width": 0}),
+        ),
+        (
+            "vision_cfg.image_size",
+            serde_json::json!({"image_size": 1u64 << 30}),
+        ),
+        (
+            "vision_cfg.width",
+            serde_json::json!({"width": 1u64 << 40, "head_width": 1u64 << 38}),
+        ),
+    ] {
+        let e = oc(vit(extra.clone())).unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{extra}: {e}");
+        assert_names(&e, field);
+    }
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(2 << 20));
+    assert_names(
+        &ClipConfig::from_open_clip_json(&big).unwrap_err(),
+        "open_clip_config.json",
+    );
+    // ViT-B/16 itself is well inside: 598 MB of f32.
+    let b16 = ClipConfig::vit_b_16();
+    b16.validate()?;
+    assert!(
+        (590_000_000..600_000_000).contains(&b16.f32_bytes()),
+        "{}",
+        b16.f32_bytes()
+    );
+    Ok(())
+}
+
+#[test]
+fn item12_empty_tensors_with_huge_dims_are_refused_in_every_format() -> R<()> {
+    // safetensors: shape [0, 2^40, 2^40], zero bytes of data.
+    let hdr =
+        r#"{"w":{"dtype":"F32","shape":[0,1099511627776,1099511627776],"data_offsets":[0,0]}}"#;
+    let mut st = (hdr.len() as u64).to_le_bytes().to_vec();
+    st.extend_from_slice(hdr.as_bytes());
+    let e = read_safetensors(&st, "empty.safetensors").unwrap_err();
+    assert!(matches!(e, Error::NotWeights { .. }), "{e}");
+    assert_names(&e, "`w`");
+    assert_names(&e, "empty.safetensors");
+    // torch: size (0, 2^31-1, 2^31-1, 2^31-1).
+    let m = i32::MAX as u32;
+    let pt = torch_zip(
+        &tensors_pickle(&[("w", "FloatStorage", "0", 1, 0, &[0, m, m, m], &[1, 1, 1, 1])]),
+        &[("0", &[0u8; 4])],
+    );
+    let e = read_torch_pickle(&pt, "empty.pt").unwrap_err();
+    assert!(matches!(e, Error::NotWeights { .. }), "{e}");
+    assert_names(&e, "`w`");
+    // A sane empty tensor is fine.
+    let pt = torch_zip(
+        &tensors_pickle(&[("w", "FloatStorage", "0", 1, 0, &[0, 768], &[768, 1])]),
+        &[("0", &[0u8; 4])],
+    );
+    assert_eq!(
+        read_torch_pickle(&pt, "ok.pt")?.dims("w"),
+        Some(vec![0, 768])
+    );
+    // GGUF: the 4-D head tensor with dims [0, 2^40, 2^40, 1] (innermost first in the file).
+    let good = write_gguf_bundle(&tiny_bundle(6), Quant::F32)?;
+    let (_, nd) = gguf_tensor_infos(&good, &["dinoiser.obj_proj.weight"])[0].clone();
+    let mut bad = good.clone();
+    for (i, d) in [1u64, 1 << 40, 1 << 40, 0].iter().enumerate() {
+        let p = nd + 4 + 8 * i;
+        bad[p..p + 8].copy_from_slice(&d.to_le_bytes());
+    }
+    let e = read_gguf_bundle(&bad, "empty.gguf").unwrap_err();
+    assert_names(&e, "dinoiser.obj_proj.weight");
+    assert_names(&e, "empty.gguf");
     Ok(())
 }

@@ -7,6 +7,8 @@
 #![cfg(target_arch = "wasm32")]
 
 mod common;
+#[path = "support/hostile.rs"]
+mod hostile;
 
 use std::collections::HashMap;
 
@@ -410,4 +412,42 @@ fn random_weights_match_native() {
         .map(|x| x.to_bits())
         .collect();
     assert_eq!(first, [0x3e0ea8fa, 0x3e0f464d, 0xbe9d91d5, 0x3d89aaa9]);
+}
+
+#[wasm_bindgen_test]
+fn hostile_files_are_errors_on_a_32_bit_target() {
+    use clipdino::loaders::{read_gguf_bundle, read_safetensors, read_torch_pickle};
+    use clipdino::loaders::{LoadBudget, LoadMeter};
+    use hostile::*;
+    // usize is 32 bits here: sizes that fit in 64 bits must be refused, not wrapped.
+    assert_eq!(usize::BITS, 32);
+    let cfg = r#"{"embed_dim":32,"vision":{"width":64,"layers":3,"heads":2,"patch_size":4,"image_size":16,"mlp_dim":256},"text":{"width":64,"layers":1,"heads":2,"context_length":8,"vocab_size":96,"mlp_dim":256}}"#;
+    let msg = |r: clipdino::Result<()>| r.expect_err("refused").to_string();
+    // GGUF: a dimension of 2^33; a stored config whose grid would wrap `grid*grid+1`.
+    let g = gguf_file(&bundle_meta(cfg), &[("x", &[1 << 33, 1], 0, 0)], &[]);
+    let e = msg(read_gguf_bundle(&g, "dims.gguf").map(|_| ()));
+    assert!(e.contains("dims.gguf") && e.contains("`x`"), "{e}");
+    let wide = cfg.replace(r#""image_size":16"#, r#""image_size":4194304"#);
+    let g = gguf_file(&bundle_meta(&wide), &[], &[]);
+    let e = msg(read_gguf_bundle(&g, "grid.gguf").map(|_| ()));
+    assert!(e.contains("vision_cfg.image_size"), "{e}");
+    let mut meta = bundle_meta(cfg);
+    meta.push(("general.alignment", Gguf::I32(0)));
+    let e = msg(read_gguf_bundle(&gguf_file(&meta, &[], &[]), "a.gguf").map(|_| ()));
+    assert!(e.contains("general.alignment"), "{e}");
+    // safetensors: 2^33 elements; an empty tensor whose strides overflow 32 bits.
+    for (shape, what) in [("[8589934592]", "big"), ("[0,65536,65536,2]", "empty")] {
+        let hdr = format!(r#"{{"w":{{"dtype":"F32","shape":{shape},"data_offsets":[0,0]}}}}"#);
+        let e = msg(read_safetensors(&safetensors_file(&hdr, &[]), what).map(|_| ()));
+        assert!(e.contains(what) && e.contains("`w`"), "{e}");
+    }
+    // torch: views of one storage, within a small budget.
+    let views = shared_storage_views(20, 1 << 16);
+    let mut meter = LoadMeter::new(LoadBudget::with_max_bytes(1 << 20));
+    let e = clipdino::loaders::read_torch_pickle_metered(&views, "views.pt", &mut meter)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("views.pt") && e.contains("budget"), "{e}");
+    let e = msg(read_torch_pickle(&torch_zip(&os_system_pickle("ls"), &[]), "o.pt").map(|_| ()));
+    assert!(e.contains("os.system"), "{e}");
 }

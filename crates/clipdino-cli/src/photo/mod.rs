@@ -16,13 +16,11 @@ use image::{ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::files::read_input;
 
-/// Largest accepted image side, in pixels.
-pub const MAX_SIDE: u32 = 16384;
-/// Largest accepted image area, in pixels (40 megapixels).
-pub const MAX_PIXELS: u64 = 40_000_000;
+use clipdino::limits::{check_image_size, MAX_IMAGE_PIXELS};
+
 /// Largest buffer the `image` crate may allocate while decoding: the pixels of a
-/// [`MAX_PIXELS`] image as 16-bit RGBA, plus the decoders' working room.
-const MAX_DECODE_ALLOC: u64 = MAX_PIXELS * 8 + (64 << 20);
+/// [`MAX_IMAGE_PIXELS`] image as 16-bit RGBA, plus the decoders' working room.
+const MAX_DECODE_ALLOC: u64 = MAX_IMAGE_PIXELS * 8 + (64 << 20);
 
 /// Decode an image file to 8-bit RGB, upright (EXIF orientation applied), within the size caps.
 pub fn load_image(path: &Path) -> Result<RgbImage> {
@@ -57,11 +55,9 @@ pub fn decode_image(bytes: &[u8], name: &str) -> Result<RgbImage> {
             img.into_rgb8()
         }
     };
-    // The header was checked; check what the decoder actually produced too.
+    // The header was checked; check what the decoder actually produced too (this also refuses
+    // an image with no pixels).
     check_size(img.width() as u64, img.height() as u64, name)?;
-    if img.width() == 0 || img.height() == 0 {
-        bail!("{name} has no pixels ({}×{})", img.width(), img.height());
-    }
     Ok(img)
 }
 
@@ -69,25 +65,16 @@ fn invalid(name: &str, e: image::ImageError) -> anyhow::Error {
     match e {
         image::ImageError::Limits(_) => anyhow!(
             "{name} would need more memory to decode than a {} megapixel photo; it is damaged or a decompression bomb",
-            MAX_PIXELS / 1_000_000
+            MAX_IMAGE_PIXELS / 1_000_000
         ),
         e => anyhow!("{name} is not a valid image: {e}"),
     }
 }
 
-/// Refuse images over the side or area caps, with the size in words.
+/// The shared photo limits of `clipdino::limits` (sides, megapixels, no pixels), with the file
+/// named.
 pub(crate) fn check_size(w: u64, h: u64, name: &str) -> Result<()> {
-    if w > MAX_SIDE as u64 || h > MAX_SIDE as u64 {
-        bail!("{name} is {w}×{h} px, over the limit of {MAX_SIDE} px a side; downscale it first");
-    }
-    if w * h > MAX_PIXELS {
-        bail!(
-            "{name} is {w}×{h} px ({:.1} megapixels), over the limit of {} megapixels; downscale it first",
-            w as f64 * h as f64 / 1e6,
-            MAX_PIXELS / 1_000_000
-        );
-    }
-    Ok(())
+    check_image_size(w, h).map_err(|e| anyhow!("{name}: {e}"))
 }
 
 /// An RGB image as a `[3, H, W]` f32 tensor in [0, 1].
@@ -132,9 +119,14 @@ mod tests {
     fn size_caps() {
         assert!(check_size(16384, 2000, "x").is_ok());
         let e = check_size(16385, 10, "x").unwrap_err().to_string();
-        assert!(e.contains("16384 px a side"), "{e}");
-        let e = check_size(8000, 6000, "x").unwrap_err().to_string();
-        assert!(e.contains("40 megapixels"), "{e}");
+        assert!(
+            e.starts_with("x: ") && e.contains("16384 pixels a side"),
+            "{e}"
+        );
+        let e = check_size(12000, 9000, "x").unwrap_err().to_string();
+        assert!(e.contains("100 megapixels"), "{e}");
+        let e = check_size(0, 10, "x").unwrap_err().to_string();
+        assert!(e.contains("no pixels"), "{e}");
     }
 
     /// A PNG whose header claims 16000×16000 (256 MP): refused from the header, before the
@@ -153,7 +145,7 @@ mod tests {
         assert!(out.len() < 100_000, "{}", out.len());
         let e = decode_image(&out, "bomb.png").unwrap_err().to_string();
         assert!(
-            e.contains("bomb.png is 16000×16000 px (256.0 megapixels)"),
+            e.contains("bomb.png: the photo is 16000×16000 pixels (256.0 megapixels)"),
             "{e}"
         );
     }

@@ -25,12 +25,25 @@ fn cubic2(x: f32) -> f32 {
     ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
 }
 
+/// Most entries of one interpolation matrix (a 4096-patch side from a 64-patch grid needs
+/// 2^18): its size comes from a model config and an image, so it is checked, not trusted.
+const MAX_MATRIX_ENTRIES: usize = 1 << 24;
+
 /// The `[out_size, in_size]` row-major matrix `W` such that `W · x` is PyTorch's 1-D bicubic
 /// resize (align_corners=False) of `x` from `in_size` to `out_size` samples.
-pub fn bicubic_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
-    let mut m = vec![0f32; out_size * in_size];
+pub fn bicubic_matrix(in_size: usize, out_size: usize) -> Result<Vec<f32>> {
+    let entries = out_size
+        .checked_mul(in_size)
+        .filter(|&n| n <= MAX_MATRIX_ENTRIES)
+        .ok_or_else(|| {
+            Error::invalid(
+                "resize",
+                format!("a bicubic resize from {in_size} to {out_size} samples is too large"),
+            )
+        })?;
+    let mut m = vec![0f32; entries];
     if in_size == 0 {
-        return m;
+        return Ok(m);
     }
     // Computed in f32 like PyTorch's CPU kernel for f32 tensors (`opmath_t` = float).
     let scale = in_size as f32 / out_size as f32;
@@ -46,7 +59,7 @@ pub fn bicubic_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
             m[i * in_size + idx] += wk;
         }
     }
-    m
+    Ok(m)
 }
 
 /// Resize a channels-last grid `[gh, gw, C]` to `[out_h, out_w, C]` with PyTorch's bicubic
@@ -63,8 +76,8 @@ pub fn resize_bicubic_hwc(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tens
         ));
     }
     let dev: &Device = x.device();
-    let wy = Tensor::from_vec(bicubic_matrix(gh, out_h), (out_h, gh), dev)?;
-    let wx = Tensor::from_vec(bicubic_matrix(gw, out_w), (out_w, gw), dev)?;
+    let wy = Tensor::from_vec(bicubic_matrix(gh, out_h)?, (out_h, gh), dev)?;
+    let wx = Tensor::from_vec(bicubic_matrix(gw, out_w)?, (out_w, gw), dev)?;
     // Rows: [out_h, gh] · [gh, gw·C] → [out_h, gw, C].
     let y = wy.matmul(&x.contiguous()?.reshape((gh, gw * c))?)?;
     let y = y.reshape((out_h, gw, c))?;
@@ -90,8 +103,17 @@ mod tests {
     }
 
     #[test]
+    fn matrix_size_is_checked() {
+        assert!(bicubic_matrix(64, 4096).is_ok());
+        for (i, o) in [(usize::MAX, 2), (1 << 20, 1 << 20)] {
+            let e = bicubic_matrix(i, o).unwrap_err().to_string();
+            assert!(e.contains("too large"), "{e}");
+        }
+    }
+
+    #[test]
     fn identity_when_same_size() {
-        let m = bicubic_matrix(5, 5);
+        let m = bicubic_matrix(5, 5).unwrap();
         for i in 0..5 {
             for j in 0..5 {
                 let want = if i == j { 1.0 } else { 0.0 };
@@ -111,7 +133,7 @@ mod tests {
             (4, 7),
             (1, 3),
         ] {
-            let m = bicubic_matrix(n_in, n_out);
+            let m = bicubic_matrix(n_in, n_out).unwrap();
             for i in 0..n_out {
                 let s: f32 = m[i * n_in..(i + 1) * n_in].iter().sum();
                 assert!(

@@ -21,9 +21,7 @@ use crate::templates::TemplateSet;
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::Vb;
 
-/// Largest patch grid (h·w) the image tower accepts: 64×64 patches, e.g. 1024×1024 px at
-/// patch 16. Attention memory grows with its square.
-pub const MAX_PATCHES: usize = 4096;
+pub use crate::limits::MAX_PATCHES;
 
 /// `[3, H, W]` RGB in `[0, 1]` → `[1, 3, H', W']` model input: zero-pad bottom/right to a
 /// multiple of `patch`, **then** normalise with CLIP's mean/std (as CLIP-DINOiser does, so

@@ -53,8 +53,10 @@ pub struct VisionTransformer {
 impl VisionTransformer {
     /// `vb` points at `visual`.
     pub fn new(vb: &Vb, cfg: &ClipConfig) -> Result<Self> {
+        // Bounds every size below (they come from a file).
+        cfg.validate()?;
         let v = &cfg.vision;
-        let (w, p, g) = (v.width, v.patch_size, v.grid());
+        let (w, p) = (v.width, v.patch_size);
         let blocks = (0..v.layers)
             .map(|i| {
                 ResidualAttentionBlock::new(
@@ -68,7 +70,7 @@ impl VisionTransformer {
         Ok(Self {
             conv1: vb.qmatmul(w, 3 * p * p, "conv1.weight")?,
             class_embedding: vb.get(&[w], "class_embedding")?,
-            positional_embedding: vb.get(&[g * g + 1, w], "positional_embedding")?,
+            positional_embedding: vb.get(&[v.positions(), w], "positional_embedding")?,
             ln_pre: LayerNorm::new(w, &vb.pp("ln_pre"))?,
             blocks,
             ln_post: LayerNorm::new(w, &vb.pp("ln_post"))?,
@@ -94,12 +96,22 @@ impl VisionTransformer {
         if (h, w) == (g, g) {
             return Ok(self.positional_embedding.clone());
         }
+        let cells = h
+            .checked_mul(w)
+            .filter(|&n| n <= MAX_PATCHES)
+            .ok_or(Error::GridTooLarge {
+                width: w.saturating_mul(self.cfg.patch_size),
+                height: h.saturating_mul(self.cfg.patch_size),
+                grid_h: h,
+                grid_w: w,
+                max_tokens: MAX_PATCHES,
+            })?;
         let cls = self.positional_embedding.narrow(0, 0, 1)?;
         let grid = self
             .positional_embedding
             .narrow(0, 1, g * g)?
             .reshape((g, g, width))?;
-        let grid = resize_bicubic_hwc(&grid, h, w)?.reshape((h * w, width))?;
+        let grid = resize_bicubic_hwc(&grid, h, w)?.reshape((cells, width))?;
         Ok(Tensor::cat(&[&cls, &grid], 0)?)
     }
 

@@ -10,9 +10,11 @@
 //! quantized matrices follows [`crate::weights`] (conv1 flattened to `[out, 3·p·p]`, right-multiplied
 //! `visual.proj` / `text_projection` stored transposed as `visual.proj_t` / `text_projection_t`).
 //!
-//! Before candle parses the header, [`scan_header`] walks it with explicit bounds so that a
-//! truncated or hostile file is reported (and cannot trigger a division by a zero alignment or an
-//! allocation larger than the file).
+//! The reader is this module's own bounded parser ([`scan_header`]), not candle's: it walks the
+//! header with explicit bounds, keeps only the metadata it needs, and checks every tensor (a
+//! storage type of [`READABLE_DTYPES`], shape arithmetic, alignment, a byte range inside the file
+//! and shared with no other tensor, the load budget) before anything is allocated, so a truncated
+//! or hostile file is reported with the key or tensor at fault.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -21,8 +23,9 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{ggml_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
+use super::budget::{checked_numel, LoadMeter, MAX_TENSOR_NAME_BYTES};
 use super::Bundle;
-use crate::config::{ClipConfig, HeadConfig};
+use crate::config::{ClipConfig, HeadConfig, MAX_CONFIG_JSON_BYTES};
 use crate::error::{Error, Result};
 use crate::quant::calib::ActivationStats;
 use crate::quant::{is_head_weight, is_matrix, Layout, Quant, Recipe, RIGHT_MULTIPLIED};
@@ -147,14 +150,57 @@ pub fn write_gguf_bundle_with(
 // Reading
 // ------------------------------------------------------------------------------------------
 
+/// GGML storage types a bundle may hold, with their GGUF type ids (`enum ggml_type` of ggml.h):
+/// what [`write_gguf_bundle`] writes. Reading another type (e.g. a K-quant) is one line here.
+const READABLE_DTYPES: [(u32, GgmlDType); 5] = [
+    (0, GgmlDType::F32),
+    (1, GgmlDType::F16),
+    (30, GgmlDType::BF16),
+    (8, GgmlDType::Q8_0),
+    (2, GgmlDType::Q4_0),
+];
+
+/// The GGUF spec's default `general.alignment`.
+const DEFAULT_ALIGNMENT: u64 = 32;
+/// Largest `general.alignment` accepted (the spec asks for a multiple of 8; writers use 32).
+const MAX_ALIGNMENT: u64 = 1 << 16;
+/// Metadata keys whose values the reader keeps (every other value is only skipped).
+const KEPT_KEYS: [&str; 5] = [
+    KEY_ARCH,
+    KEY_VERSION,
+    KEY_CLIP,
+    KEY_HEAD,
+    "general.alignment",
+];
+
 /// `true` when `bytes` start with the GGUF magic.
 pub fn looks_like_gguf(bytes: &[u8]) -> bool {
     bytes.starts_with(b"GGUF")
 }
 
-/// What [`scan_header`] learned.
-struct Scan {
-    tensor_count: u64,
+/// A kept metadata value.
+#[derive(Debug, Clone, PartialEq)]
+enum MetaValue<'a> {
+    Int(i128),
+    Str(&'a [u8]),
+    /// Any other type, by its GGUF type id.
+    Other(u32),
+}
+
+/// One tensor of the header, shape in row-major order (GGUF lists it innermost first).
+struct TensorEntry {
+    name: String,
+    dims: Vec<usize>,
+    dtype: GgmlDType,
+    /// Byte range in the file, checked against the file and every other tensor.
+    start: usize,
+    end: usize,
+}
+
+/// What [`scan_header`] read: the kept metadata and every tensor's checked byte range.
+struct Header<'a> {
+    meta: std::collections::HashMap<String, MetaValue<'a>>,
+    tensors: Vec<TensorEntry>,
 }
 
 struct Walker<'a> {
@@ -166,7 +212,7 @@ struct Walker<'a> {
 
 const MAX_ARRAY_DEPTH: usize = 8;
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
     fn need(&mut self, n: u64, what: &str) -> Result<usize> {
         let left = (self.b.len() - self.pos) as u64;
         if n > left {
@@ -182,20 +228,17 @@ impl Walker<'_> {
         self.pos += n as usize;
         Ok(start)
     }
+    fn bytes<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let s = self.need(N as u64, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.b[s..s + N]);
+        Ok(a)
+    }
     fn u32(&mut self, what: &str) -> Result<u32> {
-        let s = self.need(4, what)?;
-        Ok(u32::from_le_bytes([
-            self.b[s],
-            self.b[s + 1],
-            self.b[s + 2],
-            self.b[s + 3],
-        ]))
+        Ok(u32::from_le_bytes(self.bytes(what)?))
     }
     fn u64(&mut self, what: &str) -> Result<u64> {
-        let s = self.need(8, what)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&self.b[s..s + 8]);
-        Ok(u64::from_le_bytes(a))
+        Ok(u64::from_le_bytes(self.bytes(what)?))
     }
     fn len(&mut self, what: &str) -> Result<u64> {
         if self.wide {
@@ -204,7 +247,7 @@ impl Walker<'_> {
             Ok(self.u32(what)? as u64)
         }
     }
-    fn string(&mut self, what: &str) -> Result<&[u8]> {
+    fn string(&mut self, what: &str) -> Result<&'a [u8]> {
         let n = self.len(what)?;
         let s = self.need(n, what)?;
         Ok(&self.b[s..s + n as usize])
@@ -215,8 +258,10 @@ impl Walker<'_> {
             detail: format!("GGUF header at offset {}: {detail}", self.pos),
         }
     }
-    /// Skip one value of type `ty`, returning it as an integer when it is one.
-    fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<Option<u64>> {
+    /// Read (or skip) one value of type `ty`: integers and strings are returned, arrays and
+    /// other scalars skipped without allocating.
+    fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<MetaValue<'a>> {
+        // (size, signed) of the fixed-size types: u8 i8 u16 i16 u32 i32 f32 bool _ _ u64 i64 f64.
         let fixed = |ty: u32| -> Option<u64> {
             match ty {
                 0 | 1 | 7 => Some(1),
@@ -231,16 +276,18 @@ impl Walker<'_> {
             let raw = &self.b[s..s + n as usize];
             let mut a = [0u8; 8];
             a[..raw.len()].copy_from_slice(raw);
+            let u = u64::from_le_bytes(a);
+            // Sign-extend the signed types.
+            let shift = 64 - 8 * n as u32;
+            let i = ((u << shift) as i64) >> shift;
             return Ok(match ty {
-                0 | 2 | 4 | 10 => Some(u64::from_le_bytes(a)),
-                _ => None,
+                0 | 2 | 4 | 10 => MetaValue::Int(u as i128),
+                1 | 3 | 5 | 11 => MetaValue::Int(i as i128),
+                other => MetaValue::Other(other),
             });
         }
         match ty {
-            8 => {
-                self.string(key)?;
-                Ok(None)
-            }
+            8 => Ok(MetaValue::Str(self.string(key)?)),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
                     return Err(self.bad(format!(
@@ -262,15 +309,55 @@ impl Walker<'_> {
                         self.value(ety, key, depth + 1)?;
                     }
                 }
-                Ok(None)
+                Ok(MetaValue::Other(9))
             }
             other => Err(self.bad(format!("metadata `{key}` has unknown value type {other}"))),
         }
     }
 }
 
-/// Walk the header with explicit bounds (see module doc). Errors name the field at fault.
-fn scan_header(bytes: &[u8], source: &str) -> Result<Scan> {
+fn dtype_of(id: u32) -> Option<GgmlDType> {
+    READABLE_DTYPES
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, d)| *d)
+}
+
+fn dtype_names() -> String {
+    READABLE_DTYPES
+        .iter()
+        .map(|(_, d)| format!("{d:?}").to_lowercase())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `general.alignment` to use: an integer of any type, a power of two from 8 to
+/// [`MAX_ALIGNMENT`] (a zero would divide by zero, anything else misplaces every tensor).
+fn alignment(meta: &std::collections::HashMap<String, MetaValue>, source: &str) -> Result<u64> {
+    let bad = |what: String| {
+        Error::NotWeights {
+        source_name: source.to_string(),
+        detail: format!(
+            "GGUF metadata `general.alignment` {what}; it must be a power of two from 8 to {MAX_ALIGNMENT}"
+        ),
+    }
+    };
+    match meta.get("general.alignment") {
+        None => Ok(DEFAULT_ALIGNMENT),
+        Some(MetaValue::Int(a)) => {
+            let ok = u64::try_from(*a)
+                .ok()
+                .filter(|a| a.is_power_of_two() && (8..=MAX_ALIGNMENT).contains(a));
+            ok.ok_or_else(|| bad(format!("is {a}")))
+        }
+        Some(_) => Err(bad("is not an integer".into())),
+    }
+}
+
+/// Walk the whole header with explicit bounds and check every tensor (dtype, shape with checked
+/// arithmetic, alignment, byte range inside the file, no two ranges sharing a byte, count within
+/// the budget) before anything is allocated for it. Errors name the key or tensor at fault.
+fn scan_header<'a>(bytes: &'a [u8], source: &'a str, meter: &LoadMeter) -> Result<Header<'a>> {
     let mut w = Walker {
         b: bytes,
         pos: 0,
@@ -296,38 +383,180 @@ fn scan_header(bytes: &[u8], source: &str) -> Result<Scan> {
             ),
         });
     }
+    let max_tensors = meter.budget().max_tensors.saturating_sub(meter.tensors());
+    if tensor_count > max_tensors as u64 {
+        return Err(Error::OverBudget {
+            source_name: source.to_string(),
+            detail: format!(
+                "the GGUF header declares {tensor_count} tensors; a model load may hold {}",
+                meter.budget().max_tensors
+            ),
+        });
+    }
+    let mut meta = std::collections::HashMap::new();
     for _ in 0..kv_count {
         let key = String::from_utf8_lossy(w.string("a metadata key")?).into_owned();
         let ty = w.u32(&key)?;
         let v = w.value(ty, &key, 0)?;
-        if key == "general.alignment" && v == Some(0) {
-            return Err(w.bad("`general.alignment` is 0".into()));
+        if KEPT_KEYS.contains(&key.as_str()) && meta.insert(key.clone(), v).is_some() {
+            return Err(w.bad(format!("metadata `{key}` is given twice")));
         }
     }
+    let align = alignment(&meta, source)?;
+    // Tensor infos: shape and type first; byte ranges once the data offset is known.
+    let mut raw: Vec<(String, Vec<usize>, GgmlDType, u64)> = Vec::new();
+    let mut names = std::collections::HashSet::new();
     for _ in 0..tensor_count {
-        let name = String::from_utf8_lossy(w.string("a tensor name")?).into_owned();
+        let name_bytes = w.string("a tensor name")?;
+        if name_bytes.len() > MAX_TENSOR_NAME_BYTES {
+            return Err(w.bad(format!(
+                "a tensor name of {} bytes (at most {MAX_TENSOR_NAME_BYTES})",
+                name_bytes.len()
+            )));
+        }
+        let name = String::from_utf8_lossy(name_bytes).into_owned();
         let nd = w.u32(&name)?;
         if nd > 4 {
-            return Err(w.bad(format!("tensor `{name}` has {nd} dimensions")));
+            return Err(w.bad(format!("tensor `{name}` has {nd} dimensions (at most 4)")));
         }
+        let mut dims = Vec::with_capacity(nd as usize);
         for _ in 0..nd {
-            w.len(&name)?;
+            let d = w.len(&name)?;
+            let d = usize::try_from(d).map_err(|_| {
+                w.bad(format!(
+                    "tensor `{name}` has a dimension of {d}, larger than this machine can address"
+                ))
+            })?;
+            dims.push(d);
         }
-        w.u32(&name)?;
-        w.u64(&name)?;
+        dims.reverse();
+        let ty = w.u32(&name)?;
+        let dtype = dtype_of(ty).ok_or_else(|| Error::UnsupportedDtype {
+            name: name.clone(),
+            source_name: source.to_string(),
+            dtype: format!(
+                "GGML type {ty} (a clipdino bundle stores {})",
+                dtype_names()
+            ),
+        })?;
+        let offset = w.u64(&name)?;
+        if !names.insert(name.clone()) {
+            return Err(w.bad(format!("tensor `{name}` is listed twice")));
+        }
+        raw.push((name, dims, dtype, offset));
     }
-    Ok(Scan { tensor_count })
+    let data_offset = (w.pos as u64)
+        .div_ceil(align)
+        .checked_mul(align)
+        .ok_or_else(|| w.bad("the tensor data offset overflows".into()))?;
+
+    let mut tensors = Vec::with_capacity(raw.len());
+    for (name, dims, dtype, offset) in raw {
+        let corrupt = |detail: String| Error::NotWeights {
+            source_name: source.to_string(),
+            detail: format!("tensor `{name}`: {detail}"),
+        };
+        let numel = checked_numel(source, &name, &dims)?;
+        let (bs, ts) = (dtype.block_size() as u64, dtype.type_size() as u64);
+        // GGML blocks run along the innermost dimension.
+        let row = dims.last().copied().unwrap_or(1) as u64;
+        if !row.is_multiple_of(bs) {
+            return Err(corrupt(format!(
+                "its rows of {row} values do not fill whole {dtype:?} blocks of {bs}"
+            )));
+        }
+        let nbytes = (numel / bs)
+            .checked_mul(ts)
+            .ok_or_else(|| corrupt("its size overflows".into()))?;
+        if offset % align != 0 {
+            return Err(corrupt(format!(
+                "its data offset {offset} is not a multiple of the alignment {align}"
+            )));
+        }
+        let range = data_offset
+            .checked_add(offset)
+            .and_then(|s| Some((s, s.checked_add(nbytes)?)))
+            .ok_or_else(|| corrupt("its data offset overflows".into()))?;
+        if range.1 > bytes.len() as u64 {
+            return Err(Error::Truncated {
+                source_name: source.to_string(),
+                detail: format!(
+                    "tensor `{name}`: needs bytes {}..{}, the file has {}",
+                    range.0,
+                    range.1,
+                    bytes.len()
+                ),
+            });
+        }
+        tensors.push(TensorEntry {
+            name,
+            dims,
+            dtype,
+            // Within the file length, so within usize.
+            start: range.0 as usize,
+            end: range.1 as usize,
+        });
+    }
+    // No two tensors may share bytes: every tensor is copied out, so shared bytes would let a
+    // small file fill memory with copies.
+    let mut order: Vec<&TensorEntry> = tensors.iter().filter(|t| t.end > t.start).collect();
+    order.sort_by_key(|t| t.start);
+    for pair in order.windows(2) {
+        if pair[1].start < pair[0].end {
+            return Err(Error::NotWeights {
+                source_name: source.to_string(),
+                detail: format!(
+                    "tensors `{}` and `{}` share bytes {}..{} of the file",
+                    pair[0].name,
+                    pair[1].name,
+                    pair[1].start,
+                    pair[0].end.min(pair[1].end)
+                ),
+            });
+        }
+    }
+    Ok(Header { meta, tensors })
 }
 
-fn meta_str<'a>(c: &'a gguf_file::Content, key: &str, source: &str) -> Result<Option<&'a str>> {
-    match c.metadata.get(key) {
+fn meta_str<'a>(h: &Header<'a>, key: &str, source: &str) -> Result<Option<&'a str>> {
+    match h.meta.get(key) {
         None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(MetaValue::Str(s)) => {
+            std::str::from_utf8(s)
+                .map(Some)
+                .map_err(|_| Error::NotWeights {
+                    source_name: source.to_string(),
+                    detail: format!("metadata key `{key}` is not UTF-8 text"),
+                })
+        }
         Some(_) => Err(Error::NotWeights {
             source_name: source.to_string(),
             detail: format!("metadata key `{key}` is not a string"),
         }),
     }
+}
+
+/// A config stored as JSON text under `key`, parsed (at most [`MAX_CONFIG_JSON_BYTES`]).
+fn meta_json<T: serde::de::DeserializeOwned>(
+    h: &Header,
+    key: &str,
+    source: &str,
+) -> Result<Option<T>> {
+    let Some(text) = meta_str(h, key, source)? else {
+        return Ok(None);
+    };
+    if text.len() > MAX_CONFIG_JSON_BYTES {
+        return Err(Error::config(
+            key,
+            format!(
+                "is {} bytes of JSON; a config is well under {MAX_CONFIG_JSON_BYTES} (in {source})",
+                text.len()
+            ),
+        ));
+    }
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| Error::config(key, format!("{e} (in {source})")))
 }
 
 fn missing_key(key: &str, source: &str) -> Error {
@@ -337,60 +566,86 @@ fn missing_key(key: &str, source: &str) -> Error {
     }
 }
 
-/// Build one tensor from its exact byte range (length and alignment checked first).
-fn load_tensor(dtype: GgmlDType, raw: &[u8], dims: &[usize]) -> Result<Stored> {
+/// Build one tensor from its exact byte range (checked by [`scan_header`]), charging it to
+/// `meter` first.
+fn load_tensor(t: &TensorEntry, raw: &[u8], meter: &mut LoadMeter, source: &str) -> Result<Stored> {
     let dev = Device::Cpu;
-    Ok(match dtype {
+    meter.keep_tensor(source, &t.name, raw.len() as u64)?;
+    let dims = t.dims.as_slice();
+    Ok(match t.dtype {
         GgmlDType::F32 => Stored::Float(Tensor::from_raw_buffer(raw, DType::F32, dims, &dev)?),
         GgmlDType::F16 => Stored::Float(Tensor::from_raw_buffer(raw, DType::F16, dims, &dev)?),
         GgmlDType::BF16 => Stored::Float(Tensor::from_raw_buffer(raw, DType::BF16, dims, &dev)?),
-        _ => {
+        dtype => {
             // candle reinterprets the bytes as blocks: give it a suitably aligned buffer.
             let q = if (raw.as_ptr() as usize).is_multiple_of(8) {
                 ggml_file::qtensor_from_ggml(dtype, raw, dims.to_vec(), &dev)?
             } else {
+                let n = raw.len() as u64;
+                meter.charge(
+                    source,
+                    &format!("an aligned copy of tensor `{}`", t.name),
+                    n,
+                )?;
                 let copy = raw.to_vec();
-                if !(copy.as_ptr() as usize).is_multiple_of(8) {
-                    return Err(Error::invalid(
+                let q = if (copy.as_ptr() as usize).is_multiple_of(8) {
+                    ggml_file::qtensor_from_ggml(dtype, &copy, dims.to_vec(), &dev)
+                        .map_err(Error::from)
+                } else {
+                    Err(Error::invalid(
                         "gguf tensor",
-                        "could not get an aligned buffer",
-                    ));
-                }
-                ggml_file::qtensor_from_ggml(dtype, &copy, dims.to_vec(), &dev)?
+                        format!("no aligned buffer for tensor `{}` of {source}", t.name),
+                    ))
+                };
+                meter.release(n);
+                q?
             };
             Stored::Quant(Arc::new(q))
         }
     })
 }
 
-/// Read a bundle written by [`write_gguf_bundle`]. The store is checked against the configs.
+/// Read a bundle written by [`write_gguf_bundle`]. The configs are bounded and the store is
+/// checked against them. Within the default [`super::LoadBudget`].
 pub fn read_gguf_bundle(bytes: &[u8], source: &str) -> Result<Bundle> {
+    read_gguf_bundle_metered(bytes, source, &mut LoadMeter::default())
+}
+
+/// [`read_gguf_bundle`] charging every tensor to `meter` before it is built.
+pub fn read_gguf_bundle_metered(
+    bytes: &[u8],
+    source: &str,
+    meter: &mut LoadMeter,
+) -> Result<Bundle> {
     if !looks_like_gguf(bytes) {
         return Err(Error::NotWeights {
             source_name: source.to_string(),
             detail: "no GGUF magic".into(),
         });
     }
-    let scan = scan_header(bytes, source)?;
-    let content =
-        gguf_file::Content::read(&mut Cursor::new(bytes)).map_err(|e| Error::NotWeights {
-            source_name: source.to_string(),
-            detail: format!("GGUF header: {e}"),
-        })?;
-    let arch =
-        meta_str(&content, KEY_ARCH, source)?.ok_or_else(|| missing_key(KEY_ARCH, source))?;
+    let header = scan_header(bytes, source, meter)?;
+    let arch = meta_str(&header, KEY_ARCH, source)?.ok_or_else(|| missing_key(KEY_ARCH, source))?;
     if arch != ARCHITECTURE {
         return Err(Error::WrongModel {
             source_name: source.to_string(),
             detail: format!("{KEY_ARCH} is `{arch}`, expected `{ARCHITECTURE}`"),
         });
     }
-    let version = content
-        .metadata
-        .get(KEY_VERSION)
-        .ok_or_else(|| missing_key(KEY_VERSION, source))?
-        .to_u32()
-        .map_err(|_| Error::config(KEY_VERSION, "not a u32"))?;
+    let version = match header.meta.get(KEY_VERSION) {
+        None => return Err(missing_key(KEY_VERSION, source)),
+        Some(MetaValue::Int(v)) => u32::try_from(*v).map_err(|_| {
+            Error::config(
+                KEY_VERSION,
+                format!("{v} is not a bundle format (in {source})"),
+            )
+        })?,
+        Some(_) => {
+            return Err(Error::config(
+                KEY_VERSION,
+                format!("is not an integer (in {source})"),
+            ))
+        }
+    };
     if version == 0 || version > FORMAT_VERSION {
         return Err(Error::config(
             KEY_VERSION,
@@ -399,72 +654,30 @@ pub fn read_gguf_bundle(bytes: &[u8], source: &str) -> Result<Bundle> {
             ),
         ));
     }
-    let clip_json =
-        meta_str(&content, KEY_CLIP, source)?.ok_or_else(|| missing_key(KEY_CLIP, source))?;
-    let clip: ClipConfig =
-        serde_json::from_str(clip_json).map_err(|e| Error::config(KEY_CLIP, e.to_string()))?;
-    clip.validate()?;
-    let head: Option<HeadConfig> = match meta_str(&content, KEY_HEAD, source)? {
-        Some(j) => {
-            Some(serde_json::from_str(j).map_err(|e| Error::config(KEY_HEAD, e.to_string()))?)
+    // Config errors name the metadata key, the field inside it and the file.
+    let in_key = |key: &'static str| {
+        move |e: Error| match e {
+            Error::Config { field, detail } => Error::Config {
+                field: format!("{key}: {field}"),
+                detail: format!("{detail} (in {source})"),
+            },
+            e => e,
         }
-        None => None,
     };
-    if content.tensor_infos.len() as u64 != scan.tensor_count {
-        return Err(Error::NotWeights {
-            source_name: source.to_string(),
-            detail: "GGUF tensor names repeat".into(),
-        });
+    let clip: ClipConfig =
+        meta_json(&header, KEY_CLIP, source)?.ok_or_else(|| missing_key(KEY_CLIP, source))?;
+    clip.validate().map_err(in_key(KEY_CLIP))?;
+    let head: Option<HeadConfig> = meta_json(&header, KEY_HEAD, source)?;
+    if let Some(h) = &head {
+        h.validate(&clip).map_err(in_key(KEY_HEAD))?;
     }
 
     let mut store = TensorStore::new(source);
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    for name in names {
-        let info = &content.tensor_infos[name];
-        let dims = info.shape.dims().to_vec();
-        let trunc = |detail: String| Error::Truncated {
-            source_name: source.to_string(),
-            detail: format!("tensor `{name}`: {detail}"),
-        };
-        let corrupt = |detail: String| Error::NotWeights {
-            source_name: source.to_string(),
-            detail: format!("tensor `{name}`: {detail}"),
-        };
-        let elems = dims
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| corrupt(format!("shape {dims:?} overflows")))?;
-        let (bs, ts) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
-        if elems % bs != 0 {
-            return Err(Error::ShapeMismatch {
-                name: name.clone(),
-                source_name: source.to_string(),
-                expected: vec![elems.div_ceil(bs) * bs],
-                got: dims,
-            });
-        }
-        let nbytes = (elems / bs)
-            .checked_mul(ts)
-            .ok_or_else(|| corrupt("size overflows".into()))?;
-        let start = content
-            .tensor_data_offset
-            .checked_add(info.offset)
-            .and_then(|s| usize::try_from(s).ok())
-            .ok_or_else(|| corrupt("offset overflows".into()))?;
-        let end = start
-            .checked_add(nbytes)
-            .ok_or_else(|| corrupt("size overflows".into()))?;
-        if end > bytes.len() {
-            return Err(trunc(format!(
-                "needs bytes {start}..{end}, the file has {}",
-                bytes.len()
-            )));
-        }
-        store.insert(
-            name.clone(),
-            load_tensor(info.ggml_dtype, &bytes[start..end], &dims)?,
-        );
+    let mut tensors = header.tensors;
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    for t in tensors {
+        let stored = load_tensor(&t, &bytes[t.start..t.end], meter, source)?;
+        store.insert(t.name, stored);
     }
     let bundle = Bundle { clip, head, store };
     bundle.validate()?;

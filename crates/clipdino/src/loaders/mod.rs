@@ -5,22 +5,31 @@
 //! each by its content, and returns a [`Bundle`] whose tensors have been checked against the
 //! configuration, so a wrong or incomplete file is reported at load time with the tensor at fault.
 //!
+//! Files may be hostile (the app loads whatever a share link names): every loader charges what
+//! it allocates to one [`LoadMeter`] per model load, within a [`LoadBudget`]
+//! ([`load_model_files_with`]), and checks every size a file declares before using it (see
+//! [`budget`]).
+//!
 //! Tensor names are open_clip's (`visual.transformer.resblocks.0.attn.in_proj_weight`, …); the
 //! CLIP-DINOiser head lives under `dinoiser.` (`dinoiser.obj_proj.weight`, …).
 
+pub mod budget;
 mod gguf;
 mod pickle;
 mod random;
 mod safetensors;
 
 pub use crate::quant::{Quant, Recipe};
+pub use budget::{human_bytes, LoadBudget, LoadMeter};
 pub use gguf::{
-    read_gguf_bundle, write_gguf_bundle, write_gguf_bundle_with, ARCHITECTURE, FORMAT_VERSION,
-    KEY_QUANT,
+    read_gguf_bundle, read_gguf_bundle_metered, write_gguf_bundle, write_gguf_bundle_with,
+    ARCHITECTURE, FORMAT_VERSION, KEY_QUANT,
 };
-pub use pickle::{read_torch_pickle, write_torch_pickle};
+pub use pickle::{read_torch_pickle, read_torch_pickle_metered, write_torch_pickle};
 pub use random::{random_clip_store, random_head_store};
-pub use safetensors::{read_safetensors, write_safetensors, write_safetensors_entries};
+pub use safetensors::{
+    read_safetensors, read_safetensors_metered, write_safetensors, write_safetensors_entries,
+};
 
 use crate::config::{ClipConfig, HeadConfig};
 use crate::error::{Error, Result};
@@ -50,10 +59,12 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Check that the store holds every tensor the configs need, with the right shapes.
+    /// Check the configs (bounds, head against CLIP) and that the store holds every tensor they
+    /// need, with the right shapes.
     pub fn validate(&self) -> Result<()> {
         validate_clip_store(&self.store, &self.clip)?;
         if let Some(h) = &self.head {
+            h.validate(&self.clip)?;
             validate_head_store(&self.store, h, HEAD_PREFIX)?;
         }
         Ok(())
@@ -61,7 +72,9 @@ impl Bundle {
 }
 
 /// Every tensor a CLIP model with this config reads, with its upstream shape.
-/// (`logit_scale` is not listed: segmentation does not use it.)
+/// (`logit_scale` is not listed: segmentation does not use it.) Meant for a
+/// [`ClipConfig::validate`]d config: sizes saturate rather than wrap, and one entry is listed per
+/// layer.
 pub fn expected_clip_tensors(cfg: &ClipConfig) -> Vec<(String, Vec<usize>)> {
     let v = &cfg.vision;
     let t = &cfg.text;
@@ -73,7 +86,7 @@ pub fn expected_clip_tensors(cfg: &ClipConfig) -> Vec<(String, Vec<usize>)> {
         ("visual.class_embedding".into(), vec![v.width]),
         (
             "visual.positional_embedding".into(),
-            vec![v.grid() * v.grid() + 1, v.width],
+            vec![v.positions(), v.width],
         ),
         ("visual.ln_pre.weight".into(), vec![v.width]),
         ("visual.ln_pre.bias".into(), vec![v.width]),
@@ -85,8 +98,8 @@ pub fn expected_clip_tensors(cfg: &ClipConfig) -> Vec<(String, Vec<usize>)> {
                 for (n, s) in [
                     ("ln_1.weight", vec![w]),
                     ("ln_1.bias", vec![w]),
-                    ("attn.in_proj_weight", vec![3 * w, w]),
-                    ("attn.in_proj_bias", vec![3 * w]),
+                    ("attn.in_proj_weight", vec![w.saturating_mul(3), w]),
+                    ("attn.in_proj_bias", vec![w.saturating_mul(3)]),
                     ("attn.out_proj.weight", vec![w, w]),
                     ("attn.out_proj.bias", vec![w]),
                     ("ln_2.weight", vec![w]),
@@ -132,6 +145,7 @@ pub fn expected_clip_tensors(cfg: &ClipConfig) -> Vec<(String, Vec<usize>)> {
 /// reported by name. The bundle layouts of [`crate::weights`] are accepted too (conv1 flattened
 /// to `[out, 3·p·p]`, `visual.proj_t` / `text_projection_t` transposed).
 pub fn validate_clip_store(store: &TensorStore, cfg: &ClipConfig) -> Result<()> {
+    cfg.validate()?;
     for (name, shape) in expected_clip_tensors(cfg) {
         let got = match store.dims(&name) {
             Some(d) => d,
@@ -148,8 +162,10 @@ pub fn validate_clip_store(store: &TensorStore, cfg: &ClipConfig) -> Result<()> 
                 return Err(store.missing(&name));
             }
         };
-        let flat_conv =
-            name == "visual.conv1.weight" && got == [shape[0], shape[1..].iter().product()];
+        let flat_conv = name == "visual.conv1.weight"
+            && got.len() == 2
+            && got[0] == shape[0]
+            && shape[1..].iter().try_fold(1usize, |a, &d| a.checked_mul(d)) == Some(got[1]);
         if got != shape && !flat_conv {
             return Err(store.shape_err(&name, &shape, &got));
         }
@@ -214,6 +230,7 @@ fn head_from_store(all: TensorStore, source: &str) -> Result<(TensorStore, HeadC
     if w.len() != 4 || w[2] != 3 || w[3] != 3 {
         return Err(head.shape_err("obj_proj.weight", &[256, 768, 3, 3], &w));
     }
+    head_proj_dim(&w, &head)?;
     let cfg = HeadConfig {
         in_dim: w[1],
         proj_dim: w[0],
@@ -228,6 +245,21 @@ fn head_from_store(all: TensorStore, source: &str) -> Result<(TensorStore, HeadC
 pub fn read_dinoiser_checkpoint(bytes: &[u8], source: &str) -> Result<TensorStore> {
     let all = read_torch_pickle(bytes, source)?;
     Ok(head_from_store(all, source)?.0)
+}
+
+/// The head's projection width, bounded like every config field.
+fn head_proj_dim(w: &[usize], head: &TensorStore) -> Result<()> {
+    if w[0] == 0 || w[0] > crate::config::MAX_HEAD_PROJ_DIM {
+        return Err(Error::WrongModel {
+            source_name: head.source().to_string(),
+            detail: format!(
+                "`obj_proj.weight` projects to {} channels (1 to {} accepted; upstream: 256)",
+                w[0],
+                crate::config::MAX_HEAD_PROJ_DIM
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// What a file's content says it is.
@@ -285,8 +317,15 @@ fn is_head_store(s: &TensorStore) -> bool {
 /// Build a [`Bundle`] from the files a user chose: a `.gguf` bundle alone, or CLIP weights
 /// (`.safetensors` or torch `.bin`) with an optional `open_clip_config.json` and an optional
 /// CLIP-DINOiser checkpoint (`last.pt`). Files are recognised by content; names only label errors.
-/// Without a config, the architecture is inferred from the shapes (head width 64).
+/// Without a config, the architecture is inferred from the shapes (head width 64). All files
+/// together load within [`LoadBudget::DEFAULT`].
 pub fn load_model_files(files: &[(String, Vec<u8>)]) -> Result<Bundle> {
+    load_model_files_with(files, LoadBudget::DEFAULT)
+}
+
+/// [`load_model_files`] within `budget` (all files together).
+pub fn load_model_files_with(files: &[(String, Vec<u8>)], budget: LoadBudget) -> Result<Bundle> {
+    let mut meter = LoadMeter::new(budget);
     if files.is_empty() {
         return Err(Error::invalid("files", "no model files given"));
     }
@@ -341,8 +380,10 @@ pub fn load_model_files(files: &[(String, Vec<u8>)]) -> Result<Bundle> {
                 config = Some((name, cfg));
                 continue;
             }
-            Some(FileKind::TorchZip) => strip_clip_prefix(read_torch_pickle(bytes, name)?),
-            Some(FileKind::Safetensors) => read_safetensors(bytes, name)?,
+            Some(FileKind::TorchZip) => {
+                strip_clip_prefix(read_torch_pickle_metered(bytes, name, &mut meter)?)
+            }
+            Some(FileKind::Safetensors) => read_safetensors_metered(bytes, name, &mut meter)?,
         };
         if is_head_store(&store) {
             if head.is_some() {
@@ -363,7 +404,7 @@ pub fn load_model_files(files: &[(String, Vec<u8>)]) -> Result<Bundle> {
         }
     }
     if let Some((name, bytes)) = gguf {
-        return read_gguf_bundle(bytes, name);
+        return read_gguf_bundle_metered(bytes, name, &mut meter);
     }
     let store = match clip {
         Some(s) => s,

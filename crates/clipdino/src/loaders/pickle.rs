@@ -6,22 +6,38 @@
 //! raw little-endian storage per tensor under `<name>/data/<key>`.
 //!
 //! The unpickler here is small and bounded: it understands only the opcodes torch emits for state
-//! dicts, never executes anything, caps nesting depth and the amount of memo copying, and checks
-//! every declared length against the bytes actually present, so a hostile file yields an error
-//! rather than a huge allocation or a stack overflow.
+//! dicts, never executes anything, and refuses any import outside the weights-only allow-list
+//! ([`allowed_global`], the subset of `torch._weights_only_unpickler` a state dict needs), so a
+//! pickle that names `os.system` is refused, not merely left uncalled. Every object it builds,
+//! copies out of the memo or keeps on its stack is charged in bytes to the load's
+//! [`LoadMeter`], nesting depth and stack height are capped, and every declared length is
+//! checked against the bytes present. Storages stored uncompressed (as torch writes them) are
+//! read in place (CRC-checked, never copied); each tensor is charged before it is built, so a
+//! thousand views of one storage cost what they are, and compressed entries count against the
+//! load's inflation budget, whatever entry the central directory points them at.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::{Cursor, Read, Seek, Write};
+use std::io::{Cursor, Read, Write};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::budget::{checked_numel, LoadMeter, MAX_TENSOR_NAME_BYTES};
 use crate::error::{Error, Result};
 use crate::weights::{Stored, TensorStore};
 
 /// Deepest nesting of pickle containers we accept (state dicts need < 10).
 const MAX_DEPTH: u32 = 128;
-/// Upper bound on objects copied out of the memo (a pickle can otherwise grow exponentially).
-const MAX_MEMO_COPY_NODES: u64 = 1 << 22;
+/// Highest pickle stack (torch batches SETITEMS by 1000, so state dicts need ~2000).
+const MAX_STACK: usize = 100_000;
+/// Most bytes of objects the unpickler builds (ViT-B/16's state dict needs about 300 kB); also
+/// charged to the load's meter.
+const MAX_PICKLE_OBJECT_BYTES: u64 = 64 << 20;
+/// Largest `data.pkl` read (ViT-B/16's is about 40 kB).
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
+/// Top-level keys of training checkpoints that hold optimizer state, never weights: their
+/// tensors are not built.
+const NOT_WEIGHTS: [&str; 4] = ["optimizer", "optimizer_state_dict", "optim", "scaler"];
 
 // ------------------------------------------------------------------------------------------
 // Unpickler
@@ -47,11 +63,22 @@ enum Obj {
     Pers(Box<Obj>, Meta),
 }
 
-/// Nesting depth and node count of an object, kept up to date so that bounds are O(1) to check.
+/// In-memory size of one `Obj` node, the unit of the byte accounting.
+const OBJ_BYTES: u64 = std::mem::size_of::<Obj>() as u64;
+
+/// Nesting depth and (approximate, from above) bytes of an object, kept up to date so that
+/// bounds are O(1) to check before anything is copied.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct Meta {
     depth: u32,
-    nodes: u64,
+    bytes: u64,
+}
+
+impl Meta {
+    const EMPTY: Meta = Meta {
+        depth: 1,
+        bytes: OBJ_BYTES,
+    };
 }
 
 impl Obj {
@@ -62,17 +89,26 @@ impl Obj {
             | Obj::Dict(_, m)
             | Obj::Call(_, _, m)
             | Obj::Pers(_, m) => *m,
-            _ => Meta { depth: 0, nodes: 1 },
+            Obj::Str(s) => Meta {
+                depth: 0,
+                bytes: OBJ_BYTES + s.len() as u64,
+            },
+            Obj::Global(m, c) => Meta {
+                depth: 0,
+                bytes: OBJ_BYTES + (m.len() + c.len()) as u64,
+            },
+            _ => Meta {
+                depth: 0,
+                bytes: OBJ_BYTES,
+            },
         }
     }
 }
 
 fn meta_of<'a>(children: impl Iterator<Item = &'a Obj>) -> Meta {
-    let mut m = Meta { depth: 1, nodes: 1 };
+    let mut m = Meta::EMPTY;
     for c in children {
-        let cm = c.meta();
-        m.depth = m.depth.max(cm.depth + 1);
-        m.nodes = m.nodes.saturating_add(cm.nodes);
+        grow(&mut m, c);
     }
     m
 }
@@ -80,19 +116,90 @@ fn meta_of<'a>(children: impl Iterator<Item = &'a Obj>) -> Meta {
 fn grow(m: &mut Meta, child: &Obj) {
     let cm = child.meta();
     m.depth = m.depth.max(cm.depth + 1);
-    m.nodes = m.nodes.saturating_add(cm.nodes);
+    m.bytes = m.bytes.saturating_add(cm.bytes);
 }
 
-struct Unpickler<'a> {
+/// Whether a pickle may name `module.name`: torch's tensor and storage classes, dtypes and
+/// rebuild functions and plain containers, as `torch.load(weights_only=True)` allows. Nothing
+/// named is ever called (calls stay symbolic); anything else is refused as a file that may try
+/// to run code.
+fn allowed_global(module: &str, name: &str) -> bool {
+    const REBUILD: [&str; 12] = [
+        "_rebuild_tensor",
+        "_rebuild_tensor_v2",
+        "_rebuild_tensor_v3",
+        "_rebuild_parameter",
+        "_rebuild_parameter_with_state",
+        "_rebuild_qtensor",
+        "_rebuild_sparse_tensor",
+        "_rebuild_meta_tensor_no_storage",
+        "_rebuild_nested_tensor",
+        "_rebuild_wrapper_subclass",
+        "_rebuild_device_tensor_from_cpu_tensor",
+        "_rebuild_device_tensor_from_numpy",
+    ];
+    const DTYPES: [&str; 31] = [
+        "float32",
+        "float",
+        "float64",
+        "double",
+        "float16",
+        "half",
+        "bfloat16",
+        "complex32",
+        "chalf",
+        "complex64",
+        "cfloat",
+        "complex128",
+        "cdouble",
+        "uint8",
+        "int8",
+        "int16",
+        "short",
+        "int32",
+        "int",
+        "int64",
+        "long",
+        "bool",
+        "uint16",
+        "uint32",
+        "uint64",
+        "qint8",
+        "quint8",
+        "qint32",
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "per_tensor_affine",
+    ];
+    match module {
+        "collections" => matches!(name, "OrderedDict" | "Counter"),
+        "torch._utils" => REBUILD.contains(&name),
+        "torch._tensor" => name == "_rebuild_from_type_v2",
+        "torch.nn.parameter" => name == "Parameter",
+        "torch.serialization" => name == "_get_layout",
+        "torch" => {
+            name.ends_with("Storage")
+                || matches!(name, "Size" | "Tensor" | "device")
+                || DTYPES.contains(&name)
+        }
+        "_codecs" => name == "encode",
+        "builtins" | "__builtin__" => matches!(name, "set" | "bytearray" | "complex"),
+        _ => false,
+    }
+}
+
+struct Unpickler<'a, 'm> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Obj>,
     memo: HashMap<u32, Obj>,
-    copied: u64,
+    /// Bytes charged to `meter` for objects (released by the caller once the tree is gone).
+    charged: u64,
+    meter: &'m mut LoadMeter,
     source: &'a str,
 }
 
-impl<'a> Unpickler<'a> {
+impl<'a> Unpickler<'a, '_> {
     fn err(&self, detail: impl std::fmt::Display) -> Error {
         Error::NotWeights {
             source_name: self.source.to_string(),
@@ -105,6 +212,20 @@ impl<'a> Unpickler<'a> {
             source_name: self.source.to_string(),
             detail: format!("data.pkl ends at byte {} inside an opcode", self.data.len()),
         }
+    }
+
+    /// Account for `bytes` of new objects before they are built.
+    fn alloc(&mut self, bytes: u64) -> Result<()> {
+        if self.charged.saturating_add(bytes) > MAX_PICKLE_OBJECT_BYTES {
+            return Err(self.err(format!(
+                "the pickle builds more than {} MiB of objects (a state dict needs well under 1 MiB; a pickle bomb?)",
+                MAX_PICKLE_OBJECT_BYTES >> 20
+            )));
+        }
+        self.meter
+            .charge(self.source, "the objects of data.pkl", bytes)?;
+        self.charged += bytes;
+        Ok(())
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -149,12 +270,28 @@ impl<'a> Unpickler<'a> {
         }
     }
 
-    fn push(&mut self, o: Obj) -> Result<()> {
+    /// Push an object whose bytes were already charged (or that moved from the stack).
+    fn push_built(&mut self, o: Obj) -> Result<()> {
         if o.meta().depth > MAX_DEPTH {
             return Err(self.err(format!("objects nested deeper than {MAX_DEPTH}")));
         }
+        if self.stack.len() >= MAX_STACK {
+            return Err(self.err(format!("more than {MAX_STACK} objects on the pickle stack")));
+        }
         self.stack.push(o);
         Ok(())
+    }
+
+    /// Push a new leaf object, charging its bytes.
+    fn push(&mut self, o: Obj) -> Result<()> {
+        self.alloc(o.meta().bytes)?;
+        self.push_built(o)
+    }
+
+    /// Push a new container node built around children that were moved off the stack.
+    fn push_node(&mut self, o: Obj) -> Result<()> {
+        self.alloc(OBJ_BYTES)?;
+        self.push_built(o)
     }
 
     fn pop(&mut self) -> Result<Obj> {
@@ -175,32 +312,32 @@ impl<'a> Unpickler<'a> {
         Ok(items)
     }
 
-    fn copy_budget(&mut self, o: &Obj) -> Result<()> {
-        self.copied = self.copied.saturating_add(o.meta().nodes);
-        if self.copied > MAX_MEMO_COPY_NODES {
-            return Err(self.err("too many memo references (pickle bomb?)"));
-        }
-        Ok(())
-    }
-
+    /// Charge a copy of the memo entry `id` / the stack top (memo GET / PUT, DUP) before it
+    /// is cloned: a pickle can otherwise double an object with every reference.
     fn memo_get(&mut self, id: u32) -> Result<()> {
-        let o = self
+        let bytes = self
             .memo
             .get(&id)
-            .cloned()
-            .ok_or_else(|| self.err(format!("memo key {id} not set")))?;
-        self.copy_budget(&o)?;
-        self.push(o)
+            .ok_or_else(|| self.err(format!("memo key {id} not set")))?
+            .meta()
+            .bytes;
+        self.alloc(bytes)?;
+        let copy = self.memo[&id].clone();
+        self.push_built(copy)
+    }
+
+    fn top_copy(&mut self, what: &str) -> Result<Obj> {
+        let bytes = match self.stack.last() {
+            Some(o) if *o != Obj::Mark => o.meta().bytes,
+            _ => return Err(self.err(format!("{what} with an empty stack"))),
+        };
+        self.alloc(bytes)?;
+        Ok(self.stack[self.stack.len() - 1].clone())
     }
 
     fn memo_put(&mut self, id: u32) -> Result<()> {
-        let o = self
-            .stack
-            .last()
-            .cloned()
-            .ok_or_else(|| self.err("MEMO with an empty stack"))?;
-        self.copy_budget(&o)?;
-        self.memo.insert(id, o);
+        let copy = self.top_copy("MEMO")?;
+        self.memo.insert(id, copy);
         Ok(())
     }
 
@@ -247,18 +384,27 @@ impl<'a> Unpickler<'a> {
         }
     }
 
+    fn global(&mut self, module: String, name: String) -> Result<()> {
+        if !allowed_global(&module, &name) {
+            return Err(self.err(format!(
+                "the pickle imports `{module}.{name}`; a weights file only names torch's tensor types and plain containers, so it is refused (it may try to run code)"
+            )));
+        }
+        self.push(Obj::Global(module, name))
+    }
+
     fn reduce(&mut self, callable: Obj, args: Obj) -> Result<Obj> {
-        // `OrderedDict()` / `defaultdict(...)` become plain dicts so that SETITEMS can fill them.
+        // `OrderedDict()` becomes a plain dict so that SETITEMS can fill it.
         if let Obj::Global(m, c) = &callable {
-            if m == "collections" && (c == "OrderedDict" || c == "defaultdict") {
-                return Ok(Obj::Dict(Vec::new(), Meta { depth: 1, nodes: 1 }));
+            if m == "collections" && c == "OrderedDict" {
+                return Ok(Obj::Dict(Vec::new(), Meta::EMPTY));
             }
         }
         let meta = meta_of([&callable, &args].into_iter());
         Ok(Obj::Call(Box::new(callable), Box::new(args), meta))
     }
 
-    fn run(mut self) -> Result<Obj> {
+    fn run(&mut self) -> Result<Obj> {
         loop {
             let op = self.u8()?;
             match op {
@@ -277,7 +423,14 @@ impl<'a> Unpickler<'a> {
                     // STOP
                     return self.pop();
                 }
-                b'(' => self.stack.push(Obj::Mark),
+                b'(' => {
+                    if self.stack.len() >= MAX_STACK {
+                        return Err(
+                            self.err(format!("more than {MAX_STACK} objects on the pickle stack"))
+                        );
+                    }
+                    self.stack.push(Obj::Mark)
+                }
                 b'N' => self.push(Obj::None)?,
                 0x88 => self.push(Obj::Bool(true))?,
                 0x89 => self.push(Obj::Bool(false))?,
@@ -341,33 +494,33 @@ impl<'a> Unpickler<'a> {
                 b'c' => {
                     let m = self.line()?;
                     let c = self.line()?;
-                    self.push(Obj::Global(m, c))?
+                    self.global(m, c)?
                 }
                 0x93 => {
                     // STACK_GLOBAL
                     let c = self.pop()?;
                     let m = self.pop()?;
                     match (m, c) {
-                        (Obj::Str(m), Obj::Str(c)) => self.push(Obj::Global(m, c))?,
+                        (Obj::Str(m), Obj::Str(c)) => self.global(m, c)?,
                         _ => return Err(self.err("STACK_GLOBAL without two strings")),
                     }
                 }
-                b'}' => self.push(Obj::Dict(Vec::new(), Meta { depth: 1, nodes: 1 }))?,
-                b']' => self.push(Obj::List(Vec::new(), Meta { depth: 1, nodes: 1 }))?,
-                b')' => self.push(Obj::Tuple(Vec::new(), Meta { depth: 1, nodes: 1 }))?,
+                b'}' => self.push_node(Obj::Dict(Vec::new(), Meta::EMPTY))?,
+                b']' => self.push_node(Obj::List(Vec::new(), Meta::EMPTY))?,
+                b')' => self.push_node(Obj::Tuple(Vec::new(), Meta::EMPTY))?,
                 b't' => {
                     let items = self.pop_mark()?;
                     let m = meta_of(items.iter());
-                    self.push(Obj::Tuple(items, m))?
+                    self.push_node(Obj::Tuple(items, m))?
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
                     let m = meta_of(items.iter());
-                    self.push(Obj::List(items, m))?
+                    self.push_node(Obj::List(items, m))?
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    self.push(Obj::Dict(Vec::new(), Meta { depth: 1, nodes: 1 }))?;
+                    self.push_node(Obj::Dict(Vec::new(), Meta::EMPTY))?;
                     self.add_items(items, "SETITEMS")?
                 }
                 0x85..=0x87 => {
@@ -378,7 +531,7 @@ impl<'a> Unpickler<'a> {
                     }
                     items.reverse();
                     let m = meta_of(items.iter());
-                    self.push(Obj::Tuple(items, m))?
+                    self.push_node(Obj::Tuple(items, m))?
                 }
                 b'a' => {
                     let v = self.pop()?;
@@ -400,14 +553,14 @@ impl<'a> Unpickler<'a> {
                 b'Q' => {
                     let id = self.pop()?;
                     let m = meta_of(std::iter::once(&id));
-                    self.push(Obj::Pers(Box::new(id), m))?
+                    self.push_node(Obj::Pers(Box::new(id), m))?
                 }
                 b'R' | 0x81 => {
                     // REDUCE / NEWOBJ
                     let args = self.pop()?;
                     let callable = self.pop()?;
                     let o = self.reduce(callable, args)?;
-                    self.push(o)?
+                    self.push_node(o)?
                 }
                 b'b' => {
                     // BUILD: object state (e.g. `_metadata` of a state dict). Not weights: dropped.
@@ -446,13 +599,8 @@ impl<'a> Unpickler<'a> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let o = self
-                        .stack
-                        .last()
-                        .cloned()
-                        .ok_or_else(|| self.err("DUP on an empty stack"))?;
-                    self.copy_budget(&o)?;
-                    self.push(o)?
+                    let copy = self.top_copy("DUP")?;
+                    self.push_built(copy)?
                 }
                 other => {
                     self.pos -= 1;
@@ -463,16 +611,27 @@ impl<'a> Unpickler<'a> {
     }
 }
 
-fn unpickle(data: &[u8], source: &str) -> Result<Obj> {
-    let u = Unpickler {
+/// Unpickle `data`, charging its objects to `meter`. Returns the root object and the bytes
+/// charged (to release once the object tree is dropped).
+fn unpickle(data: &[u8], source: &str, meter: &mut LoadMeter) -> Result<(Obj, u64)> {
+    let mut u = Unpickler {
         data,
         pos: 0,
         stack: Vec::new(),
         memo: HashMap::new(),
-        copied: 0,
+        charged: 0,
+        meter,
         source,
     };
-    u.run()
+    let res = u.run();
+    let charged = u.charged;
+    match res {
+        Ok(o) => Ok((o, charged)),
+        Err(e) => {
+            u.meter.release(charged);
+            Err(e)
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -509,12 +668,25 @@ fn is_global(o: &Obj, module: &str, class: &str) -> bool {
 }
 
 /// Recognise `_rebuild_tensor_v2(...)`, possibly wrapped in `_rebuild_parameter(...)` or
-/// `_rebuild_from_type_v2(...)`. `Ok(None)` for anything that is not a tensor.
-fn tensor_ref(name: &str, o: &Obj, source: &str) -> Result<Option<TensorRef>> {
-    let (callable, args) = match o {
-        Obj::Call(c, a, _) => (c.as_ref(), a.as_ref()),
-        _ => return Ok(None),
-    };
+/// `_rebuild_from_type_v2(...)`. `Ok(None)` for anything that is not a tensor. `name` builds the
+/// tensor's name only once one is found.
+fn tensor_ref(
+    name: &dyn Fn() -> Result<String>,
+    o: &Obj,
+    source: &str,
+) -> Result<Option<TensorRef>> {
+    match o {
+        Obj::Call(c, a, _) => tensor_call(name, c, a, source),
+        _ => Ok(None),
+    }
+}
+
+fn tensor_call(
+    name: &dyn Fn() -> Result<String>,
+    callable: &Obj,
+    args: &Obj,
+    source: &str,
+) -> Result<Option<TensorRef>> {
     let args_vec = match args {
         Obj::Tuple(v, _) => v,
         _ => return Ok(None),
@@ -530,20 +702,14 @@ fn tensor_ref(name: &str, o: &Obj, source: &str) -> Result<Option<TensorRef>> {
     if is_global(callable, "torch._tensor", "_rebuild_from_type_v2") {
         // (func, type, args, state)
         return match (args_vec.first(), args_vec.get(2)) {
-            (Some(func), Some(inner_args)) => {
-                let m = meta_of([func, inner_args].into_iter());
-                tensor_ref(
-                    name,
-                    &Obj::Call(Box::new(func.clone()), Box::new(inner_args.clone()), m),
-                    source,
-                )
-            }
+            (Some(func), Some(inner_args)) => tensor_call(name, func, inner_args, source),
             _ => Ok(None),
         };
     }
     if !is_global(callable, "torch._utils", "_rebuild_tensor_v2") {
         return Ok(None);
     }
+    let name = name()?;
     let bad = |detail: &str| Error::NotWeights {
         source_name: source.to_string(),
         detail: format!("tensor `{name}`: {detail}"),
@@ -580,7 +746,7 @@ fn tensor_ref(name: &str, o: &Obj, source: &str) -> Result<Option<TensorRef>> {
         return Err(bad("size and stride have different lengths"));
     }
     Ok(Some(TensorRef {
-        name: name.to_string(),
+        name,
         storage_key,
         storage_class,
         storage_numel,
@@ -590,25 +756,48 @@ fn tensor_ref(name: &str, o: &Obj, source: &str) -> Result<Option<TensorRef>> {
     }))
 }
 
-/// Walk nested dicts, collecting tensors under '.'-joined names. Non-tensor values are ignored.
-fn collect(prefix: &str, o: &Obj, out: &mut Vec<TensorRef>, source: &str) -> Result<()> {
-    if let Some(t) = tensor_ref(prefix, o, source)? {
+/// Walk nested dicts, collecting tensors under '.'-joined key paths (built only for tensors,
+/// at most [`MAX_TENSOR_NAME_BYTES`] long). Non-tensor values are ignored, and so are the
+/// optimizer-state entries of training checkpoints ([`NOT_WEIGHTS`]).
+fn collect<'o>(
+    path: &mut Vec<Cow<'o, str>>,
+    o: &'o Obj,
+    out: &mut Vec<TensorRef>,
+    source: &str,
+) -> Result<()> {
+    let name = || -> Result<String> {
+        let name = path.join(".");
+        if name.len() > MAX_TENSOR_NAME_BYTES {
+            let mut short: String = name.chars().take(60).collect();
+            short.push('…');
+            return Err(Error::NotWeights {
+                source_name: source.to_string(),
+                detail: format!(
+                    "tensor `{short}` has a {}-byte name (at most {MAX_TENSOR_NAME_BYTES})",
+                    name.len()
+                ),
+            });
+        }
+        Ok(name)
+    };
+    if let Some(t) = tensor_ref(&name, o, source)? {
         out.push(t);
         return Ok(());
     }
     if let Obj::Dict(items, _) = o {
         for (k, v) in items {
-            let key = match k {
-                Obj::Str(s) => s.clone(),
-                Obj::Int(i) => i.to_string(),
+            let key: Cow<'o, str> = match k {
+                Obj::Str(s) => Cow::Borrowed(s.as_str()),
+                Obj::Int(i) => Cow::Owned(i.to_string()),
                 _ => continue,
             };
-            let name = if prefix.is_empty() {
-                key
-            } else {
-                format!("{prefix}.{key}")
-            };
-            collect(&name, v, out, source)?;
+            if path.is_empty() && NOT_WEIGHTS.contains(&key.as_ref()) {
+                continue;
+            }
+            path.push(key);
+            let r = collect(path, v, out, source);
+            path.pop();
+            r?;
         }
     }
     Ok(())
@@ -647,23 +836,50 @@ impl Elem {
             Elem::Skip(n) => n,
         }
     }
+
+    fn dtype(self) -> Option<DType> {
+        match self {
+            Elem::F32 => Some(DType::F32),
+            Elem::F16 => Some(DType::F16),
+            Elem::Bf16 => Some(DType::BF16),
+            Elem::F64 => Some(DType::F64),
+            Elem::Skip(_) => None,
+        }
+    }
 }
 
-/// Gather a (possibly strided) view out of raw storage bytes into contiguous bytes.
-fn gather(t: &TensorRef, storage: &[u8], esize: usize, source: &str) -> Result<Vec<u8>> {
+/// Where a view's elements lie in its storage, all checked against the storage length:
+/// `Contiguous(first byte)` or `Strided` (gathered element by element).
+enum ViewPlan {
+    Contiguous(usize),
+    Strided,
+}
+
+fn plan_view(
+    t: &TensorRef,
+    numel: usize,
+    storage_len: usize,
+    esize: usize,
+    source: &str,
+) -> Result<ViewPlan> {
     let bad = |detail: String| Error::NotWeights {
         source_name: source.to_string(),
         detail: format!("tensor `{}`: {detail}", t.name),
     };
-    let numel = t
-        .size
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| bad(format!("size {:?} overflows", t.size)))?;
-    if numel == 0 {
-        return Ok(Vec::new());
+    let need = t
+        .storage_numel
+        .checked_mul(esize)
+        .ok_or_else(|| bad(format!("storage of {} elements overflows", t.storage_numel)))?;
+    if storage_len < need {
+        return Err(Error::Truncated {
+            source_name: source.to_string(),
+            detail: format!(
+                "storage `{}` of tensor `{}` holds {storage_len} bytes, {need} expected",
+                t.storage_key, t.name
+            ),
+        });
     }
-    // Highest element index touched; must lie inside the storage.
+    // Highest element index touched; must lie inside the storage (no dim is 0 here).
     let mut last = t.offset;
     for (&d, &s) in t.size.iter().zip(&t.stride) {
         last = (d - 1)
@@ -671,18 +887,19 @@ fn gather(t: &TensorRef, storage: &[u8], esize: usize, source: &str) -> Result<V
             .and_then(|x| x.checked_add(last))
             .ok_or_else(|| bad("stride overflows".into()))?;
     }
-    if last >= t.storage_numel || t.storage_numel.saturating_mul(esize) > storage.len() {
+    if last >= t.storage_numel {
         return Err(bad(format!(
             "view (offset {}, size {:?}, stride {:?}) exceeds its storage of {} elements",
             t.offset, t.size, t.stride, t.storage_numel
         )));
     }
+    // Only `expand()` makes such views; parameters never are, and they would let a few bytes
+    // stand for many.
     if numel > t.storage_numel {
         return Err(bad(
             "overlapping view with more elements than its storage".into()
         ));
     }
-    // Contiguous (row-major) fast path.
     let mut contiguous = true;
     let mut expect = 1usize;
     for (&d, &s) in t.size.iter().zip(&t.stride).rev() {
@@ -690,12 +907,18 @@ fn gather(t: &TensorRef, storage: &[u8], esize: usize, source: &str) -> Result<V
             contiguous = false;
             break;
         }
-        expect *= d;
+        expect = expect.saturating_mul(d);
     }
-    if contiguous {
-        let start = t.offset * esize;
-        return Ok(storage[start..start + numel * esize].to_vec());
-    }
+    // `last < storage_numel` bounds offset·esize and (offset + numel)·esize for a contiguous view.
+    Ok(if contiguous {
+        ViewPlan::Contiguous(t.offset * esize)
+    } else {
+        ViewPlan::Strided
+    })
+}
+
+/// Gather a strided view (checked by [`plan_view`]) into contiguous bytes.
+fn gather(t: &TensorRef, storage: &[u8], esize: usize, numel: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(numel * esize);
     let rank = t.size.len();
     let mut idx = vec![0usize; rank];
@@ -710,79 +933,164 @@ fn gather(t: &TensorRef, storage: &[u8], esize: usize, source: &str) -> Result<V
             idx[ax] = 0;
         }
     }
-    Ok(out)
+    out
 }
 
-fn tensor_from_le(bytes: &[u8], elem: Elem, shape: &[usize]) -> Result<Tensor> {
+/// Build the tensor of one view, charging it (and any scratch copy) to `meter` first.
+fn build_tensor(
+    t: &TensorRef,
+    elem: Elem,
+    storage: &[u8],
+    meter: &mut LoadMeter,
+    source: &str,
+) -> Result<Tensor> {
     let dev = &Device::Cpu;
-    Ok(match elem {
-        Elem::F32 => Tensor::from_raw_buffer(bytes, DType::F32, shape, dev)?,
-        Elem::F16 => Tensor::from_raw_buffer(bytes, DType::F16, shape, dev)?,
-        Elem::Bf16 => Tensor::from_raw_buffer(bytes, DType::BF16, shape, dev)?,
-        Elem::F64 => {
-            Tensor::from_raw_buffer(bytes, DType::F64, shape, dev)?.to_dtype(DType::F32)?
-        }
-        Elem::Skip(_) => {
-            return Err(Error::invalid(
-                "storage",
-                "integer storages are skipped before conversion",
-            ))
-        }
-    })
+    let esize = elem.size();
+    let dtype = elem.dtype().ok_or_else(|| {
+        Error::invalid("storage", "integer storages are skipped before conversion")
+    })?;
+    let numel = checked_numel(source, &t.name, &t.size)?;
+    let kept_dtype = elem_kept(elem);
+    let kept = numel.saturating_mul(kept_dtype.size_in_bytes() as u64);
+    meter.keep_tensor(source, &t.name, kept)?;
+    if numel == 0 {
+        return Ok(Tensor::zeros(t.size.as_slice(), kept_dtype, dev)?);
+    }
+    let too_big = || Error::OverBudget {
+        source_name: source.to_string(),
+        detail: format!("tensor `{}` is too large for this machine", t.name),
+    };
+    let numel = usize::try_from(numel).map_err(|_| too_big())?;
+    let nbytes = numel.checked_mul(esize).ok_or_else(too_big)?;
+    let plan = plan_view(t, numel, storage.len(), esize, source)?;
+    // Scratch: a gathered copy of a strided view, and the f64 tensor before conversion.
+    let scratch = match plan {
+        ViewPlan::Strided => nbytes as u64,
+        ViewPlan::Contiguous(_) => 0,
+    } + if matches!(elem, Elem::F64) {
+        nbytes as u64
+    } else {
+        0
+    };
+    meter.charge(
+        source,
+        &format!("a working copy of tensor `{}`", t.name),
+        scratch,
+    )?;
+    let built = (|| -> Result<Tensor> {
+        let x = match plan {
+            ViewPlan::Contiguous(start) => {
+                Tensor::from_raw_buffer(&storage[start..start + nbytes], dtype, &t.size, dev)?
+            }
+            ViewPlan::Strided => {
+                Tensor::from_raw_buffer(&gather(t, storage, esize, numel), dtype, &t.size, dev)?
+            }
+        };
+        Ok(x.to_dtype(kept_dtype)?)
+    })();
+    meter.release(scratch);
+    built
+}
+
+fn elem_kept(e: Elem) -> DType {
+    match e {
+        Elem::F16 => DType::F16,
+        Elem::Bf16 => DType::BF16,
+        _ => DType::F32,
+    }
 }
 
 // ------------------------------------------------------------------------------------------
 // Zip archive
 // ------------------------------------------------------------------------------------------
 
-/// Declared sizes larger than this multiple of the file are refused before allocating
-/// (torch stores entries uncompressed, so 1× would do; deflated archives get some slack).
-const MAX_EXPANSION: usize = 64;
+/// One archive entry's bytes: in place when stored uncompressed (CRC-checked), else inflated
+/// into a buffer charged to the meter (the caller releases `charged` when done) and counted
+/// against the load's inflation budget.
+struct Entry<'a> {
+    bytes: Cow<'a, [u8]>,
+    charged: u64,
+}
 
-fn read_entry<R: Read + Seek>(
-    zip: &mut zip::ZipArchive<R>,
+fn read_entry<'a>(
+    zip: &mut zip::ZipArchive<Cursor<&'a [u8]>>,
+    file: &'a [u8],
     name: &str,
-    limit: usize,
-    file_len: usize,
+    limit: u64,
+    meter: &mut LoadMeter,
     source: &str,
-) -> Result<Vec<u8>> {
-    let mut f = zip.by_name(name).map_err(|e| Error::NotWeights {
+) -> Result<Entry<'a>> {
+    let not = |detail: String| Error::NotWeights {
         source_name: source.to_string(),
-        detail: format!("archive entry `{name}`: {e}"),
-    })?;
-    if f.size() > limit as u64 {
-        return Err(Error::NotWeights {
-            source_name: source.to_string(),
-            detail: format!(
-                "archive entry `{name}` declares {} bytes, more than the file can hold",
-                f.size()
-            ),
+        detail: format!("archive entry `{name}`: {detail}"),
+    };
+    let mut f = zip.by_name(name).map_err(|e| not(e.to_string()))?;
+    if f.encrypted() {
+        return Err(not("encrypted".into()));
+    }
+    if f.size() > limit {
+        return Err(not(format!(
+            "declares {} bytes, more than its tensors need ({limit})",
+            f.size()
+        )));
+    }
+    if f.compression() == zip::CompressionMethod::Stored {
+        let start = usize::try_from(f.data_start()).ok();
+        let len = usize::try_from(f.compressed_size()).ok();
+        let range = start
+            .zip(len)
+            .and_then(|(s, n)| Some(s..s.checked_add(n)?))
+            .filter(|r| r.end <= file.len());
+        let Some(range) = range else {
+            return Err(Error::Truncated {
+                source_name: source.to_string(),
+                detail: format!(
+                    "archive entry `{name}` needs {} bytes from offset {}, the file has {}",
+                    f.compressed_size(),
+                    f.data_start(),
+                    file.len()
+                ),
+            });
+        };
+        if f.size() != f.compressed_size() {
+            return Err(not("stored entry whose sizes differ".into()));
+        }
+        let bytes = &file[range];
+        if crc32fast::hash(bytes) != f.crc32() {
+            return Err(not("damaged (its CRC does not match)".into()));
+        }
+        return Ok(Entry {
+            bytes: Cow::Borrowed(bytes),
+            charged: 0,
         });
     }
-    // Pre-allocate what the entry declares, but never more than its compressed bytes could
-    // hold uncompressed (stored) — a lying header only costs a reallocation.
-    let mut out =
-        Vec::with_capacity(f.size().min(f.compressed_size()).min(file_len as u64) as usize);
-    (&mut f)
-        .take(limit as u64)
-        .read_to_end(&mut out)
-        .map_err(|e| {
-            let detail = format!("archive entry `{name}`: {e}");
-            let source_name = source.to_string();
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::Truncated {
-                    source_name,
-                    detail,
-                }
-            } else {
-                // e.g. a CRC mismatch: the bytes are there but damaged.
-                Error::NotWeights {
-                    source_name,
-                    detail,
-                }
+    // Compressed: never inflate more than the entry declares, nor than `limit`.
+    let want = f.size().min(limit);
+    meter.inflate(source, &format!("archive entry `{name}`"), want)?;
+    meter.charge(source, &format!("archive entry `{name}`"), want)?;
+    let mut out = Vec::with_capacity(want as usize);
+    let read = (&mut f).take(want).read_to_end(&mut out);
+    if let Err(e) = read {
+        meter.release(want);
+        let detail = format!("archive entry `{name}`: {e}");
+        let source_name = source.to_string();
+        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::Truncated {
+                source_name,
+                detail,
             }
-        })?;
-    Ok(out)
+        } else {
+            // e.g. a CRC mismatch: the bytes are there but damaged.
+            Error::NotWeights {
+                source_name,
+                detail,
+            }
+        });
+    }
+    Ok(Entry {
+        bytes: Cow::Owned(out),
+        charged: want,
+    })
 }
 
 fn zip_error(source: &str, e: zip::result::ZipError) -> Error {
@@ -808,8 +1116,19 @@ fn zip_error(source: &str, e: zip::result::ZipError) -> Error {
 
 /// Read every floating-point tensor of a `torch.save` checkpoint. Nested dicts are flattened
 /// with '.', e.g. `{'model_state_dict': {'obj_proj.weight': t}}` → `model_state_dict.obj_proj.weight`.
-/// Integer and bool tensors are skipped (they are never weights); f64 becomes f32.
+/// Integer and bool tensors are skipped (they are never weights); f64 becomes f32. Within the
+/// default [`super::LoadBudget`].
 pub fn read_torch_pickle(bytes: &[u8], source: &str) -> Result<TensorStore> {
+    read_torch_pickle_metered(bytes, source, &mut LoadMeter::default())
+}
+
+/// [`read_torch_pickle`] charging everything it allocates to `meter` (shared by every file of
+/// one model load).
+pub fn read_torch_pickle_metered(
+    bytes: &[u8],
+    source: &str,
+    meter: &mut LoadMeter,
+) -> Result<TensorStore> {
     if bytes.len() < 4 || &bytes[..4] != b"PK\x03\x04" {
         let detail = if bytes.first() == Some(&0x80) {
             "a legacy (pre-1.6) torch pickle; re-save it with a current torch".to_string()
@@ -821,8 +1140,19 @@ pub fn read_torch_pickle(bytes: &[u8], source: &str) -> Result<TensorStore> {
             detail,
         });
     }
-    let limit = bytes.len().saturating_mul(MAX_EXPANSION);
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| zip_error(source, e))?;
+    // torch writes one entry per storage plus a handful of small ones.
+    let max_entries = meter.budget().max_tensors.saturating_add(16);
+    if zip.len() > max_entries {
+        return Err(Error::OverBudget {
+            source_name: source.to_string(),
+            detail: format!(
+                "the archive has {} entries; a model load may hold {} tensors",
+                zip.len(),
+                meter.budget().max_tensors
+            ),
+        });
+    }
     let pkl_name = zip
         .file_names()
         .filter(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
@@ -838,63 +1168,83 @@ pub fn read_torch_pickle(bytes: &[u8], source: &str) -> Result<TensorStore> {
         .find(|n| *n == format!("{root}byteorder"))
         .map(str::to_string);
     if let Some(order) = order {
-        let bo = read_entry(&mut zip, &order, 64, bytes.len(), source)?;
-        if bo.trim_ascii() != b"little" {
+        let bo = read_entry(&mut zip, bytes, &order, 64, meter, source)?;
+        meter.release(bo.charged);
+        if bo.bytes.trim_ascii() != b"little" {
             return Err(Error::NotWeights {
                 source_name: source.to_string(),
                 detail: "big-endian torch checkpoint".into(),
             });
         }
     }
-    let pkl = read_entry(&mut zip, &pkl_name, limit, bytes.len(), source)?;
-    let obj = unpickle(&pkl, source)?;
+    let pkl = read_entry(&mut zip, bytes, &pkl_name, MAX_PICKLE_BYTES, meter, source)?;
+    let unpickled = unpickle(&pkl.bytes, source, meter);
+    meter.release(pkl.charged);
+    drop(pkl);
+    let (obj, obj_bytes) = unpickled?;
     let mut refs = Vec::new();
-    collect("", &obj, &mut refs, source)?;
+    let collected = collect(&mut Vec::new(), &obj, &mut refs, source);
+    drop(obj);
+    meter.release(obj_bytes);
+    collected?;
 
-    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
+    // One storage at a time, all its views, then the next (a storage read from a compressed
+    // entry is freed before the next one is inflated).
+    refs.sort_by(|a, b| a.storage_key.cmp(&b.storage_key));
     let mut store = TensorStore::new(source);
-    for t in refs {
-        let elem = Elem::from_class(&t.storage_class).ok_or_else(|| Error::UnsupportedDtype {
-            name: t.name.clone(),
-            source_name: source.to_string(),
-            dtype: t.storage_class.clone(),
-        })?;
-        if let Elem::Skip(_) = elem {
+    let mut i = 0;
+    while i < refs.len() {
+        let key = refs[i].storage_key.clone();
+        let group_end = i + refs[i..]
+            .iter()
+            .take_while(|t| t.storage_key == key)
+            .count();
+        let mut group: Vec<(&TensorRef, Elem)> = Vec::new();
+        for t in &refs[i..group_end] {
+            let elem =
+                Elem::from_class(&t.storage_class).ok_or_else(|| Error::UnsupportedDtype {
+                    name: t.name.clone(),
+                    source_name: source.to_string(),
+                    dtype: t.storage_class.clone(),
+                })?;
+            if !matches!(elem, Elem::Skip(_)) {
+                group.push((t, elem));
+            }
+        }
+        i = group_end;
+        if group.is_empty() {
             continue;
         }
-        let esize = elem.size();
-        let need = t
-            .storage_numel
-            .checked_mul(esize)
-            .filter(|&n| n <= limit)
-            .ok_or_else(|| Error::NotWeights {
-                source_name: source.to_string(),
-                detail: format!(
-                    "tensor `{}`: storage of {} elements is larger than the file",
-                    t.name, t.storage_numel
-                ),
-            })?;
-        if !storages.contains_key(&t.storage_key) {
-            let entry = format!("{root}data/{}", t.storage_key);
-            let data = read_entry(&mut zip, &entry, need, bytes.len(), source)?;
-            storages.insert(t.storage_key.clone(), data);
+        // The storage must hold what every view declares (checked per view below); never read
+        // more than the largest declaration, nor more than the budget has room for.
+        let mut need = 0u64;
+        for (t, elem) in &group {
+            let n = (t.storage_numel as u64)
+                .checked_mul(elem.size() as u64)
+                .filter(|&n| n <= meter.budget().max_bytes)
+                .ok_or_else(|| Error::OverBudget {
+                    source_name: source.to_string(),
+                    detail: format!(
+                        "tensor `{}`: its storage of {} elements is larger than a model load may hold",
+                        t.name, t.storage_numel
+                    ),
+                })?;
+            need = need.max(n);
         }
-        let storage = &storages[&t.storage_key];
-        if storage.len() < need {
-            return Err(Error::Truncated {
-                source_name: source.to_string(),
-                detail: format!(
-                    "storage `{}` of tensor `{}` holds {} bytes, {} expected",
-                    t.storage_key,
-                    t.name,
-                    storage.len(),
-                    need
-                ),
-            });
+        let entry = format!("{root}data/{key}");
+        let data = read_entry(&mut zip, bytes, &entry, need, meter, source)?;
+        let mut built = Ok(());
+        for (t, elem) in group {
+            match build_tensor(t, elem, &data.bytes, meter, source) {
+                Ok(x) => store.insert(t.name.clone(), Stored::Float(x)),
+                Err(e) => {
+                    built = Err(e);
+                    break;
+                }
+            }
         }
-        let raw = gather(&t, storage, esize, source)?;
-        let tensor = tensor_from_le(&raw, elem, &t.size)?;
-        store.insert(t.name, Stored::Float(tensor));
+        meter.release(data.charged);
+        built?;
     }
     Ok(store)
 }

@@ -161,7 +161,7 @@ pub fn random_clip_store(cfg: &ClipConfig, seed: u64) -> TensorStore {
     g.normal("visual.class_embedding", &[v.width], 0.0, vs);
     g.normal(
         "visual.positional_embedding",
-        &[v.grid() * v.grid() + 1, v.width],
+        &[v.positions(), v.width],
         0.0,
         vs,
     );

@@ -3,13 +3,20 @@
 //! Format: `u64` little-endian header length N, N bytes of JSON
 //! `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}`, then the data.
 //! Parsing goes through candle's `SliceSafetensors` (the `safetensors` crate, which validates
-//! offsets); the header length is checked here first so that errors say what is wrong.
+//! offsets); the header is checked here first so that errors say what is wrong, and so that no
+//! tensor is built before its shape, its name and the whole load's budget have been checked.
 
 use candle_core::safetensors::{Load, SliceSafetensors};
 use candle_core::{DType, Device, Tensor};
 
+use super::budget::{checked_numel, LoadMeter, MAX_TENSOR_NAME_BYTES};
 use crate::error::{Error, Result};
 use crate::weights::{Stored, TensorStore};
+
+/// Header bytes allowed per tensor of the load budget (an entry is ~100 bytes plus its name),
+/// plus room for `__metadata__`.
+const HEADER_BYTES_PER_TENSOR: u64 = 2048;
+const HEADER_METADATA_BYTES: u64 = 1 << 20;
 
 /// The `safetensors` crate refuses larger headers; so do we, with a clearer message.
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -25,7 +32,72 @@ pub fn looks_like_safetensors(bytes: &[u8]) -> bool {
 
 /// Read every tensor of a safetensors file. f32 / f16 / bf16 are kept as they are, f64 becomes
 /// f32; integer tensors are skipped (never weights); any other dtype is an error naming the tensor.
+/// Within the default [`super::LoadBudget`].
 pub fn read_safetensors(bytes: &[u8], source: &str) -> Result<TensorStore> {
+    read_safetensors_metered(bytes, source, &mut LoadMeter::default())
+}
+
+/// The part of a header entry checked before the `safetensors` crate parses the file.
+#[derive(serde::Deserialize)]
+struct HeaderEntry {
+    shape: Vec<u64>,
+}
+
+/// Check every header entry before any tensor is built: name length, entry count, and shapes
+/// (checked arithmetic, item 12: a zero dim with huge others). The `safetensors` crate checks the
+/// offsets afterwards.
+fn check_header(header: &[u8], source: &str, meter: &LoadMeter) -> Result<()> {
+    let not = |detail: String| Error::NotWeights {
+        source_name: source.to_string(),
+        detail,
+    };
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
+        .map_err(|e| not(format!("invalid safetensors header: {e}")))?;
+    let max = meter.budget().max_tensors;
+    if map.len() > max.saturating_add(1) {
+        return Err(Error::OverBudget {
+            source_name: source.to_string(),
+            detail: format!(
+                "the safetensors header lists {} tensors; a model load may hold {max}",
+                map.len()
+            ),
+        });
+    }
+    for (name, v) in map {
+        if name == "__metadata__" {
+            continue;
+        }
+        if name.len() > MAX_TENSOR_NAME_BYTES {
+            return Err(not(format!(
+                "a tensor name of {} bytes (at most {MAX_TENSOR_NAME_BYTES})",
+                name.len()
+            )));
+        }
+        let e: HeaderEntry = serde_json::from_value(v)
+            .map_err(|e| not(format!("tensor `{name}`: invalid header entry: {e}")))?;
+        let dims: Vec<usize> = e
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| {
+                not(format!(
+                    "tensor `{name}` has shape {:?}: larger than this machine can address",
+                    e.shape
+                ))
+            })?;
+        checked_numel(source, &name, &dims)?;
+    }
+    Ok(())
+}
+
+/// [`read_safetensors`] charging every tensor to `meter` (shared by every file of one model
+/// load) before it is built.
+pub fn read_safetensors_metered(
+    bytes: &[u8],
+    source: &str,
+    meter: &mut LoadMeter,
+) -> Result<TensorStore> {
     let trunc = |detail: String| Error::Truncated {
         source_name: source.to_string(),
         detail,
@@ -57,6 +129,19 @@ pub fn read_safetensors(bytes: &[u8], source: &str) -> Result<TensorStore> {
             bytes.len() - 8
         )));
     }
+    let max_header = (meter.budget().max_tensors as u64)
+        .saturating_mul(HEADER_BYTES_PER_TENSOR)
+        .saturating_add(HEADER_METADATA_BYTES);
+    if n > max_header {
+        return Err(Error::OverBudget {
+            source_name: source.to_string(),
+            detail: format!(
+                "its safetensors header is {n} bytes; {max_header} hold the {} tensors a model load may have",
+                meter.budget().max_tensors
+            ),
+        });
+    }
+    check_header(&bytes[8..8 + n as usize], source, meter)?;
     let st = SliceSafetensors::new(bytes).map_err(|e| {
         // The crate reports a data section that does not match the offsets as "incomplete";
         // tell a cut-off download apart from a malformed file.
@@ -70,7 +155,10 @@ pub fn read_safetensors(bytes: &[u8], source: &str) -> Result<TensorStore> {
     })?;
     let mut store = TensorStore::new(source);
     let dev = Device::Cpu;
-    for (name, view) in st.tensors() {
+    let mut views = st.tensors();
+    // In file order, so the first tensor over the budget is the same on every run.
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, view) in views {
         let dtype = match DType::try_from(view.dtype()) {
             Ok(d) => d,
             Err(_) => {
@@ -81,9 +169,9 @@ pub fn read_safetensors(bytes: &[u8], source: &str) -> Result<TensorStore> {
                 })
             }
         };
-        let t = match dtype {
-            DType::F32 | DType::F16 | DType::BF16 => view.load(&dev)?,
-            DType::F64 => view.load(&dev)?.to_dtype(DType::F32)?,
+        let kept = match dtype {
+            DType::F32 | DType::F16 | DType::BF16 => dtype,
+            DType::F64 => DType::F32,
             DType::U8 | DType::U32 | DType::I16 | DType::I32 | DType::I64 => continue,
             other => {
                 return Err(Error::UnsupportedDtype {
@@ -92,6 +180,22 @@ pub fn read_safetensors(bytes: &[u8], source: &str) -> Result<TensorStore> {
                     dtype: format!("{other:?}"),
                 })
             }
+        };
+        // Shapes were checked by `check_header`; the crate checked data length = shape × dtype.
+        let numel = view.data().len() as u64 / dtype.size_in_bytes() as u64;
+        meter.keep_tensor(source, &name, numel * kept.size_in_bytes() as u64)?;
+        let t = if kept == dtype {
+            view.load(&dev)?
+        } else {
+            let scratch = view.data().len() as u64;
+            meter.charge(
+                source,
+                &format!("a working copy of tensor `{name}`"),
+                scratch,
+            )?;
+            let t = view.load(&dev).and_then(|t| t.to_dtype(kept));
+            meter.release(scratch);
+            t?
         };
         store.insert(name, Stored::Float(t));
     }

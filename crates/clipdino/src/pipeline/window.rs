@@ -6,13 +6,8 @@
 
 use super::resize::short_side_size;
 use super::EncodeOptions;
-use crate::clip::MAX_PATCHES;
 use crate::error::{Error, Result};
-
-/// Most patches one image may send through the tower, summed over its windows (16 single
-/// passes: about 16.8 MP of windows at patch 16, ≈ 0.5 GB of cached features at ViT-B/16
-/// widths). Bounds the work and memory of a sliding-window run on a very elongated image.
-pub const MAX_TOTAL_PATCHES: usize = 16 * MAX_PATCHES;
+pub use crate::limits::{MAX_PATCHES, MAX_TOTAL_PATCHES};
 
 /// Window size and stride in pixels (square windows, as the paper's 448 / 224).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
