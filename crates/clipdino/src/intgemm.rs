@@ -29,6 +29,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use crate::error::{Error, Result};
+use crate::par;
 
 /// Rows of `x` per register tile.
 const MR: usize = 4;
@@ -56,29 +57,37 @@ pub struct PackedLinear {
 }
 
 /// Quantize `rows × k` row-major values symmetrically per row to `±levels`, packed
-/// `[rows.div_ceil(r)][kb][r][8]`. Returns the packed values and the per-row scales.
+/// `[rows.div_ceil(r)][kb][r][8]`. Returns the packed values and the per-row scales. Rows are
+/// independent: they are quantized in parallel ([`crate::par`]).
 fn quantize_rows(x: &[f32], rows: usize, k: usize, r: usize, levels: i32) -> (Vec<i16>, Vec<f32>) {
     let kb = k.div_ceil(8);
     let mut data = vec![0i16; rows.div_ceil(r) * kb * r * 8];
-    let mut scale = vec![0f32; rows];
-    for (i, row) in x.chunks_exact(k).take(rows).enumerate() {
-        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let s = if amax > 0.0 && amax.is_finite() {
+    let scale = par::map(rows, |i| {
+        let amax = x[i * k..][..k].iter().fold(0f32, |m, v| m.max(v.abs()));
+        if amax > 0.0 && amax.is_finite() {
             amax / levels as f32
         } else {
             1.0
-        };
-        scale[i] = s;
-        let inv = 1.0 / s;
-        let (g, lane) = (i / r, i % r);
-        for (b, chunk) in row.chunks(8).enumerate() {
-            let dst = &mut data[((g * kb + b) * r + lane) * 8..][..chunk.len()];
-            for (d, v) in dst.iter_mut().zip(chunk) {
-                // `as` saturates (and maps NaN to 0); |v·inv| ≤ levels for finite rows.
-                *d = (v * inv).round_ties_even() as i16;
+        }
+    });
+    let groups = rows.div_ceil(r);
+    let per_task = groups.div_ceil((4 * par::threads()).min(rows * k / (1 << 16)).max(1));
+    par::for_each_chunk(&mut data, per_task * kb * r * 8, |t, chunk| {
+        for (gi, group) in chunk.chunks_exact_mut(kb * r * 8).enumerate() {
+            let g = t * per_task + gi;
+            for lane in 0..r.min(rows.saturating_sub(g * r)) {
+                let i = g * r + lane;
+                let inv = 1.0 / scale[i];
+                for (b, src) in x[i * k..][..k].chunks(8).enumerate() {
+                    let dst = &mut group[(b * r + lane) * 8..][..src.len()];
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        // `as` saturates (and maps NaN to 0); |v·inv| ≤ levels for finite rows.
+                        *d = (v * inv).round_ties_even() as i16;
+                    }
+                }
             }
         }
-    }
+    });
     (data, scale)
 }
 
@@ -146,31 +155,43 @@ impl PackedLinear {
         let (n, kb) = (self.n, self.kb);
         let (xa, xs) = quantize_rows(x, m, self.k, MR, self.a_max);
         let mut y = vec![0f32; m * n];
-        // Panels of W that stay in L2 while every row tile of x streams past.
+        // Row tiles are split over the threads (the sums are exact, so any split gives the same
+        // bits); each task streams its rows past panels of W that stay in L2.
         let panel = ((64 * 1024) / (kb * 16)).max(1) * NR;
-        for n0 in (0..n).step_by(panel) {
-            let n1 = (n0 + panel).min(n);
-            for mg in 0..m.div_ceil(MR) {
-                let a = &xa[mg * kb * MR * 8..][..kb * MR * 8];
-                for ng in n0 / NR..n1.div_ceil(NR) {
-                    let b = &self.data[ng * kb * NR * 8..][..kb * NR * 8];
-                    let t = kernel::tile(a, b, kb);
-                    for (i, row) in t.iter().enumerate() {
-                        let r = mg * MR + i;
-                        if r >= m {
-                            break;
-                        }
-                        for (j, &v) in row.iter().enumerate() {
-                            let c = ng * NR + j;
-                            if c < n {
-                                let bias = self.bias.as_ref().map_or(0.0, |b| b[c]);
-                                y[r * n + c] = v as f32 * (xs[r] * self.scale[c]) + bias;
+        let groups = m.div_ceil(MR);
+        let tasks = (4 * par::threads())
+            .min(groups)
+            .min(m * n * self.k / (1 << 20))
+            .max(1);
+        let per_task = groups.div_ceil(tasks);
+        par::for_each_chunk(&mut y, per_task * MR * n, |t, y| {
+            let g0 = t * per_task;
+            let rows = y.len() / n;
+            for n0 in (0..n).step_by(panel) {
+                let n1 = (n0 + panel).min(n);
+                for mg in g0..g0 + rows.div_ceil(MR) {
+                    let a = &xa[mg * kb * MR * 8..][..kb * MR * 8];
+                    for ng in n0 / NR..n1.div_ceil(NR) {
+                        let b = &self.data[ng * kb * NR * 8..][..kb * NR * 8];
+                        let tile = kernel::tile(a, b, kb);
+                        for (i, row) in tile.iter().enumerate() {
+                            let r = mg * MR + i;
+                            if r >= m {
+                                break;
+                            }
+                            let out = &mut y[(r - g0 * MR) * n..][..n];
+                            for (j, &v) in row.iter().enumerate() {
+                                let c = ng * NR + j;
+                                if c < n {
+                                    let bias = self.bias.as_ref().map_or(0.0, |b| b[c]);
+                                    out[c] = v as f32 * (xs[r] * self.scale[c]) + bias;
+                                }
                             }
                         }
                     }
                 }
             }
-        }
+        });
         y
     }
 

@@ -14,6 +14,7 @@ pub mod linear;
 pub mod loaders;
 pub mod metrics;
 pub mod overlay;
+pub mod par;
 pub mod pipeline;
 mod rng;
 pub mod templates;
