@@ -101,7 +101,12 @@ pub fn forward_rows(
         let start = i * par::ROW_BLOCK;
         f(&x2.narrow(0, start, par::ROW_BLOCK.min(m - start))?)
     });
-    let y = Tensor::cat(&blocks.into_iter().collect::<candle_core::Result<Vec<_>>>()?, 0)?;
+    let y = Tensor::cat(
+        &blocks
+            .into_iter()
+            .collect::<candle_core::Result<Vec<_>>>()?,
+        0,
+    )?;
     let mut out = lead.to_vec();
     out.push(y.dim(1)?);
     y.reshape(out)

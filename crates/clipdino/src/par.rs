@@ -95,9 +95,15 @@ mod imp {
                 .for_each(|(i, c)| f(i, c))
         };
         match exec() {
-            _ if data.len() <= chunk => data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)),
+            _ if data.len() <= chunk => data
+                .chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, c)| f(i, c)),
             Exec::Here => par(data),
-            Exec::Sequential => data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)),
+            Exec::Sequential => data
+                .chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, c)| f(i, c)),
             Exec::Pool(p) => p.install(|| par(data)),
         }
     }
@@ -114,7 +120,9 @@ mod imp {
     }
 
     pub fn for_each_chunk<T>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T])) {
-        data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+        data.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
     }
 }
 
@@ -171,7 +179,10 @@ mod tests {
                 .unwrap();
             pool.install(|| {
                 assert_eq!(threads(), n);
-                assert_eq!(map(100, |i| i * i), (0..100).map(|i| i * i).collect::<Vec<_>>());
+                assert_eq!(
+                    map(100, |i| i * i),
+                    (0..100).map(|i| i * i).collect::<Vec<_>>()
+                );
                 let mut v = vec![0usize; 1000];
                 for_each_chunk(&mut v, 64, |i, c| c.iter_mut().for_each(|x| *x += i + 1));
                 assert!(v.iter().enumerate().all(|(k, &x)| x == k / 64 + 1));

@@ -190,19 +190,24 @@ impl MultiheadAttention {
         for start in (0..bh).step_by(group) {
             let g = group.min(bh - start);
             let flops = |_: &_| 4.0 * (g * n_query * t * d) as f64;
-            let heads = op_flops("attention q·kᵀ, softmax, probs·v (by head)", flops, || {
-                par::map(g, |i| -> candle_core::Result<Tensor> {
-                    let h = start + i;
-                    let (q, k, v) = (q.narrow(0, h, 1)?, k.narrow(0, h, 1)?, v.narrow(0, h, 1)?);
-                    let scores = q.matmul(&k.t()?)?;
-                    let scores = match mask {
-                        Some(m) => scores.broadcast_add(m)?,
-                        None => scores,
-                    };
-                    // `scores` is a fresh tensor: the softmax overwrites it.
-                    fastmath::softmax_last_dim_(scores)?.matmul(&v)
-                })
-            });
+            let heads = op_flops(
+                "attention q·kᵀ, softmax, probs·v (by head)",
+                flops,
+                || {
+                    par::map(g, |i| -> candle_core::Result<Tensor> {
+                        let h = start + i;
+                        let (q, k, v) =
+                            (q.narrow(0, h, 1)?, k.narrow(0, h, 1)?, v.narrow(0, h, 1)?);
+                        let scores = q.matmul(&k.t()?)?;
+                        let scores = match mask {
+                            Some(m) => scores.broadcast_add(m)?,
+                            None => scores,
+                        };
+                        // `scores` is a fresh tensor: the softmax overwrites it.
+                        fastmath::softmax_last_dim_(scores)?.matmul(&v)
+                    })
+                },
+            );
             for head in heads {
                 outs.push(head?);
             }
