@@ -44,7 +44,7 @@ ls -la "$PKG"
 # rebuilt with atomics, shared memory; its pool threads are Web Workers, crates/clipdino-pool).
 . scripts/threads.env
 rustup run "$MT_NIGHTLY" rustc --version >/dev/null 2>&1 || scripts/setup.sh web
-RUSTFLAGS="-C target-feature=$MT_FEATURES -C link-arg=--max-memory=$MT_MAX_MEMORY" \
+RUSTFLAGS="$MT_RUSTFLAGS" \
   cargo "+$MT_NIGHTLY" rustc --locked --profile "$PROFILE" --target wasm32-unknown-unknown \
   -p clipdino-bench-web --lib --crate-type cdylib -Z build-std=panic_abort,std --target-dir "$MT_TARGET_DIR"
 PKG_MT=target/bench-web/pkg-mt

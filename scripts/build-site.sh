@@ -13,7 +13,7 @@ trunk build --release --offline "$@"
 
 # The multi-threaded worker: the worker binary alone, built once, beside Trunk's output.
 . scripts/threads.env
-RUSTFLAGS="-C target-feature=$MT_FEATURES -C link-arg=--max-memory=$MT_MAX_MEMORY" \
+RUSTFLAGS="$MT_RUSTFLAGS" \
   cargo "+$MT_NIGHTLY" build --release --locked --target wasm32-unknown-unknown --bin worker \
   -Z build-std=panic_abort,std --target-dir "$MT_TARGET_DIR"
 pkg="$MT_TARGET_DIR/pkg"

@@ -34,7 +34,7 @@ cargo test -p clipdino-web --target wasm32-unknown-unknown --locked --lib
 
 step "the model's wasm32 tests again in the multi-threaded build (dated nightly, atomics, shared memory)"
 . scripts/threads.env
-RUSTFLAGS="-C target-feature=$MT_FEATURES -C link-arg=--max-memory=$MT_MAX_MEMORY" \
+RUSTFLAGS="$MT_RUSTFLAGS" \
   cargo "+$MT_NIGHTLY" test -p clipdino --target wasm32-unknown-unknown --locked --test wasm \
   -Z build-std=panic_abort,std --target-dir "$MT_TARGET_DIR"
 
