@@ -1,6 +1,6 @@
-// The peer: onnxruntime-web (wasm backend, SIMD, one thread) running the open_clip ViT-B/16
-// image tower exported by bench/export_onnx.py, in a Web Worker. Its .wasm files are served
-// from node_modules (no CDN).
+// The peer: onnxruntime-web (wasm backend, SIMD; one thread, or `threads` of the config on a
+// cross-origin isolated page) running the open_clip ViT-B/16 image tower exported by
+// bench/export_onnx.py, in a Web Worker. Its .wasm files are served from node_modules (no CDN).
 import * as ort from '/ort/ort.wasm.min.mjs';
 
 ort.env.wasm.wasmPaths = '/ort/';
@@ -21,7 +21,8 @@ function median(v) {
   return n % 2 ? s[(n - 1) / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
 }
 
-async function run({ models, runs }) {
+async function run({ models, runs, threads = 1 }) {
+  ort.env.wasm.numThreads = threads;
   const out = [];
   for (const m of models) {
     const bytes = await fetchBytes(m.url);

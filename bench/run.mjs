@@ -6,25 +6,29 @@
 //     steps in a Web Worker, a fresh worker for the peak memory of the app's path, then
 //     onnxruntime-web (wasm, SIMD, 1 thread) on the exported towers;
 //  4. bench/results.json and a table on stdout.
-// Options: --runs N (5), --plan full|smoke, --data DIR (target/bench), --pkg DIR
-// (target/bench-web/pkg), --native-bin PATH (the clipdino CLI), --out FILE (bench/results.json), --python PATH,
+// Options: --runs N (5), --plan full|smoke|compare|threads|…, --data DIR (target/bench), --pkg DIR
+// (target/bench-web/pkg), --pkg-mt DIR (the multi-threaded build, target/bench-web/pkg-mt),
+// --threads N (2: the thread count compared with 1 by --plan threads), --native-bin PATH (the
+// clipdino CLI), --out FILE (bench/results.json), --python PATH,
 // --skip-native / --skip-export / --skip-wasm / --skip-memory / --skip-ort (reuse earlier outputs),
 // --memory-plan memory|memory_default (the bundle of the fresh-worker memory run: Q4_0 or the
 // `default` recipe, QUANTIZATION.md).
+// `--plan threads` measures thread scaling in one run (native, both wasm builds, onnxruntime-web
+// at 1 and N threads) and stores it as `threads` in the results file, keeping the rest.
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { formatTable } from './table.mjs';
+import { formatTable, formatThreads } from './table.mjs';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 
 function parseArgs(argv) {
   const a = {
-    runs: 5, plan: 'full', data: 'target/bench', pkg: 'target/bench-web/pkg',
-    nativeBin: 'target/release/clipdino', out: 'bench/results.json',
+    runs: 5, plan: 'full', data: 'target/bench', pkg: 'target/bench-web/pkg', pkgMt: 'target/bench-web/pkg-mt',
+    threads: 2, nativeBin: 'target/release/clipdino', out: 'bench/results.json',
     python: process.env.PYTHON ?? 'python3', skip: new Set(), memoryPlan: 'memory',
   };
   for (let i = 0; i < argv.length; i++) {
@@ -37,6 +41,8 @@ function parseArgs(argv) {
     else if (k === '--plan') a.plan = v();
     else if (k === '--data') a.data = v();
     else if (k === '--pkg') a.pkg = v();
+    else if (k === '--pkg-mt') a.pkgMt = v();
+    else if (k === '--threads') a.threads = Number(v());
     else if (k === '--native-bin') a.nativeBin = v();
     else if (k === '--out') a.out = v();
     else if (k === '--python') a.python = v();
@@ -45,7 +51,8 @@ function parseArgs(argv) {
     else throw new Error(`unknown option ${k}`);
   }
   if (!Number.isInteger(a.runs) || a.runs < 1) throw new Error('--runs must be a positive integer');
-  for (const key of ['data', 'pkg', 'nativeBin', 'out']) a[key] = path.resolve(ROOT, a[key]);
+  if (!Number.isInteger(a.threads) || a.threads < 2) throw new Error('--threads must be an integer ≥ 2');
+  for (const key of ['data', 'pkg', 'pkgMt', 'nativeBin', 'out']) a[key] = path.resolve(ROOT, a[key]);
   return a;
 }
 
@@ -60,7 +67,8 @@ const TYPES = {
   '.mjs': 'text/javascript; charset=utf-8', '.wasm': 'application/wasm', '.json': 'application/json',
 };
 
-/** Static files from a few roots, on 127.0.0.1 only. */
+/** Static files from a few roots, on 127.0.0.1 only. Every response makes the page cross-origin
+ * isolated (COOP/COEP), so that the multi-threaded builds may share memory. */
 function serve(routes) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
@@ -75,6 +83,8 @@ function serve(routes) {
       'content-type': TYPES[path.extname(file)] ?? 'application/octet-stream',
       'content-length': fs.statSync(file).size,
       'cache-control': 'no-store',
+      'cross-origin-opener-policy': 'same-origin',
+      'cross-origin-embedder-policy': 'require-corp',
     });
     fs.createReadStream(file).pipe(res);
   });
@@ -117,9 +127,9 @@ function gitState() {
   return { commit: git('rev-parse', 'HEAD'), uncommitted: dirty ? dirty.split('\n') : [] };
 }
 
-function runNative(a, photo, loads) {
-  loads.push(load('native start'));
-  const out = path.join(a.data, 'native.json');
+function runNative(a, photo, loads, threads = 1) {
+  loads.push(load(`native start (${threads} thread${threads > 1 ? 's' : ''})`));
+  const out = path.join(a.data, a.plan === 'threads' ? `native-threads-${threads}t.json` : 'native.json');
   const args = [
     'bench', '--weights', path.join(a.data, 'weights'), '--rgb', photo.file, '--width', String(photo.width),
     '--height', String(photo.height), '--runs', String(a.runs), '--plan', a.plan,
@@ -127,7 +137,7 @@ function runNative(a, photo, loads) {
   ];
   const r = spawnSync(a.nativeBin, args, {
     stdio: 'inherit',
-    env: { ...process.env, RAYON_NUM_THREADS: '1', CANDLE_NUM_THREADS: '1' },
+    env: { ...process.env, RAYON_NUM_THREADS: String(threads), CANDLE_NUM_THREADS: String(threads) },
   });
   if (r.status !== 0) throw new Error(`native benchmark failed (${r.status ?? r.signal})`);
   loads.push(load('native end'));
@@ -157,6 +167,7 @@ function runExport(a, sizes, loads) {
 async function browserRuns(a, photo, sizes, loads) {
   const server = await serve({
     '/bench/': path.join(ROOT, 'bench'),
+    '/pkg-mt/': a.pkgMt,
     '/pkg/': a.pkg,
     '/ort/': path.join(ROOT, 'node_modules/onnxruntime-web/dist'),
     '/data/': a.data,
@@ -178,10 +189,45 @@ async function browserRuns(a, photo, sizes, loads) {
     page.on('pageerror', (e) => console.error(`page error: ${e}`));
     await page.goto(`${base}/bench/index.html`);
     await page.waitForFunction(() => window.bench !== undefined);
-    const ours = (kind) => page.evaluate(
-      (cfg) => window.bench.run('worker.js', cfg),
-      { kind, runs: a.runs, photo: { url: '/data/photo.rgb', width: photo.width, height: photo.height }, weights: '/data/weights/' },
+    const ours = (kind, { mt = false, threads = 1 } = {}) => page.evaluate(
+      ([script, cfg]) => window.bench.run(script, cfg),
+      [mt ? 'worker.js?mt' : 'worker.js', {
+        kind, runs: a.runs, threads,
+        photo: { url: '/data/photo.rgb', width: photo.width, height: photo.height }, weights: '/data/weights/',
+      }],
     );
+    const ortModels = (filter) => {
+      const models = [];
+      for (const [h, w] of sizes.filter(filter)) {
+        for (const variant of ['f32', 'int8']) {
+          models.push({
+            name: `vit_b16_visual_${h}x${w}_${variant}`, variant, shape: [1, 3, h, w],
+            url: `/data/onnx/vit_b16_visual_${h}x${w}_${variant}.onnx`, input: `/data/inputs/tower_${h}x${w}.f32`,
+          });
+        }
+      }
+      return models;
+    };
+    if (a.plan === 'threads') {
+      // Thread scaling, in one run: both wasm builds at 1 thread, the multi-threaded one at N,
+      // the app path's peak memory at N, onnxruntime-web at 1 and N.
+      out.threads = { wasm: [], wasm_memory: null, ort: [] };
+      for (const [mt, threads] of [[false, 1], [true, 1], [true, a.threads]]) {
+        loads.push(load(`wasm ${mt ? 'multi' : 'single'}-threaded build, ${threads} thread(s) start`));
+        out.threads.wasm.push(await ours('threads', { mt, threads }));
+      }
+      loads.push(load('wasm memory run (multi-threaded) start'));
+      out.threads.wasm_memory = await ours('memory', { mt: true, threads: a.threads });
+      if (!a.skip.has('ort')) {
+        const models = ortModels(([h, w]) => h === 448 && w === 448);
+        for (const threads of [1, a.threads]) {
+          loads.push(load(`onnxruntime-web ${threads} thread(s) start`));
+          out.threads.ort.push(await page.evaluate((cfg) => window.bench.run('ort-worker.js', cfg), { models, runs: a.runs, threads }));
+        }
+      }
+      loads.push(load('threads end'));
+      return out;
+    }
     if (!a.skip.has('wasm')) {
       loads.push(load('wasm start'));
       out.wasm = await ours(a.plan);
@@ -193,15 +239,7 @@ async function browserRuns(a, photo, sizes, loads) {
       loads.push(load('wasm memory run end'));
     }
     if (!a.skip.has('ort')) {
-      const models = [];
-      for (const [h, w] of sizes) {
-        for (const variant of ['f32', 'int8']) {
-          models.push({
-            name: `vit_b16_visual_${h}x${w}_${variant}`, variant, shape: [1, 3, h, w],
-            url: `/data/onnx/vit_b16_visual_${h}x${w}_${variant}.onnx`, input: `/data/inputs/tower_${h}x${w}.f32`,
-          });
-        }
-      }
+      const models = ortModels(() => true);
       loads.push(load('onnxruntime-web start'));
       out.ort = await page.evaluate((cfg) => window.bench.run('ort-worker.js', cfg), { models, runs: a.runs });
       loads.push(load('onnxruntime-web end'));
@@ -220,6 +258,21 @@ async function main() {
   const photo = { ...photoMeta, file: path.join(a.data, 'photo.rgb') };
   const prev = fs.existsSync(a.out) ? JSON.parse(fs.readFileSync(a.out, 'utf8')) : {};
   const loads = [load('start')];
+  if (a.plan === 'threads') {
+    const native = [1, a.threads].map((n) => runNative(a, photo, loads, n));
+    const sizes = [[448, 448]];
+    if (!a.skip.has('export') && !a.skip.has('ort')) runExport(a, sizes, loads);
+    const browser = await browserRuns(a, photo, sizes, loads);
+    loads.push(load('end'));
+    const threads = {
+      generated: new Date().toISOString(), runs: a.runs, threads: a.threads, machine: machine(), git: gitState(),
+      load_average: loads, native, ...browser.threads,
+    };
+    fs.writeFileSync(a.out, JSON.stringify({ ...prev, threads }, null, 1) + '\n');
+    console.log(formatThreads(threads));
+    console.log(`\nwrote ${path.relative(ROOT, a.out)} (threads)`);
+    return;
+  }
   const native = a.skip.has('native')
     ? JSON.parse(fs.readFileSync(path.join(a.data, 'native.json'), 'utf8'))
     : runNative(a, photo, loads);

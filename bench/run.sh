@@ -7,6 +7,7 @@
 #   and writes bench/results.json + prints the tables.
 #
 # Usage: bench/run.sh [run.mjs options, e.g. --runs 5 --plan smoke --skip-ort]
+#        bench/run.sh --plan threads [--threads 2]   (thread scaling: 1 vs N threads, see BENCHMARKS.md)
 # Environment: PROFILE=release (default; what ships) or bench-web (thin LTO, quicker to link);
 #   BENCH_DATA=target/bench (weights, ONNX models, inputs; ~3.5 GB);
 #   PYTHON=python with torch + open_clip_torch + onnx + onnxruntime (a virtualenv created by
@@ -39,6 +40,16 @@ PKG=target/bench-web/pkg
 wasm-bindgen --target web --no-typescript --out-dir "$PKG" \
   "target/wasm32-unknown-unknown/$OUTDIR/clipdino_bench_web.wasm"
 ls -la "$PKG"
+# The multi-threaded build, as scripts/build-site.sh makes the app's (the dated nightly, std
+# rebuilt with atomics, shared memory; its pool threads are Web Workers, crates/clipdino-pool).
+. scripts/threads.env
+rustup run "$MT_NIGHTLY" rustc --version >/dev/null 2>&1 || scripts/setup.sh web
+RUSTFLAGS="$MT_RUSTFLAGS" \
+  cargo "+$MT_NIGHTLY" rustc --locked --profile "$PROFILE" --target wasm32-unknown-unknown \
+  -p clipdino-bench-web --lib --crate-type cdylib -Z build-std=panic_abort,std --target-dir "$MT_TARGET_DIR"
+PKG_MT=target/bench-web/pkg-mt
+wasm-bindgen --target web --no-typescript --out-dir "$PKG_MT" \
+  "$MT_TARGET_DIR/wasm32-unknown-unknown/$OUTDIR/clipdino_bench_web.wasm"
 
 # 2. weights: full-size random ViT-B/16 in the upstream formats + GGUF bundles
 W="$DATA/weights"
@@ -60,6 +71,6 @@ done
 
 # 4. native → ONNX export → Chromium → results
 echo "== load before running: $(uptime)"
-node bench/run.mjs --data "$DATA" --pkg "$PKG" --native-bin "$CLI" \
+node bench/run.mjs --data "$DATA" --pkg "$PKG" --pkg-mt "$PKG_MT" --native-bin "$CLI" \
   --python "$PYTHON" "$@"
 echo "== load after running: $(uptime)"

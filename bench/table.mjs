@@ -179,7 +179,59 @@ export function formatTable(res) {
   return out.join('\n');
 }
 
+/** Parallel fraction p from the times at 1 and n threads (Amdahl: t_n / t_1 = 1 − p + p / n). */
+export function parallelFraction(t1, tn, n) {
+  return t1 && tn ? (1 - tn / t1) / (1 - 1 / n) : null;
+}
+
+/** Time at n threads projected from t_1 and the parallel fraction p (Amdahl). */
+export function projected(t1, p, n) {
+  return t1 && p !== null ? t1 * (1 - p + p / n) : null;
+}
+
+/** The thread-scaling section (`--plan threads`): medians per step and thread count. */
+export function formatThreads(t) {
+  const n = t.threads;
+  const name = (st) => [st.op, st.preset, st.labels && `${st.labels} labels`, st.templates].filter(Boolean).join(' ');
+  const steps = (r) => (r?.steps ?? []).filter((s) => s.step.op !== 'load');
+  const [single, mt1, mtn] = t.wasm;
+  const [nat1, natn] = t.native;
+  const rows = steps(mtn).map((s, i) => {
+    const a = steps(single)[i]?.median_ms;
+    const b = steps(mt1)[i]?.median_ms;
+    const c = s.median_ms;
+    const p = parallelFraction(b, c, n);
+    const n1 = steps(nat1)[i]?.median_ms;
+    const nn = steps(natn)[i]?.median_ms;
+    return [name(s.step), f(a), f(b), f(c), x(ratio(c, b)), x(ratio(c, a)), f(p, 2), f(projected(b, p, 4)), f(projected(b, p, 8)), f(n1), f(nn), x(ratio(nn, n1))];
+  });
+  const out = [];
+  out.push(`Threads (${t.generated}, ${t.machine?.nproc} CPUs): wasm ms (median of ${t.runs}); mt = the multi-threaded build; p = parallel fraction from mt 1→${n}; 4/8 threads projected by Amdahl's law from p`);
+  out.push(table(['step', 'wasm single', 'wasm mt×1', `wasm mt×${n}`, `mt×${n} / mt×1`, `mt×${n} / single`, 'p', 'proj. ×4', 'proj. ×8', 'native×1', `native×${n}`, `native ×${n}/×1`], rows));
+  const tower = steps(mtn).find((s) => s.step.op === 'tower');
+  const pooled = [single, mt1, mtn, nat1, natn].map((r) => JSON.stringify(steps(r).find((s) => s.step.op === 'tower')?.pooled ?? null));
+  out.push(`448×448 tower output (pooled, 512 values): wasm single = mt×1 = mt×${n}: ${pooled[0] === pooled[1] && pooled[1] === pooled[2] ? 'bit-identical' : 'DIFFERENT'}; ` +
+    `native ×1 = ×${n}: ${pooled[3] === pooled[4] ? 'bit-identical' : 'DIFFERENT'}`);
+  const [o1, on] = t.ort ?? [];
+  if (o1 && on) {
+    out.push('');
+    out.push(`onnxruntime-web, 448×448 tower, ms: threads 1 / ${n}, and ours (int, multi-threaded build) / peer at equal threads`);
+    out.push(table(['model', 'ort ×1', `ort ×${n}`, `ort ×${n}/×1`, 'ours/ort ×1', `ours/ort ×${n}`], o1.models.map((m, i) => {
+      const mn = on.models[i];
+      return [m.name, f(m.median_ms), f(mn?.median_ms), x(ratio(mn?.median_ms, m.median_ms)), x(ratio(steps(mt1).find((s) => s.step.op === 'tower')?.median_ms, m.median_ms)), x(ratio(tower?.median_ms, mn?.median_ms))];
+    })));
+  }
+  const mem = t.wasm_memory?.steps ?? [];
+  if (mem.length) {
+    out.push('');
+    out.push(`peak wasm memory, app path at the 448 windows, multi-threaded build ×${t.wasm_memory.threads}: ${f(Math.max(...mem.map((m) => m.memory.wasm_memory_bytes)) / MB)} MB`);
+  }
+  return out.join('\n');
+}
+
 if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(import.meta.filename)) {
   const file = process.argv[2] ?? path.join(import.meta.dirname, 'results.json');
-  console.log(formatTable(JSON.parse(fs.readFileSync(file, 'utf8'))));
+  const res = JSON.parse(fs.readFileSync(file, 'utf8'));
+  console.log(formatTable(res));
+  if (res.threads) console.log('\n' + formatThreads(res.threads));
 }

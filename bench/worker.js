@@ -1,7 +1,13 @@
 // The clipdino benchmark in a Web Worker: the wasm build of crates/clipdino-bench-web runs the
 // steps of `plan(kind, runs)` one by one; weight files are fetched here and copied into wasm
 // memory before their load step (the copy is timed separately).
-import init, { WebBench, plan, memory_bytes } from '/pkg/clipdino_bench_web.js';
+// `worker.js?mt` runs the multi-threaded build (/pkg-mt/, needs a cross-origin isolated page)
+// with the `threads` of its config; its pool threads run this file too (named
+// `clipdino-pool-N`, see crates/clipdino-pool).
+const MT = new URLSearchParams(self.location.search).has('mt');
+const PKG = MT ? '/pkg-mt/' : '/pkg/';
+const wasmBindgen = await import(`${PKG}clipdino_bench_web.js`);
+const { default: init, WebBench, plan, memory_bytes } = wasmBindgen;
 
 const fmt = (v) => (typeof v === 'number' ? v.toFixed(1) : String(v));
 
@@ -11,10 +17,11 @@ async function fetchBytes(url) {
   return new Uint8Array(await r.arrayBuffer());
 }
 
-async function run({ kind, runs, photo, weights }) {
+async function run({ kind, runs, photo, weights, threads = 1 }) {
   const t0 = performance.now();
-  const wasm = await init({ module_or_path: '/pkg/clipdino_bench_web_bg.wasm' });
+  const wasm = await init({ module_or_path: `${PKG}clipdino_bench_web_bg.wasm` });
   const initMs = performance.now() - t0;
+  const usedThreads = MT ? await wasmBindgen.set_threads(threads) : 1;
   const rgb = await fetchBytes(photo.url);
   const bench = new WebBench(rgb, photo.width, photo.height);
   const steps = JSON.parse(plan(kind, runs));
@@ -38,18 +45,34 @@ async function run({ kind, runs, photo, weights }) {
     results.push(r);
     postMessage({
       type: 'progress',
-      line: `[wasm ${kind}] ${i + 1}/${steps.length} ${JSON.stringify(step).slice(0, 70)} ${fmt(performance.now() - t)} ms ` +
+      line: `[wasm${MT ? ` mt×${usedThreads}` : ''} ${kind}] ${i + 1}/${steps.length} ${JSON.stringify(step).slice(0, 70)} ${fmt(performance.now() - t)} ms ` +
         `(median ${fmt(r.median_ms)} ms, memory ${(memory_bytes() / 2 ** 20).toFixed(0)} MiB)`,
     });
   }
   bench.free();
-  return { init_ms: initMs, steps: results, user_agent: navigator.userAgent, hardware_concurrency: navigator.hardwareConcurrency };
+  if (MT) await wasmBindgen.set_threads(1); // ends the pool's workers
+  return {
+    init_ms: initMs, steps: results, user_agent: navigator.userAgent,
+    hardware_concurrency: navigator.hardwareConcurrency, build: MT ? 'multi-threaded' : 'single-threaded',
+    threads: usedThreads,
+  };
 }
 
-self.onmessage = async (e) => {
-  try {
-    postMessage({ type: 'done', result: await run(e.data) });
-  } catch (err) {
-    postMessage({ type: 'error', message: String((err && err.stack) || err) });
-  }
-};
+if (self.name.startsWith('clipdino-pool-')) {
+  self.onmessage = async (e) => {
+    self.onmessage = null;
+    const [module, memory, id] = e.data;
+    await init({ module_or_path: module, memory });
+    postMessage('up');
+    wasmBindgen.clipdino_pool_thread(id);
+    close();
+  };
+} else {
+  self.onmessage = async (e) => {
+    try {
+      postMessage({ type: 'done', result: await run(e.data) });
+    } catch (err) {
+      postMessage({ type: 'error', message: String((err && err.stack) || err) });
+    }
+  };
+}

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Release build of the static site into dist/ (UI + worker wasm with simd128, wasm-opt from npm binaryen).
+# Release build of the static site into dist/: the UI and the single-threaded model worker (Trunk;
+# wasm with simd128, wasm-opt from npm binaryen), then the multi-threaded model worker (the dated
+# nightly of scripts/threads.env, std rebuilt with atomics, shared memory), which the page starts
+# instead when it is cross-origin isolated.
 # Usage: scripts/build-site.sh [extra trunk args]. Set CLIPDINO_MODEL=path/to/bundle.gguf to publish a
 # model bundle beside the app as models/clip-dinoiser-q4_0.gguf (what the hosted demo does).
 set -euo pipefail
@@ -7,6 +10,26 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PWD/node_modules/.bin:$PATH"
 scripts/setup.sh web >/dev/null
 trunk build --release --offline "$@"
+
+# The multi-threaded worker: the worker binary alone, built once, beside Trunk's output.
+. scripts/threads.env
+RUSTFLAGS="$MT_RUSTFLAGS" \
+  cargo "+$MT_NIGHTLY" build --release --locked --target wasm32-unknown-unknown --bin worker \
+  -Z build-std=panic_abort,std --target-dir "$MT_TARGET_DIR"
+pkg="$MT_TARGET_DIR/pkg"
+rm -rf "$pkg"
+wasm-bindgen --target web --no-typescript --out-dir "$pkg" --out-name worker-mt \
+  "$MT_TARGET_DIR/wasm32-unknown-unknown/release/worker.wasm"
+wasm-opt -O3 --enable-threads --enable-bulk-memory --enable-mutable-globals --enable-simd \
+  --enable-sign-ext --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
+  "$pkg/worker-mt_bg.wasm" -o "$pkg/worker-mt_bg.opt.wasm"
+# Content-hashed names (as Trunk's), and the loader that names them.
+hash=$(cat "$pkg/worker-mt.js" "$pkg/worker-mt_bg.opt.wasm" | sha256sum | cut -c1-16)
+rm -f dist/worker-mt-*
+sed "s/worker-mt_bg.wasm/worker-mt-${hash}_bg.wasm/" "$pkg/worker-mt.js" >"dist/worker-mt-$hash.js"
+cp "$pkg/worker-mt_bg.opt.wasm" "dist/worker-mt-${hash}_bg.wasm"
+sed -e "s/@MT_JS@/worker-mt-$hash.js/" -e "s/@MT_WASM@/worker-mt-${hash}_bg.wasm/" \
+  www/worker-mt.js >dist/worker-mt.js
 if [ -n "${CLIPDINO_MODEL:-}" ]; then
   mkdir -p dist/models
   cp "$CLIPDINO_MODEL" dist/models/clip-dinoiser-q4_0.gguf

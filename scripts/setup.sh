@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 TRUNK_VERSION=0.21.14
 WASM_BINDGEN_VERSION=0.2.130
 what=${1:-all}
+. scripts/threads.env
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -16,6 +17,14 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   say "adding the wasm32-unknown-unknown Rust target"
   rustup target add wasm32-unknown-unknown
+fi
+
+# The dated nightly of the multi-threaded worker build, with the std sources it rebuilds.
+if ! rustup run "$MT_NIGHTLY" rustc --version >/dev/null 2>&1 \
+  || ! rustup component list --installed --toolchain "$MT_NIGHTLY" 2>/dev/null | grep -q '^rust-src' \
+  || ! rustup target list --installed --toolchain "$MT_NIGHTLY" 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  say "installing the $MT_NIGHTLY toolchain (multi-threaded wasm build)"
+  rustup toolchain install "$MT_NIGHTLY" --profile minimal -c rust-src -t wasm32-unknown-unknown
 fi
 
 if [ "$(trunk --version 2>/dev/null | awk '{print $2}')" != "$TRUNK_VERSION" ]; then

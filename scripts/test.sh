@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check: formatting and lints (rustfmt, clippy with warnings as errors, native and
 # wasm32), native tests (model crate parity, loaders, tokenizer, pipeline, CLI processes, app state,
-# the worker's scheduler), wasm32 in headless Chromium (wasm-bindgen-test), and the end-to-end page
-# tests (playwright-core). Installs whatever is missing first (scripts/setup.sh).
+# the worker's scheduler, outputs independent of the thread count), wasm32 in headless Chromium
+# (wasm-bindgen-test; the model's tests in both the single- and the multi-threaded build), and the
+# end-to-end page tests (playwright-core; both worker builds, the isolation service worker). Installs whatever is missing first (scripts/setup.sh).
 # Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,13 @@ export WASM_BINDGEN_TEST_ONLY_WEB=1
 cargo test -p clipdino --target wasm32-unknown-unknown --locked --test wasm
 cargo test -p clipdino-web --target wasm32-unknown-unknown --locked --lib
 
-step "release build of the site (trunk build --release)"
+step "the model's wasm32 tests again in the multi-threaded build (dated nightly, atomics, shared memory)"
+. scripts/threads.env
+RUSTFLAGS="$MT_RUSTFLAGS" \
+  cargo "+$MT_NIGHTLY" test -p clipdino --target wasm32-unknown-unknown --locked --test wasm \
+  -Z build-std=panic_abort,std --target-dir "$MT_TARGET_DIR"
+
+step "release build of the site (trunk build --release, then the multi-threaded worker)"
 scripts/build-site.sh
 
 step "page tests (playwright-core + /usr/bin/chromium against dist/ on 127.0.0.1) and the SIMD check of the shipped wasm"

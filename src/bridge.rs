@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{ErrorEvent, MessageEvent, Worker};
+use web_sys::{ErrorEvent, MessageEvent, Worker, WorkerOptions, WorkerType};
 use yew::prelude::*;
 
 use crate::protocol::{from_json, to_json, Request, RequestId, Response};
@@ -14,8 +14,11 @@ use crate::state::{Action, Area, State};
 use crate::transport::{bytes_of, js_error_text, pack, unpack};
 use crate::url::resolve;
 
-/// Worker loader written by Trunk (`data-loader-shim`), next to `index.html`.
+/// Worker loader written by Trunk (`data-loader-shim`), next to `index.html`: the
+/// single-threaded build.
 const WORKER_SCRIPT: &str = "worker_loader.js";
+/// The multi-threaded build's loader (a module worker, written by `scripts/build-site.sh`).
+const WORKER_MT_SCRIPT: &str = "worker-mt.js";
 /// How long the worker may take to compile its wasm and say `Ready`.
 const STARTUP_TIMEOUT_MS: u32 = 45_000;
 
@@ -78,8 +81,27 @@ impl WorkerHandle {
 }
 
 /// Start the worker; its replies and failures are dispatched into the reducer.
+/// Whether the page may share memory between threads (served with COOP/COEP, or through our
+/// service worker): then the multi-threaded build runs.
+fn cross_origin_isolated() -> bool {
+    js_sys::Reflect::get(&js_sys::global(), &"crossOriginIsolated".into())
+        .ok()
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+}
+
+/// The multi-threaded worker when the page is isolated, else the single-threaded one.
+fn start_worker() -> Result<Worker, JsValue> {
+    if cross_origin_isolated() {
+        let opts = WorkerOptions::new();
+        opts.set_type(WorkerType::Module);
+        return Worker::new_with_options(&resolve(WORKER_MT_SCRIPT), &opts);
+    }
+    Worker::new(&resolve(WORKER_SCRIPT))
+}
+
 pub fn create(dispatch: UseReducerDispatcher<State>) -> WorkerHandle {
-    let worker = match Worker::new(&resolve(WORKER_SCRIPT)) {
+    let worker = match start_worker() {
         Ok(w) => Some(w),
         Err(e) => {
             dispatch.dispatch(Action::Notice(

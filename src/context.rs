@@ -92,6 +92,14 @@ impl AppCtx {
             .send(&Request::LoadFiles { id, files: list }, atts);
     }
 
+    /// Compute with `threads` threads (`None`: one per core) from the next job on.
+    pub fn set_threads(&self, threads: Option<usize>) {
+        self.dispatch(Action::SetThreads(threads));
+        let id = self.worker.next_id();
+        self.worker
+            .send(&Request::SetThreads { id, threads }, vec![]);
+    }
+
     pub fn cancel(&self, id: u64) {
         self.worker.send(&Request::Cancel { id }, vec![]);
     }

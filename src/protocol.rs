@@ -85,6 +85,12 @@ pub enum Request {
     KMeans(KMeansRequest),
     /// Stop the request with this id (a download stops at the next chunk).
     Cancel { id: RequestId },
+    /// Compute with this many threads (`None`: one per logical core) from the next job on;
+    /// answered by [`Response::Threads`]. Only the multi-threaded build has more than one.
+    SetThreads {
+        id: RequestId,
+        threads: Option<usize>,
+    },
 }
 
 // The payloads of the image-side requests are plain structs so that the worker keeps them as
@@ -133,7 +139,7 @@ impl Request {
             Request::SetImage(r) => r.id,
             Request::Segment(r) => r.id,
             Request::KMeans(r) => r.id,
-            Request::Cancel { id } => *id,
+            Request::Cancel { id } | Request::SetThreads { id, .. } => *id,
         }
     }
 }
@@ -214,10 +220,29 @@ pub enum ErrorContext {
     Worker,
 }
 
+/// The threads the model computes with.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ThreadInfo {
+    /// The worker is the multi-threaded build (the page is cross-origin isolated).
+    pub multi_threaded_build: bool,
+    /// Threads in use (1: the worker's own).
+    pub threads: usize,
+    /// Logical cores the browser reports (`navigator.hardwareConcurrency`).
+    pub hardware: usize,
+    /// Why fewer threads than asked for are in use, if something failed.
+    pub note: Option<String>,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Response {
     /// The worker started and waits for requests.
     Ready,
+    /// The threads in use: once at start (before `Ready`), then after every `SetThreads`
+    /// (`id` is that request's).
+    Threads {
+        id: Option<RequestId>,
+        info: ThreadInfo,
+    },
     Progress {
         id: RequestId,
         /// On the wire its fields sit beside `id`.
@@ -299,6 +324,7 @@ impl Response {
     pub fn id(&self) -> Option<RequestId> {
         match self {
             Response::Ready => None,
+            Response::Threads { id, .. } => *id,
             Response::Progress { id, .. }
             | Response::NeedsConfirmation { id, .. }
             | Response::Loaded { id, .. }
@@ -374,11 +400,15 @@ mod tests {
                 resolution: Preset::Balanced,
             }),
             Request::Cancel { id: 1 },
+            Request::SetThreads {
+                id: 6,
+                threads: None,
+            },
         ];
         for (i, r) in reqs.iter().enumerate() {
             let back: Request = from_json(&to_json(r)).unwrap();
             assert_eq!(&back, r);
-            assert_eq!(back.id(), [1, 2, 3, 4, 5, 1][i]);
+            assert_eq!(back.id(), [1, 2, 3, 4, 5, 1, 6][i]);
         }
         // The wire text: payload structs travel like the struct variants they replaced; the
         // option enums by the model crate's lower-case names (they were `"MaskClip"`, `"Fast"`,
@@ -392,6 +422,10 @@ mod tests {
             r#"{"KMeans":{"id":5,"image":3,"k":6,"resolution":"balanced"}}"#
         );
         assert_eq!(to_json(&reqs[5]), r#"{"Cancel":{"id":1}}"#);
+        assert_eq!(
+            to_json(&reqs[6]),
+            r#"{"SetThreads":{"id":6,"threads":null}}"#
+        );
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! Mode (CLIP-DINOiser / raw MaskCLIP), processing resolution, prompt templates.
+//! Mode (CLIP-DINOiser / raw MaskCLIP), processing resolution, prompt templates, threads.
 
+use wasm_bindgen::JsCast;
+use web_sys::HtmlSelectElement;
 use yew::prelude::*;
 
 use crate::context::AppCtx;
 use crate::state::{Action, Mode, Preset, TemplateSet};
+use crate::worker::threads::MAX_THREADS;
 
 fn choice<T: PartialEq + Copy + 'static>(
     ctx: &AppCtx,
@@ -21,6 +24,46 @@ fn choice<T: PartialEq + Copy + 'static>(
         <button class={classes!("seg", on.then_some("on"))} aria-pressed={on.to_string()} title={hint.to_string()} {disabled} {onclick}>
             { label.to_string() }
         </button>
+    }
+}
+
+/// Auto / 1..N threads, in the multi-threaded build; a note in the single-threaded one.
+fn threads_setting(ctx: &AppCtx) -> Html {
+    let Some(info) = ctx.state.threads.as_ref() else {
+        return html! {};
+    };
+    if !info.multi_threaded_build {
+        return html! {
+            <div class="setting" data-role="threads">
+                <span class="name">{ "Threads" }</span>
+                <span class="muted">{ "1 — this page is not cross-origin isolated, so the browser allows no shared-memory threads" }</span>
+            </div>
+        };
+    }
+    let max = info.hardware.clamp(1, MAX_THREADS);
+    let current = ctx.state.settings.threads;
+    let onchange = {
+        let ctx = ctx.clone();
+        Callback::from(move |e: Event| {
+            let Some(sel) = e
+                .target()
+                .and_then(|t| t.dyn_into::<HtmlSelectElement>().ok())
+            else {
+                return;
+            };
+            ctx.set_threads(sel.value().parse::<usize>().ok());
+        })
+    };
+    html! {
+        <div class="setting" data-role="threads">
+            <label class="name" for="threads">{ "Threads" }</label>
+            <select id="threads" {onchange} title="Threads that compute the model (the page stays responsive either way)">
+                <option value="auto" selected={current.is_none()}>{ format!("auto ({max})") }</option>
+                { for (1..=max).map(|n| html! {
+                    <option value={n.to_string()} selected={current == Some(n)}>{ n.to_string() }</option>
+                }) }
+            </select>
+        </div>
     }
 }
 
@@ -50,6 +93,7 @@ pub fn SettingsPanel() -> Html {
                 { choice(&ctx, st.templates, TemplateSet::Fast, "7 templates", "The CLIP paper's 7 prompt templates per label (fast)", false, Action::SetTemplates) }
                 { choice(&ctx, st.templates, TemplateSet::Full, "80 templates", "All 80 ImageNet prompt templates per label (slower to embed, slightly better)", false, Action::SetTemplates) }
             </div>
+            { threads_setting(&ctx) }
             if no_head { <p class="muted">{ "These weights have no CLIP-DINOiser head, so only raw MaskCLIP is available." }</p> }
         </section>
     }

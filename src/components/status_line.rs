@@ -74,6 +74,21 @@ pub fn StatusLine() -> Html {
             .map(|x| format!("k={} in {:.0} ms", x.k, x.millis))
             .unwrap_or_else(|| "–".into()),
     );
+    let threads = s.threads.as_ref().map(|t| {
+        let build = if t.multi_threaded_build {
+            "multi-threaded build"
+        } else {
+            "single-threaded build (page not cross-origin isolated)"
+        };
+        let n = t.threads;
+        let note = t
+            .note
+            .as_ref()
+            .map(|n| format!(" — {n}"))
+            .unwrap_or_default();
+        let plural = if n == 1 { "" } else { "s" };
+        (format!("{n} thread{plural} · {build}{note}"), t)
+    });
     html! {
         <section class="status" aria-live="polite">
             if let Some((what, pct)) = work {
@@ -89,6 +104,10 @@ pub fn StatusLine() -> Html {
                 data-encode-ms={s.encoded.as_ref().map(|e| format!("{:.0}", e.millis)).unwrap_or_default()}
                 data-segment-ms={s.segmentation.as_ref().map(|x| format!("{:.0}", x.millis)).unwrap_or_default()}
                 data-kmeans-ms={s.kmeans.as_ref().map(|x| format!("{:.0}", x.millis)).unwrap_or_default()}>{ debug }</p>
+            if let Some((text, t)) = threads {
+                <p class="threads muted" data-role="threads-status" data-threads={t.threads.to_string()}
+                    data-build={if t.multi_threaded_build { "multi" } else { "single" }}>{ text }</p>
+            }
         </section>
     }
 }

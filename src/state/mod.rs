@@ -17,7 +17,7 @@ use yew::Reducible;
 
 use crate::palette;
 pub use crate::protocol::{Mode, Preset, TemplateSet};
-use crate::protocol::{ModelInfo, Progress, RequestId, Response, Stage, WeightSet};
+use crate::protocol::{ModelInfo, Progress, RequestId, Response, Stage, ThreadInfo, WeightSet};
 pub use share::Share;
 pub use weights::WeightsSource;
 
@@ -68,6 +68,8 @@ pub struct Settings {
     pub k: usize,
     /// Overlay opacity in percent.
     pub opacity: u8,
+    /// Compute threads (`None`: one per logical core); used by the multi-threaded build.
+    pub threads: Option<usize>,
 }
 
 impl Default for Settings {
@@ -78,6 +80,7 @@ impl Default for Settings {
             templates: TemplateSet::Fast,
             k: 6,
             opacity: 55,
+            threads: None,
         }
     }
 }
@@ -194,6 +197,8 @@ pub struct State {
     pub settings: Settings,
     pub weights_source: WeightsSource,
     pub worker_ready: bool,
+    /// The threads the worker computes with (reported by it).
+    pub threads: Option<ThreadInfo>,
     pub model: Option<ModelInfo>,
     /// Increases with every model loaded (effects re-run on it).
     pub model_generation: u64,
@@ -426,6 +431,8 @@ pub enum Action {
     SetTemplates(TemplateSet),
     SetK(usize),
     SetOpacity(u8),
+    /// Compute threads (`None`: auto); the request goes out with it.
+    SetThreads(Option<usize>),
     /// Show one label alone (click in the legend again to show all).
     ToggleIsolate(String),
     /// Share link / URL restored.
@@ -538,6 +545,7 @@ impl State {
             Action::SetTemplates(t) => self.settings.templates = t,
             Action::SetK(k) => self.settings.k = k.clamp(K_MIN, K_MAX),
             Action::SetOpacity(o) => self.settings.opacity = o.min(100),
+            Action::SetThreads(t) => self.settings.threads = t.map(|n| n.max(1)),
             Action::ToggleIsolate(label) => {
                 self.isolate = if self.isolate.as_deref() == Some(label.as_str()) {
                     None

@@ -16,6 +16,7 @@ impl State {
         let payload = |att: crate::protocol::Att| payloads.get(att.0).cloned();
         match msg {
             Response::Ready => self.worker_ready = true,
+            Response::Threads { info, .. } => self.threads = Some(info),
             Response::Progress { id, progress } => match self.kind_of(id) {
                 Some(Kind::Load) => self.load = LoadPhase::Active { id, progress },
                 Some(_) => self.work = Some(progress),

@@ -20,6 +20,7 @@ mod label_cache;
 mod loading;
 mod model;
 pub mod scheduler;
+pub mod threads;
 #[cfg(all(test, target_arch = "wasm32"))]
 mod wasm_tests;
 
@@ -129,9 +130,15 @@ pub fn start() {
     let s = shared.clone();
     let onmessage =
         Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| on_message(&s, ev));
-    scope().set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
-    onmessage.forget();
-    post(&Response::Ready, vec![]);
+    // The thread pool starts first (its workers start only while this thread is free); the
+    // UI holds its requests until `Ready`.
+    spawn_local(async move {
+        let info = threads::configure(None).await;
+        post(&Response::Threads { id: None, info }, vec![]);
+        scope().set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+        onmessage.forget();
+        post(&Response::Ready, vec![]);
+    });
 }
 
 fn blob_at(atts: &[JsValue], a: Att) -> Option<Blob> {
@@ -188,5 +195,12 @@ fn on_message(shared: &Shared, ev: MessageEvent) {
             jobs::kick(shared);
         }
         Request::Cancel { id } => shared.borrow_mut().sched.cancel(id),
+        Request::SetThreads {
+            id,
+            threads: wanted,
+        } => spawn_local(async move {
+            let info = threads::configure(wanted).await;
+            post(&Response::Threads { id: Some(id), info }, vec![]);
+        }),
     }
 }

@@ -21,7 +21,7 @@ const FLAGS = [
 ];
 
 export function checkDist() {
-  for (const f of ['index.html', 'worker_loader.js', 'worker.js', 'worker_bg.wasm', 'tokenizer.json', 'samples/chelsea.jpg']) {
+  for (const f of ['index.html', 'worker_loader.js', 'worker.js', 'worker_bg.wasm', 'worker-mt.js', 'coi-sw.js', 'tokenizer.json', 'samples/chelsea.jpg']) {
     if (!fs.existsSync(path.join(DIST, f))) {
       throw new Error(`dist/${f} is missing: build the site first (scripts/build-site.sh)`);
     }

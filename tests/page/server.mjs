@@ -27,7 +27,20 @@ function inside(root, rel) {
   return p.startsWith(path.resolve(root)) ? p : null;
 }
 
-function sendFile(req, res, file, { throttle = false } = {}) {
+/** The two headers that make a page cross-origin isolated (threads): sent everywhere except
+ * under /plain/, which stands for a static host without header control (GitHub Pages). */
+const ISOLATION = {
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-embedder-policy': 'require-corp',
+};
+
+/** A service worker that takes control but adds no headers: isolation never happens. */
+const INERT_SERVICE_WORKER = `self.addEventListener('install', () => self.skipWaiting());
+self.addEventListener('activate', (e) => e.waitUntil(self.clients.claim()));
+self.addEventListener('fetch', () => {});
+`;
+
+function sendFile(req, res, file, { throttle = false, isolate = true } = {}) {
   let stat;
   try {
     stat = fs.statSync(file);
@@ -39,7 +52,10 @@ function sendFile(req, res, file, { throttle = false } = {}) {
     res.writeHead(404, { 'content-type': 'text/plain' });
     return res.end('not found');
   }
-  res.writeHead(200, { 'content-type': typeOf(file), 'content-length': stat.size, 'cache-control': 'no-cache' });
+  res.writeHead(200, {
+    'content-type': typeOf(file), 'content-length': stat.size, 'cache-control': 'no-cache',
+    ...(isolate ? ISOLATION : {}),
+  });
   if (req.method === 'HEAD') return res.end();
   if (!throttle) return fs.createReadStream(file).pipe(res);
   // Weights arrive in 64 KiB pieces, so that the page shows real progress.
@@ -61,6 +77,8 @@ function sendFile(req, res, file, { throttle = false } = {}) {
  * models/clip-dinoiser-q4_0.gguf; `throttle`: send weights in small timed pieces (so that
  * progress is visible).
  * Routes: /demo/clipdino/… = site with its model bundle, /bare/… = site without one,
+ * /plain/… = site with its bundle but without the isolation headers (a static host such as
+ * GitHub Pages), /inert/… = the same with a service worker that cannot isolate the page,
  * /weights/<file>, /broken/{truncated.gguf, cut-transfer.gguf, missing.gguf}.
  */
 export async function startServer({ dist, weights, bundle, throttle = true }) {
@@ -73,6 +91,17 @@ export async function startServer({ dist, weights, bundle, throttle = true }) {
     if (p.startsWith('/demo/clipdino/')) {
       const f = inside(dist, p.slice('/demo/clipdino/'.length));
       return f ? sendFile(req, res, f) : res.writeHead(403).end();
+    }
+    for (const prefix of ['/plain/', '/inert/']) {
+      if (!p.startsWith(prefix)) continue;
+      const rel = p.slice(prefix.length);
+      if (rel === 'models/clip-dinoiser-q4_0.gguf') return sendFile(req, res, bundle, { throttle, isolate: false });
+      if (prefix === '/inert/' && rel === 'coi-sw.js') {
+        res.writeHead(200, { 'content-type': 'text/javascript', 'cache-control': 'no-cache' });
+        return res.end(INERT_SERVICE_WORKER);
+      }
+      const f = inside(dist, rel);
+      return f ? sendFile(req, res, f, { isolate: false }) : res.writeHead(403).end();
     }
     if (p.startsWith('/bare/')) {
       const f = inside(dist, p.slice('/bare/'.length));

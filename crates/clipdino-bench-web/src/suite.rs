@@ -204,6 +204,10 @@ pub enum PlanKind {
     Quant,
     /// Like `memory`, with the `default` recipe's bundle.
     MemoryDefault,
+    /// What the thread-scaling measurement runs at each thread count: the app's path (Q4_0
+    /// bundle on the integer kernel), the 448×448 tower, the photo encode at 336 and with the
+    /// paper's 448 windows, 10 labels.
+    Threads,
 }
 
 /// File names of the weights folder written by `bench/run.sh`.
@@ -345,6 +349,31 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
                 ]
             })
             .collect(),
+        PlanKind::Threads => vec![
+            load(
+                "gguf q4_0",
+                vec![files::gguf("q4_0")],
+                ComputePath::Int,
+                Runs::once(),
+            ),
+            Step::Tower {
+                preset: Preset::Window448,
+                runs: r,
+            },
+            Step::Encode {
+                preset: Preset::S336,
+                runs: r,
+            },
+            Step::Encode {
+                preset: Preset::Window448,
+                runs: r,
+            },
+            Step::Labels {
+                labels: 10,
+                templates: TemplateSet::Fast,
+                runs: r,
+            },
+        ],
         PlanKind::Compare => {
             let mut v = Vec::new();
             v.push(load(

@@ -45,6 +45,33 @@ pub fn plan(kind: &str, runs: usize) -> Result<String, JsError> {
     serde_json::to_string(&suite::plan(kind, runs)).map_err(js_err)
 }
 
+/// Compute with `n` threads from the next step on: a pool of `n` Web Workers sharing this
+/// module's memory (`clipdino_pool`), or none for 1. Only in the multi-threaded build.
+#[cfg(target_feature = "atomics")]
+#[wasm_bindgen]
+pub async fn set_threads(n: usize) -> Result<usize, JsError> {
+    if n <= 1 {
+        clipdino::par::set_pool(None);
+        return Ok(1);
+    }
+    let pool = clipdino_pool::start(n).await.map_err(js_err)?;
+    clipdino::par::set_pool(Some(pool));
+    Ok(clipdino::par::threads())
+}
+
+/// A thread of the pool (called by `bench/worker.js` in a pool worker).
+#[cfg(target_feature = "atomics")]
+#[wasm_bindgen]
+pub fn clipdino_pool_thread(id: u32) {
+    clipdino_pool::run_pool_thread(id);
+}
+
+/// Threads the model computes with (1 in the single-threaded build).
+#[wasm_bindgen]
+pub fn threads() -> usize {
+    clipdino::par::threads()
+}
+
 /// Current size of the wasm linear memory in bytes (`memory.buffer.byteLength`).
 #[wasm_bindgen]
 pub fn memory_bytes() -> f64 {

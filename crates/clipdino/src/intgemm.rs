@@ -40,6 +40,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use crate::error::{Error, Result};
+use crate::par;
 
 /// Rows of `x` per register tile.
 const MR: usize = 4;
@@ -125,7 +126,8 @@ fn widest(row: &[f32], wide: usize) -> Vec<usize> {
 
 /// Quantize `rows × k` row-major values symmetrically per row to `±levels`, packed
 /// `[rows.div_ceil(r)][kb][r][8]`, each row's `wide` largest values set aside in f32.
-/// Returns the packed values, the per-row scales and the wide values.
+/// Returns the packed values, the per-row scales and the wide values. Rows are independent:
+/// they are quantized in parallel ([`crate::par`]), with the same bits as one after the other.
 fn quantize_rows(
     x: &[f32],
     rows: usize,
@@ -136,22 +138,44 @@ fn quantize_rows(
 ) -> (Vec<i16>, Vec<f32>, Vec<Wide>) {
     let kb = k.div_ceil(8);
     let mut data = vec![0i16; rows.div_ceil(r) * kb * r * 8];
-    let mut scale = vec![0f32; rows];
-    let mut wides = Vec::with_capacity(rows * wide.min(k));
-    let mut rest = vec![0f32; if wide > 0 { k } else { 0 }];
-    for (i, row) in x.chunks_exact(k).take(rows).enumerate() {
-        let row = if wide > 0 {
-            // the row without its wide values (they do not set the scale)
-            rest.copy_from_slice(row);
-            for j in widest(row, wide) {
-                wides.push((j as u32, i as u32, row[j]));
-                rest[j] = 0.0;
-            }
-            &rest[..]
+    // Each row's wide channels (ascending; they do not set the row's scale) and its scale.
+    let without_wide = |i: usize, rest: &mut [f32], idx: &[usize]| {
+        rest.copy_from_slice(&x[i * k..][..k]);
+        for &j in idx {
+            rest[j] = 0.0;
+        }
+    };
+    let per_row: Vec<(Vec<usize>, f32)> = par::map(rows, |i| {
+        let idx = widest(&x[i * k..][..k], wide);
+        let mut rest = vec![0f32; k];
+        without_wide(i, &mut rest, &idx);
+        let amax = rest.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = if amax > 0.0 && amax.is_finite() {
+            amax / levels as f32
         } else {
-            row
+            1.0
         };
-        scale[i] = pack_row(row, &mut data, i / r, i % r, kb, r, levels);
+        (idx, s)
+    });
+    let groups = rows.div_ceil(r);
+    let per_task = groups.div_ceil((4 * par::threads()).min(rows * k / (1 << 16)).max(1));
+    par::for_each_chunk(&mut data, per_task * kb * r * 8, |t, chunk| {
+        let mut rest = vec![0f32; k];
+        for gi in 0..chunk.len() / (kb * r * 8) {
+            let g = t * per_task + gi;
+            for lane in 0..r.min(rows.saturating_sub(g * r)) {
+                let i = g * r + lane;
+                without_wide(i, &mut rest, &per_row[i].0);
+                let s = pack_row(&rest, chunk, gi, lane, kb, r, levels);
+                debug_assert_eq!(s.to_bits(), per_row[i].1.to_bits());
+            }
+        }
+    });
+    let scale = per_row.iter().map(|(_, s)| *s).collect();
+    let mut wides = Vec::with_capacity(rows * wide.min(k));
+    for (i, (idx, _)) in per_row.iter().enumerate() {
+        let row = &x[i * k..][..k];
+        wides.extend(idx.iter().map(|&j| (j as u32, i as u32, row[j])));
     }
     (data, scale, wides)
 }
@@ -298,31 +322,43 @@ impl PackedLinear {
         let (n, kb) = (self.n, self.kb);
         let (xa, xs, wides) = quantize_rows(x, m, self.k, MR, self.a_max, self.wide);
         let mut y = vec![0f32; m * n];
-        // Panels of W that stay in L2 while every row tile of x streams past.
+        // Row tiles are split over the threads (the sums are exact, so any split gives the same
+        // bits); each task streams its rows past panels of W that stay in L2.
         let panel = ((64 * 1024) / (kb * 16)).max(1) * NR;
-        for n0 in (0..n).step_by(panel) {
-            let n1 = (n0 + panel).min(n);
-            for mg in 0..m.div_ceil(MR) {
-                let a = &xa[mg * kb * MR * 8..][..kb * MR * 8];
-                for ng in n0 / NR..n1.div_ceil(NR) {
-                    let b = &self.data[ng * kb * NR * 8..][..kb * NR * 8];
-                    let t = kernel::tile(a, b, kb);
-                    for (i, row) in t.iter().enumerate() {
-                        let r = mg * MR + i;
-                        if r >= m {
-                            break;
-                        }
-                        for (j, &v) in row.iter().enumerate() {
-                            let c = ng * NR + j;
-                            if c < n {
-                                let bias = self.bias.as_ref().map_or(0.0, |b| b[c]);
-                                y[r * n + c] = v as f32 * (xs[r] * self.scale[c]) + bias;
+        let groups = m.div_ceil(MR);
+        let tasks = (4 * par::threads())
+            .min(groups)
+            .min(m * n * self.k / (1 << 20))
+            .max(1);
+        let per_task = groups.div_ceil(tasks);
+        par::for_each_chunk(&mut y, per_task * MR * n, |t, y| {
+            let g0 = t * per_task;
+            let rows = y.len() / n;
+            for n0 in (0..n).step_by(panel) {
+                let n1 = (n0 + panel).min(n);
+                for mg in g0..g0 + rows.div_ceil(MR) {
+                    let a = &xa[mg * kb * MR * 8..][..kb * MR * 8];
+                    for ng in n0 / NR..n1.div_ceil(NR) {
+                        let b = &self.data[ng * kb * NR * 8..][..kb * NR * 8];
+                        let tile = kernel::tile(a, b, kb);
+                        for (i, row) in tile.iter().enumerate() {
+                            let r = mg * MR + i;
+                            if r >= m {
+                                break;
+                            }
+                            let out = &mut y[(r - g0 * MR) * n..][..n];
+                            for (j, &v) in row.iter().enumerate() {
+                                let c = ng * NR + j;
+                                if c < n {
+                                    let bias = self.bias.as_ref().map_or(0.0, |b| b[c]);
+                                    out[c] = v as f32 * (xs[r] * self.scale[c]) + bias;
+                                }
                             }
                         }
                     }
                 }
             }
-        }
+        });
         self.add_wide(&mut y, wides);
         y
     }

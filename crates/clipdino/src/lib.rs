@@ -15,6 +15,7 @@ pub mod linear;
 pub mod loaders;
 pub mod metrics;
 pub mod overlay;
+pub mod par;
 pub mod pipeline;
 pub mod quant;
 mod rng;

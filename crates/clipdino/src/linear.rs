@@ -11,6 +11,7 @@ use candle_core::{Module, Tensor};
 
 use crate::error::Result;
 use crate::intgemm::PackedLinear;
+use crate::par;
 use crate::quant::calib::ActivationStats;
 use crate::quant::rows::for_each_row;
 use crate::weights::{ComputePath, Vb};
@@ -85,7 +86,7 @@ impl Module for Linear {
         }
         match &self.kernel {
             Kernel::Candle { weight, bias } => {
-                let y = weight.forward(x)?;
+                let y = forward_rows(x, |x| weight.forward(x))?;
                 match bias {
                     Some(b) => y.broadcast_add(b),
                     None => Ok(y),
@@ -94,4 +95,35 @@ impl Module for Linear {
             Kernel::Int(p) => p.forward(x),
         }
     }
+}
+
+/// `f` (a row-wise product such as candle's matmul) applied to blocks of [`par::ROW_BLOCK`]
+/// rows of `x [..., k]` in parallel, the results stacked again. The blocks have that size
+/// whatever the thread count, so the rounding of each row does not depend on it.
+pub fn forward_rows(
+    x: &Tensor,
+    f: impl Fn(&Tensor) -> candle_core::Result<Tensor> + Sync + Send,
+) -> candle_core::Result<Tensor> {
+    let dims = x.dims();
+    let Some((&k, lead)) = dims.split_last() else {
+        return f(x);
+    };
+    let m: usize = lead.iter().product();
+    if m <= par::ROW_BLOCK {
+        return f(x);
+    }
+    let x2 = x.reshape((m, k))?;
+    let blocks = par::map(m.div_ceil(par::ROW_BLOCK), |i| {
+        let start = i * par::ROW_BLOCK;
+        f(&x2.narrow(0, start, par::ROW_BLOCK.min(m - start))?)
+    });
+    let y = Tensor::cat(
+        &blocks
+            .into_iter()
+            .collect::<candle_core::Result<Vec<_>>>()?,
+        0,
+    )?;
+    let mut out = lead.to_vec();
+    out.push(y.dim(1)?);
+    y.reshape(out)
 }

@@ -9,11 +9,12 @@
 //! Tensor names: `ln_1.*`, `attn.in_proj_weight [3w, w]` (q, k, v stacked), `attn.in_proj_bias`,
 //! `attn.out_proj.*`, `ln_2.*`, `mlp.c_fc.*`, `mlp.c_proj.*`.
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{DType, Module, Tensor, D};
 
 use super::fastmath;
 use crate::error::{Error, Result};
 use crate::linear::Linear;
+use crate::par;
 use crate::timing::{matmul_flops, op, op_flops};
 use crate::weights::Vb;
 
@@ -26,6 +27,9 @@ const ATTN_SCORES_BUDGET: usize = 16 << 20;
 pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
+    /// The same values for the row-parallel kernel ([`fastmath::layer_norm`]).
+    weight_f32: Vec<f32>,
+    bias_f32: Vec<f32>,
     eps: f64,
 }
 
@@ -33,9 +37,13 @@ impl LayerNorm {
     pub const EPS: f64 = 1e-5;
 
     pub fn new(dim: usize, vb: &Vb) -> Result<Self> {
+        let weight = vb.get(&[dim], "weight")?;
+        let bias = vb.get(&[dim], "bias")?;
         Ok(Self {
-            weight: vb.get(&[dim], "weight")?,
-            bias: vb.get(&[dim], "bias")?,
+            weight_f32: weight.to_dtype(DType::F32)?.to_vec1()?,
+            bias_f32: bias.to_dtype(DType::F32)?.to_vec1()?,
+            weight,
+            bias,
             eps: Self::EPS,
         })
     }
@@ -44,6 +52,9 @@ impl LayerNorm {
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         op("layernorm", || {
+            if let Some(y) = fastmath::layer_norm(x, &self.weight_f32, &self.bias_f32, self.eps) {
+                return y;
+            }
             let n = x.dim(D::Minus1)? as f64;
             let x = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / n)?)?;
             let var = (x.sqr()?.sum_keepdim(D::Minus1)? / n)?;
@@ -170,30 +181,36 @@ impl MultiheadAttention {
         };
         // torch scales q by 1/√d before q·kᵀ.
         let q = op("attention q scale", || q * (1.0 / (d as f64).sqrt()))?;
-        // Heads are processed in groups so that the score matrix stays under `budget` elements
-        // (large images: 4097² scores per head).
+        // Heads run in parallel ([`par`]), in groups whose score matrices together stay under
+        // `budget` elements (large images: 4097² scores per head). Each head is its own product,
+        // so neither the grouping nor the thread count changes a bit of the result.
         let bh = b * self.heads;
         let group = (budget / (n_query * t).max(1)).clamp(1, bh);
-        let mut outs = Vec::with_capacity(bh.div_ceil(group));
+        let mut outs = Vec::with_capacity(bh);
         for start in (0..bh).step_by(group) {
             let g = group.min(bh - start);
-            let (q, k, v) = (
-                q.narrow(0, start, g)?,
-                k.narrow(0, start, g)?,
-                v.narrow(0, start, g)?,
+            let flops = |_: &_| 4.0 * (g * n_query * t * d) as f64;
+            let heads = op_flops(
+                "attention q·kᵀ, softmax, probs·v (by head)",
+                flops,
+                || {
+                    par::map(g, |i| -> candle_core::Result<Tensor> {
+                        let h = start + i;
+                        let (q, k, v) =
+                            (q.narrow(0, h, 1)?, k.narrow(0, h, 1)?, v.narrow(0, h, 1)?);
+                        let scores = q.matmul(&k.t()?)?;
+                        let scores = match mask {
+                            Some(m) => scores.broadcast_add(m)?,
+                            None => scores,
+                        };
+                        // `scores` is a fresh tensor: the softmax overwrites it.
+                        fastmath::softmax_last_dim_(scores)?.matmul(&v)
+                    })
+                },
             );
-            let scores = op_flops("attention q·kᵀ", matmul_flops(&q), || q.matmul(&k.t()?))?;
-            let scores = match mask {
-                Some(m) => scores.broadcast_add(m)?,
-                None => scores,
-            };
-            // `scores` is a fresh tensor: the softmax overwrites it.
-            let probs = op("attention softmax", || fastmath::softmax_last_dim_(scores))?;
-            outs.push(op_flops(
-                "attention probs·v",
-                matmul_flops(&probs),
-                || probs.matmul(&v),
-            )?);
+            for head in heads {
+                outs.push(head?);
+            }
         }
         let out = if outs.len() == 1 {
             outs.remove(0)

@@ -13,7 +13,9 @@
 //! Both run in place (the inputs are fresh intermediate results, so no allocation is needed) and
 //! fall back to candle's own ops for non-f32, non-contiguous or non-CPU tensors.
 
-use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp1, Layout, Shape, Tensor};
+
+use crate::par;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// `ln 2` split so that `n·LN2_HI` is exact for the `n` that occur.
@@ -111,9 +113,7 @@ impl InplaceOp1 for SoftmaxLastDim {
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
         let n = l.dims().last().copied().unwrap_or(1).max(1);
-        for row in f32_slice_mut(s, l)?.chunks_exact_mut(n) {
-            softmax_row(row);
-        }
+        par::for_each_row(f32_slice_mut(s, l)?, n, softmax_row);
         Ok(())
     }
 }
@@ -126,11 +126,87 @@ impl InplaceOp1 for GeluErf {
     }
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        for v in f32_slice_mut(s, l)?.iter_mut() {
-            *v = gelu_erf(*v);
-        }
+        // Element-wise: rows of 4096 values are just a unit of work.
+        par::for_each_row(f32_slice_mut(s, l)?, 4096, |row| {
+            for v in row {
+                *v = gelu_erf(*v);
+            }
+        });
         Ok(())
     }
+}
+
+/// Sum of a row over 8 lanes (so that it vectorises), then the lanes and the tail in order.
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut sums = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &v) in sums.iter_mut().zip(c) {
+            *l += f(v);
+        }
+    }
+    sums.iter().sum::<f32>() + chunks.remainder().iter().map(|&v| f(v)).sum::<f32>()
+}
+
+/// LayerNorm of one row into `out`, in two passes (the mean, then the variance of the centred
+/// values, so that a large mean loses no precision), as torch's `F.layer_norm` in f32.
+fn layer_norm_row(row: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let n = row.len() as f32;
+    let mean = lane_sum(row, |v| v) / n;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((o, &x), &w), &b) in out.iter_mut().zip(row).zip(w).zip(b) {
+        *o = (x - mean) * inv * w + b;
+    }
+}
+
+struct LayerNormLastDim<'a> {
+    weight: &'a [f32],
+    bias: &'a [f32],
+    eps: f32,
+}
+
+impl CustomOp1 for LayerNormLastDim<'_> {
+    fn name(&self) -> &'static str {
+        "clip-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("layer norm needs a contiguous f32 tensor")
+        };
+        let x = &v[a..b];
+        let n = self.weight.len();
+        let mut out = vec![0f32; x.len()];
+        // The output rows are split over the threads; row i reads input row i.
+        let rows_per_task = par::rows_per_task(x.len(), n);
+        par::for_each_chunk(&mut out, rows_per_task * n, |t, chunk| {
+            let x = &x[t * rows_per_task * n..];
+            for (o, row) in chunk.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                layer_norm_row(row, o, self.weight, self.bias, self.eps);
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// LayerNorm over the last dimension with `weight` and `bias` (both of its size) given as
+/// slices, the rows in parallel. `None` when `x` is not a contiguous f32 CPU tensor of that
+/// width (the caller then uses candle's ops).
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &[f32],
+    bias: &[f32],
+    eps: f64,
+) -> Option<candle_core::Result<Tensor>> {
+    let fits = x.dims().last() == Some(&weight.len()) && weight.len() == bias.len();
+    (fast_path(x) && fits && !weight.is_empty()).then(|| {
+        x.apply_op1_no_bwd(&LayerNormLastDim {
+            weight,
+            bias,
+            eps: eps as f32,
+        })
+    })
 }
 
 /// Whether `x` can be overwritten by the in-place kernels.

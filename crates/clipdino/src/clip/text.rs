@@ -16,6 +16,7 @@ use super::block::{LayerNorm, ResidualAttentionBlock};
 use super::fastmath;
 use crate::config::{ClipConfig, TextConfig};
 use crate::error::{Error, Result};
+use crate::par;
 use crate::weights::{Stored, Vb};
 
 /// Prompts per forward chunk: bounds the activation memory of very large label sets.
@@ -123,12 +124,17 @@ impl TextTransformer {
         let lens: Vec<usize> = tokens.iter().map(Vec::len).collect();
         let mut order: Vec<usize> = (0..tokens.len()).collect();
         order.sort_by_key(|&i| lens[i]);
-        let mut outs = Vec::new();
-        for range in plan_chunks(&order.iter().map(|&i| lens[i]).collect::<Vec<_>>()) {
-            let chunk: Vec<&[u32]> = order[range].iter().map(|&i| tokens[i].as_slice()).collect();
-            outs.push(self.forward_chunk(&chunk)?);
-        }
-        let sorted = Tensor::cat(&outs, 0)?;
+        // The chunks are independent batches: they run in parallel ([`par`]), each also
+        // splitting its own products.
+        let chunks = plan_chunks(&order.iter().map(|&i| lens[i]).collect::<Vec<_>>());
+        let outs = par::map(chunks.len(), |c| {
+            let chunk: Vec<&[u32]> = order[chunks[c].clone()]
+                .iter()
+                .map(|&i| tokens[i].as_slice())
+                .collect();
+            self.forward_chunk(&chunk)
+        });
+        let sorted = Tensor::cat(&outs.into_iter().collect::<Result<Vec<_>>>()?, 0)?;
         // Row k of `sorted` is prompt order[k]: invert the permutation.
         let mut inverse = vec![0u32; order.len()];
         for (k, &i) in order.iter().enumerate() {
@@ -215,15 +221,15 @@ impl TextTransformer {
         let lens: Vec<usize> = prompts.iter().map(|(_, s)| s.len()).collect();
         let mut order: Vec<usize> = (0..prompts.len()).collect();
         order.sort_by_key(|&i| lens[i]);
-        let mut outs = Vec::new();
-        for range in plan_chunks(&order.iter().map(|&i| lens[i]).collect::<Vec<_>>()) {
-            let chunk: Vec<(usize, &[u32])> = order[range]
+        let chunks = plan_chunks(&order.iter().map(|&i| lens[i]).collect::<Vec<_>>());
+        let outs = par::map(chunks.len(), |c| {
+            let chunk: Vec<(usize, &[u32])> = order[chunks[c].clone()]
                 .iter()
                 .map(|&i| (prompts[i].0, prompts[i].1.as_slice()))
                 .collect();
-            outs.push(self.forward_suffix_chunk(&cache, &chunk)?);
-        }
-        let sorted = Tensor::cat(&outs, 0)?;
+            self.forward_suffix_chunk(&cache, &chunk)
+        });
+        let sorted = Tensor::cat(&outs.into_iter().collect::<Result<Vec<_>>>()?, 0)?;
         let mut inverse = vec![0u32; order.len()];
         for (k, &i) in order.iter().enumerate() {
             inverse[i] = k as u32;
@@ -333,13 +339,18 @@ impl TextTransformer {
             } else {
                 (k, v)
             };
-            let scores = (q * scale)?.matmul(&k.t()?)?;
-            let scores = scores
-                .reshape((b, heads, s, n_keys))?
-                .broadcast_add(&mask)?
-                .reshape((b * heads, s, n_keys))?;
-            let out = fastmath::softmax_last_dim_(scores)?
-                .matmul(&v)?
+            // By prompt, in parallel: each prompt's heads against its own keys and mask.
+            let q = (q * scale)?;
+            let per_prompt = par::map(b, |i| -> Result<Tensor> {
+                let (q, k, v) = (
+                    q.narrow(0, i * heads, heads)?,
+                    k.narrow(0, i * heads, heads)?,
+                    v.narrow(0, i * heads, heads)?,
+                );
+                let scores = q.matmul(&k.t()?)?.broadcast_add(&mask.get(i)?)?;
+                Ok(fastmath::softmax_last_dim_(scores)?.matmul(&v)?)
+            });
+            let out = Tensor::cat(&per_prompt.into_iter().collect::<Result<Vec<_>>>()?, 0)?
                 .reshape((b, heads, s, d))?
                 .transpose(1, 2)?
                 .contiguous()?
