@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, from package registries only, idempotently.
-#   scripts/setup.sh           everything (Rust wasm target, Trunk, wasm-bindgen CLI, npm packages, Chromium)
+#   scripts/setup.sh           everything (Rust wasm target, Trunk, wasm-bindgen CLI, npm packages, a C compiler, Chromium)
 #   scripts/setup.sh web       only what building and serving the app needs
 # Versions that must match are pinned here and in Cargo.toml (wasm-bindgen crate = CLI).
 set -euo pipefail
@@ -47,6 +47,13 @@ if [ ! -f node_modules/.package-lock.json ] || ! cmp -s package-lock.json node_m
 fi
 
 if [ "$what" = all ]; then
+  # The CLI's JPEG decoder (libjpeg-turbo's, via the mozjpeg crate) is compiled from C source.
+  if ! command -v cc >/dev/null; then
+    say "installing a C compiler (Debian package gcc)"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gcc libc6-dev
+  fi
   if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     say "installing Chromium and ChromeDriver (Debian packages)"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

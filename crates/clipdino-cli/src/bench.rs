@@ -20,6 +20,7 @@ use image::RgbImage;
 use serde_json::{json, Value};
 
 use crate::files as cli_files;
+use crate::photo as cli_photo;
 use crate::progress;
 use crate::random_weights::{arch_configs, head_checkpoint, Arch};
 
@@ -83,7 +84,7 @@ fn photo(a: &BenchArgs) -> Result<(Vec<u8>, usize, usize)> {
         return Ok((cli_files::read_input(p, "photo")?, w, h));
     }
     let img = match &a.photo {
-        Some(p) => cli_files::load_image(p)?,
+        Some(p) => cli_photo::load_image(p)?,
         None => test_image(640, 427),
     };
     let (w, h) = (img.width() as usize, img.height() as usize);
@@ -147,6 +148,11 @@ fn dump_input(s: &Suite, step: &Step, dir: &std::path::Path) -> Result<()> {
     )
 }
 
+/// The median of a step's timed runs, when it has one.
+fn median(r: &Value) -> Option<f64> {
+    r["median_ms"].as_f64().filter(|m| m.is_finite())
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.runs == 0 {
         bail!("--runs must be at least 1");
@@ -184,12 +190,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .with_context(|| format!("step {} of {} ({})", i + 1, steps.len(), step.title()))?;
         progress::clear();
         eprintln!(
-            "[native] {:>3}/{} {:<44} {:>10.1} ms (median {:.1} ms)",
+            "[native] {:>3}/{} {:<44} {:>10.1} ms{}",
             i + 1,
             steps.len(),
             step.title(),
             t.elapsed().as_secs_f64() * 1e3,
-            r["median_ms"].as_f64().unwrap_or(f64::NAN)
+            median(&r)
+                .map(|m| format!(" (median {m:.1} ms)"))
+                .unwrap_or_default()
         );
         results.push(r);
     }
@@ -227,8 +235,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     );
     println!("{:<48}{:>12}", "step", "median ms");
     for (step, r) in steps.iter().zip(&results) {
-        let ms = r["median_ms"].as_f64().unwrap_or(f64::NAN);
-        println!("{:<48}{ms:>12.1}", step.title());
+        // The kernel step reports a median per kernel (in the JSON), not one for the step.
+        let ms = median(r).map_or("-".to_string(), |m| format!("{m:.1}"));
+        println!("{:<48}{ms:>12}", step.title());
     }
     Ok(())
 }

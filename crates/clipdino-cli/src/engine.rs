@@ -10,7 +10,8 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use clipdino::loaders::{self, Bundle};
 use clipdino::pipeline::{
-    EncodeOptions, ImageFeatures, Mode, Progress, SegmentOptions, Segmentation, Segmenter, Window,
+    self, EncodeOptions, ImageFeatures, Mode, Progress, SegmentOptions, Segmentation, Segmenter,
+    Window,
 };
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
@@ -18,6 +19,7 @@ use clipdino::ComputePath;
 use image::RgbImage;
 
 use crate::files;
+use crate::photo;
 use crate::progress;
 
 /// Where the weights come from.
@@ -142,6 +144,16 @@ pub fn read_model_inputs(
     Ok(out)
 }
 
+/// The pipeline's error, with what to change on the command line when the image does not fit.
+fn plan_words(e: clipdino::Error) -> anyhow::Error {
+    match e {
+        clipdino::Error::GridTooLarge { .. } => {
+            anyhow!("{e}; use a smaller --short-side, or --window instead of --full-res")
+        }
+        e => anyhow!(e),
+    }
+}
+
 /// A loaded model: the segmenter, the tokenizer, and how long loading took.
 pub struct Engine {
     pub segmenter: Segmenter,
@@ -214,6 +226,18 @@ impl Engine {
         Ok(e.embeddings)
     }
 
+    /// What encoding `img` with `opts` will do, checked against the pipeline's limits from the
+    /// sizes alone (cheap; call it before slow work such as label embedding).
+    pub fn plan(&self, img: &RgbImage, opts: &EncodeOptions) -> Result<pipeline::Plan> {
+        pipeline::plan(
+            img.height() as usize,
+            img.width() as usize,
+            opts,
+            self.segmenter.clip_cfg.vision.patch_size,
+        )
+        .map_err(plan_words)
+    }
+
     /// Encode an image (expensive); `keep_inter` also returns the head's input features.
     pub fn encode(
         &self,
@@ -222,8 +246,10 @@ impl Engine {
         keep_inter: bool,
     ) -> Result<Encoded> {
         let t0 = Instant::now();
-        let x = files::image_to_tensor(img)?;
         let seg = &self.segmenter;
+        // Sizes and limits before the image becomes a tensor or is resized.
+        self.plan(img, opts)?;
+        let x = photo::image_to_tensor(img)?;
         let blocks = seg.clip_cfg.vision.layers as u64;
         let pb = progress::bar(blocks, "encoding image");
         let features = seg.encode_image(&x, opts, &mut |p: Progress| {
@@ -234,12 +260,7 @@ impl Engine {
             pb.set_position((p.window * p.blocks + p.block) as u64);
         });
         pb.finish_and_clear();
-        let features = features.map_err(|e| match e {
-            clipdino::Error::GridTooLarge { .. } => {
-                anyhow!("{e}; use a smaller --short-side, or --window instead of --full-res")
-            }
-            e => anyhow!(e),
-        })?;
+        let features = features.map_err(plan_words)?;
         let inter = keep_inter.then(|| {
             features
                 .windows

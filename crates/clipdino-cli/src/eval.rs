@@ -12,6 +12,7 @@ use clipdino::metrics::ConfusionMatrix;
 use crate::engine::{Engine, ModelArgs, PipelineArgs};
 use crate::files::{self, LabelMap};
 use crate::labels;
+use crate::photo;
 use crate::progress;
 
 #[derive(Args)]
@@ -170,7 +171,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let label_emb = engine.embed_labels(&classes, a.pipeline.templates)?;
             let pb = progress::bar(pairs.len() as u64, "evaluating");
             for (img_path, m) in &pairs {
-                let img = files::load_image(img_path)?;
+                let img = photo::load_image(img_path)?;
                 let gt = files::read_label_png(m)?;
                 let seg = engine.segment_image(&img, &label_emb, &opts, false)?;
                 let pred = LabelMap {

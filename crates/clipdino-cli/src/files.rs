@@ -1,18 +1,13 @@
-//! File input and output for the CLI: reading inputs with clear errors, image decoding with size
-//! caps and EXIF orientation, label-map PNGs, and writes that never leave half-written files.
+//! File input and output for the CLI: reading inputs with clear errors, label-map PNGs, and
+//! writes that never leave half-written files. Photos are read by `crate::photo`.
 
 use std::fs;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{Device, Tensor};
-use image::{ImageDecoder, ImageReader, RgbImage};
 
-/// Largest accepted image side, in pixels.
-pub const MAX_SIDE: u32 = 16384;
-/// Largest accepted image area, in pixels (40 megapixels).
-pub const MAX_PIXELS: u64 = 40_000_000;
+use crate::photo;
 
 /// Read a whole input file; a missing, unreadable or empty file is an error naming it.
 pub fn read_input(path: &Path, what: &str) -> Result<Vec<u8>> {
@@ -38,79 +33,6 @@ pub fn io_words(e: &std::io::Error) -> String {
     }
 }
 
-/// Decode an image file to 8-bit RGB, upright (EXIF orientation applied), within the size caps.
-pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let bytes = read_input(path, "image")?;
-    decode_image(&bytes, &path.display().to_string())
-}
-
-pub fn decode_image(bytes: &[u8], name: &str) -> Result<RgbImage> {
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| anyhow!("cannot read image {name}: {e}"))?;
-    if reader.format().is_none() {
-        bail!("{name} is not an image in a format we can read (PNG, JPEG, GIF, BMP, WebP or TIFF)");
-    }
-    if reader.format() == Some(image::ImageFormat::Jpeg) && jpeg_truncated(bytes) {
-        bail!("{name} is truncated: its JPEG data stops before the end-of-image marker");
-    }
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| anyhow!("{name} is not a valid image: {e}"))?;
-    let (w, h) = decoder.dimensions();
-    check_size(w, h, name)?;
-    let orientation = decoder
-        .orientation()
-        .map_err(|e| anyhow!("{name}: cannot read its orientation: {e}"))?;
-    let mut img = image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| anyhow!("{name} is not a valid image: {e}"))?;
-    img.apply_orientation(orientation);
-    if img.width() == 0 || img.height() == 0 {
-        bail!("{name} has no pixels ({}×{})", img.width(), img.height());
-    }
-    Ok(img.to_rgb8())
-}
-
-/// The JPEG decoder fills a cut-off scan with grey instead of failing. Markers cannot occur
-/// inside entropy-coded data (0xFF is stuffed as FF 00 there), so a complete file has an
-/// end-of-image marker (FF D9) after its last start-of-scan marker (FF DA).
-fn jpeg_truncated(bytes: &[u8]) -> bool {
-    let last = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
-    match (last(0xDA), last(0xD9)) {
-        (Some(sos), Some(eoi)) => eoi < sos,
-        (Some(_), None) => true,
-        // no scan at all: let the decoder report it
-        (None, _) => false,
-    }
-}
-
-fn check_size(w: u32, h: u32, name: &str) -> Result<()> {
-    if w > MAX_SIDE || h > MAX_SIDE {
-        bail!("{name} is {w}×{h} px, over the limit of {MAX_SIDE} px a side; downscale it first");
-    }
-    if w as u64 * h as u64 > MAX_PIXELS {
-        bail!(
-            "{name} is {w}×{h} px ({:.1} megapixels), over the limit of {} megapixels; downscale it first",
-            w as f64 * h as f64 / 1e6,
-            MAX_PIXELS / 1_000_000
-        );
-    }
-    Ok(())
-}
-
-/// An RGB image as a `[3, H, W]` f32 tensor in [0, 1].
-pub fn image_to_tensor(img: &RgbImage) -> Result<Tensor> {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let raw = img.as_raw();
-    let mut chw = vec![0f32; 3 * h * w];
-    for (i, px) in raw.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            chw[c * h * w + i] = px[c] as f32 / 255.0;
-        }
-    }
-    Ok(Tensor::from_vec(chw, (3, h, w), &Device::Cpu)?)
-}
-
 // --- label maps ------------------------------------------------------------------------
 
 /// A label image: one class index per pixel, row-major.
@@ -132,7 +54,7 @@ pub fn read_label_png(path: &Path) -> Result<LabelMap> {
         .read_info()
         .map_err(|e| anyhow!("{name} is not a PNG label image: {e}"))?;
     let (w, h) = (reader.info().width, reader.info().height);
-    check_size(w, h, &name)?;
+    photo::check_size(w as u64, h as u64, &name)?;
     let (color, depth) = reader.output_color_type();
     if !matches!(color, png::ColorType::Indexed | png::ColorType::Grayscale) {
         bail!(
@@ -372,34 +294,6 @@ mod tests {
         fs::write(&p, out).unwrap();
         assert_eq!(read_label_png(&p).unwrap().data, vec![0, 1, 2, 3, 1]);
         fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn truncated_jpeg_is_detected() {
-        let jpg = fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/voc/images/voc_sample.jpg"
-        ))
-        .unwrap();
-        assert!(!jpeg_truncated(&jpg));
-        assert!(decode_image(&jpg, "photo").is_ok());
-        for cut in [jpg.len() / 3, jpg.len() - 2] {
-            let e = decode_image(&jpg[..cut], "photo").unwrap_err().to_string();
-            assert!(e.contains("truncated"), "{e}");
-        }
-        // Trailing bytes after the end-of-image marker are fine.
-        let mut padded = jpg.clone();
-        padded.extend_from_slice(b"trailer");
-        assert!(decode_image(&padded, "photo").is_ok());
-    }
-
-    #[test]
-    fn size_caps() {
-        assert!(check_size(16384, 2000, "x").is_ok());
-        let e = check_size(16385, 10, "x").unwrap_err().to_string();
-        assert!(e.contains("16384 px a side"), "{e}");
-        let e = check_size(8000, 6000, "x").unwrap_err().to_string();
-        assert!(e.contains("40 megapixels"), "{e}");
     }
 
     #[test]

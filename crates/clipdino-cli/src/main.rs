@@ -12,6 +12,7 @@ mod eval;
 mod files;
 mod labels;
 mod npy;
+mod photo;
 mod progress;
 mod random_weights;
 mod segment;

@@ -17,6 +17,7 @@ use crate::engine::{Encoded, Engine, ModelArgs, PipelineArgs};
 use crate::files::{self, LabelMap, OutputDir};
 use crate::labels;
 use crate::npy;
+use crate::photo;
 
 #[derive(Args)]
 pub struct SegmentArgs {
@@ -181,10 +182,11 @@ fn run_checked(
     encode_opts: clipdino::pipeline::EncodeOptions,
     dump: Option<&OutputDir>,
 ) -> Result<Vec<(&'static str, Vec<u8>)>> {
-    let img = files::load_image(&a.image)?;
+    let img = photo::load_image(&a.image)?;
     let engine = Engine::load(&a.model)?;
     let mut opts = a.pipeline.options(&engine, background)?;
     opts.encode = encode_opts;
+    engine.plan(&img, &opts.encode)?;
 
     let t = Instant::now();
     let label_emb = engine.embed_labels(&labels, a.pipeline.templates)?;

@@ -971,6 +971,169 @@ fn bad_images() {
     );
 }
 
+/// A motion photo as Google and Samsung phones write it: the still JPEG, then an MP4. The
+/// trailer is generated: an `ftyp` box, then an `mdat` box of seeded bytes that is dense with
+/// JPEG marker pairs (SOI, SOS, EOI), as compressed video is.
+fn motion_photo(jpeg: &[u8], samsung: bool) -> Vec<u8> {
+    let mut v = jpeg.to_vec();
+    if samsung {
+        v.extend_from_slice(b"MotionPhoto_Data");
+    }
+    v.extend_from_slice(b"\0\0\0\x18ftypmp42\0\0\0\0isommp42");
+    let mut mdat = Vec::new();
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    for i in 0..40_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        mdat.push(x as u8);
+        if i % 997 == 0 {
+            mdat.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x0C]);
+        }
+        if i % 1499 == 0 {
+            mdat.extend_from_slice(&[0xFF, 0xD9]);
+        }
+    }
+    v.extend_from_slice(&(mdat.len() as u32 + 8).to_be_bytes());
+    v.extend_from_slice(b"mdat");
+    v.extend_from_slice(&mdat);
+    // the last marker pair in the file is a start of scan, as in the files that were refused
+    v.extend_from_slice(&[0xFF, 0xDA, 0x01, 0x02]);
+    v
+}
+
+#[test]
+fn motion_photos_are_read_and_truncated_jpegs_are_not() {
+    let s = Scratch::new("motion");
+    let jpg = fs::read(voc_image()).unwrap();
+    let mask = |image: &Path, tag: &str| {
+        let m = s.path(&format!("{tag}.png"));
+        let mut a: Vec<String> = vec!["segment".into()];
+        a.extend(tiny_args());
+        a.extend(with_defaults(
+            &[
+                "--image",
+                &image.display().to_string(),
+                "--mask-out",
+                &m.display().to_string(),
+            ],
+            &[
+                ("--labels", "person,table,background"),
+                ("--templates", "fast"),
+                ("--short-side", "64"),
+            ],
+        ));
+        ok(&run(&a));
+        read_mask(&m)
+    };
+    let plain = mask(&voc_image(), "plain");
+    for samsung in [false, true] {
+        let p = s.path(&format!("motion-{samsung}.jpg"));
+        fs::write(&p, motion_photo(&jpg, samsung)).unwrap();
+        assert_eq!(
+            mask(&p, &format!("motion-{samsung}")),
+            plain,
+            "samsung={samsung}"
+        );
+    }
+    // Cut inside the still image: truncated, in words, whatever follows.
+    for (tag, bytes) in [
+        ("cut-scan", jpg[..jpg.len() * 2 / 3].to_vec()),
+        ("cut-eoi", jpg[..jpg.len() - 1].to_vec()),
+        ("cut-header", jpg[..300].to_vec()),
+    ] {
+        let p = s.path(&format!("{tag}.jpg"));
+        fs::write(&p, bytes).unwrap();
+        segment_fails(
+            tag,
+            Some(&p),
+            &["--labels", "cat"],
+            &[&format!("{tag}.jpg is truncated"), "end-of-image marker"],
+        );
+    }
+}
+
+/// `bytes` (a baseline JPEG) with the frame header's size replaced.
+fn with_jpeg_size(bytes: &[u8], w: u16, h: u16) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    let sof = v.windows(2).position(|p| p == [0xFF, 0xC0]).expect("SOF0");
+    v[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    v[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    v
+}
+
+#[test]
+fn oversized_and_elongated_images_are_refused_before_allocating() {
+    let s = Scratch::new("bombs");
+    let jpg = fs::read(voc_image()).unwrap();
+    // A 42 KB JPEG whose frame header claims 16000×16000 (768 MB of RGB): refused from the
+    // header libjpeg reads, before it allocates for the pixels.
+    fs::write(s.path("bomb.jpg"), with_jpeg_size(&jpg, 16000, 16000)).unwrap();
+    segment_fails(
+        "bomb-jpg",
+        Some(&s.path("bomb.jpg")),
+        &["--labels", "cat"],
+        &[
+            "bomb.jpg is 16000×16000 px (256.0 megapixels)",
+            "40 megapixels",
+        ],
+    );
+    fs::write(s.path("wide.jpg"), with_jpeg_size(&jpg, 65000, 10)).unwrap();
+    segment_fails(
+        "bomb-wide",
+        Some(&s.path("wide.jpg")),
+        &["--labels", "cat"],
+        &["wide.jpg is 65000×10 px", "16384 px a side"],
+    );
+    // 16384×1 at short side 448 would be resized to 7 340 032×448 px (39 GB as f32): the plan
+    // is checked first, in one pass and with windows.
+    write_grey(&s.path("strip.png"), 16384, 1, &vec![90; 16384]);
+    segment_fails(
+        "strip-pass",
+        Some(&s.path("strip.png")),
+        &["--labels", "cat", "--short-side", "448"],
+        &["image of 7340032×448 px", "4096 patches", "--short-side"],
+    );
+    segment_fails(
+        "strip-windows",
+        Some(&s.path("strip.png")),
+        &[
+            "--labels",
+            "cat",
+            "--short-side",
+            "448",
+            "--window",
+            "448",
+            "--stride",
+            "224",
+        ],
+        &[
+            "16384×1 px would be processed at 7340032×448 px in 32767 windows",
+            "limit is 65536 patches per image",
+            "too elongated",
+        ],
+    );
+    // Elongated but within the budget: runs.
+    write_grey(&s.path("pano.png"), 600, 40, &vec![90; 600 * 40]);
+    let mut a: Vec<String> = vec!["segment".into()];
+    a.extend(tiny_args());
+    a.extend(with_defaults(
+        &[
+            "--image",
+            &s.s("pano.png"),
+            "--short-side",
+            "32",
+            "--window",
+            "32",
+            "--stride",
+            "16",
+        ],
+        &[("--labels", "cat,background"), ("--templates", "fast")],
+    ));
+    let out = ok(&run(&a));
+    assert!(out.contains("processed at 480×32"), "{out}");
+}
+
 #[test]
 fn bad_labels() {
     segment_fails(
@@ -1160,6 +1323,81 @@ fn convert_bad_inputs_leave_nothing() {
     ]);
     assert!(!o.status.success() && stderr(&o).contains("q3"));
     assert_eq!(s.files(), ["notes.txt"]);
+}
+
+// =========================================================================================
+// bench
+// =========================================================================================
+
+/// `clipdino bench` runs the browser benchmark's steps natively: on the tiny model (given as
+/// the files the plan names) every step of the smoke plan runs, the tower profile times the
+/// real forward (bit-identical to the untimed one), the tower inputs are dumped for the ONNX
+/// peer, and bad arguments are refused in one line.
+#[test]
+fn bench_runs_the_benchmark_steps_natively() {
+    let s = Scratch::new("bench");
+    let out = ok(&run(&[
+        "bench",
+        "--plan",
+        "smoke",
+        "--runs",
+        "1",
+        "--weights",
+        &tiny().display().to_string(),
+        "--photo",
+        &voc_image().display().to_string(),
+        "--out",
+        &s.s("results.json"),
+        "--dump-inputs",
+        &s.s("inputs"),
+    ]));
+    for row in [
+        "load upstream",
+        "encode 224",
+        "tower 224",
+        "labels 1 × fast",
+        "profile 224",
+    ] {
+        assert!(out.contains(row), "no `{row}` row:\n{out}");
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(s.path("results.json")).unwrap()).unwrap();
+    assert_eq!(j["plan"], "smoke");
+    assert_eq!(
+        j["generated_weights"],
+        serde_json::json!([]),
+        "all files were given"
+    );
+    let steps = j["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 8);
+    let profile = steps.iter().find(|r| r["step"]["op"] == "profile").unwrap();
+    for k in ["pooled", "dense", "inter"] {
+        assert_eq!(profile["timed_vs_untimed_max_abs_diff"][k], 0.0, "{k}");
+    }
+    assert!(profile["ops"].as_array().unwrap().len() >= 15, "{profile}");
+    let dumped: Vec<String> = s
+        .files()
+        .into_iter()
+        .filter(|f| f.starts_with("inputs/"))
+        .collect();
+    assert_eq!(dumped.len(), 1, "{dumped:?}");
+    let (h, w) = dumped[0]
+        .trim_start_matches("inputs/tower_")
+        .trim_end_matches(".f32")
+        .split_once('x')
+        .map(|(h, w)| (h.parse::<u64>().unwrap(), w.parse::<u64>().unwrap()))
+        .unwrap();
+    assert_eq!(h, 224, "{dumped:?}");
+    assert_eq!(
+        fs::metadata(s.path(&dumped[0])).unwrap().len(),
+        4 * 3 * h * w
+    );
+
+    one_line_error(&run(&["bench", "--runs", "0"]), &["--runs"]);
+    one_line_error(
+        &run(&["bench", "--weights", &s.s("nowhere")]),
+        &["--weights", "no such folder"],
+    );
 }
 
 // =========================================================================================

@@ -22,7 +22,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use resize::{resize_bilinear, resize_bilinear_vec, short_side_size};
-pub use window::{slide_windows, PixelBox, Window};
+pub use window::{plan, slide_windows, PixelBox, Plan, Window, MAX_TOTAL_PATCHES};
 
 use crate::clip::{self, ClipModel};
 use crate::config::{ClipConfig, HeadConfig};
@@ -398,18 +398,19 @@ where
     if patch == 0 {
         return Err(Error::config("patch_size", "must be positive"));
     }
+    // Sizes and limits first: nothing is resized or allocated for an image that cannot run.
+    let Plan {
+        height: ph,
+        width: pw,
+        windows: boxes,
+        ..
+    } = plan(h, w, opts, patch)?;
     let image = image_chw01.to_dtype(DType::F32)?;
-    let (ph, pw) = match opts.short_side {
-        Some(0) => return Err(Error::invalid("short_side", "must be positive")),
-        Some(s) => short_side_size(h, w, s),
-        None => (h, w),
-    };
     let image = if (ph, pw) != (h, w) {
         resize_bilinear(&image, ph, pw)?
     } else {
         image
     };
-    let boxes = slide_windows(ph, pw, opts.window)?;
     let n = boxes.len();
     let mut windows = Vec::with_capacity(n);
     let mut embed_dim = 0;

@@ -4,7 +4,15 @@
 //! `max(end − crop, 0)` — so the last window ends at the border and no window is larger than
 //! the image.
 
+use super::resize::short_side_size;
+use super::EncodeOptions;
+use crate::clip::MAX_PATCHES;
 use crate::error::{Error, Result};
+
+/// Most patches one image may send through the tower, summed over its windows (16 single
+/// passes: about 16.8 MP of windows at patch 16, ≈ 0.5 GB of cached features at ViT-B/16
+/// widths). Bounds the work and memory of a sliding-window run on a very elongated image.
+pub const MAX_TOTAL_PATCHES: usize = 16 * MAX_PATCHES;
 
 /// Window size and stride in pixels (square windows, as the paper's 448 / 224).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +44,87 @@ pub struct PixelBox {
     pub x0: usize,
     pub height: usize,
     pub width: usize,
+}
+
+/// What encoding an image will do, computed from the sizes alone: nothing is resized or
+/// allocated before every limit is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Processed (resized) image size.
+    pub height: usize,
+    pub width: usize,
+    /// Windows over the processed image (one box for a single pass).
+    pub windows: Vec<PixelBox>,
+    /// Patches per window (the largest window) and over all windows.
+    pub window_patches: usize,
+    pub total_patches: usize,
+}
+
+/// Plan the encoding of a `height × width` image: the processed size (`short_side`), the
+/// windows, and the patch counts, checked against the tower's per-pass budget
+/// ([`MAX_PATCHES`], as [`Error::GridTooLarge`]) and the per-image budget
+/// ([`MAX_TOTAL_PATCHES`]). All arithmetic saturates, so absurd sizes are refused, not wrapped.
+pub fn plan(height: usize, width: usize, opts: &EncodeOptions, patch: usize) -> Result<Plan> {
+    if height == 0 || width == 0 {
+        return Err(Error::invalid(
+            "image",
+            format!("empty image {width}×{height}"),
+        ));
+    }
+    if patch == 0 {
+        return Err(Error::config("patch_size", "must be positive"));
+    }
+    let (ph, pw) = match opts.short_side {
+        Some(0) => return Err(Error::invalid("short_side", "must be positive")),
+        Some(s) => short_side_size(height, width, s),
+        None => (height, width),
+    };
+    // Per axis: (window count, window length); one window of the whole side without windows.
+    let axis = |size: usize| match opts.window {
+        Some(win) => (
+            size.saturating_add(win.stride)
+                .saturating_sub(win.size.saturating_add(1))
+                / win.stride
+                + 1,
+            size.min(win.size),
+        ),
+        None => (1, size),
+    };
+    if let Some(win) = opts.window {
+        win.validate()?;
+    }
+    let ((ny, wh), (nx, ww)) = (axis(ph), axis(pw));
+    let (gh, gw) = (wh.div_ceil(patch), ww.div_ceil(patch));
+    let window_patches = gh.saturating_mul(gw);
+    if window_patches > MAX_PATCHES {
+        return Err(Error::GridTooLarge {
+            width: ww,
+            height: wh,
+            grid_h: gh,
+            grid_w: gw,
+            max_tokens: MAX_PATCHES,
+        });
+    }
+    let count = ny.saturating_mul(nx);
+    let total_patches = count.saturating_mul(window_patches);
+    if total_patches > MAX_TOTAL_PATCHES {
+        return Err(Error::invalid(
+            "image",
+            format!(
+                "{width}×{height} px would be processed at {pw}×{ph} px in {count} windows of \
+                 {ww}×{wh} px, {total_patches} patches in all; the limit is \
+                 {MAX_TOTAL_PATCHES} patches per image (the image is too elongated: crop it, or \
+                 process it at a smaller size)"
+            ),
+        ));
+    }
+    Ok(Plan {
+        height: ph,
+        width: pw,
+        windows: slide_windows(ph, pw, opts.window)?,
+        window_patches,
+        total_patches,
+    })
 }
 
 /// Start offsets along one axis.
@@ -139,6 +228,85 @@ mod tests {
                 "{h}×{w} crop {crop} stride {stride}"
             );
         }
+    }
+
+    #[test]
+    fn plan_checks_limits_from_sizes_alone() {
+        let paper = EncodeOptions::paper();
+        // 640×427 photo, paper protocol: 448×671 → 2 windows of 448² (784 patches each).
+        let p = plan(427, 640, &paper, 16).unwrap();
+        assert_eq!((p.height, p.width), (448, 671));
+        assert_eq!(p.windows, slide_windows(448, 671, paper.window).unwrap());
+        assert_eq!((p.window_patches, p.total_patches), (784, 2 * 784));
+        // One pass over a thin strip: the per-pass budget, before anything is resized.
+        let one = EncodeOptions {
+            short_side: Some(448),
+            window: None,
+        };
+        match plan(1, 16384, &one, 16) {
+            Err(Error::GridTooLarge {
+                width,
+                height,
+                grid_h,
+                grid_w,
+                max_tokens,
+            }) => {
+                assert_eq!((width, height), (7_340_032, 448));
+                assert_eq!((grid_h, grid_w, max_tokens), (28, 458_752, MAX_PATCHES));
+            }
+            r => panic!("{r:?}"),
+        }
+        // With windows each pass fits, but 32767 of them do not.
+        let e = plan(1, 16384, &paper, 16).unwrap_err().to_string();
+        assert!(e.contains("32767 windows of 448×448 px"), "{e}");
+        assert!(e.contains("too elongated"), "{e}");
+        // A window larger than the per-pass budget.
+        let big = EncodeOptions {
+            short_side: None,
+            window: Some(Window {
+                size: 2048,
+                stride: 1024,
+            }),
+        };
+        assert!(matches!(
+            plan(3000, 3000, &big, 16),
+            Err(Error::GridTooLarge { .. })
+        ));
+        // Right at the total budget: 16 windows of 64×64 patches.
+        let w = Window {
+            size: 1024,
+            stride: 1024,
+        };
+        let o = EncodeOptions {
+            short_side: None,
+            window: Some(w),
+        };
+        assert_eq!(
+            plan(4096, 4096, &o, 16).unwrap().total_patches,
+            MAX_TOTAL_PATCHES
+        );
+        assert!(plan(4096, 4097, &o, 16).is_err());
+        // Absurd sizes saturate instead of wrapping.
+        let huge = EncodeOptions {
+            short_side: Some(usize::MAX / 2),
+            window: Some(Window {
+                size: 448,
+                stride: 224,
+            }),
+        };
+        assert!(plan(3, 5, &huge, 16).is_err());
+        assert!(plan(0, 5, &paper, 16).is_err());
+        assert!(plan(5, 5, &paper, 0).is_err());
+        assert!(plan(
+            5,
+            5,
+            &EncodeOptions {
+                short_side: Some(0),
+                window: None
+            },
+            16
+        )
+        .is_err());
     }
 
     #[test]
