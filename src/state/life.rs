@@ -295,13 +295,14 @@ mod tests {
             .text
             .starts_with("The model worker crashed (panicked at x.rs:1: boom)."));
         assert!(!n.text.contains("unreachable"), "{}", n.text);
-        // The next death has no last words of its own.
+        // The next death (while the fresh worker reloads the weights: the message goes there)
+        // has no last words of its own.
         s.apply(Action::WorkerDied {
             at_ms: 6.0,
             cause: "".into(),
         });
         assert!(s
-            .notice(Area::Result)
+            .notice(Area::Weights)
             .unwrap()
             .text
             .contains("stopped without a message"));

@@ -155,7 +155,13 @@ mod tests {
 
     #[test]
     fn weights_on_another_origin_wait_for_one_click() {
-        let page = |u: &str| format!("http://127.0.0.1:8080/app/{u}");
+        let page = |u: &str| {
+            if u.contains("://") {
+                u.to_string()
+            } else {
+                format!("http://127.0.0.1:8080/app/{u}")
+            }
+        };
         let bundle = |u: &str| WeightsSource::Bundle(u.into()).candidates(page).0;
         assert!(!bundle("models/m.gguf")[0].ask_first, "same origin");
         assert!(!bundle("http://127.0.0.1:8080/other/m.gguf")[0].ask_first);
