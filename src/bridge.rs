@@ -137,7 +137,8 @@ impl WorkerHandle {
         }
         self.0.ready.set(false);
         self.0.queue.borrow_mut().clear();
-        self.0._handlers.borrow_mut().clear();
+        // Its handlers stay until the restart (one of them may be running this); they ignore
+        // events of an old generation.
         self.0.dispatch.dispatch(Action::WorkerDied {
             at_ms: js_sys::Date::now(),
             cause,
