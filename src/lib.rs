@@ -12,6 +12,7 @@ pub mod bridge;
 pub mod canvas;
 pub mod components;
 pub mod context;
+mod crash;
 pub mod hooks;
 pub mod palette;
 pub mod protocol;
@@ -23,7 +24,7 @@ pub mod worker;
 
 /// UI entry point (`src/bin/app.rs`).
 pub fn start_app() {
-    console_error_panic_hook::set_once();
+    crash::install_panic_banner();
     yew::Renderer::<components::App>::new().render();
 }
 

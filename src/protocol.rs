@@ -42,6 +42,10 @@ pub struct WeightSet {
     pub files: Vec<RemoteFile>,
     /// Known download size when the server does not say (the hub files are ≈ 600 MB).
     pub approx_bytes: Option<u64>,
+    /// Files on another origin than the page (named by a link): not downloaded before the
+    /// user agrees, whatever their size, unless already in the browser cache.
+    #[serde(default)]
+    pub ask_first: bool,
 }
 
 /// A file the user picked or dropped, carried as a `Blob` attachment.
@@ -91,6 +95,18 @@ pub enum Request {
         id: RequestId,
         threads: Option<usize>,
     },
+    /// Test hook (sent only by a page opened with `?debug-worker`): make the next image
+    /// encode fail this way after its first block, as a real crash would.
+    InjectFault { id: RequestId, fault: Fault },
+}
+
+/// A crash the page tests can ask the worker for (see [`Request::InjectFault`]).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// A Rust panic (the panic hook's message, then a wasm trap).
+    Panic,
+    /// What a failed allocation does: `handle_alloc_error`, an abort without a message.
+    OutOfMemory,
 }
 
 // The payloads of the image-side requests are plain structs so that the worker keeps them as
@@ -139,7 +155,9 @@ impl Request {
             Request::SetImage(r) => r.id,
             Request::Segment(r) => r.id,
             Request::KMeans(r) => r.id,
-            Request::Cancel { id } | Request::SetThreads { id, .. } => *id,
+            Request::Cancel { id }
+            | Request::SetThreads { id, .. }
+            | Request::InjectFault { id, .. } => *id,
         }
     }
 }
@@ -318,12 +336,16 @@ pub enum Response {
         context: ErrorContext,
         message: String,
     },
+    /// The worker's last words: it panicked and is about to trap (the page starts a fresh one).
+    Panicked {
+        message: String,
+    },
 }
 
 impl Response {
     pub fn id(&self) -> Option<RequestId> {
         match self {
-            Response::Ready => None,
+            Response::Ready | Response::Panicked { .. } => None,
             Response::Threads { id, .. } => *id,
             Response::Progress { id, .. }
             | Response::NeedsConfirmation { id, .. }
@@ -364,6 +386,7 @@ mod tests {
                         name: "clip-dinoiser-q4_0.gguf".into(),
                     }],
                     approx_bytes: Some(90_000_000),
+                    ask_first: true,
                 }],
                 confirm_above: Some(200 << 20),
             },

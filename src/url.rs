@@ -59,6 +59,23 @@ pub fn file_name_of(url: &str) -> String {
     }
 }
 
+/// `scheme://host[:port]` of an absolute URL, lower-cased (the default port is not
+/// normalised away: the URLs compared come from the same resolver); `None` for a relative one.
+pub fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    // Credentials are not part of the origin.
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    Some(format!("{scheme}://{host}").to_ascii_lowercase())
+}
+
+/// The host (and port) part of an absolute URL, for the user.
+pub fn host_of(url: &str) -> String {
+    origin_of(url)
+        .and_then(|o| o.split_once("://").map(|(_, h)| h.to_string()))
+        .unwrap_or_else(|| url.to_string())
+}
+
 /// A site-relative URL resolved against the page's base URL (works under any sub-path). UI
 /// thread only (it reads the document).
 pub fn resolve(rel: &str) -> String {
@@ -107,6 +124,18 @@ mod tests {
             percent_encode("a/b ü&~x.y_z-!"),
             "a%2Fb%20%C3%BC%26~x.y_z-%21"
         );
+    }
+
+    #[test]
+    fn origins_and_hosts() {
+        assert_eq!(
+            origin_of("HTTPS://User:pw@Hub.Example:8443/a/b?c#d").as_deref(),
+            Some("https://hub.example:8443")
+        );
+        assert_eq!(origin_of("http://h").as_deref(), Some("http://h"));
+        assert_eq!(origin_of("models/x.gguf"), None);
+        assert_eq!(host_of("https://huggingface.co/laion/x"), "huggingface.co");
+        assert_eq!(host_of("http://127.0.0.1:8080/m.gguf"), "127.0.0.1:8080");
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub fn App() -> Html {
                 data-worker-ready={s.worker_ready.to_string()}
                 data-model={if s.model.is_some() { "ready" } else { "none" }}
                 data-encodes={s.encodes.to_string()}
+                data-worker-restarts={s.life.restarts.to_string()}
                 data-segmentation={seg_id}
                 data-kmeans={km_id}>
                 <header class="top">

@@ -8,6 +8,7 @@ use crate::context::AppCtx;
 use crate::hooks::use_file_picker;
 use crate::protocol::{Progress, Stage};
 use crate::state::{Action, Area, LoadPhase};
+use crate::url::host_of;
 
 pub fn mb(bytes: u64) -> String {
     if bytes >= 100_000_000 {
@@ -96,10 +97,12 @@ pub fn WeightsPanel() -> Html {
             total_bytes,
             notes,
         } => {
-            let set2 = set.clone();
+            // Agreeing answers the question: the set is sent again without it.
+            let mut agreed = set.clone();
+            agreed.ask_first = false;
             let start = {
                 let ctx = ctx.clone();
-                Callback::from(move |_| ctx.load_urls(vec![set2.clone()], None))
+                Callback::from(move |_| ctx.load_urls(vec![agreed.clone()], None))
             };
             let decline = {
                 let ctx = ctx.clone();
@@ -108,15 +111,39 @@ pub fn WeightsPanel() -> Html {
             let size = total_bytes
                 .map(|b| format!("≈ {}", mb(b)))
                 .unwrap_or_else(|| "a large download".into());
-            html! {
-                <div class="offer" data-role="weights-offer">
+            let question = if set.ask_first {
+                let mut hosts: Vec<String> = set.files.iter().map(|f| host_of(&f.url)).collect();
+                hosts.dedup();
+                let hosts = hosts.join(" and ");
+                let size = total_bytes
+                    .map(|b| format!(" ({})", mb(b)))
+                    .unwrap_or_else(|| " (size not given by the server)".into());
+                html! {
+                    <p data-role="foreign-weights">
+                        { "This link names weights on another site. " }
+                        <strong>{ format!("Load weights from {hosts}{size}?") }</strong>
+                        { format!(" {} — they are downloaded only if you agree.", set.label) }
+                    </p>
+                }
+            } else {
+                html! {
                     <p>
                         { "To segment photos this page needs model weights. " }
                         { format!("It can download {} — {size}, kept in your browser for next time.", set.label) }
                     </p>
+                }
+            };
+            let button = if set.ask_first {
+                "Load".to_string()
+            } else {
+                format!("Download ({size})")
+            };
+            html! {
+                <div class="offer" data-role="weights-offer">
+                    { question }
                     if !notes.is_empty() { <p class="muted small">{ format!("Checked first: {}", notes.join(" ")) }</p> }
                     <div class="buttons">
-                        <button class="primary" onclick={start}>{ format!("Download ({size})") }</button>
+                        <button class="primary" data-role="weights-accept" onclick={start}>{ button }</button>
                         { pick_button("Use files from my disk…") }
                         <button class="link" onclick={decline}>{ "Not now" }</button>
                     </div>
@@ -152,7 +179,13 @@ pub fn WeightsPanel() -> Html {
                 html! {
                     <div class="model-missing">
                         <span class="dot"></span>
-                        <span>{ if s.worker_ready { "No model loaded." } else { "Starting…" } }</span>
+                        <span>{ if s.worker_ready {
+                            "No model loaded."
+                        } else if s.life.gave_up.is_some() {
+                            "The model worker is stopped."
+                        } else {
+                            "Starting…"
+                        } }</span>
                         if s.worker_ready {
                             <button class="secondary" onclick={retry}>{ "Try the download again" }</button>
                         }

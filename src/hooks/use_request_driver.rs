@@ -11,7 +11,7 @@ use yew::prelude::*;
 
 use crate::context::AppCtx;
 use crate::protocol::{Mode, Preset, TemplateSet};
-use crate::state::LoadPhase;
+use crate::state::{LoadPhase, WeightsSource};
 
 /// Typing pause before a label change is sent.
 const DEBOUNCE_MS: u32 = 180;
@@ -39,17 +39,41 @@ struct KMeansKey {
 pub fn use_request_driver(ctx: &AppCtx) {
     let s = &*ctx.state;
 
-    // Weights: as soon as the worker runs, and again when a link names other weights.
+    // Weights: as soon as the worker runs, and again when a link names other weights (not
+    // when a fresh worker replaces a dead one: it gets the weights the user had, if any).
+    let loaded_source: Rc<RefCell<Option<WeightsSource>>> = use_mut_ref(|| None);
     {
         let ctx = ctx.clone();
         use_effect_with(
             (s.worker_ready, s.weights_source.clone()),
-            move |(ready, _)| {
-                if *ready && matches!(ctx.state.load, LoadPhase::Idle | LoadPhase::Offer { .. }) {
+            move |(ready, source)| {
+                let new = loaded_source.borrow().as_ref() != Some(source);
+                if *ready
+                    && new
+                    && matches!(ctx.state.load, LoadPhase::Idle | LoadPhase::Offer { .. })
+                {
+                    *loaded_source.borrow_mut() = Some(source.clone());
                     ctx.load_configured();
                 }
             },
         );
+    }
+
+    // A dead worker: a fresh one, given the weights and photo again (the reducer says which).
+    {
+        let ctx = ctx.clone();
+        use_effect_with(s.life.restarts, move |n| {
+            if *n > 0 {
+                ctx.worker.restart(&ctx.state.life.replay);
+                if let Some(t) = ctx.state.settings.threads {
+                    ctx.set_threads(Some(t));
+                }
+            }
+        });
+    }
+    {
+        let worker = ctx.worker.clone();
+        use_effect_with(s.worker_computing(), move |on| worker.set_computing(*on));
     }
 
     let seg_timer: Rc<RefCell<Option<Timeout>>> = use_mut_ref(|| None);

@@ -6,6 +6,7 @@
 //! effects (sending requests, painting canvases) live in hooks and components, which dispatch
 //! [`Action::Sent`] for every request so that replies to superseded requests are dropped here.
 
+pub mod life;
 mod replies;
 pub mod share;
 pub mod weights;
@@ -18,6 +19,7 @@ use yew::Reducible;
 use crate::palette;
 pub use crate::protocol::{Mode, Preset, TemplateSet};
 use crate::protocol::{ModelInfo, Progress, RequestId, Response, Stage, ThreadInfo, WeightSet};
+pub use life::WorkerLife;
 pub use share::Share;
 pub use weights::WeightsSource;
 
@@ -200,6 +202,10 @@ pub struct State {
     /// The threads the worker computes with (reported by it).
     pub threads: Option<ThreadInfo>,
     pub model: Option<ModelInfo>,
+    /// The load request of `model` (sent again to a fresh worker after a crash).
+    pub loaded_id: Option<RequestId>,
+    /// Deaths and restarts of the model worker.
+    pub life: WorkerLife,
     /// Increases with every model loaded (effects re-run on it).
     pub model_generation: u64,
     pub load: LoadPhase,
@@ -452,6 +458,14 @@ pub enum Action {
     Dismiss(Area),
     /// The effect revoked the first `n` stale `blob:` URLs.
     UrlsRevoked(usize),
+    /// The model worker died (error event, a panic, or silence while computing) at `at_ms`;
+    /// `cause` is the event's text.
+    WorkerDied {
+        at_ms: f64,
+        cause: String,
+    },
+    /// Start a fresh worker after the restart guard gave up (the notice's button).
+    RetryWorker,
 }
 
 impl Reducible for State {
@@ -597,6 +611,8 @@ impl State {
                 let n = n.min(self.stale_urls.len());
                 self.stale_urls.drain(..n);
             }
+            Action::WorkerDied { at_ms, cause } => self.worker_died(at_ms, &cause),
+            Action::RetryWorker => self.retry_worker(),
         }
     }
 }

@@ -16,6 +16,7 @@ impl State {
         let payload = |att: crate::protocol::Att| payloads.get(att.0).cloned();
         match msg {
             Response::Ready => self.worker_ready = true,
+            Response::Panicked { message } => self.life.last_words = Some(message),
             Response::Threads { info, .. } => self.threads = Some(info),
             Response::Progress { id, progress } => match self.kind_of(id) {
                 Some(Kind::Load) => self.load = LoadPhase::Active { id, progress },
@@ -40,12 +41,16 @@ impl State {
                 if self.is_latest(Kind::Load, id) {
                     self.load = LoadPhase::Idle;
                     self.model = Some(info);
+                    self.loaded_id = Some(id);
                     self.model_generation += 1;
                     self.encoded = None;
                     self.segmentation = None;
                     self.kmeans = None;
-                    self.clear_notice(Area::Weights);
-                    self.clear_notice(Area::Result);
+                    // After a crash the same weights come back: the message about it stays.
+                    if !std::mem::take(&mut self.life.recovering) {
+                        self.clear_notice(Area::Weights);
+                        self.clear_notice(Area::Result);
+                    }
                 }
             }
             Response::ImageDecoded { id, width, height } => {

@@ -3,7 +3,7 @@
 //! large download.
 
 use crate::protocol::{RemoteFile, WeightSet};
-use crate::url::file_name_of;
+use crate::url::{file_name_of, origin_of};
 
 /// Ask before downloading more than this many bytes that are not cached.
 pub const CONFIRM_ABOVE_BYTES: u64 = 200 * 1024 * 1024;
@@ -45,8 +45,26 @@ fn remote(url: &str) -> RemoteFile {
 
 impl WeightsSource {
     /// Candidate sets for a `LoadUrls` request and the confirmation threshold. `resolve` turns
-    /// a page-relative URL into an absolute one.
+    /// a page-relative URL into an absolute one. A set a link names with a file on another
+    /// origin than the page is only loaded after one click (see [`WeightSet::ask_first`]); this
+    /// site's bundle and the built-in default are not.
     pub fn candidates(&self, resolve: impl Fn(&str) -> String) -> (Vec<WeightSet>, Option<u64>) {
+        let page = origin_of(&resolve(""));
+        let foreign = |set: &WeightSet| {
+            set.files
+                .iter()
+                .any(|f| page.is_none() || origin_of(&f.url) != page)
+        };
+        let (mut sets, confirm) = self.sets(resolve);
+        if *self != WeightsSource::Default {
+            for set in &mut sets {
+                set.ask_first = foreign(set);
+            }
+        }
+        (sets, confirm)
+    }
+
+    fn sets(&self, resolve: impl Fn(&str) -> String) -> (Vec<WeightSet>, Option<u64>) {
         match self {
             WeightsSource::Default => (
                 vec![
@@ -54,12 +72,14 @@ impl WeightsSource {
                         label: "CLIP-DINOiser bundle of this site".into(),
                         files: vec![remote(&resolve(SITE_BUNDLE))],
                         approx_bytes: None,
+                        ask_first: false,
                     },
                     WeightSet {
                         label: "OpenCLIP ViT-B/16 (Hugging Face) + CLIP-DINOiser head (GitHub)"
                             .into(),
                         files: vec![remote(HUB_CLIP), remote(HUB_CONFIG), remote(HUB_HEAD)],
                         approx_bytes: Some(HUB_APPROX_BYTES),
+                        ask_first: false,
                     },
                 ],
                 Some(CONFIRM_ABOVE_BYTES),
@@ -69,6 +89,7 @@ impl WeightsSource {
                     label: format!("Model bundle {}", file_name_of(url)),
                     files: vec![remote(&resolve(url))],
                     approx_bytes: None,
+                    ask_first: false,
                 }],
                 None,
             ),
@@ -91,6 +112,7 @@ impl WeightsSource {
                         ),
                         files,
                         approx_bytes: None,
+                        ask_first: false,
                     }],
                     None,
                 )
@@ -129,5 +151,66 @@ mod tests {
         s.apply(Action::DeclineDownload);
         assert_eq!(s.load, LoadPhase::Idle);
         assert!(!s.notice(Area::Weights).unwrap().error);
+    }
+
+    #[test]
+    fn weights_on_another_origin_wait_for_one_click() {
+        let page = |u: &str| {
+            if u.contains("://") {
+                u.to_string()
+            } else {
+                format!("http://127.0.0.1:8080/app/{u}")
+            }
+        };
+        let bundle = |u: &str| WeightsSource::Bundle(u.into()).candidates(page).0;
+        assert!(!bundle("models/m.gguf")[0].ask_first, "same origin");
+        assert!(!bundle("http://127.0.0.1:8080/other/m.gguf")[0].ask_first);
+        assert!(
+            bundle("http://localhost:8080/m.gguf")[0].ask_first,
+            "other host"
+        );
+        assert!(
+            bundle("http://127.0.0.1:9090/m.gguf")[0].ask_first,
+            "other port"
+        );
+        assert!(
+            bundle("https://127.0.0.1:8080/m.gguf")[0].ask_first,
+            "other scheme"
+        );
+        let pair = WeightsSource::Pair {
+            clip: "clip.safetensors".into(),
+            head: Some("https://huggingface.co/x/last.pt".into()),
+            config: None,
+        };
+        assert!(
+            pair.candidates(page).0[0].ask_first,
+            "one foreign file is enough"
+        );
+        // The default (this site's bundle, else the hub files after the large-download
+        // question) is loaded as before.
+        let (sets, confirm) = WeightsSource::Default.candidates(page);
+        assert!(sets.iter().all(|s| !s.ask_first));
+        assert_eq!(confirm, Some(CONFIRM_ABOVE_BYTES));
+        // The worker's question comes back as the offer.
+        let mut s = State::default();
+        s.apply(Action::WeightsRequested(1));
+        let set = bundle("https://huggingface.co/x/m.gguf").remove(0);
+        s.apply(Action::Worker(
+            Response::NeedsConfirmation {
+                id: 1,
+                set: set.clone(),
+                total_bytes: Some(350_000_000),
+                notes: vec![],
+            },
+            vec![],
+        ));
+        assert_eq!(
+            s.load,
+            LoadPhase::Offer {
+                set,
+                total_bytes: Some(350_000_000),
+                notes: vec![]
+            }
+        );
     }
 }

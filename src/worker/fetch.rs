@@ -22,13 +22,7 @@ fn scope() -> WorkerGlobalScope {
 }
 
 /// `host` of a URL, for messages.
-pub fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    rest.split(['/', '?', '#'])
-        .next()
-        .unwrap_or(rest)
-        .to_string()
-}
+pub use crate::url::host_of;
 
 pub fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)

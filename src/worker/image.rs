@@ -1,16 +1,20 @@
 //! Photo decoding in the worker with the browser's own decoders (`createImageBitmap`: every
-//! format the browser shows, EXIF orientation applied, off the UI thread), and high-quality
-//! downscaling to the processing size on an `OffscreenCanvas`.
+//! format the browser shows, EXIF orientation applied, off the UI thread), and resizing to the
+//! processing size with the model crate's bilinear (the upstream pipeline's), fed band by band
+//! from an `OffscreenCanvas`.
 //!
 //! Before decoding, the header is sniffed for the pixel size so that a gigantic image is
-//! refused with a message instead of exhausting the tab's memory.
+//! refused with a message instead of exhausting the tab's memory; after decoding, the bitmap's
+//! real size is checked against the same limit.
 
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
     Blob, ImageBitmap, ImageBitmapOptions, ImageOrientation, OffscreenCanvas,
-    OffscreenCanvasRenderingContext2d, ResizeQuality, WorkerGlobalScope,
+    OffscreenCanvasRenderingContext2d, WorkerGlobalScope,
 };
+
+use clipdino::pipeline::Rgba8Resize;
 
 use crate::transport::js_error_text;
 use crate::worker::fetch::{blob_prefix, mb};
@@ -31,28 +35,31 @@ pub struct Decoded {
     pub height: u32,
 }
 
-/// Check size limits from the file header (no decoding). A header we cannot read is left to
-/// the browser's decoder, which knows more formats.
-pub fn check_header(head: &[u8], name: &str) -> Result<(), String> {
-    if let Ok(size) = imagesize::blob_size(head) {
-        let px = size.width as u64 * size.height as u64;
-        if px > MAX_PIXELS {
-            return Err(format!(
-                "“{name}” is {} × {} pixels ({:.0} megapixels); the limit is {} megapixels. Please use a smaller copy.",
-                size.width,
-                size.height,
-                px as f64 / 1e6,
-                MAX_PIXELS / 1_000_000
-            ));
-        }
-        if px == 0 {
-            return Err(format!(
-                "“{name}” has no pixels (its header says {} × {}).",
-                size.width, size.height
-            ));
-        }
+/// The pixel limits for a photo of `width × height` (said by its header, or decoded).
+pub fn check_pixels(width: u64, height: u64, name: &str) -> Result<(), String> {
+    let px = width.saturating_mul(height);
+    if px > MAX_PIXELS {
+        return Err(format!(
+            "“{name}” is {width} × {height} pixels ({:.0} megapixels); the limit is {} megapixels. Please use a smaller copy.",
+            px as f64 / 1e6,
+            MAX_PIXELS / 1_000_000
+        ));
+    }
+    if px == 0 {
+        return Err(format!(
+            "“{name}” has no pixels (it says {width} × {height})."
+        ));
     }
     Ok(())
+}
+
+/// Check size limits from the file header (no decoding). A header we cannot read is left to
+/// the browser's decoder, which knows more formats; the decoded size is checked again.
+pub fn check_header(head: &[u8], name: &str) -> Result<(), String> {
+    match imagesize::blob_size(head) {
+        Ok(size) => check_pixels(size.width as u64, size.height as u64, name),
+        Err(_) => Ok(()),
+    }
 }
 
 pub async fn decode(blob: &Blob, name: &str) -> Result<Decoded, String> {
@@ -85,9 +92,12 @@ pub async fn decode(blob: &Blob, name: &str) -> Result<Decoded, String> {
             }
         })?
         .unchecked_into();
+    // The header may lie, sit beyond the sniffed prefix, or be in a format not sniffed: the
+    // decoded bitmap's own size is what counts.
     let (width, height) = (bitmap.width(), bitmap.height());
-    if width == 0 || height == 0 {
-        return Err(format!("“{name}” has no pixels."));
+    if let Err(e) = check_pixels(width as u64, height as u64, name) {
+        bitmap.close();
+        return Err(e);
     }
     Ok(Decoded {
         bitmap,
@@ -96,44 +106,63 @@ pub async fn decode(blob: &Blob, name: &str) -> Result<Decoded, String> {
     })
 }
 
-/// The photo resized to `w × h` as a `[3, h, w]` row-major f32 buffer in [0, 1]; transparent
-/// pixels are composited over white.
+/// Source pixels read from the canvas at a time while resizing (≈ 16 MB of RGBA).
+const BAND_PIXELS: usize = 4 << 20;
+
+/// The photo resized to `w × h` as a `[3, h, w]` row-major f32 buffer in [0, 1], with the
+/// model crate's bilinear resize (PyTorch's `align_corners=False`, no antialias: what the
+/// upstream pipeline does after PIL's decode, and what the CLI does), not the browser's
+/// filters. The full-size bitmap is read in bands of rows through a small canvas (1:1 copies,
+/// transparent pixels composited over white), so memory stays near the output size.
 pub async fn to_chw01(photo: &Decoded, w: u32, h: u32) -> Result<Vec<f32>, String> {
-    let resized = if (w, h) == (photo.width, photo.height) {
-        photo.bitmap.clone()
-    } else {
-        let opts = ImageBitmapOptions::new();
-        opts.set_resize_width(w);
-        opts.set_resize_height(h);
-        opts.set_resize_quality(ResizeQuality::High);
-        let p = scope()
-            .create_image_bitmap_with_image_bitmap_and_image_bitmap_options(&photo.bitmap, &opts)
-            .map_err(|e| js_error_text(&e))?;
-        JsFuture::from(p)
-            .await
-            .map_err(|e| js_error_text(&e))?
-            .unchecked_into()
-    };
-    let canvas = OffscreenCanvas::new(w, h).map_err(|e| js_error_text(&e))?;
+    let (iw, ih) = (photo.width as usize, photo.height as usize);
+    let (ow, oh) = (w as usize, h as usize);
+    let resize = Rgba8Resize::new(iw, ih, ow, oh).map_err(|e| e.to_string())?;
+    // Output rows per band, so that a band's source rows stay near BAND_PIXELS.
+    let per_band = ((BAND_PIXELS / iw.max(1)) * oh / ih.max(1)).clamp(1, oh);
+    let bands: Vec<_> = (0..oh)
+        .step_by(per_band)
+        .map(|y| {
+            let rows = y..(y + per_band).min(oh);
+            (resize.source_rows(rows.clone()), rows)
+        })
+        .collect();
+    let tallest = bands.iter().map(|(src, _)| src.len()).max().unwrap_or(1);
+    let canvas =
+        OffscreenCanvas::new(photo.width, tallest as u32).map_err(|e| js_error_text(&e))?;
     let ctx: OffscreenCanvasRenderingContext2d = canvas
         .get_context("2d")
         .map_err(|e| js_error_text(&e))?
         .ok_or("no 2d context on OffscreenCanvas")?
         .unchecked_into();
+    ctx.set_image_smoothing_enabled(false);
     ctx.set_fill_style_str("#fff");
-    ctx.fill_rect(0.0, 0.0, w as f64, h as f64);
-    ctx.draw_image_with_image_bitmap(&resized, 0.0, 0.0)
+    let mut out = vec![0f32; 3 * ow * oh];
+    for (src, rows) in bands {
+        let n = src.len() as f64;
+        let width = iw as f64;
+        ctx.fill_rect(0.0, 0.0, width, n);
+        ctx.draw_image_with_image_bitmap_and_sw_and_sh_and_dx_and_dy_and_dw_and_dh(
+            &photo.bitmap,
+            0.0,
+            src.start as f64,
+            width,
+            n,
+            0.0,
+            0.0,
+            width,
+            n,
+        )
         .map_err(|e| js_error_text(&e))?;
-    let data = ctx
-        .get_image_data(0.0, 0.0, w as f64, h as f64)
-        .map_err(|e| js_error_text(&e))?
-        .data();
-    let n = (w * h) as usize;
-    let mut out = vec![0f32; 3 * n];
-    for (i, px) in data.0.chunks_exact(4).enumerate().take(n) {
-        out[i] = px[0] as f32 / 255.0;
-        out[n + i] = px[1] as f32 / 255.0;
-        out[2 * n + i] = px[2] as f32 / 255.0;
+        let band = ctx
+            .get_image_data(0.0, 0.0, width, n)
+            .map_err(|e| js_error_text(&e))?
+            .data();
+        resize
+            .run_band(&band.0, src, rows, &mut out)
+            .map_err(|e| e.to_string())?;
+        // Each band is a chunk of synchronous work: let messages in between.
+        super::yield_now().await;
     }
     Ok(out)
 }
@@ -162,6 +191,12 @@ mod tests {
         assert!(check_header(&png_header(0, 10), "z.png")
             .unwrap_err()
             .contains("no pixels"));
+        // The decoded size goes through the same check.
+        assert!(check_pixels(10_000, 10_000, "a").is_ok());
+        assert!(check_pixels(10_001, 10_000, "b")
+            .unwrap_err()
+            .contains("the limit is 100 megapixels"));
+        assert!(check_pixels(u64::MAX, 2, "c").is_err(), "no overflow");
         // Unknown headers are left to the browser's decoder.
         assert!(check_header(b"hello, this is text", "x.txt").is_ok());
         assert!(check_header(&[], "empty").is_ok());

@@ -14,8 +14,8 @@ use super::model::Model;
 use super::scheduler::{FeatureKey, Job, Slot};
 use super::{fetch, label_cache, now_ms, post, post_error, progress, yield_now, Shared};
 use crate::protocol::{
-    Att, ErrorContext, ImageInput, ImageRequest, KMeansRequest, Mode, Response, SegmentRequest,
-    Stage,
+    Att, ErrorContext, Fault, ImageInput, ImageRequest, KMeansRequest, Mode, Response,
+    SegmentRequest, Stage,
 };
 use crate::transport::buffer_of;
 use crate::url::file_name_of;
@@ -107,7 +107,13 @@ async fn encode(shared: &Shared, key: FeatureKey, photo: &Decoded, for_id: u64) 
         Err(e) => return failed(format!("The photo could not be resized: {e}")),
     };
     let mut last = 0.0;
+    let fault = shared.borrow_mut().fault.take();
     let mut report = |p: clipdino::pipeline::Progress| {
+        if p.block >= 1 {
+            if let Some(f) = fault {
+                crash(f);
+            }
+        }
         let now = now_ms();
         let done = (p.window * p.blocks + p.block) as u64;
         let total = (p.windows * p.blocks) as u64;
@@ -310,5 +316,16 @@ fn kmeans(shared: &Shared, request: &KMeansRequest, feats: &ImageFeatures) {
             ErrorContext::KMeans,
             format!("K-Means failed: {e}"),
         ),
+    }
+}
+
+/// Crash as asked by a page test ([`crate::protocol::Request::InjectFault`]), the way real
+/// crashes happen: a panic, or the abort of a failed allocation (no panic, no message).
+fn crash(fault: Fault) {
+    match fault {
+        Fault::Panic => panic!("fault injected by the page (debug-worker)"),
+        Fault::OutOfMemory => {
+            std::alloc::handle_alloc_error(std::alloc::Layout::new::<[u8; 1 << 30]>())
+        }
     }
 }

@@ -5,8 +5,8 @@
 //! L2-normalised vector (`embed_dim` f32) plus whether a prompt was cut to the context length.
 //!
 //! The key names everything the vector depends on (see [`entry_key`]): a fingerprint of the
-//! loaded weight files and the tokenizer (content hashes, so a different model never gets
-//! stale vectors) and the model's compute path, [`EMBED_CACHE_VERSION`], the template set
+//! loaded weight files and the tokenizer (SHA-256 digests, so a different model — even one
+//! crafted by whoever wrote a share link — never gets or plants vectors) and the model's compute path, [`EMBED_CACHE_VERSION`], the template set
 //! (name and a hash of its texts) and the exact label. Entries are validated on read (length, finite values). Storage is only an
 //! optimisation: every failure (no Cache API in this context, private mode, quota, a corrupt
 //! or slow entry) means "not stored", and the label is computed as if the cache were empty.
@@ -19,6 +19,7 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 use web_sys::{Blob, Cache, WorkerGlobalScope};
 
 use clipdino::templates::TemplateSet;
+use sha2::{Digest, Sha256};
 
 use super::fetch;
 use crate::url::percent_encode;
@@ -44,54 +45,41 @@ const HEADER: usize = 5;
 // ---------------------------------------------------------------------------------------------
 // Keys (pure)
 
-/// 64-bit hash of `bytes`, fast enough for a whole weight file (8 bytes per step). Each step
-/// is a bijection of the state, so two inputs of the same length that differ in one 8-byte
-/// word always hash differently.
-pub fn content_hash(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h = 0x9e37_79b9_7f4a_7c15 ^ bytes.len() as u64;
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(w);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(a)).wrapping_mul(K);
-    }
-    let mut tail = [0u8; 8];
-    tail[..words.remainder().len()].copy_from_slice(words.remainder());
-    h = (h.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(K);
-    finish(h)
+/// SHA-256 of `bytes`, as lower-case hex. The key of an embedding is derived from digests of
+/// what produced it, so a model loaded from some link can never write vectors that another
+/// model later reads back: forging an entry would need a SHA-256 collision.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
-/// splitmix64's finaliser: spreads every input bit over the output.
-fn finish(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn combine(h: u64, v: u64) -> u64 {
-    finish(h.rotate_left(17) ^ v)
-}
-
-/// Fingerprint of a loaded model: names, sizes and content hashes of its weight files (in
-/// order) and the tokenizer file's hash. Text: `<hash hex>-<total bytes>`.
-pub fn weights_fingerprint(files: &[(String, Vec<u8>)], tokenizer_hash: u64) -> String {
-    let mut h = combine(0, tokenizer_hash);
+/// Fingerprint of a loaded model: SHA-256 over the tokenizer file's digest and, per weight file
+/// in order, its name, byte length and content digest (each part length-prefixed, so no two
+/// lists of files serialise alike). Text: `<sha-256 hex>-<total bytes>`.
+pub fn weights_fingerprint(files: &[(String, Vec<u8>)], tokenizer_hash: &str) -> String {
+    let mut h = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    part(tokenizer_hash.as_bytes());
     let mut total = 0u64;
     for (name, bytes) in files {
-        h = combine(h, content_hash(name.as_bytes()));
-        h = combine(h, bytes.len() as u64);
-        h = combine(h, content_hash(bytes));
+        part(name.as_bytes());
+        part(&Sha256::digest(bytes));
         total += bytes.len() as u64;
     }
-    format!("{h:016x}-{total}")
+    format!("{}-{total}", hex(&h.finalize()))
 }
 
 /// The template set as a key part: its name and a hash of its texts, so that an edited
 /// template list misses on its own.
 fn templates_part(set: TemplateSet) -> String {
     let text = set.templates().join("\n");
-    format!("{}-{:016x}", set.name(), content_hash(text.as_bytes()))
+    format!("{}-{}", set.name(), &content_hash(text.as_bytes())[..16])
 }
 
 /// Cache key (an `https:` URL, as the Cache API requires; never fetched) of one label's
@@ -270,19 +258,42 @@ mod tests {
             "m.gguf".to_string(),
             (0..100_003u32).map(|i| i as u8).collect::<Vec<u8>>(),
         )];
-        let fa = weights_fingerprint(&a, 1);
-        assert_eq!(fa, weights_fingerprint(&a.clone(), 1), "deterministic");
+        let fa = weights_fingerprint(&a, "t1");
+        assert_eq!(fa, weights_fingerprint(&a.clone(), "t1"), "deterministic");
         assert!(fa.ends_with("-100003"), "{fa}");
+        assert_eq!(
+            fa.len(),
+            64 + "-100003".len(),
+            "a full SHA-256 digest: {fa}"
+        );
         let mut b = a.clone();
         b[0].1[50_000] ^= 1; // one bit deep inside, same length
-        assert_ne!(weights_fingerprint(&b, 1), fa);
+        assert_ne!(weights_fingerprint(&b, "t1"), fa);
         let mut c = a.clone();
-        *c[0].1.last_mut().unwrap() ^= 0x80; // in the tail shorter than a word
-        assert_ne!(weights_fingerprint(&c, 1), fa);
-        assert_ne!(weights_fingerprint(&a, 2), fa, "tokenizer");
+        *c[0].1.last_mut().unwrap() ^= 0x80;
+        assert_ne!(weights_fingerprint(&c, "t1"), fa);
+        assert_ne!(weights_fingerprint(&a, "t2"), fa, "tokenizer");
         let mut d = a.clone();
         d[0].0 = "n.gguf".into();
-        assert_ne!(weights_fingerprint(&d, 1), fa, "file name");
-        assert_ne!(content_hash(b""), content_hash(b"\0"), "length counts");
+        assert_ne!(weights_fingerprint(&d, "t1"), fa, "file name");
+        // Moving bytes between a name and a file, or between files, changes the key.
+        let split = |n: &str, x: &[u8], m: &str, y: &[u8]| {
+            weights_fingerprint(&[(n.into(), x.to_vec()), (m.into(), y.to_vec())], "t")
+        };
+        assert_ne!(split("a", b"bc", "d", b""), split("a", b"b", "cd", b""));
+        assert_ne!(split("a", b"bc", "d", b"e"), split("a", b"b", "c", b"de"));
+    }
+
+    #[test]
+    fn content_hash_is_sha256() {
+        // FIPS 180-2 test vectors.
+        assert_eq!(
+            content_hash(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            content_hash(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -125,18 +125,18 @@ pub(super) async fn load_urls(
         return post_error(Some(id), ErrorContext::Weights, msg);
     };
     if !cached {
-        if let (Some(limit), Some(t)) = (confirm_above, total.or(set.approx_bytes)) {
-            if t > limit {
-                return post(
-                    &Response::NeedsConfirmation {
-                        id,
-                        set,
-                        total_bytes: Some(t),
-                        notes,
-                    },
-                    vec![],
-                );
-            }
+        let total = total.or(set.approx_bytes);
+        let large = matches!((confirm_above, total), (Some(limit), Some(t)) if t > limit);
+        if large || set.ask_first {
+            return post(
+                &Response::NeedsConfirmation {
+                    id,
+                    set,
+                    total_bytes: total,
+                    notes,
+                },
+                vec![],
+            );
         }
     }
     let started = now_ms();
@@ -286,7 +286,7 @@ async fn install(
     let total = info.bytes;
     progress(id, Stage::Build, None, total, Some(total), info.from_cache);
     yield_now().await;
-    let fingerprint = label_cache::weights_fingerprint(&files, shared.borrow().tokenizer_hash);
+    let fingerprint = label_cache::weights_fingerprint(&files, &shared.borrow().tokenizer_hash);
     match Model::build(files, tok, info) {
         Ok(m) => {
             let info = m.info.clone();

@@ -36,8 +36,8 @@ use clipdino::pipeline::ImageFeatures;
 use clipdino::tokenizer::ClipTokenizer;
 
 use crate::protocol::{
-    from_json, to_json, Att, ErrorContext, ImageInput, LocalFile, Progress, Request, RequestId,
-    Response, Stage,
+    from_json, to_json, Att, ErrorContext, Fault, ImageInput, LocalFile, Progress, Request,
+    RequestId, Response, Stage,
 };
 use crate::transport::{pack, unpack};
 use model::Model;
@@ -53,8 +53,8 @@ struct State {
     /// with it): the model part of the label cache keys.
     model_fingerprint: String,
     tokenizer: Option<ClipTokenizer>,
-    /// [`label_cache::content_hash`] of the tokenizer file.
-    tokenizer_hash: u64,
+    /// [`label_cache::content_hash`] (SHA-256) of the tokenizer file.
+    tokenizer_hash: String,
     /// Image encodes done; labels run through the text tower; labels read back from browser
     /// storage (the page shows them; the page tests read them).
     encodes: u64,
@@ -62,6 +62,8 @@ struct State {
     label_loads: u64,
     /// The job loop runs.
     pumping: bool,
+    /// A crash the next image encode performs (test hook, [`Request::InjectFault`]).
+    fault: Option<Fault>,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -117,12 +119,14 @@ async fn yield_now() {
 
 /// Worker entry point (called by `src/bin/worker.rs`).
 pub fn start() {
-    // A bug must not leave the page waiting forever: say so, then log as usual.
+    // A bug must not leave the page waiting forever: these last words reach the page before
+    // the trap that follows, and the page starts a fresh worker.
     std::panic::set_hook(Box::new(|info| {
-        post_error(
-            None,
-            ErrorContext::Worker,
-            format!("The model worker crashed ({info}). Reload the page to start it again."),
+        post(
+            &Response::Panicked {
+                message: format!("The model worker crashed ({info})."),
+            },
+            vec![],
         );
         console_error_panic_hook::hook(info);
     }));
@@ -202,5 +206,6 @@ fn on_message(shared: &Shared, ev: MessageEvent) {
             let info = threads::configure(wanted).await;
             post(&Response::Threads { id: Some(id), info }, vec![]);
         }),
+        Request::InjectFault { fault, .. } => shared.borrow_mut().fault = Some(fault),
     }
 }

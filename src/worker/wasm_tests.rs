@@ -128,7 +128,7 @@ async fn label_embeddings_are_stored_keyed_and_validated() {
     let cache = label_cache::open()
         .await
         .expect("Cache API in a dedicated worker");
-    let fp = label_cache::weights_fingerprint(&[("m.gguf".into(), vec![1, 2, 3])], 9);
+    let fp = label_cache::weights_fingerprint(&[("m.gguf".into(), vec![1, 2, 3])], "9");
     let values: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin() / 16.0).collect();
     let key = entry_key(&fp, V, TemplateSet::Full, "red cat");
     assert_eq!(
@@ -149,7 +149,7 @@ async fn label_embeddings_are_stored_keyed_and_validated() {
     assert!(label_cache::load(&again, &key, 512).await.is_some());
 
     // Anything else in the key misses.
-    let other_fp = label_cache::weights_fingerprint(&[("m.gguf".into(), vec![1, 2, 4])], 9);
+    let other_fp = label_cache::weights_fingerprint(&[("m.gguf".into(), vec![1, 2, 4])], "9");
     for k in [
         entry_key(&other_fp, V, TemplateSet::Full, "red cat"),
         entry_key(&fp, V + 1, TemplateSet::Full, "red cat"),

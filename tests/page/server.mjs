@@ -54,6 +54,8 @@ function sendFile(req, res, file, { throttle = false, isolate = true } = {}) {
   }
   res.writeHead(200, {
     'content-type': typeOf(file), 'content-length': stat.size, 'cache-control': 'no-cache',
+    // Readable from other origins (a page on another port loads weights from here).
+    'access-control-allow-origin': '*',
     ...(isolate ? ISOLATION : {}),
   });
   if (req.method === 'HEAD') return res.end();

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use resize::{resize_bilinear, resize_bilinear_vec, short_side_size};
+pub use resize::{resize_bilinear, resize_bilinear_vec, short_side_size, Rgba8Resize};
 pub use window::{plan, slide_windows, PixelBox, Plan, Window, MAX_TOTAL_PATCHES};
 
 use crate::clip::{self, ClipModel};

@@ -157,6 +157,106 @@ pub fn resize_bilinear(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (c, oh, ow), x.device())?)
 }
 
+/// Bilinear resize of an 8-bit RGBA image (as a browser's `getImageData` gives it) to a
+/// `[3, oh, ow]` RGB map in [0, 1], band by band: the caller hands over only the source rows a
+/// band of output rows needs ([`Rgba8Resize::source_rows`]), so a large photo is never held
+/// as floats, nor whole. The numbers are exactly those of [`resize_bilinear_vec`] on the image
+/// converted with `byte as f32 / 255.0` (alpha ignored: the caller composites first).
+#[derive(Debug, Clone)]
+pub struct Rgba8Resize {
+    iw: usize,
+    ih: usize,
+    ow: usize,
+    oh: usize,
+    ty: Taps,
+    tx: Taps,
+}
+
+impl Rgba8Resize {
+    pub fn new(iw: usize, ih: usize, ow: usize, oh: usize) -> Result<Self> {
+        if ih == 0 || iw == 0 || oh == 0 || ow == 0 {
+            return Err(Error::invalid(
+                "resize",
+                format!("empty size {ih}×{iw} → {oh}×{ow}"),
+            ));
+        }
+        Ok(Self {
+            iw,
+            ih,
+            ow,
+            oh,
+            ty: Taps::new(ih, oh),
+            tx: Taps::new(iw, ow),
+        })
+    }
+
+    /// The output size `(ow, oh)`.
+    pub fn output(&self) -> (usize, usize) {
+        (self.ow, self.oh)
+    }
+
+    /// The source rows that output rows `out_rows` read.
+    pub fn source_rows(&self, out_rows: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let rows = out_rows.start.min(self.oh)..out_rows.end.min(self.oh);
+        if rows.is_empty() {
+            return 0..0;
+        }
+        // Taps are monotonic in the output index.
+        self.ty.i0[rows.start]..self.ty.i1[rows.end - 1] + 1
+    }
+
+    /// Fill output rows `out_rows` of `out` (`[3, oh, ow]`, row-major) from `band`: the RGBA
+    /// bytes of source rows `src` (`4·iw` bytes per row), which must cover
+    /// [`Self::source_rows`]`(out_rows)`.
+    pub fn run_band(
+        &self,
+        band: &[u8],
+        src: std::ops::Range<usize>,
+        out_rows: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (iw, plane) = (self.iw, self.oh * self.ow);
+        let need = self.source_rows(out_rows.clone());
+        if out_rows.end > self.oh
+            || src.end > self.ih
+            || need.start < src.start
+            || need.end > src.end
+            || band.len() != src.len() * 4 * iw
+            || out.len() != 3 * plane
+        {
+            return Err(Error::invalid(
+                "resize",
+                format!(
+                    "band of rows {src:?} ({} bytes) for output rows {out_rows:?} of {}×{} → {}×{}",
+                    band.len(),
+                    self.ih,
+                    iw,
+                    self.oh,
+                    self.ow
+                ),
+            ));
+        }
+        let row = |i: usize| &band[(i - src.start) * 4 * iw..][..4 * iw];
+        let mut tmp = vec![0f32; iw];
+        for ch in 0..3 {
+            for y in out_rows.clone() {
+                let (r0, r1) = (row(self.ty.i0[y]), row(self.ty.i1[y]));
+                let (a, b) = (self.ty.l0[y], self.ty.l1[y]);
+                for (x, t) in tmp.iter_mut().enumerate() {
+                    let p = r0[4 * x + ch] as f32 / 255.0;
+                    let q = r1[4 * x + ch] as f32 / 255.0;
+                    *t = a * p + b * q;
+                }
+                let o = &mut out[ch * plane + y * self.ow..][..self.ow];
+                for (x, o) in o.iter_mut().enumerate() {
+                    *o = self.tx.l0[x] * tmp[self.tx.i0[x]] + self.tx.l1[x] * tmp[self.tx.i1[x]];
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `(height, width)` after scaling the short side to `short` and keeping the aspect ratio,
 /// as mmcv `rescale_size` (the upstream test pipeline's `Resize`, keep_ratio):
 /// `scale = short / min(h, w)`, each side `int(side · scale + 0.5)`.
@@ -249,5 +349,69 @@ mod tests {
         assert!(resize_bilinear(&t, 4, 4).is_err());
         let t = Tensor::ones((1, 2, 2), DType::F32, &candle_core::Device::Cpu).unwrap();
         assert_eq!(resize_bilinear(&t, 3, 5).unwrap().dims(), &[1, 3, 5]);
+    }
+
+    /// `resize_bilinear_vec` on the image as floats (`byte / 255`), the reference.
+    fn reference(rgba: &[u8], iw: usize, ih: usize, ow: usize, oh: usize) -> Vec<f32> {
+        let n = iw * ih;
+        let mut chw = vec![0f32; 3 * n];
+        for (i, px) in rgba.chunks_exact(4).enumerate() {
+            for c in 0..3 {
+                chw[c * n + i] = px[c] as f32 / 255.0;
+            }
+        }
+        resize_bilinear_vec(&chw, 3, ih, iw, oh, ow).unwrap()
+    }
+
+    #[test]
+    fn rgba8_bands_equal_the_float_resize_bit_for_bit() {
+        let mut seed = 7u32;
+        let mut byte = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 24) as u8
+        };
+        // Down (strong and mild), up, one axis each way, 1-pixel edges, identity.
+        for (iw, ih, ow, oh) in [
+            (97, 61, 23, 15),
+            (40, 30, 33, 25),
+            (13, 9, 31, 20),
+            (50, 7, 20, 11),
+            (1, 17, 3, 5),
+            (17, 1, 4, 1),
+            (12, 8, 12, 8),
+        ] {
+            let rgba: Vec<u8> = (0..iw * ih * 4).map(|_| byte()).collect();
+            let want = reference(&rgba, iw, ih, ow, oh);
+            let r = Rgba8Resize::new(iw, ih, ow, oh).unwrap();
+            for band in [1, 4, oh] {
+                let mut out = vec![f32::NAN; 3 * ow * oh];
+                for y0 in (0..oh).step_by(band) {
+                    let rows = y0..(y0 + band).min(oh);
+                    let src = r.source_rows(rows.clone());
+                    let bytes = &rgba[src.start * 4 * iw..src.end * 4 * iw];
+                    r.run_band(bytes, src, rows, &mut out).unwrap();
+                }
+                assert!(
+                    out.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{iw}×{ih} → {ow}×{oh} in bands of {band}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rgba8_bands_are_checked() {
+        let r = Rgba8Resize::new(8, 8, 4, 4).unwrap();
+        let mut out = vec![0f32; 3 * 16];
+        let need = r.source_rows(0..2);
+        assert!(need.start == 0 && need.end >= 2);
+        // A band that misses a needed row, a short band, rows past the end.
+        assert!(r.run_band(&[0; 4 * 8], 0..1, 0..2, &mut out).is_err());
+        assert!(r.run_band(&[0; 3], need.clone(), 0..2, &mut out).is_err());
+        assert!(r.run_band(&[0; 4 * 8 * 8], 0..8, 3..5, &mut out).is_err());
+        assert!(Rgba8Resize::new(0, 8, 4, 4).is_err());
+        assert_eq!(r.source_rows(4..9), 0..0);
     }
 }
