@@ -1452,3 +1452,84 @@ fn full_size_vit_b_16_random_weights_segment_at_224() {
     assert_eq!(read_npy(&s.path("dump/refined.npy")).shape, [14, 19, 512]);
     eprintln!("ViT-B/16 random weights: generate + write {t_gen:.1} s, segment (load + run) {t_seg:.1} s\n{out}");
 }
+
+/// The commands of the VOC evaluation workflow (scripts/eval-voc.sh), on random weights and a
+/// VOC-devkit-layout folder made of the VOC sample: the val list picks the images, the table
+/// holds both mIoUs (equal to what `eval` reports) beside the paper's.
+#[test]
+fn voc_eval_script_scores_the_val_list_with_upstream_files_and_a_bundle() {
+    let s = Scratch::new("voc-eval");
+    for d in [
+        "VOC2012/JPEGImages",
+        "VOC2012/SegmentationClass",
+        "VOC2012/ImageSets/Segmentation",
+    ] {
+        fs::create_dir_all(s.path(d)).unwrap();
+    }
+    // Two val images (one listed twice would be a bug; a train image must be left out).
+    for id in ["2007_000001", "2007_000002", "2007_000003"] {
+        fs::copy(voc_image(), s.path(&format!("VOC2012/JPEGImages/{id}.jpg"))).unwrap();
+        fs::copy(
+            fixture("voc/masks/voc_sample.png"),
+            s.path(&format!("VOC2012/SegmentationClass/{id}.png")),
+        )
+        .unwrap();
+    }
+    fs::write(
+        s.path("VOC2012/ImageSets/Segmentation/val.txt"),
+        "2007_000001\r\n2007_000003\n",
+    )
+    .unwrap();
+    let bundle = s.s("clip-dinoiser-q8_0.gguf");
+    let mut a: Vec<String> = vec!["convert".into()];
+    a.extend(tiny_args());
+    a.extend(["--quant", "q8_0", "--out", &bundle].map(String::from));
+    ok(&run(&a));
+    let script = repo().join("scripts/eval-voc.sh");
+    let eval = |out: &str| {
+        Command::new("bash")
+            .arg(&script)
+            .arg(s.path("VOC2012"))
+            .arg(tiny())
+            .arg(&bundle)
+            .arg(s.path(out))
+            .env("CLIPDINO", BIN)
+            .output()
+            .expect("run the VOC evaluation script")
+    };
+    let table = ok(&eval("report"));
+    let read_json = |f: &str| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(s.path(f)).unwrap()).unwrap()
+    };
+    let up = read_json("report/voc21-upstream.json");
+    let b = read_json("report/voc21-bundle.json");
+    assert_eq!(up["images"], 2, "{up}");
+    assert_eq!(b["images"], 2, "{b}");
+    let md = fs::read_to_string(s.path("report/voc21.md")).unwrap();
+    assert_eq!(md, table);
+    assert!(md.contains("all 2 val images"), "{md}");
+    for (row, v) in [
+        ("| upstream files (f32) | f32 |", &up),
+        ("| clip-dinoiser-q8_0.gguf | int |", &b),
+    ] {
+        let want = format!("{row} {:.2} |", v["mIoU"].as_f64().unwrap());
+        assert!(md.contains(&want), "{want:?} not in\n{md}");
+    }
+    assert!(md.contains("| 62.1 |"), "{md}");
+    assert!(
+        !s.files().iter().any(|f| f.contains(".voc.")),
+        "{:?}",
+        s.files()
+    );
+
+    // A val list naming a missing image: one error line naming the file, no report.
+    fs::write(
+        s.path("VOC2012/ImageSets/Segmentation/val.txt"),
+        "2007_000009\n",
+    )
+    .unwrap();
+    let o = eval("broken");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("2007_000009.jpg"), "{}", stderr(&o));
+    assert!(!s.path("broken/voc21.md").exists());
+}
