@@ -1,6 +1,6 @@
 //! `clipdino`: the native command line of the clipdino model crate — convert weights to the
 //! browser's GGUF bundle, generate random weights in the upstream formats, segment an image,
-//! evaluate mIoU on a folder of masks, and benchmark.
+//! evaluate mIoU on a folder of masks, benchmark, and split a bundle into parts for static hosts.
 //!
 //! Errors are printed as one line in words on stderr with a non-zero exit code; outputs are
 //! written through temporary files so nothing is ever left half-written.
@@ -16,6 +16,7 @@ mod photo;
 mod progress;
 mod random_weights;
 mod segment;
+mod split;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Time each stage of the pipeline.
     Bench(bench::BenchArgs),
+    /// Cut a bundle into parts for hosts with a file-size limit, plus their manifest.
+    Split(split::SplitArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Segment(a) => segment::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Split(a) => split::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,7 @@ pub mod loaders;
 pub mod metrics;
 pub mod overlay;
 pub mod par;
+pub mod parts;
 pub mod pipeline;
 mod rng;
 pub mod templates;
