@@ -28,12 +28,8 @@ export function checkDist() {
   }
 }
 
-/** Run the `clipdino` CLI: `$CLIPDINO_CLI` when set (a built binary), else the release build. */
 function cli(args) {
-  const [cmd, pre] = process.env.CLIPDINO_CLI
-    ? [process.env.CLIPDINO_CLI, []]
-    : ['cargo', ['run', '--quiet', '--release', '--locked', '-p', 'clipdino-cli', '--']];
-  execFileSync(cmd, [...pre, ...args], {
+  execFileSync('cargo', ['run', '--quiet', '--release', '--locked', '-p', 'clipdino-cli', '--', ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'inherit', 'inherit'],
   });
