@@ -59,20 +59,6 @@ pub fn file_name_of(url: &str) -> String {
     }
 }
 
-/// The URL of a file named in a parts manifest (`clipdino::parts`): `file` replaces the last
-/// path segment of `manifest_url` (query and fragment dropped). The manifest only admits plain
-/// file names, so the result is in the manifest's folder, on its origin.
-pub fn sibling_url(manifest_url: &str, file: &str) -> String {
-    let path = manifest_url
-        .split(['?', '#'])
-        .next()
-        .unwrap_or(manifest_url);
-    match path.rfind('/') {
-        Some(i) => format!("{}{}", &path[..=i], percent_encode(file)),
-        None => percent_encode(file),
-    }
-}
-
 /// A site-relative URL resolved against the page's base URL (works under any sub-path). UI
 /// thread only (it reads the document).
 pub fn resolve(rel: &str) -> String {
@@ -120,24 +106,6 @@ mod tests {
         assert_eq!(
             percent_encode("a/b ü&~x.y_z-!"),
             "a%2Fb%20%C3%BC%26~x.y_z-%21"
-        );
-    }
-
-    #[test]
-    fn parts_sit_next_to_their_manifest() {
-        assert_eq!(
-            sibling_url(
-                "https://h.example/app/models/m.parts.json?v=2#x",
-                "m.part-000"
-            ),
-            "https://h.example/app/models/m.part-000"
-        );
-        assert_eq!(sibling_url("m.parts.json", "m.part-001"), "m.part-001");
-        // Only plain names reach this (the manifest refuses others); any other byte stays
-        // inside the last segment, escaped.
-        assert_eq!(
-            sibling_url("https://h/a/m.parts.json", "x/../y"),
-            "https://h/a/x%2F..%2Fy"
         );
     }
 

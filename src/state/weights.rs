@@ -8,10 +8,8 @@ use crate::url::file_name_of;
 /// Ask before downloading more than this many bytes that are not cached.
 pub const CONFIRM_ABOVE_BYTES: u64 = 200 * 1024 * 1024;
 
-/// The bundle a site may publish beside the app (relative to the page): in parts with their
-/// manifest (`clipdino split`, for hosts with a file-size limit), tried first, or as one file.
-pub const SITE_PARTS: &str = "models/clip-dinoiser.parts.json";
-pub const SITE_BUNDLE: &str = "models/clip-dinoiser.gguf";
+/// The bundle a site may publish beside the app (relative to the page).
+pub const SITE_BUNDLE: &str = "models/clip-dinoiser-q4_0.gguf";
 /// Public upstream files (they send CORS headers), see METHOD.md.
 pub const HUB_CLIP: &str =
     "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_model.safetensors";
@@ -28,7 +26,7 @@ pub enum WeightsSource {
     /// This site's bundle if present, else the public hub files (asks first: ≈ 600 MB).
     #[default]
     Default,
-    /// `model=<url>`: a GGUF bundle, or the manifest of one in parts (`….parts.json`).
+    /// `model=<url>`: a GGUF bundle.
     Bundle(String),
     /// `clip=<url>&head=<url>[&config=<url>]`: upstream files.
     Pair {
@@ -52,11 +50,6 @@ impl WeightsSource {
         match self {
             WeightsSource::Default => (
                 vec![
-                    WeightSet {
-                        label: "CLIP-DINOiser bundle of this site (in parts)".into(),
-                        files: vec![remote(&resolve(SITE_PARTS))],
-                        approx_bytes: None,
-                    },
                     WeightSet {
                         label: "CLIP-DINOiser bundle of this site".into(),
                         files: vec![remote(&resolve(SITE_BUNDLE))],
@@ -120,17 +113,13 @@ mod tests {
         assert_eq!(confirm, Some(CONFIRM_ABOVE_BYTES));
         assert_eq!(
             sets[0].files[0].url,
-            "http://h/app/models/clip-dinoiser.parts.json"
+            "http://h/app/models/clip-dinoiser-q4_0.gguf"
         );
-        assert_eq!(
-            sets[1].files[0].url,
-            "http://h/app/models/clip-dinoiser.gguf"
-        );
-        assert_eq!(sets[2].files.len(), 3);
+        assert_eq!(sets[1].files.len(), 3);
         s.apply(Action::Worker(
             Response::NeedsConfirmation {
                 id: 1,
-                set: sets[2].clone(),
+                set: sets[1].clone(),
                 total_bytes: Some(HUB_APPROX_BYTES),
                 notes: vec![],
             },

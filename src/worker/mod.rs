@@ -19,7 +19,6 @@ mod jobs;
 mod label_cache;
 mod loading;
 mod model;
-mod parts;
 pub mod scheduler;
 pub mod threads;
 #[cfg(all(test, target_arch = "wasm32"))]
