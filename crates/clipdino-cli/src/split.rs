@@ -48,7 +48,7 @@ pub fn parse_size(text: &str) -> Result<u64> {
         .parse()
         .map_err(|_| anyhow!("--part-size {text:?} is not a size such as 24MiB or 25000000"))?;
     let bytes = (value * mult as f64).floor();
-    if !(bytes >= 1.0) {
+    if bytes < 1.0 {
         bail!("--part-size {text:?} must be at least 1 byte");
     }
     if bytes > parts::MAX_PART_BYTES as f64 {
