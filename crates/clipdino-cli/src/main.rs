@@ -1,6 +1,7 @@
 //! `clipdino`: the native command line of the clipdino model crate — convert weights to the
 //! browser's GGUF bundle, generate random weights in the upstream formats, segment an image,
-//! evaluate mIoU on a folder of masks, benchmark, and verify a bundle against the upstream weights.
+//! evaluate mIoU on a folder of masks, benchmark, verify a bundle against the upstream weights,
+//! and split a bundle into parts for static hosts.
 //!
 //! Errors are printed as one line in words on stderr with a non-zero exit code; outputs are
 //! written through temporary files so nothing is ever left half-written.
@@ -16,6 +17,7 @@ mod photo;
 mod progress;
 mod random_weights;
 mod segment;
+mod split;
 mod verify;
 
 use std::process::ExitCode;
@@ -48,6 +50,8 @@ enum Command {
     /// Check bundles against the upstream weights (or another bundle) on photos: feature
     /// cosines, label-map agreement, times; optionally a pass/fail threshold.
     Verify(verify::VerifyArgs),
+    /// Cut a bundle into parts for hosts with a file-size limit, plus their manifest.
+    Split(split::SplitArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Split(a) => split::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -763,6 +763,149 @@ fn eval_bad_inputs() {
 // bad input to segment and convert: one line in words, exit code ≠ 0, nothing written
 // =========================================================================================
 
+#[test]
+fn split_writes_parts_and_a_manifest_that_reassemble_the_bundle() {
+    use sha2::{Digest, Sha256};
+    let hex = |b: &[u8]| format!("{:x}", Sha256::digest(b));
+    let s = Scratch::new("split");
+    let bundle = s.path("clip-dinoiser.gguf");
+    fs::rename(tiny_bundle(&s, "q8_0"), &bundle).unwrap();
+    let original = fs::read(&bundle).unwrap();
+    let part = original.len() / 3 + 1;
+    let out = ok(&run(&[
+        "split".to_string(),
+        bundle.display().to_string(),
+        "--part-size".into(),
+        part.to_string(),
+        "--out".into(),
+        s.s("site/models"),
+    ]));
+    assert!(out.contains("3 part(s)"), "{out}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.path("site/models/clip-dinoiser.parts.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["format"], "clipdino-parts");
+    assert_eq!(m["version"], 1);
+    assert_eq!(m["name"], "clip-dinoiser.gguf");
+    assert_eq!(m["size"], original.len() as u64);
+    assert_eq!(m["sha256"], hex(&original));
+    let mut joined = Vec::new();
+    for (i, p) in m["parts"].as_array().unwrap().iter().enumerate() {
+        let file = p["file"].as_str().unwrap();
+        assert_eq!(file, format!("clip-dinoiser.part-{i:03}"));
+        let bytes = fs::read(s.path("site/models").join(file)).unwrap();
+        assert_eq!(p["size"], bytes.len() as u64);
+        assert_eq!(p["sha256"], hex(&bytes));
+        assert!(bytes.len() <= part);
+        joined.extend(bytes);
+    }
+    assert!(joined == original, "the parts joined are not the bundle");
+    // Splitting again into fewer parts replaces the manifest and removes the stale part.
+    ok(&run(&[
+        "split".to_string(),
+        bundle.display().to_string(),
+        "--part-size".into(),
+        "1MiB".into(),
+        "--out".into(),
+        s.s("site/models"),
+    ]));
+    let left: Vec<String> = s
+        .files()
+        .into_iter()
+        .filter(|f| f.starts_with("site"))
+        .collect();
+    let n = original.len().div_ceil(1 << 20);
+    assert_eq!(left.len(), n + 1, "{left:?}");
+    assert!(
+        left.iter().all(|f| !f.contains(".part-002") || n > 2),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn split_bad_arguments_leave_nothing() {
+    let s = Scratch::new("split-bad");
+    let bundle = s.path("tiny.gguf");
+    fs::rename(tiny_bundle(&s, "q8_0"), &bundle).unwrap();
+    fs::write(s.path("empty.gguf"), b"").unwrap();
+    fs::write(s.path("a file"), b"x").unwrap();
+    fs::write(s.path("my model.gguf"), b"GGUF").unwrap();
+    let b = bundle.display().to_string();
+    let out = s.s("out");
+    let cases: &[(Vec<String>, &[&str])] = &[
+        (
+            vec![s.s("missing.gguf"), "--out".into(), out.clone()],
+            &["cannot read bundle", "missing.gguf"],
+        ),
+        (
+            vec![s.s("empty.gguf"), "--out".into(), out.clone()],
+            &["empty"],
+        ),
+        (
+            vec![s.s("out-dir-not-here"), "--out".into(), s.s("a file")],
+            &["cannot read bundle"],
+        ),
+        (
+            vec![b.clone(), "--out".into(), s.s("a file")],
+            &["exists and is not a directory"],
+        ),
+        (
+            vec![s.s("my model.gguf"), "--out".into(), out.clone()],
+            &["plain name"],
+        ),
+        (
+            vec![
+                b.clone(),
+                "--part-size".into(),
+                "0".into(),
+                "--out".into(),
+                out.clone(),
+            ],
+            &["at least 1 byte"],
+        ),
+        (
+            vec![
+                b.clone(),
+                "--part-size".into(),
+                "3 parsecs".into(),
+                "--out".into(),
+                out.clone(),
+            ],
+            &["unknown unit"],
+        ),
+        (
+            vec![
+                b.clone(),
+                "--part-size".into(),
+                "2GiB".into(),
+                "--out".into(),
+                out.clone(),
+            ],
+            &["larger than"],
+        ),
+        (
+            vec![
+                b.clone(),
+                "--part-size".into(),
+                "100".into(),
+                "--out".into(),
+                out.clone(),
+            ],
+            &["parts", "at most 1000"],
+        ),
+    ];
+    for (args, words) in cases {
+        let mut a = vec!["split".to_string()];
+        a.extend(args.iter().cloned());
+        one_line_error(&run(&a), words);
+    }
+    assert_eq!(
+        s.files(),
+        ["a file", "empty.gguf", "my model.gguf", "tiny.gguf"],
+        "a failed split leaves nothing behind"
+    );
+}
+
 /// Run `segment` with outputs into a fresh folder and assert the error and that no file
 /// appeared.
 #[track_caller]

@@ -16,6 +16,7 @@ pub mod loaders;
 pub mod metrics;
 pub mod overlay;
 pub mod par;
+pub mod parts;
 pub mod pipeline;
 pub mod quant;
 mod rng;
