@@ -4,7 +4,9 @@
 # nightly of scripts/threads.env, std rebuilt with atomics, shared memory), which the page starts
 # instead when it is cross-origin isolated.
 # Usage: scripts/build-site.sh [extra trunk args]. Set CLIPDINO_MODEL=path/to/bundle.gguf to publish a
-# model bundle beside the app as models/clip-dinoiser-q4_0.gguf (what the hosted demo does).
+# model bundle beside the app as models/clip-dinoiser.gguf (the page's default), or
+# CLIPDINO_MODELS_DIR=dir to publish what scripts/publish-models.sh wrote there (the default bundle,
+# the high-precision one and quality.json; what the hosted demo does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PWD/node_modules/.bin:$PATH"
@@ -32,6 +34,12 @@ sed -e "s/@MT_JS@/worker-mt-$hash.js/" -e "s/@MT_WASM@/worker-mt-${hash}_bg.wasm
   www/worker-mt.js >dist/worker-mt.js
 if [ -n "${CLIPDINO_MODEL:-}" ]; then
   mkdir -p dist/models
-  cp "$CLIPDINO_MODEL" dist/models/clip-dinoiser-q4_0.gguf
+  cp "$CLIPDINO_MODEL" dist/models/clip-dinoiser.gguf
+fi
+if [ -n "${CLIPDINO_MODELS_DIR:-}" ]; then
+  # What scripts/publish-models.sh wrote: the bundles and their verification report.
+  mkdir -p dist/models
+  cp "$CLIPDINO_MODELS_DIR"/*.gguf dist/models/
+  [ ! -f "$CLIPDINO_MODELS_DIR/quality.json" ] || cp "$CLIPDINO_MODELS_DIR/quality.json" dist/models/
 fi
 ls -la dist | sed 's/^/  /'

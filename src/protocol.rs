@@ -382,8 +382,8 @@ mod tests {
                 candidates: vec![WeightSet {
                     label: "bundle".into(),
                     files: vec![RemoteFile {
-                        url: "models/clip-dinoiser-q4_0.gguf".into(),
-                        name: "clip-dinoiser-q4_0.gguf".into(),
+                        url: "models/clip-dinoiser.gguf".into(),
+                        name: "clip-dinoiser.gguf".into(),
                     }],
                     approx_bytes: Some(90_000_000),
                     ask_first: true,

@@ -9,7 +9,7 @@ use crate::url::{file_name_of, origin_of};
 pub const CONFIRM_ABOVE_BYTES: u64 = 200 * 1024 * 1024;
 
 /// The bundle a site may publish beside the app (relative to the page).
-pub const SITE_BUNDLE: &str = "models/clip-dinoiser-q4_0.gguf";
+pub const SITE_BUNDLE: &str = "models/clip-dinoiser.gguf";
 /// Public upstream files (they send CORS headers), see METHOD.md.
 pub const HUB_CLIP: &str =
     "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_model.safetensors";
@@ -135,7 +135,7 @@ mod tests {
         assert_eq!(confirm, Some(CONFIRM_ABOVE_BYTES));
         assert_eq!(
             sets[0].files[0].url,
-            "http://h/app/models/clip-dinoiser-q4_0.gguf"
+            "http://h/app/models/clip-dinoiser.gguf"
         );
         assert_eq!(sets[1].files.len(), 3);
         s.apply(Action::Worker(

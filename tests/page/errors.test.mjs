@@ -113,7 +113,7 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
   it('refuses a truncated and a wrong weight file and keeps the loaded model', async () => {
     const bytes = fs.readFileSync(bundle);
     await page.setInputFiles('[data-role=weights-input]', {
-      name: 'clip-dinoiser-q4_0.gguf',
+      name: 'clip-dinoiser.gguf',
       mimeType: 'application/octet-stream',
       buffer: bytes.subarray(0, bytes.length >> 1),
     });

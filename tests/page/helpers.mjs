@@ -52,9 +52,9 @@ export function testWeights() {
     }
   }
   dir = path.resolve(dir);
-  let bundle = path.join(dir, 'clip-dinoiser-q4_0.gguf');
+  let bundle = path.join(dir, 'clip-dinoiser.gguf');
   if (!fs.existsSync(bundle)) {
-    bundle = path.join(OUT, 'clip-dinoiser-q4_0.gguf');
+    bundle = path.join(OUT, 'clip-dinoiser.gguf');
     cli([
       'convert',
       '--clip', path.join(dir, 'open_clip_model.safetensors'),

@@ -121,7 +121,7 @@ describe('clipdino page: worker crashes and foreign weights', { timeout: 600_000
 
   it('asks once before loading weights from another origin', async () => {
     const { page } = await newPage(browser);
-    const path = '/demo/clipdino/models/clip-dinoiser-q4_0.gguf';
+    const path = '/demo/clipdino/models/clip-dinoiser.gguf';
     const foreign = `${other.origin}${path}`;
     const host = other.origin.replace('http://', '');
     await page.goto(`${server.origin}/demo/clipdino/?model=${encodeURIComponent(foreign)}`);

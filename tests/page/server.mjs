@@ -76,7 +76,7 @@ function sendFile(req, res, file, { throttle = false, isolate = true } = {}) {
 /**
  * Start the server. `dist`: the built site; `weights`: folder with open_clip_model.safetensors,
  * open_clip_config.json, last.pt (and more); `bundle`: the GGUF the site publishes as
- * models/clip-dinoiser-q4_0.gguf; `throttle`: send weights in small timed pieces (so that
+ * models/clip-dinoiser.gguf; `throttle`: send weights in small timed pieces (so that
  * progress is visible).
  * Routes: /demo/clipdino/… = site with its model bundle, /bare/… = site without one,
  * /plain/… = site with its bundle but without the isolation headers (a static host such as
@@ -89,7 +89,7 @@ export async function startServer({ dist, weights, bundle, throttle = true }) {
     const url = new URL(req.url, 'http://x');
     log.push({ method: req.method, path: url.pathname, time: Date.now() });
     const p = url.pathname;
-    if (p === '/demo/clipdino/models/clip-dinoiser-q4_0.gguf') return sendFile(req, res, bundle, { throttle });
+    if (p === '/demo/clipdino/models/clip-dinoiser.gguf') return sendFile(req, res, bundle, { throttle });
     if (p.startsWith('/demo/clipdino/')) {
       const f = inside(dist, p.slice('/demo/clipdino/'.length));
       return f ? sendFile(req, res, f) : res.writeHead(403).end();
@@ -97,7 +97,7 @@ export async function startServer({ dist, weights, bundle, throttle = true }) {
     for (const prefix of ['/plain/', '/inert/']) {
       if (!p.startsWith(prefix)) continue;
       const rel = p.slice(prefix.length);
-      if (rel === 'models/clip-dinoiser-q4_0.gguf') return sendFile(req, res, bundle, { throttle, isolate: false });
+      if (rel === 'models/clip-dinoiser.gguf') return sendFile(req, res, bundle, { throttle, isolate: false });
       if (prefix === '/inert/' && rel === 'coi-sw.js') {
         res.writeHead(200, { 'content-type': 'text/javascript', 'cache-control': 'no-cache' });
         return res.end(INERT_SERVICE_WORKER);
@@ -149,7 +149,7 @@ export async function startServer({ dist, weights, bundle, throttle = true }) {
 
 // `node tests/page/server.mjs <dist> <weights>`: serve by hand for a look in a browser.
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const [dist = 'dist', weights = 'test-output/page/weights', bundle = 'test-output/page/clip-dinoiser-q4_0.gguf'] = process.argv.slice(2);
+  const [dist = 'dist', weights = 'test-output/page/weights', bundle = 'test-output/page/clip-dinoiser.gguf'] = process.argv.slice(2);
   const s = await startServer({ dist, weights, bundle });
   console.log(`serving ${dist} at ${s.origin}/demo/clipdino/`);
 }
