@@ -151,12 +151,18 @@ pub fn write_gguf_bundle_with(
 // ------------------------------------------------------------------------------------------
 
 /// GGML storage types a bundle may hold, with their GGUF type ids (`enum ggml_type` of ggml.h):
-/// what [`write_gguf_bundle`] writes. Reading another type (e.g. a K-quant) is one line here.
-const READABLE_DTYPES: [(u32, GgmlDType); 5] = [
+/// what [`write_gguf_bundle`] writes (every [`Quant`](crate::quant::Quant)) and BF16. Reading
+/// another type is one line here.
+const READABLE_DTYPES: [(u32, GgmlDType); 10] = [
     (0, GgmlDType::F32),
     (1, GgmlDType::F16),
     (30, GgmlDType::BF16),
     (8, GgmlDType::Q8_0),
+    (14, GgmlDType::Q6K),
+    (13, GgmlDType::Q5K),
+    (12, GgmlDType::Q4K),
+    (7, GgmlDType::Q5_1),
+    (6, GgmlDType::Q5_0),
     (2, GgmlDType::Q4_0),
 ];
 
