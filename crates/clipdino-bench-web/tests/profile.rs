@@ -49,7 +49,7 @@ fn profile_of(bundle: Bundle, path: ComputePath) -> Value {
 }
 
 /// Every op the tower runs, by the names the hook gives them.
-const OPS: [&str; 15] = [
+const OPS: [&str; 13] = [
     "patch embedding (unfold + matmul)",
     "positional embedding (bicubic resize)",
     "cls + positional add",
@@ -57,9 +57,7 @@ const OPS: [&str; 15] = [
     "matmul attn.in_proj (qkv)",
     "attention split heads (copy)",
     "attention q scale",
-    "attention q·kᵀ",
-    "attention softmax",
-    "attention probs·v",
+    "attention q·kᵀ, softmax, probs·v (by head)",
     "attention merge heads (copy)",
     "matmul attn.out_proj",
     "matmul mlp.c_fc",
