@@ -74,23 +74,24 @@ pub struct PackedLinear {
 /// One value of an activation row kept in f32: `(channel, row, value)`.
 type Wide = (u32, u32, f32);
 
-/// Quantize one row symmetrically to `±levels` into slot `lane` of tile group `g` of a packed
-/// `[..][kb][r][8]` buffer. Returns the scale.
-fn pack_row(
-    row: &[f32],
-    data: &mut [i16],
-    g: usize,
-    lane: usize,
-    kb: usize,
-    r: usize,
-    levels: i32,
-) -> f32 {
-    let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let s = if amax > 0.0 && amax.is_finite() {
+/// Symmetric per-row scale for `±levels`: `max|v| / levels` over the row's values except the
+/// (ascending) indices in `skip`, or 1 for an all-zero or non-finite row.
+fn row_scale(row: &[f32], skip: &[usize], levels: i32) -> f32 {
+    let amax = row
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| skip.binary_search(j).is_err())
+        .fold(0f32, |m, (_, v)| m.max(v.abs()));
+    if amax > 0.0 && amax.is_finite() {
         amax / levels as f32
     } else {
         1.0
-    };
+    }
+}
+
+/// Quantize one row with scale `s` into slot `lane` of tile group `g` of a packed
+/// `[..][kb][r][8]` buffer.
+fn pack_row(row: &[f32], data: &mut [i16], g: usize, lane: usize, kb: usize, r: usize, s: f32) {
     let inv = 1.0 / s;
     for (b, chunk) in row.chunks(8).enumerate() {
         let dst = &mut data[((g * kb + b) * r + lane) * 8..][..chunk.len()];
@@ -99,7 +100,6 @@ fn pack_row(
             *d = (v * inv).round_ties_even() as i16;
         }
     }
-    s
 }
 
 /// Indices of the `wide` largest magnitudes of `row` (ties: the lower index), ascending.
@@ -139,35 +139,33 @@ fn quantize_rows(
     let kb = k.div_ceil(8);
     let mut data = vec![0i16; rows.div_ceil(r) * kb * r * 8];
     // Each row's wide channels (ascending; they do not set the row's scale) and its scale.
-    let without_wide = |i: usize, rest: &mut [f32], idx: &[usize]| {
-        rest.copy_from_slice(&x[i * k..][..k]);
-        for &j in idx {
-            rest[j] = 0.0;
-        }
-    };
     let per_row: Vec<(Vec<usize>, f32)> = par::map(rows, |i| {
-        let idx = widest(&x[i * k..][..k], wide);
-        let mut rest = vec![0f32; k];
-        without_wide(i, &mut rest, &idx);
-        let amax = rest.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let s = if amax > 0.0 && amax.is_finite() {
-            amax / levels as f32
-        } else {
-            1.0
-        };
+        let row = &x[i * k..][..k];
+        let idx = widest(row, wide);
+        let s = row_scale(row, &idx, levels);
         (idx, s)
     });
     let groups = rows.div_ceil(r);
     let per_task = groups.div_ceil((4 * par::threads()).min(rows * k / (1 << 16)).max(1));
     par::for_each_chunk(&mut data, per_task * kb * r * 8, |t, chunk| {
-        let mut rest = vec![0f32; k];
+        let mut rest = vec![0f32; if wide > 0 { k } else { 0 }];
         for gi in 0..chunk.len() / (kb * r * 8) {
             let g = t * per_task + gi;
             for lane in 0..r.min(rows.saturating_sub(g * r)) {
                 let i = g * r + lane;
-                without_wide(i, &mut rest, &per_row[i].0);
-                let s = pack_row(&rest, chunk, gi, lane, kb, r, levels);
-                debug_assert_eq!(s.to_bits(), per_row[i].1.to_bits());
+                let (idx, s) = &per_row[i];
+                let row = &x[i * k..][..k];
+                let row = if idx.is_empty() {
+                    row
+                } else {
+                    // the row without its wide values (they are added in f32)
+                    rest.copy_from_slice(row);
+                    for &j in idx {
+                        rest[j] = 0.0;
+                    }
+                    &rest[..]
+                };
+                pack_row(row, chunk, gi, lane, kb, r, *s);
             }
         }
     });
@@ -232,7 +230,8 @@ impl PackedLinear {
                 bad.get_or_insert(format!("row {i} of {} values for [{n}, {k}]", row.len()));
                 return;
             }
-            scale[i] = pack_row(row, &mut data, i / NR, i % NR, kb, NR, W_MAX);
+            scale[i] = row_scale(row, &[], W_MAX);
+            pack_row(row, &mut data, i / NR, i % NR, kb, NR, scale[i]);
             seen[i] = true;
         })?;
         if let Some(detail) = bad {

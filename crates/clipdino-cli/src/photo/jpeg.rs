@@ -187,15 +187,8 @@ fn cmyk_to_rgb(px: &[u8]) -> [u8; 3] {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::voc;
     use super::*;
-
-    fn voc() -> Vec<u8> {
-        std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/voc/images/voc_sample.jpg"
-        ))
-        .unwrap()
-    }
 
     #[test]
     fn stream_end_is_found_and_trailers_are_ignored() {

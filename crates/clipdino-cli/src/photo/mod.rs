@@ -94,7 +94,8 @@ pub fn image_to_tensor(img: &RgbImage) -> Result<Tensor> {
 mod tests {
     use super::*;
 
-    fn voc() -> Vec<u8> {
+    /// The VOC sample photo's JPEG bytes (also used by the decoder's tests).
+    pub(super) fn voc() -> Vec<u8> {
         std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../tests/fixtures/voc/images/voc_sample.jpg"
