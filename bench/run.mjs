@@ -11,8 +11,8 @@
 // --threads N (2: the thread count compared with 1 by --plan threads), --native-bin PATH (the
 // clipdino CLI), --out FILE (bench/results.json), --python PATH,
 // --skip-native / --skip-export / --skip-wasm / --skip-memory / --skip-ort (reuse earlier outputs),
-// --memory-plan memory|memory_default (the bundle of the fresh-worker memory run: Q4_0 or the
-// `default` recipe, QUANTIZATION.md).
+// --memory-plan memory_default|memory (the bundle of the fresh-worker memory run: the published
+// `default` recipe, QUANTIZATION.md — the default — or the former Q4_0 bundle).
 // `--plan threads` measures thread scaling in one run (native, both wasm builds, onnxruntime-web
 // at 1 and N threads) and stores it as `threads` in the results file, keeping the rest.
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -29,7 +29,7 @@ function parseArgs(argv) {
   const a = {
     runs: 5, plan: 'full', data: 'target/bench', pkg: 'target/bench-web/pkg', pkgMt: 'target/bench-web/pkg-mt',
     threads: 2, nativeBin: 'target/release/clipdino', out: 'bench/results.json',
-    python: process.env.PYTHON ?? 'python3', skip: new Set(), memoryPlan: 'memory',
+    python: process.env.PYTHON ?? 'python3', skip: new Set(), memoryPlan: 'memory_default',
   };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
@@ -72,6 +72,7 @@ const TYPES = {
 function serve(routes) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
+    if (process.env.BENCH_DEBUG) console.error(`GET ${req.url}`);
     const route = Object.keys(routes).find((p) => url.pathname.startsWith(p));
     if (!route) return res.writeHead(404).end();
     const root = path.resolve(routes[route]);
@@ -217,7 +218,7 @@ async function browserRuns(a, photo, sizes, loads) {
         out.threads.wasm.push(await ours('threads', { mt, threads }));
       }
       loads.push(load('wasm memory run (multi-threaded) start'));
-      out.threads.wasm_memory = await ours('memory', { mt: true, threads: a.threads });
+      out.threads.wasm_memory = await ours(a.memoryPlan, { mt: true, threads: a.threads });
       if (!a.skip.has('ort')) {
         const models = ortModels(([h, w]) => h === 448 && w === 448);
         for (const threads of [1, a.threads]) {
@@ -259,7 +260,9 @@ async function main() {
   const prev = fs.existsSync(a.out) ? JSON.parse(fs.readFileSync(a.out, 'utf8')) : {};
   const loads = [load('start')];
   if (a.plan === 'threads') {
-    const native = [1, a.threads].map((n) => runNative(a, photo, loads, n));
+    const native = [1, a.threads].map((n) => (a.skip.has('native')
+      ? JSON.parse(fs.readFileSync(path.join(a.data, `native-threads-${n}t.json`), 'utf8'))
+      : runNative(a, photo, loads, n)));
     const sizes = [[448, 448]];
     if (!a.skip.has('export') && !a.skip.has('ort')) runExport(a, sizes, loads);
     const browser = await browserRuns(a, photo, sizes, loads);

@@ -96,7 +96,7 @@ export function summarize(res) {
   const app = t448?.compute ?? 'f32';
   const seg = Object.fromEntries(s.cheap.filter((c) => c.op === 'segment' && c.compute === app).map((c) => [c.preset, c.wasm]));
   const label1 = s.labels.find((l) => l.labels === 1 && l.templates === 'fast' && l.compute === app);
-  const q4 = s.loads.find((l) => l.label === 'gguf q4_0');
+  const dl = s.loads.find((l) => l.label === 'gguf default') ?? s.loads.find((l) => l.label === 'gguf q4_0');
   const worstSeg = Math.max(...Object.values(seg).filter((v) => v !== null && v !== undefined));
   s.targets = [
     { target: `image tower 448×448, wasm / native (both ${app})`, limit: 1.5, value: ratio(t448?.wasm, t448?.native), unit: '×' },
@@ -105,7 +105,7 @@ export function summarize(res) {
     { target: `image tower 448×448, ours (${app}) / onnxruntime-web int8`, limit: 0.8, value: ratio(t448?.wasm, t448f?.ort_int8), unit: '×' },
     { target: 'recolour after a label edit (segment, 10 labels, slowest preset)', limit: 150, value: Number.isFinite(worstSeg) ? worstSeg : null, unit: 'ms' },
     { target: 'a new label, fast templates (7 prompts)', limit: 1000, value: label1?.wasm ?? null, unit: 'ms' },
-    { target: 'default download (CLIP + head, Q4_0 GGUF)', limit: 100, value: q4 ? q4.bytes / MB : null, unit: 'MB' },
+    { target: `default download (CLIP + head, ${dl?.label === 'gguf q4_0' ? 'Q4_0' : 'published default'} GGUF)`, limit: 100, value: dl ? dl.bytes / MB : null, unit: 'MB' },
     { target: 'peak wasm memory, 448 sliding window (app path)', limit: 1000, value: s.peak_memory ? s.peak_memory / MB : null, unit: 'MB' },
   ];
   return s;

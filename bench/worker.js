@@ -6,8 +6,9 @@
 // `clipdino-pool-N`, see crates/clipdino-pool).
 const MT = new URLSearchParams(self.location.search).has('mt');
 const PKG = MT ? '/pkg-mt/' : '/pkg/';
-const wasmBindgen = await import(`${PKG}clipdino_bench_web.js`);
-const { default: init, WebBench, plan, memory_bytes } = wasmBindgen;
+// No top-level await: the message handlers below must exist before the glue is imported, or a
+// message posted meanwhile (the driver posts the config at once) finds no handler and is lost.
+const glue = import(`${PKG}clipdino_bench_web.js`);
 
 const fmt = (v) => (typeof v === 'number' ? v.toFixed(1) : String(v));
 
@@ -18,6 +19,8 @@ async function fetchBytes(url) {
 }
 
 async function run({ kind, runs, photo, weights, threads = 1 }) {
+  const wasmBindgen = await glue;
+  const { default: init, WebBench, plan, memory_bytes } = wasmBindgen;
   const t0 = performance.now();
   const wasm = await init({ module_or_path: `${PKG}clipdino_bench_web_bg.wasm` });
   const initMs = performance.now() - t0;
@@ -62,7 +65,8 @@ if (self.name.startsWith('clipdino-pool-')) {
   self.onmessage = async (e) => {
     self.onmessage = null;
     const [module, memory, id] = e.data;
-    await init({ module_or_path: module, memory });
+    const wasmBindgen = await glue;
+    await wasmBindgen.default({ module_or_path: module, memory });
     postMessage('up');
     wasmBindgen.clipdino_pool_thread(id);
     close();

@@ -196,7 +196,7 @@ pub enum PlanKind {
     /// The f32 tower at 448×448 and its op-level profile.
     Profile,
     /// The f32 and integer compute paths side by side at 448×448 (tower, profile), the app's
-    /// path (Q4_0 bundle on the integer kernel: encode, labels, head, segment, K-Means) and the
+    /// path (the `default` bundle on the integer kernel: encode, labels, head, segment, K-Means) and the
     /// kernel micro-benchmarks: the quick way to re-measure the headline numbers.
     Compare,
     /// QUANTIZATION.md's bundles on the integer kernel: the `default` recipe, Q8_0 and the
@@ -204,8 +204,8 @@ pub enum PlanKind {
     Quant,
     /// Like `memory`, with the `default` recipe's bundle.
     MemoryDefault,
-    /// What the thread-scaling measurement runs at each thread count: the app's path (Q4_0
-    /// bundle on the integer kernel), the 448×448 tower, the photo encode at 336 and with the
+    /// What the thread-scaling measurement runs at each thread count: the app's path (the
+    /// `default` bundle on the integer kernel), the 448×448 tower, the photo encode at 336 and with the
     /// paper's 448 windows, 10 labels.
     Threads,
 }
@@ -351,8 +351,8 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             .collect(),
         PlanKind::Threads => vec![
             load(
-                "gguf q4_0",
-                vec![files::gguf("q4_0")],
+                "gguf default",
+                vec![files::gguf("default")],
                 ComputePath::Int,
                 Runs::once(),
             ),
@@ -384,8 +384,8 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             ));
             v.extend(tower_448(r, few));
             v.push(load(
-                "gguf q4_0",
-                vec![files::gguf("q4_0")],
+                "gguf default",
+                vec![files::gguf("default")],
                 ComputePath::Int,
                 r,
             ));
@@ -433,10 +433,10 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
                 preset: Preset::Window448,
                 runs: few,
             });
-            // the app's path: the Q4_0 bundle on the integer kernel
+            // the app's path: the published `default` bundle on the integer kernel
             v.push(load(
-                "gguf q4_0",
-                vec![files::gguf("q4_0")],
+                "gguf default",
+                vec![files::gguf("default")],
                 ComputePath::Int,
                 r,
             ));
