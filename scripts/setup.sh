@@ -22,9 +22,10 @@ fi
 # The dated nightly of the multi-threaded worker build, with the std sources it rebuilds.
 if ! rustup run "$MT_NIGHTLY" rustc --version >/dev/null 2>&1 \
   || ! rustup component list --installed --toolchain "$MT_NIGHTLY" 2>/dev/null | grep -q '^rust-src' \
+  || ! rustup component list --installed --toolchain "$MT_NIGHTLY" 2>/dev/null | grep -q '^clippy' \
   || ! rustup target list --installed --toolchain "$MT_NIGHTLY" 2>/dev/null | grep -qx wasm32-unknown-unknown; then
   say "installing the $MT_NIGHTLY toolchain (multi-threaded wasm build)"
-  rustup toolchain install "$MT_NIGHTLY" --profile minimal -c rust-src -t wasm32-unknown-unknown
+  rustup toolchain install "$MT_NIGHTLY" --profile minimal -c rust-src -c clippy -t wasm32-unknown-unknown
 fi
 
 if [ "$(trunk --version 2>/dev/null | awk '{print $2}')" != "$TRUNK_VERSION" ]; then

@@ -34,6 +34,12 @@ cargo test -p clipdino-web --target wasm32-unknown-unknown --locked --lib
 
 step "the model's wasm32 tests again in the multi-threaded build (dated nightly, atomics, shared memory)"
 . scripts/threads.env
+# Lints of the code that exists only in this build (the thread pool, clipdino::par's atomics arm),
+# with the nightly's clippy; lints newer than the pinned stable are left to the stable run above.
+RUSTFLAGS="$MT_RUSTFLAGS" \
+  cargo "+$MT_NIGHTLY" clippy -p clipdino -p clipdino-web -p clipdino-pool --target wasm32-unknown-unknown \
+  --locked -Z build-std=panic_abort,std --target-dir "$MT_TARGET_DIR" -- -D warnings \
+  -A clippy::chunks_exact_to_as_chunks
 RUSTFLAGS="$MT_RUSTFLAGS" \
   cargo "+$MT_NIGHTLY" test -p clipdino --target wasm32-unknown-unknown --locked --test wasm \
   -Z build-std=panic_abort,std --target-dir "$MT_TARGET_DIR"
