@@ -69,11 +69,13 @@ pub struct ClipConfig {
 /// config, never guessed from a file name: the weights alone do not tell the two apart.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Activation {
     /// `x·Φ(x)` with the exact (erf) normal CDF: OpenCLIP's models (CLIP-DINOiser's backbone).
     #[default]
     Gelu,
     /// `x·σ(1.702·x)`: OpenAI's CLIP weights.
+    #[cfg_attr(feature = "clap", value(name = "quick_gelu"))]
     QuickGelu,
 }
 
@@ -790,3 +792,63 @@ impl ClipConfig {
 pub const IMAGE_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)]
 pub const IMAGE_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_gelu_round_trips_through_both_config_layouts() {
+        for act in [Activation::Gelu, Activation::QuickGelu] {
+            let mut cfg = ClipConfig::vit_b_16();
+            cfg.activation = act;
+            let oc = cfg.to_open_clip_json();
+            assert_eq!(oc.contains("quick_gelu"), act == Activation::QuickGelu);
+            assert_eq!(ClipConfig::from_json(&oc).unwrap(), cfg);
+            let hf = cfg.to_transformers_json();
+            assert!(hf.contains(&format!("\"hidden_act\":\"{act}\"")), "{hf}");
+            assert_eq!(ClipConfig::from_json(&hf).unwrap(), cfg);
+            // The bundle's own serialisation (GGUF `clipdino.clip_config`).
+            let json = serde_json::to_string(&cfg).unwrap();
+            assert_eq!(serde_json::from_str::<ClipConfig>(&json).unwrap(), cfg);
+        }
+    }
+
+    #[test]
+    fn bundles_written_before_the_activation_field_read_as_gelu() {
+        let mut v = serde_json::to_value(ClipConfig::tiny()).unwrap();
+        v.as_object_mut().unwrap().remove("activation");
+        let cfg: ClipConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(cfg.activation, Activation::Gelu);
+    }
+
+    #[test]
+    fn open_clip_quick_gelu_key_is_read_at_either_level() {
+        let bare = r#"{"embed_dim": 32, "quick_gelu": true,
+            "vision_cfg": {"image_size": 224, "layers": 4, "width": 64, "patch_size": 16},
+            "text_cfg": {"width": 64, "heads": 2, "layers": 2}}"#;
+        let c = ClipConfig::from_json(bare).unwrap();
+        assert_eq!(c.activation, Activation::QuickGelu);
+        let hub = ClipConfig::tiny().to_open_clip_json();
+        assert_eq!(
+            ClipConfig::from_json(&hub).unwrap().activation,
+            Activation::Gelu
+        );
+        let e = ClipConfig::from_json(
+            &hub.replace("\"model_cfg\":{", "\"model_cfg\":{\"quick_gelu\":\"yes\","),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("open_clip_config.json"), "{e}");
+    }
+
+    #[test]
+    fn the_head_is_refused_on_quick_gelu_weights() {
+        let mut cfg = ClipConfig::tiny();
+        let head = HeadConfig::for_clip(&cfg, 32);
+        head.validate(&cfg).unwrap();
+        cfg.activation = Activation::QuickGelu;
+        let e = head.validate(&cfg).unwrap_err().to_string();
+        assert!(e.contains("head_config") && e.contains("laion2b"), "{e}");
+    }
+}

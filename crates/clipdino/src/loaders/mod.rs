@@ -32,7 +32,7 @@ pub use random::{random_clip_store, random_head_store};
 pub use safetensors::{
     read_safetensors, read_safetensors_metered, write_safetensors, write_safetensors_entries,
 };
-pub use transformers::{from_transformers, is_transformers_layout};
+pub use transformers::{from_transformers, is_transformers_layout, to_transformers};
 
 use crate::config::{Activation, ClipConfig, HeadConfig};
 use crate::error::{Error, Result};

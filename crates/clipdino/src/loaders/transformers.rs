@@ -227,6 +227,61 @@ pub fn from_transformers(mut src: TensorStore, meter: &mut LoadMeter) -> Result<
     Ok(out)
 }
 
+/// The inverse of [`from_transformers`]: open_clip names (as [`super::random_clip_store`]
+/// writes them, projections untransposed) → a `CLIPModel` state dict, `in_proj` split into
+/// `q/k/v_proj` and the projections transposed into `nn.Linear` weights. Used to write random
+/// weights in the transformers layout.
+pub fn to_transformers(src: &TensorStore) -> Result<TensorStore> {
+    let mut out = TensorStore::new(src.source());
+    let get = |name: &str| -> Result<Tensor> {
+        match src.get(name) {
+            Some(Stored::Float(t)) => Ok(t.clone()),
+            Some(Stored::Quant(q)) => Ok(q.dequantize(&candle_core::Device::Cpu)?),
+            None => Err(Error::MissingTensor {
+                name: name.to_string(),
+                source_name: src.source().to_string(),
+            }),
+        }
+    };
+    for (hf, ours, required) in RENAMES {
+        if ours.is_empty() || (!required && !src.contains(ours)) {
+            continue;
+        }
+        let t = match ours.strip_suffix("_t") {
+            // open_clip keeps `x @ proj` matrices [width, embed]; nn.Linear wants [embed, width].
+            Some(plain) => get(plain)?.t()?.contiguous()?,
+            None => get(ours)?,
+        };
+        out.insert(hf, Stored::Float(t));
+    }
+    for (hf, ours) in [
+        (
+            "vision_model.encoder.layers",
+            "visual.transformer.resblocks",
+        ),
+        ("text_model.encoder.layers", "transformer.resblocks"),
+    ] {
+        let layers = (0..)
+            .take_while(|i| src.contains(&format!("{ours}.{i}.ln_1.weight")))
+            .count();
+        for i in 0..layers {
+            let (p, q) = (format!("{hf}.{i}"), format!("{ours}.{i}"));
+            for (a, b) in BLOCK_RENAMES {
+                out.insert(format!("{p}.{a}"), Stored::Float(get(&format!("{q}.{b}"))?));
+            }
+            for (leaf, fused) in [("weight", "in_proj_weight"), ("bias", "in_proj_bias")] {
+                let t = get(&format!("{q}.attn.{fused}"))?;
+                let w = t.dim(0)? / 3;
+                for (k, proj) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+                    let part = t.narrow(0, k * w, w)?.contiguous()?;
+                    out.insert(format!("{p}.self_attn.{proj}.{leaf}"), Stored::Float(part));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +358,44 @@ mod tests {
         }
         assert!(!out.names().iter().any(|n| n.contains("self_attn")));
         assert_eq!(m.live_bytes(), 0, "the stacking scratch is given back");
+    }
+
+    #[test]
+    fn writing_then_reading_the_transformers_layout_is_the_identity() {
+        let cfg = crate::ClipConfig::tiny();
+        let ours = crate::loaders::random_clip_store(&cfg, 3);
+        let hf = to_transformers(&ours).unwrap();
+        assert!(is_transformers_layout(&hf));
+        assert_eq!(
+            hf.dims("visual_projection.weight").unwrap(),
+            [cfg.embed_dim, cfg.vision.width]
+        );
+        let mut m = LoadMeter::new(LoadBudget::DEFAULT);
+        let back = from_transformers(hf, &mut m).unwrap();
+        crate::loaders::validate_clip_store(&back, &cfg).unwrap();
+        assert_eq!(back.len(), ours.len());
+        for (name, t) in ours.iter() {
+            let (b, want) = match back.get(name) {
+                Some(b) => (
+                    b.to_f32(&Device::Cpu).unwrap(),
+                    t.to_f32(&Device::Cpu).unwrap(),
+                ),
+                None => {
+                    let b = back.get(&format!("{name}_t")).expect(name);
+                    let b = b.to_f32(&Device::Cpu).unwrap().t().unwrap();
+                    (b, t.to_f32(&Device::Cpu).unwrap())
+                }
+            };
+            let d = (b - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0, "{name}");
+        }
     }
 
     #[test]
