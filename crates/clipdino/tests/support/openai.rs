@@ -108,23 +108,7 @@ fn check(log: &dyn Fn(&str), label: &str, got: &Tensor, want: &Tensor) -> f32 {
     d
 }
 
-/// Rows of `text.tokens` cut after their EOT (the largest id), as the tokenizer gives them.
-pub fn token_rows(tokens: &Tensor) -> Vec<Vec<u32>> {
-    tokens
-        .to_dtype(DType::I64)
-        .unwrap()
-        .to_vec2::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|row| {
-            let eot = row
-                .iter()
-                .enumerate()
-                .fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
-            row[..=eot].iter().map(|&v| v as u32).collect()
-        })
-        .collect()
-}
+pub use super::common::token_rows;
 
 pub fn model(bundle: Bundle) -> ClipModel {
     let vb = Vb::new(Arc::new(bundle.store), Device::Cpu, ComputePath::F32);
