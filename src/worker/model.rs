@@ -78,13 +78,18 @@ impl Model {
         info.has_head = bundle.head.is_some();
         info.storage = storage_summary(&bundle);
         info.architecture = format!(
-            "ViT {}×{}, patch {} · text {}×{} · embed {}",
+            "ViT {}×{}, patch {} · text {}×{} · embed {}{}",
             c.vision.layers,
             c.vision.width,
             c.vision.patch_size,
             c.text.layers,
             c.text.width,
-            c.embed_dim
+            c.embed_dim,
+            // OpenAI's weights: the head is refused on them (the loader says why).
+            match c.activation {
+                clipdino::Activation::Gelu => "",
+                clipdino::Activation::QuickGelu => " · QuickGELU (OpenAI CLIP)",
+            }
         );
         if c.text.vocab_size < tokenizer.vocab_size() {
             return Err(format!(

@@ -974,7 +974,13 @@ def main() -> None:
                     help="realistic statistics (heavy-tailed weights, LayerNorm outlier gains, massive "
                          "activations; see realistic.py) instead of Gaussian weights")
     ap.add_argument("--check", action="store_true", help="recompute and compare with the existing files")
+    ap.add_argument("--openai", action="store_true",
+                    help="OpenAI-CLIP (QuickGELU) weights in the open_clip and transformers layouts, in "
+                         "tests/fixtures/tiny-openai (see openai_layouts.py)")
     args = ap.parse_args()
+    if args.openai:
+        import openai_layouts
+        return openai_layouts.main(args.out, args.check)
     if args.out is None:
         args.out = fixtures / ("tiny-realistic" if args.realistic else "tiny")
     print(f"torch {torch.__version__}, open_clip {open_clip.__version__}, numpy {np.__version__}")

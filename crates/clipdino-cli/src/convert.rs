@@ -28,10 +28,13 @@ use crate::progress;
 
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// open_clip weights: `open_clip_model.safetensors` or `open_clip_pytorch_model.bin`.
+    /// CLIP weights: open_clip's `open_clip_model.safetensors` / `open_clip_pytorch_model.bin`,
+    /// or transformers' `model.safetensors` / `pytorch_model.bin` (`openai/clip-vit-base-patch16`).
     #[arg(long, value_name = "FILE")]
     clip: PathBuf,
-    /// `open_clip_config.json` (default: the architecture is inferred from the weight shapes).
+    /// `open_clip_config.json`, or transformers' `config.json` (required for that layout). It says
+    /// the activation (QuickGELU for OpenAI's weights). Default: the architecture is inferred
+    /// from the weight shapes, with OpenCLIP's exact GELU.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// CLIP-DINOiser checkpoint `last.pt` (without it the bundle supports MaskCLIP mode only).
@@ -185,6 +188,12 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     );
     for (dt, (count, b)) in dtype_breakdown(&check.store) {
         println!("  {dt:<6} {count:>4} tensors  {:>10}", human_bytes(b));
+    }
+    println!("  activation {}", check.clip.activation);
+    if a.config.is_none() {
+        progress::warn(
+            "no --config: the activation was taken as exact GELU (OpenCLIP); OpenAI's weights need their config (quick_gelu), or every feature is wrong",
+        );
     }
     if check.head.is_none() {
         progress::warn(

@@ -31,7 +31,8 @@ pub struct ModelArgs {
     /// open_clip weights (`open_clip_model.safetensors` or `open_clip_pytorch_model.bin`).
     #[arg(long, value_name = "FILE")]
     pub clip: Option<PathBuf>,
-    /// `open_clip_config.json` for --clip (default: inferred from the weight shapes).
+    /// `open_clip_config.json` or transformers' `config.json` for --clip (default: inferred from
+    /// the weight shapes, exact GELU).
     #[arg(long, value_name = "FILE", requires = "clip")]
     pub config: Option<PathBuf>,
     /// CLIP-DINOiser checkpoint `last.pt` for --clip.

@@ -1,13 +1,19 @@
 //! `clipdino random-weights`: seeded random weights written in the exact upstream file formats
 //! (`open_clip_model.safetensors`, `open_clip_pytorch_model.bin`, `open_clip_config.json` and a
 //! CLIP-DINOiser `last.pt`), for benchmarks and tests on machines without the real weights.
+//!
+//! `--layout transformers` writes the same weights as transformers' `CLIPModel` holds them
+//! (`model.safetensors`, `pytorch_model.bin`, `config.json`: the layout of
+//! `openai/clip-vit-base-patch16`); `--act quick_gelu` makes them OpenAI-style (QuickGELU, recorded
+//! in the config). The DINOiser head is only written for GELU weights: it is refused on
+//! QuickGELU ones (see `clipdino::loaders::head_activation_refusal`).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use candle_core::Device;
 use clap::{Args, ValueEnum};
-use clipdino::{loaders, ClipConfig, HeadConfig, TensorStore};
+use clipdino::{loaders, Activation, ClipConfig, HeadConfig, TensorStore};
 
 use crate::files::OutputDir;
 use crate::progress;
@@ -21,10 +27,28 @@ pub enum Arch {
     Tiny,
 }
 
+/// The file layout of the CLIP weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Layout {
+    /// open_clip's state dict: `open_clip_model.safetensors`, `open_clip_pytorch_model.bin`,
+    /// `open_clip_config.json`.
+    #[value(name = "open_clip")]
+    OpenClip,
+    /// transformers' `CLIPModel`: `model.safetensors`, `pytorch_model.bin`, `config.json`.
+    Transformers,
+}
+
 #[derive(Args)]
 pub struct RandomWeightsArgs {
     #[arg(long, value_enum)]
     arch: Arch,
+    /// File layout of the CLIP weights.
+    #[arg(long, value_enum, default_value = "open_clip")]
+    layout: Layout,
+    /// MLP activation: `gelu` (OpenCLIP, what the DINOiser head was trained on) or
+    /// `quick_gelu` (OpenAI's CLIP; no head is written).
+    #[arg(long, value_enum, default_value = "gelu")]
+    act: Activation,
     /// Seed of the deterministic generator.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -75,26 +99,41 @@ pub fn head_checkpoint(head: &TensorStore) -> Result<Vec<u8>> {
 pub fn run(a: RandomWeightsArgs) -> Result<()> {
     let out = OutputDir::prepare(&a.out, "output folder")?;
     let res = (|| -> Result<Vec<(&'static str, Vec<u8>)>> {
-        let (cfg, head_cfg) = arch_configs(a.arch);
+        let (mut cfg, head_cfg) = arch_configs(a.arch);
+        cfg.activation = a.act;
         let pb = progress::bar(5, "random weights");
         let clip = loaders::random_clip_store(&cfg, a.seed);
-        let head = loaders::random_head_store(&head_cfg, a.seed.wrapping_add(1));
+        let clip = match a.layout {
+            Layout::OpenClip => clip,
+            Layout::Transformers => loaders::to_transformers(&clip)?,
+        };
         pb.inc(1);
         let safetensors = loaders::write_safetensors(&clip)?;
         let clip_entries = entries(&clip)?;
         pb.inc(1);
         let bin = loaders::write_torch_pickle(&clip_entries, None, &[])?;
         pb.inc(1);
-        let last_pt = head_checkpoint(&head)?;
-        pb.inc(1);
-        let json = cfg.to_open_clip_json().into_bytes();
+        let mut files = match a.layout {
+            Layout::OpenClip => vec![
+                ("open_clip_model.safetensors", safetensors),
+                ("open_clip_pytorch_model.bin", bin),
+                (
+                    "open_clip_config.json",
+                    cfg.to_open_clip_json().into_bytes(),
+                ),
+            ],
+            Layout::Transformers => vec![
+                ("model.safetensors", safetensors),
+                ("pytorch_model.bin", bin),
+                ("config.json", cfg.to_transformers_json().into_bytes()),
+            ],
+        };
+        if a.act == Activation::Gelu {
+            let head = loaders::random_head_store(&head_cfg, a.seed.wrapping_add(1));
+            files.push(("last.pt", head_checkpoint(&head)?));
+        }
         pb.finish_and_clear();
-        Ok(vec![
-            ("open_clip_model.safetensors", safetensors),
-            ("open_clip_pytorch_model.bin", bin),
-            ("open_clip_config.json", json),
-            ("last.pt", last_pt),
-        ])
+        Ok(files)
     })();
     let files = match res {
         Ok(f) => f,
@@ -115,6 +154,12 @@ pub fn run(a: RandomWeightsArgs) -> Result<()> {
             crate::convert::human_bytes(len as u64),
             dir.join(n).display()
         );
+    }
+    if a.act != Activation::Gelu {
+        progress::warn(format!(
+            "no last.pt: {}",
+            loaders::head_activation_refusal(a.act)
+        ));
     }
     Ok(())
 }

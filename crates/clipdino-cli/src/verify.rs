@@ -35,7 +35,8 @@ pub struct VerifyArgs {
     /// Reference: open_clip weights (`open_clip_model.safetensors` or `.bin`), run in f32.
     #[arg(long, value_name = "FILE", required_unless_present = "reference")]
     clip: Option<PathBuf>,
-    /// `open_clip_config.json` for --clip (default: inferred from the weight shapes).
+    /// `open_clip_config.json` or transformers' `config.json` for --clip (default: inferred from
+    /// the weight shapes, exact GELU).
     #[arg(long, value_name = "FILE", requires = "clip")]
     config: Option<PathBuf>,
     /// CLIP-DINOiser checkpoint `last.pt` for --clip.

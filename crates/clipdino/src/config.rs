@@ -55,6 +55,44 @@ pub struct ClipConfig {
     pub embed_dim: usize,
     pub vision: VisionConfig,
     pub text: TextConfig,
+    /// The MLP activation of both towers. Absent from bundles written before it existed, which
+    /// all hold OpenCLIP (exact GELU) weights.
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+/// The activation between `mlp.c_fc` and `mlp.c_proj` in every block of both towers.
+///
+/// OpenCLIP's own models use torch's exact `nn.GELU()`; OpenAI's CLIP was trained with
+/// QuickGELU, `x·σ(1.702·x)` (open_clip: `quick_gelu: true` in the model config, the
+/// `-quickgelu` model names; transformers: `hidden_act: "quick_gelu"`). It is read from the
+/// config, never guessed from a file name: the weights alone do not tell the two apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Activation {
+    /// `x·Φ(x)` with the exact (erf) normal CDF: OpenCLIP's models (CLIP-DINOiser's backbone).
+    #[default]
+    Gelu,
+    /// `x·σ(1.702·x)`: OpenAI's CLIP weights.
+    #[cfg_attr(feature = "clap", value(name = "quick_gelu"))]
+    QuickGelu,
+}
+
+impl Activation {
+    /// The name used in configs (`gelu`, `quick_gelu`, as transformers' `hidden_act`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gelu => "gelu",
+            Self::QuickGelu => "quick_gelu",
+        }
+    }
+}
+
+impl std::fmt::Display for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// CLIP-DINOiser head shapes. `layer` is the vision block whose `ln_2` output feeds the head
@@ -75,9 +113,16 @@ impl HeadConfig {
         }
     }
 
-    /// Check the head against the CLIP model it sits on: its input is the vision width, its
-    /// layer a vision block, its projection width within [`MAX_HEAD_PROJ_DIM`].
+    /// Check the head against the CLIP model it sits on: OpenCLIP (exact GELU) weights, its
+    /// input the vision width, its layer a vision block, its projection width within
+    /// [`MAX_HEAD_PROJ_DIM`].
     pub fn validate(&self, clip: &ClipConfig) -> Result<()> {
+        if clip.activation != Activation::Gelu {
+            return Err(Error::config(
+                "head_config",
+                crate::loaders::head_activation_refusal(clip.activation),
+            ));
+        }
         if self.in_dim != clip.vision.width {
             return Err(Error::config(
                 "head_config.in_dim",
@@ -163,6 +208,7 @@ struct OcFile {
     embed_dim: Option<usize>,
     vision_cfg: Option<OcVision>,
     text_cfg: Option<OcText>,
+    quick_gelu: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +216,9 @@ struct OcModel {
     embed_dim: usize,
     vision_cfg: OcVision,
     text_cfg: OcText,
+    /// open_clip's `CLIP(quick_gelu=...)`: true for OpenAI's weights (`ViT-B-16-quickgelu`).
+    #[serde(default)]
+    quick_gelu: bool,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +265,82 @@ fn heads_of(width: usize, head_width: usize, field: &str) -> Result<usize> {
     Ok(width / head_width)
 }
 
+// --- transformers config.json -----------------------------------------------------------
+
+/// `CLIPTextConfig` fields we read; absent ones take transformers' defaults (as `from_pretrained`).
+#[derive(Deserialize)]
+struct HfText {
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    max_position_embeddings: Option<usize>,
+    hidden_act: Option<String>,
+    layer_norm_eps: Option<f64>,
+}
+
+/// `CLIPVisionConfig` fields we read (defaults as transformers').
+#[derive(Deserialize)]
+struct HfVision {
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    image_size: Option<usize>,
+    patch_size: Option<usize>,
+    num_channels: Option<usize>,
+    hidden_act: Option<String>,
+    layer_norm_eps: Option<f64>,
+}
+
+/// A tower's sub-config: `text_config` overlaid with the older `text_config_dict`, whose values
+/// transformers lets win when both are present.
+fn hf_sub<T: serde::de::DeserializeOwned>(root: &serde_json::Value, key: &str) -> Result<T> {
+    let mut merged = serde_json::Map::new();
+    for k in [key.to_string(), format!("{key}_dict")] {
+        match root.get(&k) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Object(m)) => merged.extend(m.clone()),
+            Some(_) => {
+                return Err(Error::config(
+                    format!("config.json {k}"),
+                    "is not an object",
+                ))
+            }
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(merged))
+        .map_err(|e| Error::config(format!("config.json {key}"), e.to_string()))
+}
+
+/// transformers' `hidden_act` → ours; the two towers must agree (one activation per model).
+fn hf_activation(field: &str, act: Option<&str>) -> Result<Activation> {
+    // transformers' CLIP configs default to "quick_gelu" (OpenAI's activation).
+    match act.unwrap_or("quick_gelu") {
+        "quick_gelu" => Ok(Activation::QuickGelu),
+        "gelu" => Ok(Activation::Gelu),
+        other => Err(Error::config(
+            field,
+            format!(
+                "is `{other}`; CLIP weights use `quick_gelu` (OpenAI) or `gelu` (exact, OpenCLIP)"
+            ),
+        )),
+    }
+}
+
+/// Our LayerNorms use torch's eps 1e-5, as every CLIP does.
+fn hf_layer_norm_eps(field: &str, eps: Option<f64>) -> Result<()> {
+    let eps = eps.unwrap_or(1e-5);
+    if (eps - 1e-5).abs() > 1e-12 {
+        return Err(Error::config(
+            field,
+            format!("is {eps}; only CLIP's 1e-5 is supported"),
+        ));
+    }
+    Ok(())
+}
+
 impl ClipConfig {
     /// OpenCLIP `ViT-B-16` (the backbone CLIP-DINOiser was trained on).
     pub fn vit_b_16() -> Self {
@@ -237,6 +362,7 @@ impl ClipConfig {
                 vocab_size: 49408,
                 mlp_dim: 2048,
             },
+            activation: Activation::Gelu,
         }
     }
 
@@ -263,6 +389,7 @@ impl ClipConfig {
                 vocab_size: 49408,
                 mlp_dim: 256,
             },
+            activation: Activation::Gelu,
         }
     }
 
@@ -291,6 +418,7 @@ impl ClipConfig {
                 text_cfg: f
                     .text_cfg
                     .ok_or_else(|| Error::config("text_cfg", "missing"))?,
+                quick_gelu: f.quick_gelu.unwrap_or(false),
             },
         };
         let v = m.vision_cfg;
@@ -318,16 +446,153 @@ impl ClipConfig {
                 vocab_size: t.vocab_size.unwrap_or(49408),
                 mlp_dim: mlp_dim(t.width, t.mlp_ratio, "text_cfg.mlp_ratio")?,
             },
+            activation: if m.quick_gelu {
+                Activation::QuickGelu
+            } else {
+                Activation::Gelu
+            },
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Parse a config file of either layout: an `open_clip_config.json` (`model_cfg` or a bare
+    /// `vision_cfg`/`text_cfg`) or a transformers CLIP `config.json` (`vision_config` /
+    /// `text_config`), told apart by their keys.
+    pub fn from_json(json: &str) -> Result<Self> {
+        if json.len() > MAX_CONFIG_JSON_BYTES {
+            return Self::from_open_clip_json(json);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| Error::config("config JSON", e.to_string()))?;
+        let has = |k: &str| v.get(k).is_some_and(|x| !x.is_null());
+        if has("model_cfg") || has("vision_cfg") {
+            Self::from_open_clip_json(json)
+        } else if has("vision_config")
+            || has("text_config")
+            || has("vision_config_dict")
+            || has("text_config_dict")
+        {
+            Self::from_transformers_json(json)
+        } else {
+            Err(Error::config(
+                "config JSON",
+                "is neither an open_clip_config.json (`model_cfg`) nor a transformers CLIP config.json (`vision_config`, `text_config`)",
+            ))
+        }
+    }
+
+    /// Parse a transformers `CLIPConfig` `config.json` (`openai/clip-vit-base-patch16`): fields
+    /// absent from the file take transformers' defaults, as `CLIPConfig.from_pretrained` does
+    /// (`hidden_act` defaults to `quick_gelu`, `patch_size` to 32, `projection_dim` to 512).
+    pub fn from_transformers_json(json: &str) -> Result<Self> {
+        if json.len() > MAX_CONFIG_JSON_BYTES {
+            return Err(Error::config(
+                "config.json",
+                format!(
+                    "is {} bytes; a config is a few kB (at most {MAX_CONFIG_JSON_BYTES} bytes are read)",
+                    json.len()
+                ),
+            ));
+        }
+        let root: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| Error::config("config.json", e.to_string()))?;
+        if !root.is_object() {
+            return Err(Error::config("config.json", "is not a JSON object"));
+        }
+        if let Some(t) = root.get("model_type").and_then(|t| t.as_str()) {
+            if t != "clip" {
+                return Err(Error::config(
+                    "config.json model_type",
+                    format!("is `{t}`; a CLIP config says `clip`"),
+                ));
+            }
+        }
+        let t: HfText = hf_sub(&root, "text_config")?;
+        let v: HfVision = hf_sub(&root, "vision_config")?;
+        let embed_dim = match root.get("projection_dim") {
+            None | Some(serde_json::Value::Null) => 512,
+            Some(x) => x.as_u64().map(|x| x as usize).ok_or_else(|| {
+                Error::config("config.json projection_dim", "is not a whole number")
+            })?,
+        };
+        let vact = hf_activation("vision_config.hidden_act", v.hidden_act.as_deref())?;
+        let tact = hf_activation("text_config.hidden_act", t.hidden_act.as_deref())?;
+        if vact != tact {
+            return Err(Error::config(
+                "text_config.hidden_act",
+                format!("is `{tact}` but vision_config.hidden_act is `{vact}`; both towers must use the same activation"),
+            ));
+        }
+        hf_layer_norm_eps("vision_config.layer_norm_eps", v.layer_norm_eps)?;
+        hf_layer_norm_eps("text_config.layer_norm_eps", t.layer_norm_eps)?;
+        if v.num_channels.unwrap_or(3) != 3 {
+            return Err(Error::config(
+                "vision_config.num_channels",
+                format!("is {:?}; CLIP reads RGB (3)", v.num_channels),
+            ));
+        }
+        let cfg = Self {
+            embed_dim,
+            vision: VisionConfig {
+                width: v.hidden_size.unwrap_or(768),
+                layers: v.num_hidden_layers.unwrap_or(12),
+                heads: v.num_attention_heads.unwrap_or(12),
+                patch_size: v.patch_size.unwrap_or(32),
+                image_size: v.image_size.unwrap_or(224),
+                mlp_dim: v.intermediate_size.unwrap_or(3072),
+            },
+            text: TextConfig {
+                width: t.hidden_size.unwrap_or(512),
+                layers: t.num_hidden_layers.unwrap_or(12),
+                heads: t.num_attention_heads.unwrap_or(8),
+                context_length: t.max_position_embeddings.unwrap_or(77),
+                vocab_size: t.vocab_size.unwrap_or(49408),
+                mlp_dim: t.intermediate_size.unwrap_or(2048),
+            },
+            activation: vact,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The transformers `config.json` text for this config (the fields [`Self::from_json`]
+    /// reads, with the values transformers writes for CLIP).
+    pub fn to_transformers_json(&self) -> String {
+        let v = &self.vision;
+        let t = &self.text;
+        let act = self.activation.name();
+        serde_json::json!({
+            "architectures": ["CLIPModel"],
+            "model_type": "clip",
+            "projection_dim": self.embed_dim,
+            "logit_scale_init_value": 2.6592,
+            "text_config": {
+                "model_type": "clip_text_model",
+                "vocab_size": t.vocab_size, "hidden_size": t.width,
+                "intermediate_size": t.mlp_dim, "num_hidden_layers": t.layers,
+                "num_attention_heads": t.heads, "max_position_embeddings": t.context_length,
+                "hidden_act": act, "layer_norm_eps": 1e-5,
+                // transformers pools at the largest token id (the end-of-text token) when
+                // `eos_token_id` is 2, as in OpenAI's own configs.
+                "bos_token_id": 49406, "eos_token_id": 2, "pad_token_id": 1
+            },
+            "vision_config": {
+                "model_type": "clip_vision_model",
+                "hidden_size": v.width, "intermediate_size": v.mlp_dim,
+                "num_hidden_layers": v.layers, "num_attention_heads": v.heads,
+                "image_size": v.image_size, "patch_size": v.patch_size, "num_channels": 3,
+                "hidden_act": act, "layer_norm_eps": 1e-5
+            }
+        })
+        .to_string()
     }
 
     /// The `open_clip_config.json` text for this config (hub layout).
     pub fn to_open_clip_json(&self) -> String {
         let v = &self.vision;
         let t = &self.text;
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "model_cfg": {
                 "embed_dim": self.embed_dim,
                 "vision_cfg": {
@@ -344,8 +609,12 @@ impl ClipConfig {
             "preprocess_cfg": {
                 "mean": crate::config::IMAGE_MEAN, "std": crate::config::IMAGE_STD
             }
-        })
-        .to_string()
+        });
+        // As open_clip's `*-quickgelu.json` configs: the key only when set.
+        if self.activation == Activation::QuickGelu {
+            json["model_cfg"]["quick_gelu"] = true.into();
+        }
+        json.to_string()
     }
 
     /// Infer widths, depths, patch, grid, context and vocab from tensor shapes. Head counts are
@@ -452,6 +721,8 @@ impl ClipConfig {
                 vocab_size: tok[0],
                 mlp_dim: tmlp,
             },
+            // Shapes cannot tell QuickGELU (OpenAI) from GELU: without a config, OpenCLIP's.
+            activation: Activation::Gelu,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -521,3 +792,63 @@ impl ClipConfig {
 pub const IMAGE_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)]
 pub const IMAGE_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_gelu_round_trips_through_both_config_layouts() {
+        for act in [Activation::Gelu, Activation::QuickGelu] {
+            let mut cfg = ClipConfig::vit_b_16();
+            cfg.activation = act;
+            let oc = cfg.to_open_clip_json();
+            assert_eq!(oc.contains("quick_gelu"), act == Activation::QuickGelu);
+            assert_eq!(ClipConfig::from_json(&oc).unwrap(), cfg);
+            let hf = cfg.to_transformers_json();
+            assert!(hf.contains(&format!("\"hidden_act\":\"{act}\"")), "{hf}");
+            assert_eq!(ClipConfig::from_json(&hf).unwrap(), cfg);
+            // The bundle's own serialisation (GGUF `clipdino.clip_config`).
+            let json = serde_json::to_string(&cfg).unwrap();
+            assert_eq!(serde_json::from_str::<ClipConfig>(&json).unwrap(), cfg);
+        }
+    }
+
+    #[test]
+    fn bundles_written_before_the_activation_field_read_as_gelu() {
+        let mut v = serde_json::to_value(ClipConfig::tiny()).unwrap();
+        v.as_object_mut().unwrap().remove("activation");
+        let cfg: ClipConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(cfg.activation, Activation::Gelu);
+    }
+
+    #[test]
+    fn open_clip_quick_gelu_key_is_read_at_either_level() {
+        let bare = r#"{"embed_dim": 32, "quick_gelu": true,
+            "vision_cfg": {"image_size": 224, "layers": 4, "width": 64, "patch_size": 16},
+            "text_cfg": {"width": 64, "heads": 2, "layers": 2}}"#;
+        let c = ClipConfig::from_json(bare).unwrap();
+        assert_eq!(c.activation, Activation::QuickGelu);
+        let hub = ClipConfig::tiny().to_open_clip_json();
+        assert_eq!(
+            ClipConfig::from_json(&hub).unwrap().activation,
+            Activation::Gelu
+        );
+        let e = ClipConfig::from_json(
+            &hub.replace("\"model_cfg\":{", "\"model_cfg\":{\"quick_gelu\":\"yes\","),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("open_clip_config.json"), "{e}");
+    }
+
+    #[test]
+    fn the_head_is_refused_on_quick_gelu_weights() {
+        let mut cfg = ClipConfig::tiny();
+        let head = HeadConfig::for_clip(&cfg, 32);
+        head.validate(&cfg).unwrap();
+        cfg.activation = Activation::QuickGelu;
+        let e = head.validate(&cfg).unwrap_err().to_string();
+        assert!(e.contains("head_config") && e.contains("laion2b"), "{e}");
+    }
+}

@@ -25,6 +25,6 @@ pub mod timing;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::{ClipConfig, HeadConfig, TextConfig, VisionConfig};
+pub use config::{Activation, ClipConfig, HeadConfig, TextConfig, VisionConfig};
 pub use error::{Error, Result};
 pub use weights::{ComputePath, Stored, TensorStore, Vb};

@@ -23,7 +23,7 @@ use clipdino::loaders::{random_clip_store, read_safetensors};
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
 use clipdino::{ClipConfig, ComputePath, Error, Stored, TensorStore, Vb};
-use common::max_abs_diff;
+use common::{max_abs_diff, token_rows};
 
 const TOL: f32 = 1e-4;
 
@@ -61,24 +61,6 @@ fn check(label: &str, got: &Tensor, want: &Tensor) {
     let d = max_abs_diff(got, want);
     println!("{label}: max |Δ| = {d:.3e} over {:?}", got.dims());
     assert!(d <= TOL, "{label}: max |Δ| = {d:e} > {TOL:e}");
-}
-
-/// Rows of `text.tokens` cut after their EOT (the largest id), as the tokenizer returns them.
-fn token_rows(tokens: &Tensor) -> Vec<Vec<u32>> {
-    tokens
-        .to_dtype(DType::I64)
-        .unwrap()
-        .to_vec2::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|row| {
-            let eot = row
-                .iter()
-                .enumerate()
-                .fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
-            row[..=eot].iter().map(|&v| v as u32).collect()
-        })
-        .collect()
 }
 
 #[test]

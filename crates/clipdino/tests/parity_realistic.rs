@@ -20,7 +20,7 @@ use clipdino::clip::preprocess;
 use clipdino::loaders::{load_model_files, Bundle};
 use clipdino::pipeline::{EncodeOptions, Mode, SegmentOptions, Segmenter, Window};
 use clipdino::ComputePath;
-use common::fixture;
+use common::{fixture, token_rows};
 
 const DIR: &str = "tiny-realistic";
 const RTOL: f32 = 1e-4;
@@ -58,21 +58,6 @@ fn labels_of(exp: &HashMap<String, Tensor>, k: &str) -> Vec<u32> {
         .unwrap()
         .into_iter()
         .map(|v| v as u32)
-        .collect()
-}
-
-/// Rows of a `[N, 77]` token tensor cut after their EOT (the largest id).
-fn token_rows(t: &Tensor) -> Vec<Vec<u32>> {
-    t.to_vec2::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|r| {
-            let eot = r
-                .iter()
-                .enumerate()
-                .fold(0, |b, (j, &v)| if v > r[b] { j } else { b });
-            r[..=eot].iter().map(|&v| v as u32).collect()
-        })
         .collect()
 }
 

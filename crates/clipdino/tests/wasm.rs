@@ -9,6 +9,8 @@
 mod common;
 #[path = "support/hostile.rs"]
 mod hostile;
+#[path = "support/openai.rs"]
+mod openai;
 
 use std::collections::HashMap;
 
@@ -450,4 +452,20 @@ fn hostile_files_are_errors_on_a_32_bit_target() {
     assert!(e.contains("views.pt") && e.contains("budget"), "{e}");
     let e = msg(read_torch_pickle(&torch_zip(&os_system_pickle("ls"), &[]), "o.pt").map(|_| ()));
     assert!(e.contains("os.system"), "{e}");
+}
+
+/// OpenAI-CLIP (QuickGELU) weights in the open_clip layout, the transformers safetensors and
+/// the transformers `.bin`, each against its upstream library (as `tests/parity_openai.rs`).
+#[wasm_bindgen_test]
+fn openai_weights_match_upstream_in_both_layouts() {
+    for layout in openai::LAYOUTS {
+        let worst = openai::check_layout(layout, &web_sys_log);
+        web_sys_log(&format!("wasm openai {layout:?}: worst {worst:.3e}"));
+    }
+}
+
+/// candle-transformers' own CLIP on the transformers-layout file agrees with ours in wasm too.
+#[wasm_bindgen_test]
+fn openai_transformers_layout_agrees_with_candle_transformers() {
+    openai::check_candle_transformers(&web_sys_log);
 }

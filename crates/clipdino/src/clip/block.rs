@@ -6,12 +6,15 @@
 //! x = x + c_proj(GELU_erf(c_fc(ln_2(x))))
 //! ```
 //!
+//! (OpenAI's weights use QuickGELU `x·σ(1.702·x)` instead of the exact GELU: [`Activation`].)
+//!
 //! Tensor names: `ln_1.*`, `attn.in_proj_weight [3w, w]` (q, k, v stacked), `attn.in_proj_bias`,
 //! `attn.out_proj.*`, `ln_2.*`, `mlp.c_fc.*`, `mlp.c_proj.*`.
 
 use candle_core::{DType, Module, Tensor, D};
 
 use super::fastmath;
+use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::linear::Linear;
 use crate::par;
@@ -65,18 +68,20 @@ impl Module for LayerNorm {
     }
 }
 
-/// `mlp.c_fc` → exact (erf) GELU → `mlp.c_proj`.
+/// `mlp.c_fc` → activation (exact erf GELU, or QuickGELU for OpenAI weights) → `mlp.c_proj`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
     c_fc: Linear,
     c_proj: Linear,
+    act: Activation,
 }
 
 impl Mlp {
-    pub fn new(width: usize, mlp_dim: usize, vb: &Vb) -> Result<Self> {
+    pub fn new(width: usize, mlp_dim: usize, act: Activation, vb: &Vb) -> Result<Self> {
         Ok(Self {
             c_fc: Linear::new(width, mlp_dim, &vb.pp("c_fc"))?,
             c_proj: Linear::new(mlp_dim, width, &vb.pp("c_proj"))?,
+            act,
         })
     }
 }
@@ -84,8 +89,11 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = op_flops("matmul mlp.c_fc", matmul_flops(x), || self.c_fc.forward(x))?;
-        // c_fc's output is a fresh tensor: the GELU overwrites it.
-        let h = op("gelu (erf)", || fastmath::gelu_(h))?;
+        // c_fc's output is a fresh tensor: the activation overwrites it.
+        let h = match self.act {
+            Activation::Gelu => op("gelu (erf)", || fastmath::gelu_(h))?,
+            Activation::QuickGelu => op("quick_gelu", || fastmath::quick_gelu_(h))?,
+        };
         op_flops("matmul mlp.c_proj", matmul_flops(&h), || {
             self.c_proj.forward(&h)
         })
@@ -237,12 +245,18 @@ pub struct ResidualAttentionBlock {
 }
 
 impl ResidualAttentionBlock {
-    pub fn new(width: usize, heads: usize, mlp_dim: usize, vb: &Vb) -> Result<Self> {
+    pub fn new(
+        width: usize,
+        heads: usize,
+        mlp_dim: usize,
+        act: Activation,
+        vb: &Vb,
+    ) -> Result<Self> {
         Ok(Self {
             ln_1: LayerNorm::new(width, &vb.pp("ln_1"))?,
             attn: MultiheadAttention::new(width, heads, &vb.pp("attn"))?,
             ln_2: LayerNorm::new(width, &vb.pp("ln_2"))?,
-            mlp: Mlp::new(width, mlp_dim, &vb.pp("mlp"))?,
+            mlp: Mlp::new(width, mlp_dim, act, &vb.pp("mlp"))?,
         })
     }
 

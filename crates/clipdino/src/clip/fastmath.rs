@@ -66,6 +66,14 @@ pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// `x·σ(1.702·x) = x / (1 + e^{−1.702·x})`, OpenAI CLIP's `QuickGELU` (open_clip
+/// `transformer.QuickGELU`, transformers `QuickGELUActivation`).
+#[inline(always)]
+pub fn quick_gelu(x: f32) -> f32 {
+    // For x below −51 the exponent saturates at e^{88.4}: the result is −0 … −1e-37, as in torch.
+    x / (1.0 + exp(-1.702 * x))
+}
+
 /// Softmax of one row, in place.
 fn softmax_row(row: &mut [f32]) {
     // Max and sum over 8 lanes so that they vectorise (a plain fold is sequential in IEEE order).
@@ -130,6 +138,23 @@ impl InplaceOp1 for GeluErf {
         par::for_each_row(f32_slice_mut(s, l)?, 4096, |row| {
             for v in row {
                 *v = gelu_erf(*v);
+            }
+        });
+        Ok(())
+    }
+}
+
+struct QuickGelu;
+
+impl InplaceOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "clip-quick-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        par::for_each_row(f32_slice_mut(s, l)?, 4096, |row| {
+            for v in row {
+                *v = quick_gelu(*v);
             }
         });
         Ok(())
@@ -237,6 +262,16 @@ pub fn gelu_(x: Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// QuickGELU in the storage of `x` when possible; same contract as [`gelu_`].
+pub fn quick_gelu_(x: Tensor) -> candle_core::Result<Tensor> {
+    if fast_path(&x) {
+        x.inplace_op1(&QuickGelu)?;
+        Ok(x)
+    } else {
+        x.broadcast_mul(&candle_nn::ops::sigmoid(&(&x * 1.702)?)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +290,30 @@ mod tests {
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(-100.0), 0.0);
         assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn quick_gelu_is_accurate() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -60.0 + i as f32 * 120.0 / 200_000.0;
+            let xd = x as f64;
+            let want = xd / (1.0 + (-1.702 * xd).exp());
+            worst = worst.max((quick_gelu(x) as f64 - want).abs() / want.abs().max(1.0));
+        }
+        assert!(worst < 1e-6, "max error {worst:e}");
+        let x = Tensor::new(
+            &[[-3.0f32, -0.5, 0.0, 0.25, 4.0]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let fast = quick_gelu_(x.copy().unwrap()).unwrap();
+        let slow = quick_gelu_(x.t().unwrap()).unwrap().t().unwrap();
+        let d = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(
+            d.to_scalar::<f32>().unwrap() < 1e-6,
+            "fast and candle paths differ"
+        );
     }
 
     #[test]

@@ -77,6 +77,7 @@ impl TextTransformer {
                     t.width,
                     t.heads,
                     t.mlp_dim,
+                    cfg.activation,
                     &vb.pp("transformer.resblocks").pp(i),
                 )
             })

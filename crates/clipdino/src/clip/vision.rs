@@ -63,6 +63,7 @@ impl VisionTransformer {
                     w,
                     v.heads,
                     v.mlp_dim,
+                    cfg.activation,
                     &vb.pp("transformer.resblocks").pp(i),
                 )
             })

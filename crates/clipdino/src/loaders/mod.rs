@@ -11,13 +11,15 @@
 //! [`budget`]).
 //!
 //! Tensor names are open_clip's (`visual.transformer.resblocks.0.attn.in_proj_weight`, …); the
-//! CLIP-DINOiser head lives under `dinoiser.` (`dinoiser.obj_proj.weight`, …).
+//! CLIP-DINOiser head lives under `dinoiser.` (`dinoiser.obj_proj.weight`, …). CLIP weights in
+//! the transformers layout (`openai/clip-vit-base-patch16`) are renamed on load ([`transformers`]).
 
 pub mod budget;
 mod gguf;
 mod pickle;
 mod random;
 mod safetensors;
+mod transformers;
 
 pub use crate::quant::{Quant, Recipe};
 pub use budget::{human_bytes, LoadBudget, LoadMeter};
@@ -30,8 +32,9 @@ pub use random::{random_clip_store, random_head_store};
 pub use safetensors::{
     read_safetensors, read_safetensors_metered, write_safetensors, write_safetensors_entries,
 };
+pub use transformers::{from_transformers, is_transformers_layout, to_transformers};
 
-use crate::config::{ClipConfig, HeadConfig};
+use crate::config::{Activation, ClipConfig, HeadConfig};
 use crate::error::{Error, Result};
 use crate::weights::TensorStore;
 
@@ -69,6 +72,19 @@ impl Bundle {
         }
         Ok(())
     }
+}
+
+/// Why a CLIP-DINOiser head is refused on CLIP weights with activation `act` (anything but
+/// OpenCLIP's exact GELU): the words of the error the loaders and [`HeadConfig::validate`] give.
+///
+/// The head's two convolutions were trained on the block-9 features of OpenCLIP ViT-B/16
+/// `laion2b_s34b_b88k` (exact GELU). OpenAI's weights (QuickGELU) were trained separately: their
+/// feature space is unrelated, so the head's patch correlations and background scores on them
+/// would be numbers without meaning, and the overlay would look plausible while being wrong.
+pub fn head_activation_refusal(act: Activation) -> String {
+    format!(
+        "the CLIP-DINOiser head was trained on OpenCLIP ViT-B/16 laion2b features (exact GELU), but these CLIP weights use {act} (OpenAI's CLIP): their features are a different space, so the head's correlations and background scores would mean nothing. Leave the head out and use the CLIP-only segmentation (MaskCLIP)"
+    )
 }
 
 /// Every tensor a CLIP model with this config reads, with its upstream shape.
@@ -333,6 +349,7 @@ pub fn load_model_files_with(files: &[(String, Vec<u8>)], budget: LoadBudget) ->
     let mut config: Option<(&str, ClipConfig)> = None;
     let mut clip: Option<TensorStore> = None;
     let mut head: Option<(TensorStore, HeadConfig)> = None;
+    let mut transformers_file: Option<&str> = None;
     for f in files {
         let (name, bytes) = (f.0.as_str(), f.1.as_slice());
         if bytes.is_empty() {
@@ -364,7 +381,7 @@ pub fn load_model_files_with(files: &[(String, Vec<u8>)], budget: LoadBudget) ->
                     source_name: name.to_string(),
                     detail: "JSON file is not UTF-8".into(),
                 })?;
-                let cfg = ClipConfig::from_open_clip_json(text).map_err(|e| match e {
+                let cfg = ClipConfig::from_json(text).map_err(|e| match e {
                     Error::Config { field, detail } => Error::Config {
                         field,
                         detail: format!("{detail} (in {name})"),
@@ -384,6 +401,12 @@ pub fn load_model_files_with(files: &[(String, Vec<u8>)], budget: LoadBudget) ->
                 strip_clip_prefix(read_torch_pickle_metered(bytes, name, &mut meter)?)
             }
             Some(FileKind::Safetensors) => read_safetensors_metered(bytes, name, &mut meter)?,
+        };
+        let store = if is_transformers_layout(&store) {
+            transformers_file = Some(name);
+            from_transformers(store, &mut meter)?
+        } else {
+            store
         };
         if is_head_store(&store) {
             if head.is_some() {
@@ -417,9 +440,17 @@ pub fn load_model_files_with(files: &[(String, Vec<u8>)], budget: LoadBudget) ->
             return Err(Error::invalid("files", what));
         }
     };
-    let clip_cfg = match config {
-        Some((_, c)) => c,
-        None => ClipConfig::infer(&store, DEFAULT_HEAD_WIDTH, DEFAULT_HEAD_WIDTH)?,
+    let clip_cfg = match (config, transformers_file) {
+        (Some((_, c)), _) => c,
+        (None, Some(name)) => {
+            return Err(Error::invalid(
+                "files",
+                format!(
+                    "{name} holds CLIP weights in the transformers layout (vision_model.*, text_model.*); give its config.json too: the activation (hidden_act: quick_gelu for OpenAI's weights) and the head counts are not in the weights"
+                ),
+            ))
+        }
+        (None, None) => ClipConfig::infer(&store, DEFAULT_HEAD_WIDTH, DEFAULT_HEAD_WIDTH)?,
     };
     validate_clip_store(&store, &clip_cfg)?;
     let mut bundle_store = store;
@@ -432,6 +463,12 @@ pub fn load_model_files_with(files: &[(String, Vec<u8>)], budget: LoadBudget) ->
                         "the CLIP-DINOiser head expects {}-wide features, the CLIP vision tower is {} wide",
                         hc.in_dim, clip_cfg.vision.width
                     ),
+                });
+            }
+            if clip_cfg.activation != Activation::Gelu {
+                return Err(Error::WrongModel {
+                    source_name: h.source().to_string(),
+                    detail: head_activation_refusal(clip_cfg.activation),
                 });
             }
             hc.layer = clip_cfg.vision.layers.saturating_sub(3);

@@ -25,6 +25,25 @@ pub fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// Rows of a `[N, context]` token tensor (any integer dtype) cut after their EOT (the first
+/// largest id), as the tokenizer returns them.
+pub fn token_rows(tokens: &Tensor) -> Vec<Vec<u32>> {
+    tokens
+        .to_dtype(DType::I64)
+        .unwrap()
+        .to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            let eot = row
+                .iter()
+                .enumerate()
+                .fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
+            row[..=eot].iter().map(|&v| v as u32).collect()
+        })
+        .collect()
+}
+
 /// Mean and minimum per-patch cosine similarity of two `[h, w, E]` feature maps.
 pub fn patch_cosine(a: &Tensor, b: &Tensor) -> (f32, f32) {
     assert_eq!(a.dims(), b.dims(), "shape");
