@@ -190,9 +190,10 @@ impl State {
     pub(super) fn apply_share(&mut self, share: &Share) {
         if let Some(labels) = &share.labels {
             self.labels.clear();
+            let mut keys = Vec::new();
             for l in labels {
                 // Links are user data too: skip what the editor would refuse.
-                let _ = self.push_label(l);
+                let _ = self.push_label(l, &mut keys);
             }
             self.after_labels_changed();
         }

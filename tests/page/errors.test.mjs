@@ -82,7 +82,9 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
       [{ name: 'broken.jpg', mimeType: 'image/jpeg', buffer: Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0]), Buffer.alloc(4000, 7)]) }, /broken\.jpg.*(damaged|not an image)/],
       [{ name: 'empty.png', mimeType: 'image/png', buffer: Buffer.alloc(0) }, /empty\.png.*empty \(0 bytes\)/],
       [{ name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('hello') }, /notes\.txt.*neither a photo nor a weights file/],
-      [{ name: 'huge.png', mimeType: 'image/png', buffer: pngHeader(30000, 30000) }, /30000 × 30000 pixels \(900 megapixels\); the limit is 100 megapixels/],
+      // The model crate's limits (clipdino::limits): 16384 pixels a side, 100 megapixels.
+      [{ name: 'huge.png', mimeType: 'image/png', buffer: pngHeader(30000, 30000) }, /huge\.png”: the photo is 30000×30000 pixels, over the limit of 16384 pixels a side/],
+      [{ name: 'wide.png', mimeType: 'image/png', buffer: pngHeader(12000, 9000) }, /wide\.png”: the photo is 12000×9000 pixels \(108\.0 megapixels\), over the limit of 100 megapixels/],
     ];
     for (const [i, [file, re]] of cases.entries()) {
       await page.setInputFiles('[data-role=photo-input]', file);
@@ -140,6 +142,10 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
     await page.fill('[data-role=label-input]', 'CUP');
     await page.press('[data-role=label-input]', 'Enter');
     await expectNotice(page, 'labels', /“CUP” is already in the list/);
+    // Duplicates as the tokenizer reads them (clipdino::limits::label_key), not by case alone.
+    await page.fill('[data-role=label-input]', 'ｃｕｐ');
+    await page.press('[data-role=label-input]', 'Enter');
+    await expectNotice(page, 'labels', /“ｃｕｐ” is already in the list \(it reads the same to the model as “cup”\)/);
     await page.fill('[data-role=label-input]', 'x'.repeat(120));
     await page.press('[data-role=label-input]', 'Enter');
     await expectNotice(page, 'labels', /too long: labels have at most 80 characters/);
