@@ -106,6 +106,9 @@ async fn encode(shared: &Shared, key: FeatureKey, photo: &Decoded, for_id: u64) 
         Ok(p) => p,
         Err(e) => return failed(format!("The photo could not be resized: {e}")),
     };
+    // Said at once (the first block may take seconds): the page then knows the worker is
+    // computing, and counts its silence.
+    progress(image, Stage::Encode, None, 0, None, false);
     let mut last = 0.0;
     let fault = shared.borrow_mut().fault.take();
     let mut report = |p: clipdino::pipeline::Progress| {

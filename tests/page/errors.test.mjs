@@ -23,6 +23,21 @@ import {
   waitLegend,
 } from './helpers.mjs';
 
+/** A well-formed GGUF (v3) of another model: `general.architecture = llama` and one F32 tensor
+ * `token_embd.weight` of 4 values. */
+function foreignGguf() {
+  const u32 = (v) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
+  const u64 = (v) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
+  const str = (t) => Buffer.concat([u64(Buffer.byteLength(t)), Buffer.from(t)]);
+  const head = Buffer.concat([
+    Buffer.from('GGUF'), u32(3), u64(1), u64(1),
+    str('general.architecture'), u32(8), str('llama'),
+    str('token_embd.weight'), u32(1), u64(4), u32(0), u64(0),
+  ]);
+  const pad = Buffer.alloc((32 - (head.length % 32)) % 32);
+  return Buffer.concat([head, pad, Buffer.alloc(16, 0x3f)]);
+}
+
 /** A valid PNG header (signature + IHDR) claiming `w × h` pixels, with no image data. */
 function pngHeader(w, h) {
   const ihdr = Buffer.alloc(13);
@@ -128,6 +143,10 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
       buffer: Buffer.from('this is not a weights file at all'),
     });
     await expectNotice(page, 'weights', /open_clip_model\.safetensors is not a weights file we can read/);
+    await dismiss(page, 'weights');
+    // A well-formed GGUF of another model (a language model's embedding table): not ours.
+    await page.setInputFiles('[data-role=weights-input]', { name: 'llama.gguf', mimeType: 'application/octet-stream', buffer: foreignGguf() });
+    await expectNotice(page, 'weights', /could not be loaded.*previously loaded model stays in use/is);
     await dismiss(page, 'weights');
     // The model still segments.
     await page.click('[data-sample=chelsea]');
