@@ -54,6 +54,9 @@ struct Inner {
     /// When the worker last said something (ms), and whether the state says it is computing.
     last_heard: Cell<f64>,
     computing: Cell<bool>,
+    /// How long the current worker may compute in silence (ms): [`SILENCE_LIMIT_MS`], or less
+    /// when a page test asked (`?debug-worker`) — for that worker only.
+    silence_limit: Cell<f64>,
     _handlers: RefCell<Vec<Handler>>,
 }
 
@@ -137,6 +140,7 @@ impl WorkerHandle {
         }
         self.0.ready.set(false);
         self.0.queue.borrow_mut().clear();
+        self.0.silence_limit.set(SILENCE_LIMIT_MS);
         // Its handlers stay until the restart (one of them may be running this); they ignore
         // events of an old generation.
         self.0.dispatch.dispatch(Action::WorkerDied {
@@ -271,7 +275,7 @@ impl WorkerHandle {
             if inner.alive.get()
                 && inner.ready.get()
                 && inner.computing.get()
-                && silent > SILENCE_LIMIT_MS
+                && silent > inner.silence_limit.get()
             {
                 let generation = inner.generation.get();
                 WorkerHandle(inner).died(
@@ -283,8 +287,10 @@ impl WorkerHandle {
         .forget();
     }
 
-    /// Test hook of pages opened with `?debug-worker`: `window.clipdinoDebug.injectFault("panic"
-    /// | "oom")` makes the next image encode crash after its first block.
+    /// Test hooks of pages opened with `?debug-worker`: `window.clipdinoDebug.injectFault("panic"
+    /// | "oom" | "hang")` makes the next image encode crash (or never end) after its first
+    /// block; `window.clipdinoDebug.setSilenceLimit(ms)` shortens the silence rule for the
+    /// current worker (its successor gets the shipped limit again).
     fn expose_debug_handle(&self) {
         let Some(window) = web_sys::window() else {
             return;
@@ -303,15 +309,24 @@ impl WorkerHandle {
             let handle = WorkerHandle(inner);
             let fault = match kind.as_string().as_deref() {
                 Some("oom") => Fault::OutOfMemory,
+                Some("hang") => Fault::Hang,
                 _ => Fault::Panic,
             };
             let id = handle.next_id();
             handle.send(&Request::InjectFault { id, fault }, vec![]);
         });
+        let weak = Rc::downgrade(&self.0);
+        let silence = Closure::<dyn FnMut(JsValue)>::new(move |ms: JsValue| {
+            if let (Some(inner), Some(ms)) = (weak.upgrade(), ms.as_f64()) {
+                inner.silence_limit.set(ms.clamp(0.0, SILENCE_LIMIT_MS));
+            }
+        });
         let obj = js_sys::Object::new();
         let _ = js_sys::Reflect::set(&obj, &"injectFault".into(), inject.as_ref());
+        let _ = js_sys::Reflect::set(&obj, &"setSilenceLimit".into(), silence.as_ref());
         let _ = js_sys::Reflect::set(&window, &"clipdinoDebug".into(), &obj);
         inject.forget();
+        silence.forget();
     }
 }
 
@@ -347,6 +362,7 @@ pub fn create(dispatch: UseReducerDispatcher<State>) -> WorkerHandle {
         kept: RefCell::new(VecDeque::new()),
         last_heard: Cell::new(0.0),
         computing: Cell::new(false),
+        silence_limit: Cell::new(SILENCE_LIMIT_MS),
         _handlers: RefCell::new(Vec::new()),
     }));
     handle.spawn();

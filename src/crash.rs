@@ -8,8 +8,14 @@ use wasm_bindgen::JsCast;
 pub fn install_panic_banner() {
     std::panic::set_hook(Box::new(|info| {
         console_error_panic_hook::hook(info);
-        show_banner(&info.to_string());
+        show_banner(&one_line(&info.to_string()));
     }));
+}
+
+/// A panic's text on one line: Rust puts the message on a line of its own after the location
+/// ("panicked at src/x.rs:1:2:\nmessage"); a message in the page reads as one sentence.
+pub(crate) fn one_line(detail: &str) -> String {
+    detail.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn show_banner(detail: &str) {
@@ -49,4 +55,18 @@ fn show_banner(detail: &str) {
         let _ = banner.append_child(&button);
     }
     let _ = body.prepend_with_node_1(&banner);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn panic_text_reads_as_one_line() {
+        assert_eq!(
+            one_line("panicked at src/worker/jobs.rs:326:25:\nfault injected\n"),
+            "panicked at src/worker/jobs.rs:326:25: fault injected"
+        );
+        assert_eq!(one_line("a \t\r\n b"), "a b");
+    }
 }

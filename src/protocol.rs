@@ -107,6 +107,8 @@ pub enum Fault {
     Panic,
     /// What a failed allocation does: `handle_alloc_error`, an abort without a message.
     OutOfMemory,
+    /// A worker that computes forever and never replies (the page's silence rule ends it).
+    Hang,
 }
 
 // The payloads of the image-side requests are plain structs so that the worker keeps them as

@@ -116,6 +116,10 @@ mod tests {
         assert_eq!(file_name_of("https://h/"), "download");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%41+b"), "%zzA b");
+        // Cut sequences, invalid UTF-8 and a character where hex digits belong decode without
+        // failing (hostile links).
+        assert_eq!(percent_decode("%E0%A4%é"), "\u{FFFD}%é");
+        assert_eq!(percent_decode("%4"), "%4");
         assert_eq!(
             percent_decode(&percent_encode("日本 & more")),
             "日本 & more"

@@ -15,5 +15,16 @@ if (self.name.startsWith('clipdino-pool-')) {
     close();
   };
 } else {
+  // In this build the worker's async jobs run as promise callbacks, so a wasm trap (an abort,
+  // an allocation failure) rejects a promise instead of raising an error event, and the page
+  // would never learn that the worker died. Raise it as the single-threaded build does.
+  self.addEventListener('unhandledrejection', (event) => {
+    if (event.reason instanceof WebAssembly.RuntimeError) {
+      event.preventDefault();
+      setTimeout(() => {
+        throw event.reason;
+      });
+    }
+  });
   init({ module_or_path: new URL('./@MT_WASM@', import.meta.url) });
 }

@@ -34,6 +34,10 @@ pub struct WorkerLife {
     pub gave_up: Option<Area>,
     /// A fresh worker is rebuilding the user's model: its `Loaded` must not clear the message.
     pub(super) recovering: bool,
+    /// The area showing the message about the last death. The fresh worker's results (the
+    /// photo decoded again, the overlay back) do not clear it; the user does (dismissing it,
+    /// or acting there again), or a newer message in that area replaces it.
+    pub(super) message: Option<Area>,
 }
 
 /// The user-facing reason for a death, from the error event text (a wasm trap in the worker
@@ -47,6 +51,8 @@ pub fn death_reason(cause: &str) -> String {
             "it ran out of memory or aborted ({cause}); a smaller photo, a lower resolution or \
              fewer labels may help"
         )
+    } else if c.starts_with("no reply") {
+        format!("it stopped answering ({cause})")
     } else if cause.is_empty() {
         "it stopped without a message".into()
     } else {
@@ -125,6 +131,7 @@ impl State {
                 ),
                 true,
             );
+            self.life.message = Some(area);
         } else {
             self.restart_worker();
             let what = if self.life.replay.is_empty() {
@@ -139,6 +146,7 @@ impl State {
                 ),
                 true,
             );
+            self.life.message = Some(area);
         }
     }
 
@@ -179,7 +187,7 @@ mod tests {
     use super::super::test_util::*;
     use super::super::*;
     use super::*;
-    use crate::protocol::{ModelInfo, Progress, Response};
+    use crate::protocol::{ErrorContext, ModelInfo, Progress, Response};
 
     fn info() -> ModelInfo {
         ModelInfo {
@@ -265,6 +273,25 @@ mod tests {
         assert!(s.model.is_some());
         assert_eq!(s.model_generation, 2, "the overlay is requested again");
         assert!(s.notice(Area::Result).is_some());
+        // The photo decoded again and the overlay back do not take the message away (the
+        // fresh worker answers within a second or two: the user must be able to read it).
+        s.apply(Action::Worker(
+            Response::ImageDecoded {
+                id: 2,
+                width: 8,
+                height: 8,
+            },
+            vec![],
+        ));
+        s.apply(Action::Sent(Kind::Segment, 3));
+        let (seg, p) = seg_response(3, &["cat"], 2, 2);
+        s.apply(Action::Worker(seg, p));
+        assert!(s.segmentation.is_some());
+        assert!(s
+            .notice(Area::Result)
+            .unwrap()
+            .text
+            .contains("A fresh worker was started"));
         // A later load clears notices as usual.
         s.apply(Action::WeightsRequested(7));
         s.apply(Action::Worker(
@@ -274,6 +301,21 @@ mod tests {
             },
             vec![],
         ));
+        assert!(s.notice(Area::Result).is_none());
+        assert_eq!(s.life.message, None);
+        // Without a death message, an overlay clears the area's message as before.
+        s.apply(Action::Worker(
+            Response::Error {
+                id: None,
+                context: ErrorContext::Worker,
+                message: "x".into(),
+            },
+            vec![],
+        ));
+        assert!(s.notice(Area::Result).is_some());
+        s.apply(Action::Sent(Kind::Segment, 9));
+        let (seg, p) = seg_response(9, &["cat"], 2, 2);
+        s.apply(Action::Worker(seg, p));
         assert!(s.notice(Area::Result).is_none());
     }
 
@@ -407,5 +449,9 @@ mod tests {
         assert!(death_reason("Uncaught RuntimeError: unreachable").contains("ran out of memory"));
         assert_eq!(death_reason("  "), "it stopped without a message");
         assert_eq!(death_reason("boom"), "it failed (boom)");
+        assert_eq!(
+            death_reason("no reply for 121 s while computing"),
+            "it stopped answering (no reply for 121 s while computing)"
+        );
     }
 }

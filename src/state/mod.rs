@@ -14,6 +14,7 @@ pub mod weights;
 use std::collections::HashSet;
 use std::rc::Rc;
 
+use clipdino::limits::{self, LimitError};
 use yew::Reducible;
 
 use crate::palette;
@@ -23,10 +24,8 @@ pub use life::WorkerLife;
 pub use share::Share;
 pub use weights::WeightsSource;
 
-/// Most labels one segmentation takes (label maps are one byte per pixel).
-pub const MAX_LABELS: usize = 200;
-/// Longest label, in characters (CLIP reads at most 77 tokens including the prompt template).
-pub const MAX_LABEL_CHARS: usize = 80;
+/// The label limits are the model crate's (one definition for the UI, the worker and the CLI).
+pub use clipdino::limits::{MAX_LABELS, MAX_LABEL_CHARS};
 pub const K_MIN: usize = 2;
 pub const K_MAX: usize = 16;
 
@@ -268,7 +267,7 @@ impl State {
     }
 
     fn set_notice(&mut self, area: Area, text: impl Into<String>, error: bool) {
-        self.notices.retain(|(a, _)| *a != area);
+        self.clear_notice(area);
         self.notices.push((
             area,
             Notice {
@@ -280,6 +279,17 @@ impl State {
 
     fn clear_notice(&mut self, area: Area) {
         self.notices.retain(|(a, _)| *a != area);
+        if self.life.message == Some(area) {
+            self.life.message = None;
+        }
+    }
+
+    /// A result arrived in `area`: its message goes, unless it tells of a worker death (that
+    /// one stays until the user dismisses it, see [`WorkerLife`]).
+    fn clear_notice_for_result(&mut self, area: Area) {
+        if self.life.message != Some(area) {
+            self.clear_notice(area);
+        }
     }
 
     fn free_slot(&self) -> usize {
@@ -292,30 +302,61 @@ impl State {
         (0..).find(|s| !used.contains(s)).unwrap_or(0)
     }
 
-    /// Add one label. Returns a reason when it was not added.
-    fn push_label(&mut self, raw: &str) -> Result<(), String> {
+    /// Why `text` (normalised, not empty) cannot join the labels, the label `except` aside
+    /// (`keys`: the [`limits::label_key`] of every label, in order): the shared limits of
+    /// [`clipdino::limits`] in the page's words. Two labels are the same when the tokenizer
+    /// reads them the same ("Cat", "ｃａｔ" and "c&#97;t" are "cat").
+    fn label_problem(&self, text: &str, keys: &[String], except: Option<u32>) -> Option<String> {
+        if let Err(e) = limits::check_label(text, 0) {
+            return Some(match e {
+                LimitError::LabelTooLong { preview, .. } => format!(
+                    "“{preview}” is too long: labels have at most {MAX_LABEL_CHARS} characters."
+                ),
+                _ => "Empty label: type a word or a short phrase.".into(),
+            });
+        }
+        let key = limits::label_key(text);
+        let same = self
+            .labels
+            .iter()
+            .zip(keys)
+            .find(|(l, k)| Some(l.id) != except && **k == key)?;
+        Some(if same.0.text == text {
+            format!("“{text}” is already in the list.")
+        } else {
+            format!(
+                "“{text}” is already in the list (it reads the same to the model as “{}”).",
+                same.0.text
+            )
+        })
+    }
+
+    /// The [`limits::label_key`] of every label, in order.
+    fn label_keys(&self) -> Vec<String> {
+        self.labels
+            .iter()
+            .map(|l| limits::label_key(&l.text))
+            .collect()
+    }
+
+    /// Add one label (`keys`: [`Self::label_keys`], kept up to date). Returns a reason when
+    /// it was not added.
+    fn push_label(&mut self, raw: &str, keys: &mut Vec<String>) -> Result<(), String> {
         let text = normalise_label(raw);
         if text.is_empty() {
             return Err("Empty label: type a word or a short phrase.".into());
         }
-        if text.chars().count() > MAX_LABEL_CHARS {
-            let short: String = text.chars().take(24).collect();
-            return Err(format!(
-                "“{short}…” is too long: labels have at most {MAX_LABEL_CHARS} characters."
-            ));
-        }
-        if self
-            .labels
-            .iter()
-            .any(|l| l.text.to_lowercase() == text.to_lowercase())
-        {
-            return Err(format!("“{text}” is already in the list."));
-        }
         if self.labels.len() >= MAX_LABELS {
+            let short: String = text.chars().take(24).collect();
+            let more = if short.len() < text.len() { "…" } else { "" };
             return Err(format!(
-                "At most {MAX_LABELS} labels: “{text}” was not added."
+                "At most {MAX_LABELS} labels: “{short}{more}” was not added."
             ));
         }
+        if let Some(problem) = self.label_problem(&text, keys, None) {
+            return Err(problem);
+        }
+        keys.push(limits::label_key(&text));
         let slot = if is_background(&text) {
             usize::MAX
         } else {
@@ -336,12 +377,13 @@ impl State {
         let mut problems = Vec::new();
         let mut added = 0;
         let mut empties = 0;
+        let mut keys = self.label_keys();
         for p in &parts {
             if normalise_label(p).is_empty() {
                 empties += 1;
                 continue;
             }
-            match self.push_label(p) {
+            match self.push_label(p, &mut keys) {
                 Ok(()) => added += 1,
                 Err(e) => problems.push(e),
             }
@@ -499,20 +541,12 @@ impl State {
                     // Clearing a chip's text removes it.
                     self.labels.remove(pos);
                     self.clear_notice(Area::Labels);
-                } else if first.chars().count() > MAX_LABEL_CHARS {
-                    self.set_notice(
-                        Area::Labels,
-                        format!("Labels have at most {MAX_LABEL_CHARS} characters; the edit was not applied."),
-                        true,
-                    );
-                } else if self
-                    .labels
-                    .iter()
-                    .any(|l| l.id != id && l.text.to_lowercase() == first.to_lowercase())
+                } else if let Some(problem) =
+                    self.label_problem(&first, &self.label_keys(), Some(id))
                 {
                     self.set_notice(
                         Area::Labels,
-                        format!("“{first}” is already in the list."),
+                        format!("{problem} The edit was not applied."),
                         true,
                     );
                 } else {
@@ -682,7 +716,10 @@ mod tests {
         assert_eq!(texts(&s), ["cat", "dog", "sky blue"]);
         let n = s.notice(Area::Labels).expect("duplicates are reported");
         assert!(
-            n.error && n.text.contains("“Cat” is already in the list."),
+            n.error
+                && n.text.contains(
+                    "“Cat” is already in the list (it reads the same to the model as “cat”)."
+                ),
             "{}",
             n.text
         );
@@ -706,6 +743,63 @@ mod tests {
             s.notice(Area::Labels).is_none(),
             "a good label clears the message"
         );
+    }
+
+    #[test]
+    fn labels_follow_the_shared_limits() {
+        // Duplicates by the tokenizer's normalisation, not by lower case alone.
+        let s = with_labels("cat, ｃａｔ, CAT, oﬃce, office, dog’s bed, dog's bed");
+        assert_eq!(texts(&s), ["cat", "oﬃce", "dog’s bed"]);
+        let n = s.notice(Area::Labels).unwrap();
+        assert!(
+            n.text.contains(
+                "“ｃａｔ” is already in the list (it reads the same to the model as “cat”)."
+            ),
+            "{}",
+            n.text
+        );
+        assert!(n.text.contains("(1 more skipped.)"), "{}", n.text);
+        // Length in characters, not bytes: 80 four-byte characters fit, 81 do not; an
+        // enormous paste is refused without being cleaned.
+        let mut s = with_labels(&"🐈".repeat(MAX_LABEL_CHARS));
+        assert_eq!(s.labels.len(), 1);
+        s.apply(Action::AddLabels("z".repeat(5_000_000)));
+        assert_eq!(s.labels.len(), 1);
+        assert!(s.notice(Area::Labels).unwrap().text.starts_with(
+            "“zzzzzzzzzzzzzzzzzzzzzzzz…” is too long: labels have at most 80 characters."
+        ));
+        // Only control characters: nothing the model would read.
+        s.apply(Action::AddLabels("\u{7}\u{1b}".into()));
+        assert_eq!(s.labels.len(), 1);
+        assert!(s
+            .notice(Area::Labels)
+            .unwrap()
+            .text
+            .starts_with("Empty label"));
+        // An edit that makes two labels read the same is refused.
+        s.apply(Action::AddLabels("dog".into()));
+        let dog = s.labels[1].id;
+        s.apply(Action::EditLabel(
+            dog,
+            "🐈".repeat(MAX_LABEL_CHARS).to_uppercase(),
+        ));
+        assert!(s
+            .notice(Area::Labels)
+            .unwrap()
+            .text
+            .ends_with("is already in the list. The edit was not applied."));
+        s.apply(Action::EditLabel(dog, "Hot  Dog".into()));
+        assert_eq!(s.labels[1].text, "Hot Dog");
+        // A share link's label flood is cut at the limit and deduplicated the same way.
+        let mut flood: Vec<String> = (0..10_000).map(|i| format!("thing {}", i % 300)).collect();
+        flood.insert(1, "THING 0".into());
+        let mut s = State::default();
+        s.apply_share(&Share {
+            labels: Some(flood),
+            ..Share::default()
+        });
+        assert_eq!(s.labels.len(), MAX_LABELS);
+        assert_eq!(s.labels[1].text, "thing 1");
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl State {
                             self.kmeans = None;
                             self.encoded = None;
                             self.work = None;
-                            self.clear_notice(Area::Photo);
+                            self.clear_notice_for_result(Area::Photo);
                         } else {
                             self.pending_photo = Some(p);
                         }
@@ -132,7 +132,7 @@ impl State {
                             mode: self.settings.mode,
                         }));
                         if warnings.is_empty() {
-                            self.clear_notice(Area::Result);
+                            self.clear_notice_for_result(Area::Result);
                         } else {
                             self.set_notice(Area::Result, warnings.join(" "), false);
                         }

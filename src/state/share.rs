@@ -190,9 +190,10 @@ impl State {
     pub(super) fn apply_share(&mut self, share: &Share) {
         if let Some(labels) = &share.labels {
             self.labels.clear();
+            let mut keys = Vec::new();
             for l in labels {
                 // Links are user data too: skip what the editor would refuse.
-                let _ = self.push_label(l);
+                let _ = self.push_label(l, &mut keys);
             }
             self.after_labels_changed();
         }
@@ -332,6 +333,10 @@ mod tests {
             (None, Some(2), None, None)
         );
         assert_eq!(w.len(), 3);
+        // Broken percent-coding anywhere in a link: read without failing, bad values dropped.
+        let (sh, _) = Share::parse("?model=%", "labels=%E0%A4,%zz,cat&k=%&opacity=%4&mode=%00");
+        assert_eq!((sh.k, sh.opacity, sh.mode), (None, None, None));
+        assert_eq!(sh.labels.as_ref().and_then(|l| l.last()).unwrap(), "cat");
     }
 
     /// Links written by earlier versions of the page are a public format: this one (every key)

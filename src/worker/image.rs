@@ -19,8 +19,6 @@ use clipdino::pipeline::Rgba8Resize;
 use crate::transport::js_error_text;
 use crate::worker::fetch::{blob_prefix, mb};
 
-/// Largest photo decoded, in pixels (100 MP ≈ 400 MB of RGBA while decoding).
-pub const MAX_PIXELS: u64 = 100_000_000;
 /// Largest photo file accepted.
 pub const MAX_FILE_BYTES: u64 = 200_000_000;
 
@@ -35,22 +33,10 @@ pub struct Decoded {
     pub height: u32,
 }
 
-/// The pixel limits for a photo of `width × height` (said by its header, or decoded).
+/// The pixel limits for a photo of `width × height` (said by its header, or decoded): the
+/// shared [`clipdino::limits::check_image_size`].
 pub fn check_pixels(width: u64, height: u64, name: &str) -> Result<(), String> {
-    let px = width.saturating_mul(height);
-    if px > MAX_PIXELS {
-        return Err(format!(
-            "“{name}” is {width} × {height} pixels ({:.0} megapixels); the limit is {} megapixels. Please use a smaller copy.",
-            px as f64 / 1e6,
-            MAX_PIXELS / 1_000_000
-        ));
-    }
-    if px == 0 {
-        return Err(format!(
-            "“{name}” has no pixels (it says {width} × {height})."
-        ));
-    }
-    Ok(())
+    clipdino::limits::check_image_size(width, height).map_err(|e| format!("“{name}”: {e}."))
 }
 
 /// Check size limits from the file header (no decoding). A header we cannot read is left to
@@ -184,18 +170,21 @@ mod tests {
     fn header_size_limits() {
         assert!(check_header(&png_header(4000, 3000), "a.png").is_ok());
         let e = check_header(&png_header(30000, 30000), "huge.png").unwrap_err();
-        assert!(
-            e.contains("“huge.png” is 30000 × 30000 pixels (900 megapixels)"),
-            "{e}"
+        assert_eq!(
+            e,
+            "“huge.png”: the photo is 30000×30000 pixels, over the limit of 16384 pixels a side; \
+             use a smaller copy."
         );
         assert!(check_header(&png_header(0, 10), "z.png")
             .unwrap_err()
             .contains("no pixels"));
-        // The decoded size goes through the same check.
+        // The decoded size goes through the same check (the model crate's limits).
+        assert!(check_pixels(16384, 6000, "a").is_ok());
         assert!(check_pixels(10_000, 10_000, "a").is_ok());
         assert!(check_pixels(10_001, 10_000, "b")
             .unwrap_err()
-            .contains("the limit is 100 megapixels"));
+            .contains("(100.0 megapixels), over the limit of 100 megapixels"));
+        assert!(check_pixels(16385, 1, "c").is_err());
         assert!(check_pixels(u64::MAX, 2, "c").is_err(), "no overflow");
         // Unknown headers are left to the browser's decoder.
         assert!(check_header(b"hello, this is text", "x.txt").is_ok());

@@ -106,6 +106,9 @@ async fn encode(shared: &Shared, key: FeatureKey, photo: &Decoded, for_id: u64) 
         Ok(p) => p,
         Err(e) => return failed(format!("The photo could not be resized: {e}")),
     };
+    // Said at once (the first block may take seconds): the page then knows the worker is
+    // computing, and counts its silence.
+    progress(image, Stage::Encode, None, 0, None, false);
     let mut last = 0.0;
     let fault = shared.borrow_mut().fault.take();
     let mut report = |p: clipdino::pipeline::Progress| {
@@ -171,12 +174,13 @@ async fn segment(shared: &Shared, slot: Slot, request: &SegmentRequest) {
         (m, st.model_fingerprint.clone())
     };
     let started = now_ms();
-    if labels.is_empty() || labels.len() > 255 {
+    // The page checks its labels with the same limits; a request from elsewhere is checked too.
+    if let Err(e) = clipdino::limits::check_labels(labels) {
         shared.borrow_mut().sched.drop_segment(slot, id);
         return post_error(
             Some(id),
             ErrorContext::Labels,
-            format!("{} labels: between 1 and 200 are needed.", labels.len()),
+            format!("These labels cannot be used: {e}."),
         );
     }
     let missing: Vec<&String> = labels
@@ -320,9 +324,13 @@ fn kmeans(shared: &Shared, request: &KMeansRequest, feats: &ImageFeatures) {
 }
 
 /// Crash as asked by a page test ([`crate::protocol::Request::InjectFault`]), the way real
-/// crashes happen: a panic, or the abort of a failed allocation (no panic, no message).
+/// crashes happen: a panic, the abort of a failed allocation (no panic, no message), or a
+/// computation that never ends (a busy thread: no message, no error event).
 fn crash(fault: Fault) {
     match fault {
+        Fault::Hang => loop {
+            std::hint::spin_loop();
+        },
         Fault::Panic => panic!("fault injected by the page (debug-worker)"),
         Fault::OutOfMemory => {
             std::alloc::handle_alloc_error(std::alloc::Layout::new::<[u8; 1 << 30]>())

@@ -124,7 +124,10 @@ pub fn start() {
     std::panic::set_hook(Box::new(|info| {
         post(
             &Response::Panicked {
-                message: format!("The model worker crashed ({info})."),
+                message: format!(
+                    "The model worker crashed ({}).",
+                    crate::crash::one_line(&info.to_string())
+                ),
             },
             vec![],
         );

@@ -23,6 +23,21 @@ import {
   waitLegend,
 } from './helpers.mjs';
 
+/** A well-formed GGUF (v3) of another model: `general.architecture = llama` and one F32 tensor
+ * `token_embd.weight` of 4 values. */
+function foreignGguf() {
+  const u32 = (v) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
+  const u64 = (v) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
+  const str = (t) => Buffer.concat([u64(Buffer.byteLength(t)), Buffer.from(t)]);
+  const head = Buffer.concat([
+    Buffer.from('GGUF'), u32(3), u64(1), u64(1),
+    str('general.architecture'), u32(8), str('llama'),
+    str('token_embd.weight'), u32(1), u64(4), u32(0), u64(0),
+  ]);
+  const pad = Buffer.alloc((32 - (head.length % 32)) % 32);
+  return Buffer.concat([head, pad, Buffer.alloc(16, 0x3f)]);
+}
+
 /** A valid PNG header (signature + IHDR) claiming `w × h` pixels, with no image data. */
 function pngHeader(w, h) {
   const ihdr = Buffer.alloc(13);
@@ -82,7 +97,9 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
       [{ name: 'broken.jpg', mimeType: 'image/jpeg', buffer: Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0]), Buffer.alloc(4000, 7)]) }, /broken\.jpg.*(damaged|not an image)/],
       [{ name: 'empty.png', mimeType: 'image/png', buffer: Buffer.alloc(0) }, /empty\.png.*empty \(0 bytes\)/],
       [{ name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('hello') }, /notes\.txt.*neither a photo nor a weights file/],
-      [{ name: 'huge.png', mimeType: 'image/png', buffer: pngHeader(30000, 30000) }, /30000 × 30000 pixels \(900 megapixels\); the limit is 100 megapixels/],
+      // The model crate's limits (clipdino::limits): 16384 pixels a side, 100 megapixels.
+      [{ name: 'huge.png', mimeType: 'image/png', buffer: pngHeader(30000, 30000) }, /huge\.png”: the photo is 30000×30000 pixels, over the limit of 16384 pixels a side/],
+      [{ name: 'wide.png', mimeType: 'image/png', buffer: pngHeader(12000, 9000) }, /wide\.png”: the photo is 12000×9000 pixels \(108\.0 megapixels\), over the limit of 100 megapixels/],
     ];
     for (const [i, [file, re]] of cases.entries()) {
       await page.setInputFiles('[data-role=photo-input]', file);
@@ -127,6 +144,10 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
     });
     await expectNotice(page, 'weights', /open_clip_model\.safetensors is not a weights file we can read/);
     await dismiss(page, 'weights');
+    // A well-formed GGUF of another model (a language model's embedding table): not ours.
+    await page.setInputFiles('[data-role=weights-input]', { name: 'llama.gguf', mimeType: 'application/octet-stream', buffer: foreignGguf() });
+    await expectNotice(page, 'weights', /could not be loaded.*previously loaded model stays in use/is);
+    await dismiss(page, 'weights');
     // The model still segments.
     await page.click('[data-sample=chelsea]');
     const seg = await attr(page, 'data-segmentation');
@@ -140,6 +161,10 @@ describe('clipdino page: bad input', { timeout: 600_000 }, () => {
     await page.fill('[data-role=label-input]', 'CUP');
     await page.press('[data-role=label-input]', 'Enter');
     await expectNotice(page, 'labels', /“CUP” is already in the list/);
+    // Duplicates as the tokenizer reads them (clipdino::limits::label_key), not by case alone.
+    await page.fill('[data-role=label-input]', 'ｃｕｐ');
+    await page.press('[data-role=label-input]', 'Enter');
+    await expectNotice(page, 'labels', /“ｃｕｐ” is already in the list \(it reads the same to the model as “cup”\)/);
     await page.fill('[data-role=label-input]', 'x'.repeat(120));
     await page.press('[data-role=label-input]', 'Enter');
     await expectNotice(page, 'labels', /too long: labels have at most 80 characters/);

@@ -71,9 +71,10 @@ export async function launch() {
   return chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: FLAGS });
 }
 
-/** A fresh browser context (own cache storage) whose page records console errors. */
-export async function newPage(browser) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+/** A fresh browser context (own cache storage; `options` added to its own) whose page records
+ * console errors. */
+export async function newPage(browser, options = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 1000 }, ...options });
   await context.grantPermissions(['clipboard-read', 'clipboard-write']);
   const page = await context.newPage();
   page.errors = [];
