@@ -7,8 +7,29 @@
 # model bundle beside the app as models/clip-dinoiser.gguf (the page's default), or
 # CLIPDINO_MODELS_DIR=dir to publish what scripts/publish-models.sh wrote there (the default bundle,
 # the high-precision one and quality.json; what the hosted demo does).
+# `scripts/build-site.sh --models-only DIR` does only that last step, into DIR/models (the page
+# tests lay out a published site's models this way without rebuilding the app).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The model files a site serves beside the app, into $1/models.
+publish_models() {
+  if [ -n "${CLIPDINO_MODEL:-}" ]; then
+    mkdir -p "$1/models"
+    cp "$CLIPDINO_MODEL" "$1/models/clip-dinoiser.gguf"
+  fi
+  if [ -n "${CLIPDINO_MODELS_DIR:-}" ]; then
+    # What scripts/publish-models.sh wrote: the bundles and their verification report.
+    mkdir -p "$1/models"
+    cp "$CLIPDINO_MODELS_DIR"/*.gguf "$1/models/"
+    [ ! -f "$CLIPDINO_MODELS_DIR/quality.json" ] || cp "$CLIPDINO_MODELS_DIR/quality.json" "$1/models/"
+  fi
+}
+if [ "${1:-}" = --models-only ]; then
+  [ $# -eq 2 ] || { echo "usage: $0 --models-only DIR" >&2; exit 2; }
+  publish_models "$2"
+  exit 0
+fi
 export PATH="$HOME/.cargo/bin:$PWD/node_modules/.bin:$PATH"
 scripts/setup.sh web >/dev/null
 trunk build --release --offline "$@"
@@ -32,14 +53,5 @@ sed "s/worker-mt_bg.wasm/worker-mt-${hash}_bg.wasm/" "$pkg/worker-mt.js" >"dist/
 cp "$pkg/worker-mt_bg.opt.wasm" "dist/worker-mt-${hash}_bg.wasm"
 sed -e "s/@MT_JS@/worker-mt-$hash.js/" -e "s/@MT_WASM@/worker-mt-${hash}_bg.wasm/" \
   www/worker-mt.js >dist/worker-mt.js
-if [ -n "${CLIPDINO_MODEL:-}" ]; then
-  mkdir -p dist/models
-  cp "$CLIPDINO_MODEL" dist/models/clip-dinoiser.gguf
-fi
-if [ -n "${CLIPDINO_MODELS_DIR:-}" ]; then
-  # What scripts/publish-models.sh wrote: the bundles and their verification report.
-  mkdir -p dist/models
-  cp "$CLIPDINO_MODELS_DIR"/*.gguf dist/models/
-  [ ! -f "$CLIPDINO_MODELS_DIR/quality.json" ] || cp "$CLIPDINO_MODELS_DIR/quality.json" dist/models/
-fi
+publish_models dist
 ls -la dist | sed 's/^/  /'

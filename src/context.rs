@@ -8,7 +8,8 @@ use yew::prelude::*;
 
 use crate::bridge::WorkerHandle;
 use crate::protocol::{
-    Att, ImageInput, ImageRequest, KMeansRequest, LocalFile, Request, SegmentRequest, WeightSet,
+    Att, ImageInput, ImageRequest, KMeansRequest, LocalFile, Precision, Request, SegmentRequest,
+    WeightSet,
 };
 use crate::samples::Sample;
 use crate::state::{Action, Area, Kind, Photo, PhotoSource, State};
@@ -55,7 +56,7 @@ impl AppCtx {
     /// Ask the worker to load `candidates` (see [`Request::LoadUrls`]).
     pub fn load_urls(&self, candidates: Vec<WeightSet>, confirm_above: Option<u64>) {
         let id = self.worker.next_id();
-        self.dispatch(Action::WeightsRequested(id));
+        self.dispatch(Action::UrlsRequested(id, candidates.clone()));
         self.worker.send(
             &Request::LoadUrls {
                 id,
@@ -68,8 +69,18 @@ impl AppCtx {
 
     /// Load the weights the page URL / share link names (or the defaults).
     pub fn load_configured(&self) {
-        let (sets, confirm) = self.state.weights_source.candidates(resolve);
+        let (sets, confirm) = self
+            .state
+            .weights_source
+            .candidates(self.state.settings.precision, resolve);
         self.load_urls(sets, confirm);
+    }
+
+    /// Switch the site's bundle: the one chosen is loaded at once (from the browser cache when
+    /// it is there; the user saw its size on the button, so no second question).
+    pub fn set_precision(&self, precision: Precision) {
+        self.dispatch(Action::SetPrecision(precision));
+        self.load_urls(vec![precision.site_set(resolve)], None);
     }
 
     pub fn load_files(&self, files: Vec<File>) {

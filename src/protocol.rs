@@ -21,6 +21,21 @@ pub struct Att(pub usize);
 // `"fast"` / `"full"`.
 pub use clipdino::pipeline::{Mode, Preset};
 pub use clipdino::templates::TemplateSet;
+pub use clipdino::ComputePath;
+
+/// How the app computes with weights unless a [`WeightSet`] says otherwise: the towers' linear
+/// layers on the integer kernel (≈ 2× faster than f32 in wasm, half the memory).
+pub const APP_COMPUTE: ComputePath = ComputePath::Int;
+
+/// Which of a site's published bundles: the default (Q8_0 on the integer path) or the
+/// high-precision one (F16 on the f32 path; larger download, closest to the upstream model).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Standard,
+    High,
+}
 
 /// The processing resolutions the app offers: short side 224 or 336 in one pass, or the paper's
 /// 448 with 448×448 sliding windows (stride 224).
@@ -46,6 +61,13 @@ pub struct WeightSet {
     /// user agrees, whatever their size, unless already in the browser cache.
     #[serde(default)]
     pub ask_first: bool,
+    /// How the model computes with these weights (`None`: [`APP_COMPUTE`]).
+    #[serde(default)]
+    pub compute: Option<ComputePath>,
+    /// This site's own bundle of that precision (its fidelity may be in the site's
+    /// `models/quality.json`); `None` for any other weights.
+    #[serde(default)]
+    pub site_bundle: Option<Precision>,
 }
 
 /// A file the user picked or dropped, carried as a `Blob` attachment.
@@ -94,6 +116,13 @@ pub enum Request {
     SetThreads {
         id: RequestId,
         threads: Option<usize>,
+    },
+    /// Fetch a small text file of the site (its quality report, `models/quality.json`) of at
+    /// most `max_bytes`; answered by [`Response::SiteFile`].
+    ReadSiteFile {
+        id: RequestId,
+        url: String,
+        max_bytes: u64,
     },
     /// Test hook (sent only by a page opened with `?debug-worker`): make the next image
     /// encode fail this way after its first block, as a real crash would.
@@ -159,6 +188,7 @@ impl Request {
             Request::KMeans(r) => r.id,
             Request::Cancel { id }
             | Request::SetThreads { id, .. }
+            | Request::ReadSiteFile { id, .. }
             | Request::InjectFault { id, .. } => *id,
         }
     }
@@ -227,6 +257,16 @@ pub struct ModelInfo {
     pub millis: f64,
     /// Why the weights were not stored in the Cache API, when they were not.
     pub cache_note: Option<String>,
+}
+
+/// What [`Request::ReadSiteFile`] found.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum SiteFile {
+    Text(String),
+    /// Not there (404, another error status, or no answer): the site does not publish it.
+    Missing,
+    /// There, but not readable as text within the size limit: why.
+    Unreadable(String),
 }
 
 /// Where an error belongs on the page.
@@ -338,6 +378,11 @@ pub enum Response {
         context: ErrorContext,
         message: String,
     },
+    /// The answer to [`Request::ReadSiteFile`].
+    SiteFile {
+        id: RequestId,
+        file: SiteFile,
+    },
     /// The worker's last words: it panicked and is about to trap (the page starts a fresh one).
     Panicked {
         message: String,
@@ -355,7 +400,8 @@ impl Response {
             | Response::ImageDecoded { id, .. }
             | Response::ImageEncoded { id, .. }
             | Response::Segmentation { id, .. }
-            | Response::KMeans { id, .. } => Some(*id),
+            | Response::KMeans { id, .. }
+            | Response::SiteFile { id, .. } => Some(*id),
             Response::Error { id, .. } => *id,
         }
     }
@@ -389,6 +435,8 @@ mod tests {
                     }],
                     approx_bytes: Some(90_000_000),
                     ask_first: true,
+                    compute: Some(ComputePath::F32),
+                    site_bundle: Some(Precision::High),
                 }],
                 confirm_above: Some(200 << 20),
             },

@@ -13,7 +13,9 @@ use crate::components::status_line::StatusLine;
 use crate::components::viewer::Viewer;
 use crate::components::weights_panel::WeightsPanel;
 use crate::context::AppCtx;
-use crate::hooks::{use_fragment_sync, use_page_files, use_request_driver, use_worker};
+use crate::hooks::{
+    use_fragment_sync, use_page_files, use_request_driver, use_site_quality, use_worker,
+};
 use crate::state::{Area, Share, State};
 
 /// State from the page URL (query string + fragment).
@@ -38,6 +40,7 @@ pub fn App() -> Html {
     };
     use_request_driver(&ctx);
     use_fragment_sync(&ctx);
+    use_site_quality(&ctx);
     let dragging = use_page_files(&ctx);
 
     let s = &*state;

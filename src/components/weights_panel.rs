@@ -1,13 +1,15 @@
 //! Model weights: progress of the download (bytes, %, from cache), the large-download offer,
-//! the loaded model's description, and picking local weight files.
+//! the loaded model's description with its measured fidelity, the precision of the site's
+//! bundle, and picking local weight files.
 
 use yew::prelude::*;
 
 use crate::components::notice::Notice;
 use crate::context::AppCtx;
 use crate::hooks::use_file_picker;
-use crate::protocol::{Progress, Stage};
-use crate::state::{Action, Area, LoadPhase};
+use crate::protocol::{Precision, Progress, Stage};
+use crate::state::quality::percent_down;
+use crate::state::{Action, Area, LoadPhase, QualityLine, SiteQuality, State};
 use crate::url::host_of;
 
 pub fn mb(bytes: u64) -> String {
@@ -15,6 +17,63 @@ pub fn mb(bytes: u64) -> String {
         format!("{:.0} MB", bytes as f64 / 1e6)
     } else {
         format!("{:.1} MB", bytes as f64 / 1e6)
+    }
+}
+
+/// The measured fidelity of the bundle in use (see [`State::quality_line`]).
+fn quality_line(s: &State) -> Html {
+    match s.quality_line() {
+        None => html! {},
+        Some(QualityLine::Verified { text, detail }) => html! {
+            <p class="quality" data-role="quality" data-verified="true" title={detail}>{ text }</p>
+        },
+        Some(QualityLine::NotVerified(text)) => html! {
+            <p class="quality muted" data-role="quality" data-verified="false">{ text }</p>
+        },
+    }
+}
+
+/// Standard / high precision of the site's bundle, when the site offers both.
+fn precision_setting(ctx: &AppCtx) -> Html {
+    let s = &*ctx.state;
+    let Some(choices) = s.precision_choices() else {
+        return html! {};
+    };
+    let report = match &s.site_quality {
+        SiteQuality::Report(r) => Some(r),
+        _ => None,
+    };
+    let buttons = choices.into_iter().map(|(p, size)| {
+        let on = s.settings.precision == p;
+        let name = match p {
+            Precision::Standard => "standard",
+            Precision::High => "high",
+        };
+        let label = match size {
+            Some(b) => format!("{name} ({})", mb(b)),
+            None => name.to_string(),
+        };
+        let mut hint = match p {
+            Precision::Standard => "The default bundle (8-bit weights), computed on the integer kernel: faster, less memory.".to_string(),
+            Precision::High => "The 16-bit bundle, computed in f32: closest to the full-precision model; a larger download, more memory, slower.".to_string(),
+        };
+        if let Some(v) = report.and_then(|r| r.find(&p.file_name(), p.compute())) {
+            hint.push_str(&format!(" Measured label agreement: {} %.", percent_down(v.agreement)));
+        }
+        let onclick = {
+            let ctx = ctx.clone();
+            Callback::from(move |_| ctx.set_precision(p))
+        };
+        html! {
+            <button class={classes!("seg", on.then_some("on"))} aria-pressed={on.to_string()}
+                data-precision={p.name()} title={hint} disabled={on} {onclick}>{ label }</button>
+        }
+    });
+    html! {
+        <div class="setting precision" role="group" aria-label="Precision" data-role="precision">
+            <span class="name">{ "Precision" }</span>
+            { for buttons }
+        </div>
     }
 }
 
@@ -157,8 +216,14 @@ pub fn WeightsPanel() -> Html {
                 } else {
                     format!("from {}", m.source)
                 };
+                let site_bundle = s
+                    .model_set
+                    .as_ref()
+                    .and_then(|set| set.site_bundle)
+                    .map(|p| p.name());
                 html! {
-                    <div class="model-ready" data-role="model-ready" data-from-cache={m.from_cache.to_string()}>
+                    <div class="model-ready" data-role="model-ready" data-from-cache={m.from_cache.to_string()}
+                        data-site-bundle={site_bundle}>
                         <span class="dot ok"></span>
                         <span>
                             <strong>{ "Model ready" }</strong>
@@ -168,6 +233,7 @@ pub fn WeightsPanel() -> Html {
                         <span class="muted arch" title={m.files.join(", ")}>{ m.architecture.clone() }</span>
                         { pick_button("Other weights…") }
                         if let Some(note) = &m.cache_note { <p class="muted">{ note.clone() }</p> }
+                        { quality_line(s) }
                     </div>
                 }
             }
@@ -198,6 +264,7 @@ pub fn WeightsPanel() -> Html {
     html! {
         <section class="weights" aria-label="Model weights">
             { body }
+            { precision_setting(&ctx) }
             { file_input }
             <Notice area={Area::Weights} />
         </section>

@@ -11,7 +11,7 @@ use yew::prelude::*;
 
 use crate::context::AppCtx;
 use crate::samples::Sample;
-use crate::state::{Action, Area, Share};
+use crate::state::{Action, Area, Share, WeightsSource};
 
 #[hook]
 pub fn use_fragment_sync(ctx: &AppCtx) {
@@ -46,7 +46,18 @@ pub fn use_fragment_sync(ctx: &AppCtx) {
                     if !warnings.is_empty() {
                         ctx.dispatch(Action::Notice(Area::Share, warnings.join(" "), true));
                     }
+                    // A hand-edited precision of the site's bundle switches the bundle, as the
+                    // setting does.
+                    let on_site = |w: &WeightsSource| *w == WeightsSource::Default;
+                    let switch = share.precision.filter(|p| {
+                        *p != ctx.state.settings.precision
+                            && on_site(&share.weights)
+                            && on_site(&ctx.state.weights_source)
+                    });
                     ctx.dispatch(Action::RestoreShare(share));
+                    if let Some(p) = switch {
+                        ctx.set_precision(p);
+                    }
                 })
             });
             move || drop(listener)

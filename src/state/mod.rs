@@ -7,6 +7,7 @@
 //! [`Action::Sent`] for every request so that replies to superseded requests are dropped here.
 
 pub mod life;
+pub mod quality;
 mod replies;
 pub mod share;
 pub mod weights;
@@ -18,9 +19,10 @@ use clipdino::limits::{self, LimitError};
 use yew::Reducible;
 
 use crate::palette;
-pub use crate::protocol::{Mode, Preset, TemplateSet};
+pub use crate::protocol::{Mode, Precision, Preset, TemplateSet};
 use crate::protocol::{ModelInfo, Progress, RequestId, Response, Stage, ThreadInfo, WeightSet};
 pub use life::WorkerLife;
+pub use quality::{QualityLine, SiteQuality};
 pub use share::Share;
 pub use weights::WeightsSource;
 
@@ -71,6 +73,8 @@ pub struct Settings {
     pub opacity: u8,
     /// Compute threads (`None`: one per logical core); used by the multi-threaded build.
     pub threads: Option<usize>,
+    /// Which of the site's bundles the default weights are.
+    pub precision: Precision,
 }
 
 impl Default for Settings {
@@ -82,6 +86,7 @@ impl Default for Settings {
             k: 6,
             opacity: 55,
             threads: None,
+            precision: Precision::Standard,
         }
     }
 }
@@ -201,6 +206,12 @@ pub struct State {
     /// The threads the worker computes with (reported by it).
     pub threads: Option<ThreadInfo>,
     pub model: Option<ModelInfo>,
+    /// The candidate set `model` was loaded from (`None` for local files).
+    pub model_set: Option<WeightSet>,
+    /// The newest URL load request and its candidate sets (to know which one `Loaded` is).
+    pub asked: Option<(RequestId, Vec<WeightSet>)>,
+    /// The site's report on its bundles (`models/quality.json`).
+    pub site_quality: SiteQuality,
     /// The load request of `model` (sent again to a fresh worker after a crash).
     pub loaded_id: Option<RequestId>,
     /// Deaths and restarts of the model worker.
@@ -491,6 +502,12 @@ pub enum Action {
     PhotoRequested(Photo),
     /// The user picked weights (or confirmed a download): a new load request is out.
     WeightsRequested(RequestId),
+    /// The same for a `LoadUrls` request, with its candidate sets.
+    UrlsRequested(RequestId, Vec<WeightSet>),
+    /// Which of the site's bundles the default weights are (the request goes out with it).
+    SetPrecision(Precision),
+    /// The site's quality report was read (or found missing or unreadable).
+    SiteQuality(SiteQuality),
     /// The user declined the large download.
     DeclineDownload,
     /// A worker reply with its attachments.
@@ -630,6 +647,12 @@ impl State {
                 self.load = LoadPhase::Checking { id };
                 self.clear_notice(Area::Weights);
             }
+            Action::UrlsRequested(id, sets) => {
+                self.apply(Action::WeightsRequested(id));
+                self.asked = Some((id, sets));
+            }
+            Action::SetPrecision(p) => self.settings.precision = p,
+            Action::SiteQuality(q) => self.site_quality = q,
             Action::DeclineDownload => {
                 self.load = LoadPhase::Idle;
                 self.set_notice(

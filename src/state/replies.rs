@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use super::{Area, EncodeInfo, KMeansView, Kind, LoadPhase, SegView, State};
+use super::{Area, EncodeInfo, KMeansView, Kind, LoadPhase, SegView, SiteQuality, State};
 use crate::protocol::{ErrorContext, RequestId, Response, Stage};
 
 impl State {
@@ -16,6 +16,7 @@ impl State {
         let payload = |att: crate::protocol::Att| payloads.get(att.0).cloned();
         match msg {
             Response::Ready => self.worker_ready = true,
+            Response::SiteFile { file, .. } => self.site_quality = SiteQuality::from_file(file),
             Response::Panicked { message } => self.life.last_words = Some(message),
             Response::Threads { info, .. } => self.threads = Some(info),
             Response::Progress { id, progress } => match self.kind_of(id) {
@@ -40,6 +41,16 @@ impl State {
             Response::Loaded { id, info } => {
                 if self.is_latest(Kind::Load, id) {
                     self.load = LoadPhase::Idle;
+                    // The set the worker chose: the one whose files these are.
+                    self.model_set = self
+                        .asked
+                        .as_ref()
+                        .filter(|(asked, _)| *asked == id)
+                        .and_then(|(_, sets)| {
+                            sets.iter()
+                                .find(|s| s.files.iter().map(|f| &f.name).eq(info.files.iter()))
+                        })
+                        .cloned();
                     self.model = Some(info);
                     self.loaded_id = Some(id);
                     self.model_generation += 1;

@@ -1,10 +1,13 @@
-//! Share links: `#labels=cat,dog&mode=dinoiser&res=336&tpl=7&k=6&opacity=55&sample=chelsea&model=…`.
+//! Share links: `#labels=cat,dog&mode=dinoiser&res=336&tpl=7&k=6&opacity=55&sample=chelsea&model=…`
+//! (or `…&sample=chelsea&precision=high` for the site's high-precision bundle).
 //!
 //! A page's query string and fragment are read into a [`Share`] (bad values are ignored with a
 //! warning each: links are user data); the state writes its own [`Share`] back as the fragment.
 //! Old links keep working: the keys and values below are a public format.
 
-use super::{normalise_label, Area, Mode, Preset, State, TemplateSet, WeightsSource, K_MAX, K_MIN};
+use super::{
+    normalise_label, Area, Mode, Precision, Preset, State, TemplateSet, WeightsSource, K_MAX, K_MIN,
+};
 use crate::protocol::RESOLUTIONS;
 use crate::url::{is_fetchable_url, percent_decode, percent_encode};
 
@@ -26,6 +29,9 @@ pub struct Share {
     pub opacity: Option<u8>,
     /// Sample photo id (a local photo is never shared).
     pub sample: Option<String>,
+    /// Which of the site's bundles (written only when it is the high-precision one and no
+    /// other weights are named: the recipient's page asks before that larger download).
+    pub precision: Option<Precision>,
     pub weights: WeightsSource,
 }
 
@@ -93,6 +99,10 @@ impl Share {
                         bad(&mut warnings)
                     }
                 }
+                "precision" => match Precision::ALL.into_iter().find(|p| p.name() == value) {
+                    Some(p) => share.precision = Some(p),
+                    None => bad(&mut warnings),
+                },
                 "model" => model = Some(value),
                 "clip" => clip = Some(value),
                 "head" => head = Some(value),
@@ -169,7 +179,11 @@ impl Share {
             parts.push(format!("sample={}", percent_encode(s)));
         }
         match &self.weights {
-            WeightsSource::Default => {}
+            WeightsSource::Default => {
+                if let Some(p) = self.precision.filter(|p| *p != Precision::Standard) {
+                    parts.push(format!("precision={}", p.name()));
+                }
+            }
             WeightsSource::Bundle(u) => parts.push(format!("model={}", percent_encode(u))),
             WeightsSource::Pair { clip, head, config } => {
                 parts.push(format!("clip={}", percent_encode(clip)));
@@ -212,6 +226,9 @@ impl State {
         if let Some(o) = share.opacity {
             self.settings.opacity = o.min(100);
         }
+        if let Some(p) = share.precision {
+            self.settings.precision = p;
+        }
         if share.weights != WeightsSource::Default {
             self.weights_source = share.weights.clone();
         }
@@ -241,6 +258,10 @@ impl State {
             k: Some(self.settings.k),
             opacity: Some(self.settings.opacity),
             sample: self.sample_id().map(str::to_string),
+            // Only what a link writes (see [`Share::precision`]), so that links read back equal.
+            precision: (self.settings.precision != Precision::Standard
+                && self.weights_source == WeightsSource::Default)
+                .then_some(self.settings.precision),
             weights: self.weights_source.clone(),
         }
     }
@@ -318,7 +339,9 @@ mod tests {
                 config: Some("open_clip_config.json".into())
             }
         );
-        let (sets, confirm) = sh.weights.candidates(|u| format!("http://h/{u}"));
+        let (sets, confirm) = sh
+            .weights
+            .candidates(Precision::Standard, |u| format!("http://h/{u}"));
         assert_eq!(confirm, None, "explicit URLs load without asking");
         let names: Vec<&str> = sets[0].files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["c.safetensors", "open_clip_config.json", "h.pt"]);
@@ -398,6 +421,29 @@ mod tests {
                 (Some(res), Some(tpl), Some(mode))
             );
         }
+    }
+
+    #[test]
+    fn precision_travels_in_links_of_the_site_bundle_only() {
+        let mut s = with_labels("cat");
+        assert!(
+            !s.share().to_fragment().contains("precision"),
+            "standard is not written"
+        );
+        s.apply(Action::SetPrecision(Precision::High));
+        let frag = s.share().to_fragment();
+        assert!(frag.ends_with("&precision=high"), "{frag}");
+        let (sh, w) = Share::parse("", &frag);
+        assert!(w.is_empty(), "{w:?}");
+        let fresh = State::from_link(&sh, w);
+        assert_eq!(fresh.settings.precision, Precision::High);
+        let (sh, _) = Share::parse("", "precision=standard");
+        assert_eq!(sh.precision, Some(Precision::Standard));
+        let (sh, w) = Share::parse("", "precision=ultra");
+        assert_eq!((sh.precision, w.len()), (None, 1));
+        // Weights named by the link: the precision of the site's bundles means nothing there.
+        s.weights_source = WeightsSource::Bundle("m.gguf".into());
+        assert!(!s.share().to_fragment().contains("precision"));
     }
 
     #[test]

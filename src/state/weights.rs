@@ -1,8 +1,8 @@
 //! Which weights to load: the source a page URL names (a bundle, upstream files) or the
-//! default — this site's bundle, else the public upstream files after the user agrees to the
-//! large download.
+//! default — this site's bundle of the chosen [`Precision`], else its standard bundle, else the
+//! public upstream files after the user agrees to the large download.
 
-use crate::protocol::{RemoteFile, WeightSet};
+use crate::protocol::{ComputePath, Precision, RemoteFile, WeightSet, APP_COMPUTE};
 use crate::url::{file_name_of, origin_of};
 
 /// Ask before downloading more than this many bytes that are not cached.
@@ -10,6 +10,60 @@ pub const CONFIRM_ABOVE_BYTES: u64 = 200 * 1024 * 1024;
 
 /// The bundle a site may publish beside the app (relative to the page).
 pub const SITE_BUNDLE: &str = "models/clip-dinoiser.gguf";
+/// The high-precision bundle a site may publish beside it (`scripts/publish-models.sh`).
+pub const SITE_BUNDLE_HIGH: &str = "models/clip-dinoiser-f16.gguf";
+/// `clipdino verify`'s report on the site's bundles (see [`super::quality`]).
+pub const SITE_QUALITY: &str = "models/quality.json";
+
+impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::Standard, Precision::High];
+
+    /// The site's bundle of this precision (relative to the page).
+    pub fn bundle(self) -> &'static str {
+        match self {
+            Precision::Standard => SITE_BUNDLE,
+            Precision::High => SITE_BUNDLE_HIGH,
+        }
+    }
+
+    /// The bundle's file name, as `clipdino verify` reports it.
+    pub fn file_name(self) -> String {
+        file_name_of(self.bundle())
+    }
+
+    /// How the app computes with it: the default bundle (Q8_0) on the integer kernel, where it
+    /// keeps within 0.4 points of f32 compute; the F16 bundle on f32, where it is closest to the
+    /// upstream model (QUANTIZATION.md).
+    pub fn compute(self) -> ComputePath {
+        match self {
+            Precision::Standard => APP_COMPUTE,
+            Precision::High => ComputePath::F32,
+        }
+    }
+
+    /// The site's bundle as a candidate set.
+    pub fn site_set(self, resolve: impl Fn(&str) -> String) -> WeightSet {
+        WeightSet {
+            label: match self {
+                Precision::Standard => "CLIP-DINOiser bundle of this site".into(),
+                Precision::High => "high-precision CLIP-DINOiser bundle of this site".into(),
+            },
+            files: vec![remote(&resolve(self.bundle()))],
+            approx_bytes: None,
+            ask_first: false,
+            compute: Some(self.compute()),
+            site_bundle: Some(self),
+        }
+    }
+
+    /// The name in share links (`precision=high`; the standard one is not written).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Standard => "standard",
+            Precision::High => "high",
+        }
+    }
+}
 /// Public upstream files (they send CORS headers), see METHOD.md.
 pub const HUB_CLIP: &str =
     "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_model.safetensors";
@@ -44,18 +98,23 @@ fn remote(url: &str) -> RemoteFile {
 }
 
 impl WeightsSource {
-    /// Candidate sets for a `LoadUrls` request and the confirmation threshold. `resolve` turns
-    /// a page-relative URL into an absolute one. A set a link names with a file on another
+    /// Candidate sets for a `LoadUrls` request and the confirmation threshold. `precision`
+    /// picks the site's bundle for the default source (the other sources ignore it). `resolve`
+    /// turns a page-relative URL into an absolute one. A set a link names with a file on another
     /// origin than the page is only loaded after one click (see [`WeightSet::ask_first`]); this
     /// site's bundle and the built-in default are not.
-    pub fn candidates(&self, resolve: impl Fn(&str) -> String) -> (Vec<WeightSet>, Option<u64>) {
+    pub fn candidates(
+        &self,
+        precision: Precision,
+        resolve: impl Fn(&str) -> String,
+    ) -> (Vec<WeightSet>, Option<u64>) {
         let page = origin_of(&resolve(""));
         let foreign = |set: &WeightSet| {
             set.files
                 .iter()
                 .any(|f| page.is_none() || origin_of(&f.url) != page)
         };
-        let (mut sets, confirm) = self.sets(resolve);
+        let (mut sets, confirm) = self.sets(precision, resolve);
         if *self != WeightsSource::Default {
             for set in &mut sets {
                 set.ask_first = foreign(set);
@@ -64,32 +123,37 @@ impl WeightsSource {
         (sets, confirm)
     }
 
-    fn sets(&self, resolve: impl Fn(&str) -> String) -> (Vec<WeightSet>, Option<u64>) {
+    fn sets(
+        &self,
+        precision: Precision,
+        resolve: impl Fn(&str) -> String,
+    ) -> (Vec<WeightSet>, Option<u64>) {
         match self {
-            WeightsSource::Default => (
-                vec![
-                    WeightSet {
-                        label: "CLIP-DINOiser bundle of this site".into(),
-                        files: vec![remote(&resolve(SITE_BUNDLE))],
-                        approx_bytes: None,
-                        ask_first: false,
-                    },
-                    WeightSet {
-                        label: "OpenCLIP ViT-B/16 (Hugging Face) + CLIP-DINOiser head (GitHub)"
-                            .into(),
-                        files: vec![remote(HUB_CLIP), remote(HUB_CONFIG), remote(HUB_HEAD)],
-                        approx_bytes: Some(HUB_APPROX_BYTES),
-                        ask_first: false,
-                    },
-                ],
-                Some(CONFIRM_ABOVE_BYTES),
-            ),
+            WeightsSource::Default => {
+                // The chosen precision first; a site without the high-precision bundle still
+                // has its standard one.
+                let mut sets = vec![precision.site_set(&resolve)];
+                if precision != Precision::Standard {
+                    sets.push(Precision::Standard.site_set(&resolve));
+                }
+                sets.push(WeightSet {
+                    label: "OpenCLIP ViT-B/16 (Hugging Face) + CLIP-DINOiser head (GitHub)".into(),
+                    files: vec![remote(HUB_CLIP), remote(HUB_CONFIG), remote(HUB_HEAD)],
+                    approx_bytes: Some(HUB_APPROX_BYTES),
+                    ask_first: false,
+                    compute: None,
+                    site_bundle: None,
+                });
+                (sets, Some(CONFIRM_ABOVE_BYTES))
+            }
             WeightsSource::Bundle(url) => (
                 vec![WeightSet {
                     label: format!("Model bundle {}", file_name_of(url)),
                     files: vec![remote(&resolve(url))],
                     approx_bytes: None,
                     ask_first: false,
+                    compute: None,
+                    site_bundle: None,
                 }],
                 None,
             ),
@@ -113,6 +177,8 @@ impl WeightsSource {
                         files,
                         approx_bytes: None,
                         ask_first: false,
+                        compute: None,
+                        site_bundle: None,
                     }],
                     None,
                 )
@@ -131,7 +197,8 @@ mod tests {
     fn large_downloads_wait_for_confirmation() {
         let mut s = State::default();
         s.apply(Action::WeightsRequested(1));
-        let (sets, confirm) = WeightsSource::Default.candidates(|u| format!("http://h/app/{u}"));
+        let (sets, confirm) =
+            WeightsSource::Default.candidates(Precision::Standard, |u| format!("http://h/app/{u}"));
         assert_eq!(confirm, Some(CONFIRM_ABOVE_BYTES));
         assert_eq!(
             sets[0].files[0].url,
@@ -154,6 +221,77 @@ mod tests {
     }
 
     #[test]
+    fn the_high_precision_bundle_computes_in_f32_and_falls_back_to_the_standard_one() {
+        let page = |u: &str| format!("http://h/app/{u}");
+        let (sets, confirm) = WeightsSource::Default.candidates(Precision::High, page);
+        assert_eq!(
+            confirm,
+            Some(CONFIRM_ABOVE_BYTES),
+            "a link's 300 MB asks first"
+        );
+        let urls: Vec<&str> = sets.iter().map(|s| s.files[0].url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "http://h/app/models/clip-dinoiser-f16.gguf",
+                "http://h/app/models/clip-dinoiser.gguf",
+                HUB_CLIP
+            ]
+        );
+        let how: Vec<_> = sets.iter().map(|s| (s.compute, s.site_bundle)).collect();
+        assert_eq!(
+            how,
+            [
+                (Some(ComputePath::F32), Some(Precision::High)),
+                (Some(APP_COMPUTE), Some(Precision::Standard)),
+                (None, None)
+            ]
+        );
+        assert_eq!(Precision::High.file_name(), "clip-dinoiser-f16.gguf");
+        // Weights a link names compute the app's way and are no site bundle.
+        let (sets, _) = WeightsSource::Bundle("models/clip-dinoiser-f16.gguf".into())
+            .candidates(Precision::High, page);
+        assert_eq!((sets[0].compute, sets[0].site_bundle), (None, None));
+    }
+
+    #[test]
+    fn the_loaded_set_is_the_one_whose_files_arrived() {
+        let page = |u: &str| format!("http://h/app/{u}");
+        let (sets, _) = WeightsSource::Default.candidates(Precision::High, page);
+        let mut s = State::default();
+        s.apply(Action::UrlsRequested(4, sets.clone()));
+        let info = |file: &str| crate::protocol::ModelInfo {
+            source: "this site".into(),
+            files: vec![file.into()],
+            bytes: 1,
+            from_cache: false,
+            has_head: true,
+            storage: String::new(),
+            architecture: String::new(),
+            millis: 0.0,
+            cache_note: None,
+        };
+        // The site has no high-precision bundle: the worker fell back to the standard one.
+        s.apply(Action::Worker(
+            Response::Loaded {
+                id: 4,
+                info: info("clip-dinoiser.gguf"),
+            },
+            vec![],
+        ));
+        assert_eq!(s.model_set.as_ref(), Some(&sets[1]));
+        // A reply to an older request does not change it.
+        s.apply(Action::Worker(
+            Response::Loaded {
+                id: 3,
+                info: info("clip-dinoiser-f16.gguf"),
+            },
+            vec![],
+        ));
+        assert_eq!(s.model_set.as_ref(), Some(&sets[1]));
+    }
+
+    #[test]
     fn weights_on_another_origin_wait_for_one_click() {
         let page = |u: &str| {
             if u.contains("://") {
@@ -162,7 +300,11 @@ mod tests {
                 format!("http://127.0.0.1:8080/app/{u}")
             }
         };
-        let bundle = |u: &str| WeightsSource::Bundle(u.into()).candidates(page).0;
+        let bundle = |u: &str| {
+            WeightsSource::Bundle(u.into())
+                .candidates(Precision::High, page)
+                .0
+        };
         assert!(!bundle("models/m.gguf")[0].ask_first, "same origin");
         assert!(!bundle("http://127.0.0.1:8080/other/m.gguf")[0].ask_first);
         assert!(
@@ -183,12 +325,12 @@ mod tests {
             config: None,
         };
         assert!(
-            pair.candidates(page).0[0].ask_first,
+            pair.candidates(Precision::Standard, page).0[0].ask_first,
             "one foreign file is enough"
         );
         // The default (this site's bundle, else the hub files after the large-download
         // question) is loaded as before.
-        let (sets, confirm) = WeightsSource::Default.candidates(page);
+        let (sets, confirm) = WeightsSource::Default.candidates(Precision::Standard, page);
         assert!(sets.iter().all(|s| !s.ask_first));
         assert_eq!(confirm, Some(CONFIRM_ABOVE_BYTES));
         // The worker's question comes back as the offer.

@@ -12,6 +12,7 @@ use web_sys::{
     WorkerGlobalScope,
 };
 
+use crate::protocol::SiteFile;
 use crate::transport::js_error_text;
 
 /// Cache API bucket for weight files (bump the version when the stored format changes).
@@ -379,6 +380,30 @@ pub async fn get_blob(url: &str) -> Result<Blob, String> {
     let p = resp.blob().map_err(|e| js_error_text(&e))?;
     let b = JsFuture::from(p).await.map_err(|e| js_error_text(&e))?;
     Ok(b.unchecked_into())
+}
+
+/// A small text file of the site, at most `max_bytes` (see [`SiteFile`]).
+pub async fn small_text(url: &str, max_bytes: u64) -> SiteFile {
+    let Ok(resp) = fetch(url, "GET").await else {
+        return SiteFile::Missing;
+    };
+    if !resp.ok() {
+        return SiteFile::Missing;
+    }
+    let too_large = || SiteFile::Unreadable(format!("it is larger than {} kB", max_bytes / 1024));
+    if content_length(&resp).is_some_and(|n| n > max_bytes) {
+        return too_large();
+    }
+    let text = match resp.text() {
+        Ok(p) => JsFuture::from(p).await,
+        Err(e) => Err(e),
+    };
+    match text.map(|t| t.as_string()) {
+        Ok(Some(t)) if t.len() as u64 > max_bytes => too_large(),
+        Ok(Some(t)) => SiteFile::Text(t),
+        Ok(None) => SiteFile::Unreadable("it is not text".into()),
+        Err(e) => SiteFile::Unreadable(format!("it could not be read ({})", js_error_text(&e))),
+    }
 }
 
 /// Bytes of a small blob.

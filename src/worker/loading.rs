@@ -16,7 +16,9 @@ use super::jobs::kick;
 use super::model::Model;
 use super::scheduler::LoadTicket;
 use super::{label_cache, now_ms, post, post_error, progress, yield_now, Shared};
-use crate::protocol::{ErrorContext, LocalFile, ModelInfo, Response, Stage, WeightSet};
+use crate::protocol::{
+    ComputePath, ErrorContext, LocalFile, ModelInfo, Response, Stage, WeightSet, APP_COMPUTE,
+};
 
 /// Site-relative path of the tokenizer file (copied next to the app by Trunk).
 const TOKENIZER_URL: &str = "tokenizer.json";
@@ -187,7 +189,8 @@ pub(super) async fn load_urls(
         millis: 0.0,
         cache_note,
     };
-    let Some(mut info) = install(shared, ticket, files, info).await else {
+    let compute = set.compute.unwrap_or(APP_COMPUTE);
+    let Some(mut info) = install(shared, ticket, files, info, compute).await else {
         return;
     };
     // Only weights that built a model are worth keeping.
@@ -257,20 +260,21 @@ pub(super) async fn load_files(
         millis: 0.0,
         cache_note: None,
     };
-    if let Some(mut info) = install(shared, ticket, files, info).await {
+    if let Some(mut info) = install(shared, ticket, files, info, APP_COMPUTE).await {
         info.millis = now_ms() - started;
         post(&Response::Loaded { id, info }, vec![]);
         kick(shared);
     }
 }
 
-/// Parse + build, then swap the model in. Returns the completed info, or `None` after an
-/// error was posted (the previous model, if any, stays).
+/// Parse + build on `compute`, then swap the model in. Returns the completed info, or `None`
+/// after an error was posted (the previous model, if any, stays).
 async fn install(
     shared: &Shared,
     ticket: LoadTicket,
     files: Vec<(String, Vec<u8>)>,
     info: ModelInfo,
+    compute: ComputePath,
 ) -> Option<ModelInfo> {
     let id = ticket.id;
     let tok = match tokenizer(shared).await {
@@ -287,7 +291,7 @@ async fn install(
     progress(id, Stage::Build, None, total, Some(total), info.from_cache);
     yield_now().await;
     let fingerprint = label_cache::weights_fingerprint(&files, &shared.borrow().tokenizer_hash);
-    match Model::build(files, tok, info) {
+    match Model::build(files, tok, info, compute) {
         Ok(m) => {
             let info = m.info.clone();
             let mut st = shared.borrow_mut();

@@ -209,6 +209,10 @@ fn on_message(shared: &Shared, ev: MessageEvent) {
             let info = threads::configure(wanted).await;
             post(&Response::Threads { id: Some(id), info }, vec![]);
         }),
+        Request::ReadSiteFile { id, url, max_bytes } => spawn_local(async move {
+            let file = fetch::small_text(&url, max_bytes).await;
+            post(&Response::SiteFile { id, file }, vec![]);
+        }),
         Request::InjectFault { fault, .. } => shared.borrow_mut().fault = Some(fault),
     }
 }

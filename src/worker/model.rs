@@ -65,12 +65,14 @@ fn storage_summary(bundle: &Bundle) -> String {
 }
 
 impl Model {
-    /// Parse weight files (format detected from content) and build the model. `info` is
-    /// completed here with what the files turned out to hold.
+    /// Parse weight files (format detected from content) and build the model computing on
+    /// `compute` (the app's [`crate::protocol::APP_COMPUTE`] unless the weight set says
+    /// otherwise). `info` is completed here with what the files turned out to hold.
     pub fn build(
         files: Vec<(String, Vec<u8>)>,
         tokenizer: ClipTokenizer,
         mut info: ModelInfo,
+        compute: ComputePath,
     ) -> Result<Model, String> {
         let bundle = load_model_files(&files).map_err(|e| e.to_string())?;
         drop(files);
@@ -103,8 +105,7 @@ impl Model {
             .with_context_length(c.text.context_length)
             .map_err(|e| e.to_string())?;
         let Bundle { clip, head, store } = bundle;
-        // The towers' linear layers on the integer kernel: ≈ 2× faster than f32 in wasm, half the memory.
-        let vb = Vb::new(Arc::new(store), Device::Cpu, ComputePath::Int);
+        let vb = Vb::new(Arc::new(store), Device::Cpu, compute);
         let compute_path = format!("{:?}", vb.compute_path());
         let seg = Segmenter::new(&vb, &clip, head.as_ref()).map_err(|e| e.to_string())?;
         Ok(Model {

@@ -82,8 +82,10 @@ function sendFile(req, res, file, { throttle = false, isolate = true } = {}) {
  * /plain/… = site with its bundle but without the isolation headers (a static host such as
  * GitHub Pages), /inert/… = the same with a service worker that cannot isolate the page,
  * /weights/<file>, /broken/{truncated.gguf, cut-transfer.gguf, missing.gguf}.
+ * `sites`: `{ name: folder }`, each served as /<name>/… = the site with that folder's `models/`
+ * (a site as `scripts/build-site.sh` lays it out with CLIPDINO_MODELS_DIR).
  */
-export async function startServer({ dist, weights, bundle, throttle = true }) {
+export async function startServer({ dist, weights, bundle, throttle = true, sites = {} }) {
   const log = [];
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
@@ -104,6 +106,12 @@ export async function startServer({ dist, weights, bundle, throttle = true }) {
       }
       const f = inside(dist, rel);
       return f ? sendFile(req, res, f, { isolate: false }) : res.writeHead(403).end();
+    }
+    for (const [name, root] of Object.entries(sites)) {
+      if (!p.startsWith(`/${name}/`)) continue;
+      const rel = p.slice(name.length + 2);
+      const f = inside(rel.startsWith('models/') ? root : dist, rel);
+      return f ? sendFile(req, res, f) : res.writeHead(403).end();
     }
     if (p.startsWith('/bare/')) {
       const f = inside(dist, p.slice('/bare/'.length));

@@ -1,13 +1,17 @@
-// Decode and resize photos in headless Chromium with exactly the calls the app's worker makes
-// (src/worker/image.rs): `createImageBitmap(blob, {imageOrientation: "from-image"})`, then
-// `createImageBitmap(bitmap, {resizeWidth, resizeHeight, resizeQuality: "high"})`, drawn over
-// white on an OffscreenCanvas and read back with getImageData — all inside a dedicated Worker.
+// Decode photos in headless Chromium with exactly the calls the app's worker makes
+// (src/worker/image.rs), inside a dedicated Worker: `createImageBitmap(blob, {imageOrientation:
+// "from-image"})`, then the full-size bitmap copied 1:1 in bands of rows onto an OffscreenCanvas
+// over white (image smoothing off) and read back with getImageData — the RGBA bytes the model
+// crate's bilinear resize (`Rgba8Resize`) reads. The old path's browser resize
+// (`createImageBitmap(bitmap, {resizeWidth, resizeHeight, resizeQuality: "high"})`) is still
+// written for the sizes asked, for comparison.
 //
 //   node tests/reference/browser_decode.mjs JOB.json OUT_DIR
 //
 // JOB.json: [{"path": "www/samples/chelsea.jpg", "sizes": [[504, 336], ...]}, ...] (paths absolute
-// or relative to the repository). Writes OUT_DIR/<i>.decoded.rgb and OUT_DIR/<i>.<w>x<h>.rgb (RGB bytes,
-// row-major) and OUT_DIR/manifest.json with the decoded sizes and the browser version.
+// or relative to the repository). Writes OUT_DIR/<i>.decoded.rgb (the app's bytes),
+// OUT_DIR/<i>.<w>x<h>.rgb (the browser's resize; RGB bytes, row-major) and OUT_DIR/manifest.json
+// with the decoded sizes and the browser version.
 // Driven by tests/reference/browser_gap.py, which compares the bytes with PIL + PyTorch.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -37,11 +41,30 @@ async function toRgb(bitmap, w, h) {
   }
   return rgb;
 }
+// As to_chw01 in src/worker/image.rs: bands of whole rows (about 4 Mpx each), each drawn 1:1.
+function appRgb(bitmap) {
+  const w = bitmap.width, h = bitmap.height;
+  const band = Math.max(1, Math.min(h, Math.floor((4 << 20) / w)));
+  const ctx = new OffscreenCanvas(w, band).getContext('2d');
+  ctx.imageSmoothingEnabled = false;
+  ctx.fillStyle = '#fff';
+  const rgb = new Uint8Array(w * h * 3);
+  for (let y = 0; y < h; y += band) {
+    const n = Math.min(band, h - y);
+    ctx.fillRect(0, 0, w, n);
+    ctx.drawImage(bitmap, 0, y, w, n, 0, 0, w, n);
+    const rgba = ctx.getImageData(0, 0, w, n).data;
+    for (let i = 0, j = y * w * 3; i < rgba.length; i += 4, j += 3) {
+      rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
+    }
+  }
+  return rgb;
+}
 onmessage = async (e) => {
   const { bytes, sizes } = e.data;
   const blob = new Blob([bytes]);
   const bitmap = await createImageBitmap(blob, { imageOrientation: 'from-image' });
-  const out = { width: bitmap.width, height: bitmap.height, decoded: await toRgb(bitmap, bitmap.width, bitmap.height), resized: [] };
+  const out = { width: bitmap.width, height: bitmap.height, decoded: appRgb(bitmap), resized: [] };
   for (const [w, h] of sizes) {
     const r = (w === bitmap.width && h === bitmap.height) ? bitmap
       : await createImageBitmap(bitmap, { resizeWidth: w, resizeHeight: h, resizeQuality: 'high' });

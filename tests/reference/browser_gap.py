@@ -1,22 +1,27 @@
 """How far the browser's photo path is from the upstream one, on the sample photos.
 
 Browser path (the app, src/worker/image.rs): Chromium's `createImageBitmap` decode (EXIF
-orientation applied), then `createImageBitmap(..., resizeQuality: "high")` to the processing size,
-8-bit RGB — run by `tests/reference/browser_decode.mjs` in headless Chromium.
+orientation applied), the full-size bitmap copied 1:1 in bands onto an OffscreenCanvas over white
+and read back as RGBA bytes, then the model crate's bilinear resize (`Rgba8Resize`, bit-equal to
+`resize_bilinear_vec`: the CLI's resize) — the browser part run by
+`tests/reference/browser_decode.mjs` in headless Chromium.
 
 Upstream path (what the parity fixtures and the CLI compute): PIL decode
 (`ImageOps.exif_transpose(Image.open(f)).convert("RGB")`, libjpeg-turbo), then
 `F.interpolate(x / 255, size, mode="bilinear", align_corners=False)` on the float image
-(tests/fixtures/README.md, protocol point 9). The same resize with `antialias=True` is shown too,
-to tell decoding from resampling.
+(tests/fixtures/README.md, protocol point 9).
 
-Printed (and written as JSON with --json): per photo, max and mean |Δ| in 8-bit units after
-decoding, and after resizing to each processing size (the app's 224 / 336 / 448 short sides).
+Printed (and written as JSON with --json): per photo, max and mean |Δ| in 8-bit units between the
+bytes the app's resize reads and PIL's decode; and, for comparison, the browser's own resize
+(`createImageBitmap(..., resizeQuality: "high")`, what the app used before) against the upstream
+float resize (in brackets: against the same resize with `antialias=True`) at the app's 224 / 336 /
+448 short sides.
 
 With --cli BIN --weights DIR (a `clipdino random-weights` folder) it also measures the effect on
-the model: `clipdino segment --full-res --dump` on the browser-resized pixels vs on the upstream
-pixels rounded to 8 bits (both as PNG, so the same code runs on both), and reports max |Δ| and
-mean cosine of the dense MaskCLIP features and the agreement of the patch-level argmax.
+the model of the app's path: `clipdino segment --short-side S --dump` on the app's bytes (as PNG)
+vs on the photo file itself (the CLI decodes JPEG bit-identically to PIL), both resized by the
+crate's bilinear, at each short side; it reports max |Δ| and mean / min cosine of the dense
+MaskCLIP features and the agreement of the patch-level argmax.
 
     tests/reference/.venv/bin/python tests/reference/browser_gap.py [--json OUT] \
         [--cli target/release/clipdino --weights DIR] [--photo PHOTO.jpg ...]
@@ -73,16 +78,16 @@ def read_npy(path: Path) -> np.ndarray:
     return np.load(path)
 
 
-def features_gap(cli: str, weights: Path, a: Path, b: Path, tmp: Path) -> dict:
+def features_gap(cli: str, weights: Path, a: Path, b: Path, tmp: Path, short: int) -> dict:
     dumps = []
-    for img in (a, b):
-        d = tmp / f"dump-{img.stem}"
+    for k, img in enumerate((a, b)):
+        d = tmp / f"dump-{k}-{img.stem}-{short}"
         subprocess.run(
             [cli, "segment",
              "--clip", str(weights / "open_clip_model.safetensors"),
              "--config", str(weights / "open_clip_config.json"),
              "--head", str(weights / "last.pt"),
-             "--image", str(img), "--full-res", "--templates", "fast",
+             "--image", str(img), "--short-side", str(short), "--templates", "fast",
              "--labels", LABELS, "--dump", str(d)],
             check=True, capture_output=True,
         )
@@ -145,18 +150,19 @@ def main() -> int:
                     "vs_antialiased": gap(br, aa),
                     "upstream_vs_antialiased": gap(up, aa),
                 }
-                if args.cli and short == 336:
-                    save_png(br, tmp / f"browser{i}.png")
-                    save_png(np.clip(np.round(up), 0, 255).astype(np.uint8), tmp / f"upstream{i}.png")
+                if args.cli:
+                    app_png = tmp / f"app{i}.png"
+                    if not app_png.exists():
+                        save_png(dec, app_png)
                     entry["features"] = features_gap(
-                        args.cli, args.weights, tmp / f"browser{i}.png", tmp / f"upstream{i}.png", tmp
+                        args.cli, args.weights, app_png, ROOT / job["path"], tmp, short
                     )
                 row["resize"][str(short)] = entry
             report["photos"].append(row)
 
     print(f"{report['browser']} vs {report['upstream']}")
-    print("photo | decode max/mean | " + " | ".join(
-        f"{s}: vs upstream max/mean (vs antialiased)" for s in SHORT_SIDES))
+    print("photo | app decode max/mean | " + " | ".join(
+        f"{s}: browser resize vs upstream max/mean (vs antialiased)" for s in SHORT_SIDES))
     for r in report["photos"]:
         cells = [f"{r['decode']['max']:.0f} / {r['decode']['mean']:.3f}"]
         for s in SHORT_SIDES:
@@ -164,11 +170,12 @@ def main() -> int:
             cells.append(f"{e['vs_upstream']['max']:.1f} / {e['vs_upstream']['mean']:.2f} "
                          f"({e['vs_antialiased']['max']:.1f} / {e['vs_antialiased']['mean']:.2f})")
         print(f"{r['photo']} | " + " | ".join(cells))
-        f = r["resize"]["336"].get("features")
-        if f:
-            print(f"    features at 336: dense max|Δ| {f['dense_max_abs']:.3g}, mean cos "
-                  f"{f['dense_mean_cos']:.6f} (min {f['dense_min_cos']:.6f}), patch argmax agree "
-                  f"{100 * f['patch_argmax_agree']:.1f} %")
+        for s in SHORT_SIDES:
+            f = r["resize"][str(s)].get("features")
+            if f:
+                print(f"    app path at {s}: dense max|Δ| {f['dense_max_abs']:.3g}, mean cos "
+                      f"{f['dense_mean_cos']:.6f} (min {f['dense_min_cos']:.6f}), patch argmax "
+                      f"agree {100 * f['patch_argmax_agree']:.1f} %")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0
