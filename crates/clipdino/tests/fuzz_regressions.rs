@@ -168,6 +168,15 @@ fn write_fuzz_seeds() {
     let mut oc = vec![0u8];
     oc.extend(clip.to_open_clip_json().into_bytes());
     write("config", "micro-open_clip.json", &oc);
+    // the transformers layout (openai/clip-vit-base-patch16's): its config.json and its tensors
+    let mut tj = vec![0x10u8];
+    tj.extend(clip.to_transformers_json().into_bytes());
+    write("config", "micro-transformers.json", &tj);
+    let hf_st = write_safetensors(&clipdino::loaders::to_transformers(&store).unwrap()).unwrap();
+    write("safetensors", "micro-transformers.safetensors", &hf_st);
+    let mut ts = vec![0x11u8];
+    ts.extend(&hf_st);
+    write("config", "micro-transformers.safetensors", &ts);
     write(
         "torch_zip",
         "micro.bin",

@@ -150,6 +150,28 @@ pub fn check_config(data: &[u8]) {
                 }
             }
         }
+        // A transformers `config.json` (openai/clip-vit-base-patch16's layout) through the
+        // layout-sniffing entry.
+        0x10 => {
+            if let Ok(text) = std::str::from_utf8(rest) {
+                if let Ok(cfg) = ClipConfig::from_json(text) {
+                    cfg.validate().expect("a parsed config validates");
+                    check_valid_config(&cfg);
+                }
+            }
+        }
+        // A transformers-layout safetensors renamed into ours, then its config inferred.
+        0x11 => {
+            if let Ok(store) = loaders::read_safetensors(rest, SOURCE) {
+                let mut meter = loaders::LoadMeter::default();
+                match loaders::from_transformers(store, &mut meter)
+                    .and_then(|s| ClipConfig::infer(&s, 64, 64))
+                {
+                    Ok(cfg) => check_valid_config(&cfg),
+                    Err(e) => named(&e),
+                }
+            }
+        }
         _ => {
             if let Ok(store) = loaders::read_safetensors(rest, SOURCE) {
                 match ClipConfig::infer(&store, 64, 64) {
