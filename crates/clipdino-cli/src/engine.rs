@@ -359,16 +359,4 @@ impl Engine {
         self.segmenter.prepare_mode(feats, opts.mode)?;
         Ok(self.segmenter.segment(feats, labels, opts)?)
     }
-
-    /// Encode + segment at the image's own size.
-    pub fn segment_image(
-        &self,
-        img: &RgbImage,
-        labels: &Tensor,
-        opts: &RunOptions,
-        keep_inter: bool,
-    ) -> Result<Segmentation> {
-        let mut enc = self.encode(img, &opts.encode, keep_inter)?;
-        self.segment(&mut enc.features, labels, &opts.segment)
-    }
 }
