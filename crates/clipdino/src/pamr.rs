@@ -238,8 +238,10 @@ pub fn pamr(
                     let lo = (-dx).max(0) as usize;
                     let hi = (w as isize - dx.max(0)).max(lo as isize) as usize;
                     let hi = hi.min(w);
-                    for x in 0..lo.min(w) {
-                        dst[x] += ar[x] * src[clamp(x, dx, w)];
+                    // left border: source columns clamped
+                    let end = lo.min(w);
+                    for (x, (d, &av)) in dst[..end].iter_mut().zip(&ar[..end]).enumerate() {
+                        *d += av * src[clamp(x, dx, w)];
                     }
                     if lo < hi {
                         let s = &src[(lo as isize + dx) as usize..][..hi - lo];
@@ -247,8 +249,10 @@ pub fn pamr(
                             *d += av * sv;
                         }
                     }
-                    for x in hi.max(lo)..w {
-                        dst[x] += ar[x] * src[clamp(x, dx, w)];
+                    // right border
+                    let start = hi.max(lo).min(w);
+                    for (x, (d, &av)) in dst[start..].iter_mut().zip(&ar[start..]).enumerate() {
+                        *d += av * src[clamp(start + x, dx, w)];
                     }
                 }
             }
@@ -264,6 +268,7 @@ mod tests {
 
     /// Literal transcription of the upstream module on small inputs (neighbour by neighbour,
     /// per channel), to check the shifted-slice loops and the std.
+    #[allow(clippy::too_many_arguments)]
     fn naive(
         image: &[f32],
         c: usize,

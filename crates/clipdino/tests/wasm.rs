@@ -491,10 +491,10 @@ fn pamr_cost_diagnostic() {
     for (h, w) in [(336, 448), (448, 597)] {
         let n = h * w;
         let image: Vec<f32> = (0..3 * n)
-            .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+            .map(|i: usize| (i.wrapping_mul(7919) % 256) as f32 / 255.0)
             .collect();
         let probs: Vec<f32> = (0..labels * n)
-            .map(|i| ((i * 104729) % 1000) as f32 / 1000.0)
+            .map(|i: usize| (i.wrapping_mul(104_729) % 1000) as f32 / 1000.0)
             .collect();
         let mut times = Vec::new();
         for _ in 0..3 {
