@@ -153,13 +153,7 @@ impl Share {
             parts.push(format!("labels={}", enc.join(",")));
         }
         if let Some(m) = self.mode {
-            parts.push(format!(
-                "mode={}",
-                match m {
-                    Mode::Dinoiser => "dinoiser",
-                    Mode::MaskClip => "maskclip",
-                }
-            ));
+            parts.push(format!("mode={}", m.name()));
         }
         if let Some(r) = self.resolution {
             if let Some(px) = r.short_side() {

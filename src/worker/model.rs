@@ -230,6 +230,7 @@ impl Model {
             mode,
             background,
             output_size: Some((feats.height, feats.width)),
+            ..Default::default()
         };
         let s = self
             .seg

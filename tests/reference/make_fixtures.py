@@ -44,6 +44,7 @@ from open_clip.model import CLIP
 from open_clip.push_to_hf_hub import save_config_for_hf
 
 import realistic as R
+import methods
 
 # ---------------------------------------------------------------------------------------------
 # Configuration of the tiny model and the protocol constants
@@ -787,6 +788,7 @@ def generate(out_dir: Path, realistic: bool = False) -> None:
                                      f"(trial seed {trial}, background index {BACKGROUND})"})
 
     verify_written(out_dir, model, sd, hsd, exp)
+    methods.generate(out_dir)  # ClearCLIP / NACLIP / SCLIP and PAMR references (methods.py)
     if planted is not None:
         report["planted"] = planted
         report["head weight excess kurtosis"] = R.head_stats(head)
@@ -794,7 +796,7 @@ def generate(out_dir: Path, realistic: bool = False) -> None:
 
 
 FILES = ("open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin", "last.pt",
-         "expected.safetensors")
+         "expected.safetensors", "methods.safetensors")
 
 
 def compare_dirs(fresh: Path, committed: Path) -> bool:

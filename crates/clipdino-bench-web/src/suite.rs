@@ -14,7 +14,7 @@ use clipdino::kmeans::{kmeans_tensor, KMeansOptions};
 use clipdino::loaders::{load_model_files, Bundle};
 use clipdino::pipeline::{
     self, resize_bilinear, short_side_size, slide_windows, EncodeOptions, FeatureKind,
-    ImageFeatures, Mode, SegmentOptions, Segmenter,
+    ImageFeatures, Mode, Refine, SegmentOptions, Segmenter,
 };
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
@@ -125,9 +125,20 @@ pub enum Step {
         runs: Runs,
     },
     /// `segment_features` with the ten cached label embeddings (fast templates) on the cached
-    /// features of `preset`, output at the photo's size: what a label edit costs.
+    /// features of `preset`, output at the photo's size: what a label edit costs (with
+    /// `refine`, a label edit with that refinement on).
     Segment {
         preset: Preset,
+        #[serde(default, skip_serializing_if = "is_no_refine")]
+        refine: Refine,
+        #[serde(flatten)]
+        runs: Runs,
+    },
+    /// `Segmenter::prepare_mode` on the cached features of `preset` (its earlier result
+    /// dropped before each run): what switching to `mode` costs, one last block per window.
+    Mode {
+        preset: Preset,
+        mode: Mode,
         #[serde(flatten)]
         runs: Runs,
     },
@@ -165,7 +176,15 @@ impl Step {
                 labels, templates, ..
             } => format!("labels {labels} × {templates}"),
             Step::Head { preset, .. } => format!("head {}", preset.name()),
-            Step::Segment { preset, .. } => format!("segment {}", preset.name()),
+            Step::Segment {
+                preset,
+                refine: Refine::None,
+                ..
+            } => format!("segment {}", preset.name()),
+            Step::Segment { preset, refine, .. } => {
+                format!("segment {} +{refine}", preset.name())
+            }
+            Step::Mode { preset, mode, .. } => format!("mode {} {}", mode.name(), preset.name()),
             Step::Kmeans { preset, k, .. } => format!("k-means {} k={k}", preset.name()),
             Step::Profile { preset, .. } => format!("profile {}", preset.name()),
             Step::Kernels { tokens, .. } => format!("kernels {tokens} tokens"),
@@ -208,6 +227,13 @@ pub enum PlanKind {
     /// `default` bundle on the integer kernel), the 448×448 tower, the photo encode at 336 and with the
     /// paper's 448 windows, 10 labels.
     Threads,
+    /// The last-block methods and PAMR at 336 and 448 (one pass, f32): encode, a switch to
+    /// each of ClearCLIP / NACLIP / SCLIP, a label edit without and with PAMR.
+    Methods,
+}
+
+fn is_no_refine(r: &Refine) -> bool {
+    *r == Refine::None
 }
 
 /// File names of the weights folder written by `bench/run.sh`.
@@ -262,6 +288,7 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             },
             Step::Segment {
                 preset: Preset::S224,
+                refine: Refine::None,
                 runs: Runs::once(),
             },
             Step::Kmeans {
@@ -282,6 +309,35 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             tokens: 785,
             runs: r,
         }],
+        PlanKind::Methods => {
+            let mut v = vec![load(
+                "upstream safetensors + last.pt",
+                upstream,
+                ComputePath::F32,
+                Runs::once(),
+            )];
+            for p in [Preset::S336, Preset::S448] {
+                v.push(Step::Encode {
+                    preset: p,
+                    runs: Runs::once(),
+                });
+                for mode in [Mode::ClearClip, Mode::NaClip, Mode::SClip] {
+                    v.push(Step::Mode {
+                        preset: p,
+                        mode,
+                        runs: r,
+                    });
+                }
+                for refine in [Refine::None, Refine::PAMR] {
+                    v.push(Step::Segment {
+                        preset: p,
+                        refine,
+                        runs: r,
+                    });
+                }
+            }
+            v
+        }
         PlanKind::Profile => vec![
             load(
                 "upstream safetensors + last.pt",
@@ -324,6 +380,7 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
             },
             Step::Segment {
                 preset: Preset::Window448,
+                refine: Refine::None,
                 runs: Runs::once(),
             },
             Step::Kmeans {
@@ -489,7 +546,11 @@ fn app_path_steps(v: &mut Vec<Step>, r: Runs, presets: &[Preset]) {
     }
     for &p in presets {
         v.push(Step::Head { preset: p, runs: r });
-        v.push(Step::Segment { preset: p, runs: r });
+        v.push(Step::Segment {
+            preset: p,
+            refine: Refine::None,
+            runs: r,
+        });
         v.push(Step::Kmeans {
             preset: p,
             k: 8,
@@ -716,7 +777,11 @@ impl Suite {
                 r["grid"] = json!(&out.dense.dims()[..2]);
                 Ok(r)
             }
-            Step::Segment { preset, runs } => {
+            Step::Segment {
+                preset,
+                refine,
+                runs,
+            } => {
                 let labels = self.labels10()?;
                 let m = self.model()?;
                 let feats = self.features(*preset)?;
@@ -728,11 +793,26 @@ impl Suite {
                     },
                     background: Some(LABELS10.len() - 1),
                     output_size: None,
+                    refine: *refine,
                 };
                 let (v, s) = repeat(*runs, || m.seg.segment(feats, &labels, &opts))?;
                 let mut r = summary(&v);
                 r["output"] = json!([s.height, s.width]);
                 r["labels"] = json!(LABELS10.len());
+                Ok(r)
+            }
+            Step::Mode { preset, mode, runs } => {
+                let m = self.model()?;
+                let feats = self.features(*preset)?;
+                let (v, _) = repeat(*runs, || {
+                    let mut f = feats.clone();
+                    for w in &mut f.windows {
+                        w.variants.clear();
+                    }
+                    m.seg.prepare_mode(&mut f, *mode)
+                })?;
+                let mut r = summary(&v);
+                r["windows"] = json!(feats.windows.len());
                 Ok(r)
             }
             Step::Kmeans { preset, k, runs } => {

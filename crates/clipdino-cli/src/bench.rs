@@ -28,7 +28,8 @@ use crate::random_weights::{arch_configs, head_checkpoint, Arch};
 pub struct BenchArgs {
     /// Which steps: `compare` (f32 and integer compute side by side at 448×448, the app's path,
     /// kernels), `smoke` (one quick run of each step), `profile`, `kernels`, `memory` or `full`
-    /// (everything, as in BENCHMARKS.md).
+    /// (everything, as in BENCHMARKS.md), `methods` (ClearCLIP / NACLIP / SCLIP switches and
+    /// PAMR at 336 and 448).
     #[arg(long, default_value = "compare", value_parser = parse_plan, value_name = "PLAN")]
     plan: PlanKind,
     /// Timed runs per step (the median is reported), after one warm-up run.
@@ -66,7 +67,7 @@ pub struct BenchArgs {
 
 fn parse_plan(s: &str) -> std::result::Result<PlanKind, String> {
     serde_json::from_value(json!(s)).map_err(|_| {
-        format!("`{s}` is not a plan (compare, smoke, profile, kernels, memory or full)")
+        format!("`{s}` is not a plan (compare, smoke, profile, kernels, memory, methods or full)")
     })
 }
 

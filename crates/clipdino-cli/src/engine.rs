@@ -10,8 +10,8 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use clipdino::loaders::{self, human_bytes, Bundle, LoadBudget};
 use clipdino::pipeline::{
-    self, EncodeOptions, ImageFeatures, Mode, Progress, SegmentOptions, Segmentation, Segmenter,
-    Window,
+    self, EncodeOptions, ImageFeatures, Mode, Progress, Refine, SegmentOptions, Segmentation,
+    Segmenter, Window,
 };
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
@@ -72,9 +72,16 @@ impl BudgetArgs {
 /// How the image is processed (shared by `segment` and `eval`).
 #[derive(Args, Clone)]
 pub struct PipelineArgs {
-    /// Features: CLIP-DINOiser (needs the head) or raw MaskCLIP.
+    /// Features: CLIP-DINOiser (needs the head), raw MaskCLIP, or a training-free last-block
+    /// method (ClearCLIP, NACLIP, SCLIP).
     #[arg(long, value_enum, default_value_t = Mode::Dinoiser)]
     pub mode: Mode,
+    /// Refinement of the probabilities: none, pamr (10 iterations) or pamr:N.
+    #[arg(long, default_value_t = Refine::None, value_parser = parse_refine, value_name = "REFINE")]
+    pub refine: Refine,
+    /// PAMR iterations (implies --refine pamr).
+    #[arg(long, value_name = "N")]
+    pub pamr_iterations: Option<usize>,
     /// Resize the image so its short side has this many pixels (aspect kept).
     #[arg(long, default_value_t = 448, value_name = "PX")]
     pub short_side: usize,
@@ -95,6 +102,10 @@ pub struct PipelineArgs {
     /// Prompt templates averaged per label.
     #[arg(long, value_enum, default_value_t = TemplateSet::Full)]
     pub templates: TemplateSet,
+}
+
+fn parse_refine(s: &str) -> std::result::Result<Refine, String> {
+    s.parse().map_err(|e: clipdino::Error| e.to_string())
 }
 
 /// Encode + segment options resolved against a loaded model.
@@ -130,24 +141,41 @@ impl PipelineArgs {
         })
     }
 
+    /// The refinement: `--refine`, or PAMR with `--pamr-iterations`.
+    pub fn refine(&self) -> Result<Refine> {
+        let r = match self.pamr_iterations {
+            Some(iterations) => Refine::Pamr { iterations },
+            None => self.refine,
+        };
+        r.validate()
+            .map_err(|e| anyhow!("--pamr-iterations: {e}"))?;
+        Ok(r)
+    }
+
     /// Check the options against the model: DINOiser mode needs the head.
     pub fn options(&self, engine: &Engine, background: Option<usize>) -> Result<RunOptions> {
-        let mode = self.mode;
-        if mode == Mode::Dinoiser && !engine.segmenter.has_head() {
-            bail!(
-                "{} has no CLIP-DINOiser head: pass --head last.pt (or convert with it), or use --mode maskclip",
-                engine.source
-            );
-        }
+        check_mode(engine, self.mode)?;
         Ok(RunOptions {
             encode: self.encode_options()?,
             segment: SegmentOptions {
-                mode,
+                mode: self.mode,
                 background,
                 output_size: None,
+                refine: self.refine()?,
             },
         })
     }
+}
+
+/// DINOiser mode needs the head.
+pub fn check_mode(engine: &Engine, mode: Mode) -> Result<()> {
+    if mode.needs_head() && !engine.segmenter.has_head() {
+        bail!(
+            "{} has no CLIP-DINOiser head: pass --head last.pt (or convert with it), or use another --mode (maskclip, clearclip, naclip, sclip)",
+            engine.source
+        );
+    }
+    Ok(())
 }
 
 /// Read the weight files named on the command line, as `(file name, bytes)` for
@@ -321,24 +349,15 @@ impl Engine {
         })
     }
 
+    /// Classify encoded features; the mode's last block is computed first if needed (one
+    /// block per window, from the cached state).
     pub fn segment(
         &self,
-        feats: &ImageFeatures,
+        feats: &mut ImageFeatures,
         labels: &Tensor,
         opts: &SegmentOptions,
     ) -> Result<Segmentation> {
+        self.segmenter.prepare_mode(feats, opts.mode)?;
         Ok(self.segmenter.segment(feats, labels, opts)?)
-    }
-
-    /// Encode + segment at the image's own size.
-    pub fn segment_image(
-        &self,
-        img: &RgbImage,
-        labels: &Tensor,
-        opts: &RunOptions,
-        keep_inter: bool,
-    ) -> Result<Segmentation> {
-        let enc = self.encode(img, &opts.encode, keep_inter)?;
-        self.segment(&enc.features, labels, &opts.segment)
     }
 }

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use clipdino::metrics::ConfusionMatrix;
+use clipdino::pipeline::{Mode, Refine};
 
-use crate::engine::{Engine, ModelArgs, PipelineArgs};
+use crate::engine::{check_mode, Engine, ModelArgs, PipelineArgs};
 use crate::files::{self, LabelMap};
 use crate::labels;
 use crate::photo;
@@ -46,6 +47,46 @@ pub struct EvalArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Compare several modes on the same encodings, one table row each: `MODE[+REFINE]`
+    /// separated by commas, e.g. `dinoiser,naclip,naclip+pamr` (REFINE defaults to --refine).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        conflicts_with = "predictions"
+    )]
+    modes: Vec<String>,
+}
+
+/// One row of `--modes`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Variant {
+    mode: Mode,
+    refine: Refine,
+}
+
+impl Variant {
+    fn parse(s: &str, default_refine: Refine) -> Result<Self> {
+        let (m, r) = match s.trim().split_once('+') {
+            Some((m, r)) => (m, Some(r)),
+            None => (s.trim(), None),
+        };
+        let mode = m.parse::<Mode>().map_err(|e| anyhow!("--modes {s}: {e}"))?;
+        let refine = match r {
+            Some(r) => r
+                .parse::<Refine>()
+                .map_err(|e| anyhow!("--modes {s}: {e}"))?,
+            None => default_refine,
+        };
+        Ok(Self { mode, refine })
+    }
+
+    fn name(&self) -> String {
+        match self.refine {
+            Refine::None => self.mode.name().to_string(),
+            r => format!("{}+{r}", self.mode.name()),
+        }
+    }
 }
 
 pub(crate) const IMAGE_EXTS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
@@ -174,23 +215,63 @@ pub fn run(a: EvalArgs) -> Result<()> {
                         })
                 })
                 .collect::<Result<_>>()?;
+            let default_refine = a.pipeline.refine()?;
+            let variants: Vec<Variant> = if a.modes.is_empty() {
+                vec![Variant {
+                    mode: a.pipeline.mode,
+                    refine: default_refine,
+                }]
+            } else {
+                a.modes
+                    .iter()
+                    .map(|s| Variant::parse(s, default_refine))
+                    .collect::<Result<_>>()?
+            };
             let engine = Engine::load(&a.model)?;
-            let opts = a.pipeline.options(&engine, background)?;
+            let mut opts = a.pipeline.options(&engine, background)?;
+            for v in &variants {
+                check_mode(&engine, v.mode)?;
+            }
             let label_emb = engine.embed_labels(&classes, a.pipeline.templates)?;
+            let mut cms: Vec<ConfusionMatrix> = variants.iter().map(|_| cm.clone()).collect();
             let pb = progress::bar(pairs.len() as u64, "evaluating");
             for (img_path, m) in &pairs {
                 let img = photo::load_image(img_path)?;
                 let gt = files::read_label_png(m)?;
-                let seg = engine.segment_image(&img, &label_emb, &opts, false)?;
-                let pred = LabelMap {
-                    width: img.width() as usize,
-                    height: img.height() as usize,
-                    data: seg.labels,
-                };
-                add(&mut cm, &pred, &gt, img_path, m)?;
+                // one encode per image; each mode adds one last block (or nothing)
+                let mut enc = engine.encode(&img, &opts.encode, false)?;
+                for (v, cm) in variants.iter().zip(&mut cms) {
+                    opts.segment.mode = v.mode;
+                    opts.segment.refine = v.refine;
+                    let seg = engine.segment(&mut enc.features, &label_emb, &opts.segment)?;
+                    let pred = LabelMap {
+                        width: img.width() as usize,
+                        height: img.height() as usize,
+                        data: seg.labels,
+                    };
+                    add(cm, &pred, &gt, img_path, m)?;
+                }
                 pb.inc(1);
             }
             pb.finish_and_clear();
+            if !a.modes.is_empty() {
+                let reports: Vec<(String, Report)> = variants
+                    .iter()
+                    .zip(&cms)
+                    .map(|(v, cm)| (v.name(), Report::new(cm, &classes, masks.len())))
+                    .collect();
+                if a.json {
+                    let rows: Vec<_> = reports
+                        .iter()
+                        .map(|(n, r)| serde_json::json!({"mode": n, "report": r.to_json()}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    print!("{}", modes_table(&reports));
+                }
+                return Ok(());
+            }
+            cm = cms.remove(0);
         }
     }
 
@@ -228,6 +309,54 @@ fn add(
     )
     .context("scoring")?;
     Ok(())
+}
+
+/// `--modes`: per-class IoU per mode (columns) and the means (rows at the bottom).
+fn modes_table(reports: &[(String, Report)]) -> String {
+    let cw = reports
+        .iter()
+        .map(|(n, _)| n.chars().count())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    let first = &reports[0].1;
+    let w = first
+        .per_class
+        .iter()
+        .map(|(c, _, _)| c.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let f = |x: Option<f64>| {
+        x.map(|v| format!("{v:>cw$.2}"))
+            .unwrap_or_else(|| format!("{:>cw$}", "-"))
+    };
+    let mut s = format!("{:<w$}", "IoU %");
+    for (n, _) in reports {
+        s += &format!("  {n:>cw$}");
+    }
+    s += "\n";
+    for (i, (c, _, _)) in first.per_class.iter().enumerate() {
+        s += &format!("{c:<w$}");
+        for (_, r) in reports {
+            s += &format!("  {}", f(r.per_class[i].1));
+        }
+        s += "\n";
+    }
+    s += "\n";
+    for (name, get) in [
+        ("mIoU", (|r: &Report| r.miou) as fn(&Report) -> f64),
+        ("mAcc", |r: &Report| r.macc),
+        ("aAcc", |r: &Report| r.aacc),
+    ] {
+        s += &format!("{name:<w$}");
+        for (_, r) in reports {
+            s += &format!("  {}", f(pct(get(r) / 100.0)));
+        }
+        s += "\n";
+    }
+    s += &format!("\nimages {}  pixels {}\n", first.images, first.pixels);
+    s
 }
 
 /// Metrics in percent; classes with an undefined IoU (absent from ground truth and prediction)

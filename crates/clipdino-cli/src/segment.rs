@@ -191,9 +191,9 @@ fn run_checked(
     let t = Instant::now();
     let label_emb = engine.embed_labels(&labels, a.pipeline.templates)?;
     let t_labels = t.elapsed().as_secs_f64();
-    let enc = engine.encode(&img, &opts.encode, dump.is_some())?;
+    let mut enc = engine.encode(&img, &opts.encode, dump.is_some())?;
     let t = Instant::now();
-    let seg = engine.segment(&enc.features, &label_emb, &opts.segment)?;
+    let seg = engine.segment(&mut enc.features, &label_emb, &opts.segment)?;
     let t_segment = t.elapsed().as_secs_f64();
     let (w, h) = (img.width() as usize, img.height() as usize);
 
@@ -255,16 +255,14 @@ fn run_checked(
     let feats = &enc.features;
     let (gh, gw) = feats.grid();
     println!(
-        "image {w}×{h}, processed at {}×{} in {} window{} ({gh}×{gw} patches), {} labels, {} mode",
+        "image {w}×{h}, processed at {}×{} in {} window{} ({gh}×{gw} patches), {} labels, {} mode, refine {}",
         feats.width,
         feats.height,
         feats.windows.len(),
         if feats.windows.len() == 1 { "" } else { "s" },
         labels.len(),
-        match opts.segment.mode {
-            clipdino::pipeline::Mode::Dinoiser => "CLIP-DINOiser",
-            clipdino::pipeline::Mode::MaskClip => "MaskCLIP",
-        }
+opts.segment.mode.title(),
+        opts.segment.refine,
     );
     let areas = overlay::area_fractions(&seg.labels, labels.len());
     let lw = labels

@@ -260,8 +260,8 @@ fn run_model(engine: &Engine, job: &Job, what: &str) -> Result<Outputs> {
     for (name, img) in job.photos {
         for p in job.presets {
             sp.set_message(format!("{what}: {name} ({})", p.name()));
-            let enc = engine.encode(img, &p.options(), false)?;
-            let seg = engine.segment(&enc.features, &label_emb, &job.segment)?;
+            let mut enc = engine.encode(img, &p.options(), false)?;
+            let seg = engine.segment(&mut enc.features, &label_emb, &job.segment)?;
             runs.push(Run {
                 features: enc.features,
                 labels: seg.labels,
@@ -602,6 +602,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
             mode,
             background,
             output_size: None,
+            ..Default::default()
         },
     };
 

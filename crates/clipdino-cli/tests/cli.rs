@@ -681,6 +681,95 @@ fn eval_runs_the_model_and_prints_a_table() {
 }
 
 #[test]
+fn eval_compares_modes_in_one_table() {
+    let mut a: Vec<String> = vec!["eval".into()];
+    a.extend(tiny_args());
+    a.extend(
+        [
+            "--images",
+            &fixture("voc/images").display().to_string(),
+            "--masks",
+            &fixture("voc/masks").display().to_string(),
+            "--classes",
+            &fixture("voc/classes.txt").display().to_string(),
+            "--short-side",
+            "64",
+            "--templates",
+            "fast",
+            "--modes",
+            "dinoiser,maskclip,clearclip,naclip,sclip,naclip+pamr:2",
+        ]
+        .map(String::from),
+    );
+    let table = ok(&run(&a));
+    let head = table.lines().next().unwrap_or_default();
+    for m in [
+        "dinoiser",
+        "maskclip",
+        "clearclip",
+        "naclip",
+        "sclip",
+        "naclip+pamr:2",
+    ] {
+        assert!(head.contains(m), "{m} missing from the header: {table}");
+    }
+    assert!(
+        table.contains("\nmIoU ") && table.contains("diningtable"),
+        "{table}"
+    );
+    a.push("--json".into());
+    let j: serde_json::Value = serde_json::from_str(&ok(&run(&a))).unwrap();
+    let rows = j.as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    assert_eq!(rows[5]["mode"], "naclip+pamr:2");
+    for r in rows {
+        assert_eq!(r["report"]["pixels"], 187_500);
+    }
+    // one bad entry: one line naming it
+    let mut bad = a.clone();
+    let i = bad.iter().position(|s| s == "--modes").unwrap();
+    bad[i + 1] = "naclip,crf".into();
+    one_line_error(&run(&bad), &["--modes crf"]);
+}
+
+#[test]
+fn segment_takes_a_mode_and_pamr() {
+    let s = Scratch::new("segment-modes");
+    let mut a: Vec<String> = vec!["segment".into()];
+    a.extend(tiny_args());
+    a.extend(
+        [
+            "--image",
+            &voc_image().display().to_string(),
+            "--labels",
+            "cat,sofa,background",
+            "--short-side",
+            "64",
+            "--templates",
+            "fast",
+            "--mode",
+            "sclip",
+            "--refine",
+            "pamr",
+            "--mask-out",
+            &s.s("m.png"),
+        ]
+        .map(String::from),
+    );
+    let out = ok(&run(&a));
+    assert!(out.contains("SCLIP mode, refine pamr"), "{out}");
+    assert!(s.path("m.png").is_file());
+    let i = a.iter().position(|x| x == "pamr").unwrap();
+    a[i] = "pamr:0".into();
+    let o = run(&a);
+    assert!(
+        !o.status.success() && stderr(&o).contains("pamr:0"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn eval_bad_inputs() {
     let s = Scratch::new("eval-bad");
     let classes = fixture("voc/classes.txt").display().to_string();

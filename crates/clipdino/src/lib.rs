@@ -15,6 +15,7 @@ pub mod linear;
 pub mod loaders;
 pub mod metrics;
 pub mod overlay;
+pub mod pamr;
 pub mod par;
 pub mod parts;
 pub mod pipeline;

@@ -149,6 +149,7 @@ fn head_matches_reference_from_fixture_features() {
                 refined: Some(refined.clone()),
                 bkg: Some(bkg.clone()),
                 inter: None,
+                trunk: None,
             })
         })
         .unwrap();
@@ -171,6 +172,7 @@ fn head_matches_reference_from_fixture_features() {
             mode: Mode::Dinoiser,
             background: Some(BACKGROUND),
             output_size: None,
+            ..Default::default()
         };
         let seg = segment_features(&feats, &labels, &opts).unwrap();
         max_abs(
@@ -250,6 +252,7 @@ fn full_resolution_pipeline_matches_reference() {
             mode: Mode::Dinoiser,
             background: Some(BACKGROUND),
             output_size: None,
+            ..Default::default()
         };
         let out = seg.segment(&feats, &labels, &opts).unwrap();
         max_abs(
@@ -318,6 +321,7 @@ fn sliding_window_pipeline_matches_reference() {
         mode: Mode::Dinoiser,
         background: Some(BACKGROUND),
         output_size: None,
+        ..Default::default()
     };
     let out = seg.segment(&feats, &labels, &sopts).unwrap();
     let window_probs = Tensor::stack(&out.patch_probs, 0).unwrap();

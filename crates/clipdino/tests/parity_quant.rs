@@ -50,6 +50,7 @@ fn score(seg: &Segmenter, exp: &HashMap<String, Tensor>) -> Scores {
         mode: Mode::Dinoiser,
         background: Some(2),
         output_size: None,
+        ..Default::default()
     };
     let (mut dsum, mut dmin, mut rsum, mut rmin) = (0.0, 1.0f32, 0.0, 1.0f32);
     let (mut agree, mut pixels) = (0, 0);
@@ -111,6 +112,7 @@ fn agreement_without_background(
         mode: Mode::Dinoiser,
         background: None,
         output_size: None,
+        ..Default::default()
     };
     let (mut same, mut n) = (0, 0);
     for key in ["a", "b"] {

@@ -124,6 +124,7 @@ fn pipeline_matches_upstream_with_identical_label_maps() {
         mode: Mode::Dinoiser,
         background: Some(2),
         output_size: None,
+        ..Default::default()
     };
     for key in ["a", "b"] {
         let feats = seg

@@ -1,10 +1,11 @@
 //! The model's outputs do not depend on the number of threads (`clipdino::par`): the image
-//! encode (towers + head, one pass and sliding windows) and the label embeddings are computed
-//! on rayon pools of 1, 2 and 3 threads and compared bit for bit, on every compute path.
+//! encode (towers + head, one pass and sliding windows), every mode's last block, PAMR and the
+//! label embeddings are computed on rayon pools of 1, 2 and 3 threads and compared bit for bit,
+//! on every compute path.
 
 use candle_core::{Device, Tensor};
 use clipdino::loaders::{random_clip_store, random_head_store};
-use clipdino::pipeline::{EncodeOptions, Segmenter, Window};
+use clipdino::pipeline::{EncodeOptions, Mode, Refine, SegmentOptions, Segmenter, Window};
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
 use clipdino::{par, ClipConfig, ComputePath, HeadConfig, Vb};
@@ -39,14 +40,6 @@ fn outputs(seg: &Segmenter, image: &Tensor, tok: &ClipTokenizer) -> Vec<Vec<u32>
             stride: 112,
         }),
     };
-    for opts in [EncodeOptions::full_res(), window] {
-        let f = seg.encode_image(image, &opts, &mut |_| {}).expect("encode");
-        for w in &f.windows {
-            out.push(bits(&w.dense));
-            out.push(bits(w.refined.as_ref().expect("refined")));
-            out.push(bits(w.bkg.as_ref().expect("bkg")));
-        }
-    }
     let labels: Vec<String> = ["cat", "a red sofa", "window", "background"]
         .iter()
         .map(|s| s.to_string())
@@ -56,6 +49,26 @@ fn outputs(seg: &Segmenter, image: &Tensor, tok: &ClipTokenizer) -> Vec<Vec<u32>
         .embed_labels(tok, &labels, TemplateSet::Full)
         .expect("labels");
     out.push(bits(&emb));
+    for opts in [EncodeOptions::full_res(), window] {
+        let mut f = seg.encode_image(image, &opts, &mut |_| {}).expect("encode");
+        for mode in Mode::ALL {
+            seg.prepare_mode(&mut f, mode).expect("mode");
+        }
+        for w in &f.windows {
+            out.push(bits(&w.dense));
+            out.push(bits(w.refined.as_ref().expect("refined")));
+            out.push(bits(w.bkg.as_ref().expect("bkg")));
+            for mode in Mode::ALL {
+                out.push(bits(w.features(mode).expect("features")));
+            }
+        }
+        let pamr = SegmentOptions {
+            mode: Mode::NaClip,
+            refine: Refine::PAMR,
+            ..Default::default()
+        };
+        out.push(bits(&seg.segment(&f, &emb, &pamr).expect("pamr").probs));
+    }
     out
 }
 

@@ -177,6 +177,7 @@ fn image_tower_head_and_segmentation_match_upstream() {
             mode: Mode::Dinoiser,
             background: Some(2),
             output_size: None,
+            ..Default::default()
         };
         let out = seg.segment(&feats, &labels, &opts).unwrap();
         max_abs(
@@ -257,6 +258,7 @@ fn integer_compute_path_stays_close_to_upstream() {
             mode: Mode::Dinoiser,
             background: Some(2),
             output_size: None,
+            ..Default::default()
         };
         let out = seg.segment(&feats, &labels, &opts).unwrap();
         let want = label_map(&exp, &format!("{key}.labelmap"));
@@ -298,6 +300,7 @@ fn realistic_model_matches_upstream() {
         mode: Mode::Dinoiser,
         background: Some(2),
         output_size: None,
+        ..Default::default()
     };
     for key in ["a", "b"] {
         let feats = seg
@@ -363,6 +366,7 @@ fn sliding_window_matches_upstream() {
         mode: Mode::Dinoiser,
         background: Some(2),
         output_size: None,
+        ..Default::default()
     };
     let out = seg.segment(&feats, &get(&exp, "labels"), &sopts).unwrap();
     max_abs("c.probs", &out.probs, &get(&exp, "c.probs"));
@@ -468,4 +472,69 @@ fn openai_weights_match_upstream_in_both_layouts() {
 #[wasm_bindgen_test]
 fn openai_transformers_layout_agrees_with_candle_transformers() {
     openai::check_candle_transformers(&web_sys_log);
+}
+
+/// ClearCLIP / NACLIP / SCLIP and PAMR in the browser: the same checks as natively
+/// (`tests/parity_methods.rs`, shared in `common::methods`), on both tiny models.
+#[wasm_bindgen_test]
+fn methods_and_pamr_match_upstream() {
+    let runs = [
+        (
+            segmenter(),
+            expected(),
+            fixture!("tiny/methods.safetensors"),
+        ),
+        (
+            Segmenter::from_bundle(realistic_bundle(), &Device::Cpu, ComputePath::F32).unwrap(),
+            realistic_expected(),
+            fixture!("tiny-realistic/methods.safetensors"),
+        ),
+    ];
+    for (seg, exp, meth) in runs {
+        let meth = candle_core::safetensors::load_buffer(meth, &Device::Cpu).expect("methods");
+        common::methods::check(&seg, &exp, &meth, 2, TOL, &|s| {
+            web_sys_log(&format!("wasm {s}"))
+        });
+    }
+}
+
+/// A diagnostic, not a check: PAMR's cost in this build (10 labels, 10 iterations, dilations
+/// 8 and 16) at the processed sizes of a 4:3 photo at the app's 336 and the paper's 448, printed
+/// as the median of 3 runs. The benchmark (`clipdino bench --plan methods`) times the same
+/// natively; the numbers are quoted in BENCHMARKS.md.
+#[wasm_bindgen_test]
+fn pamr_cost_diagnostic() {
+    use clipdino::pamr::{pamr, PAMR_DILATIONS, PAMR_ITERATIONS};
+    let labels = 10;
+    for (h, w) in [(336, 448), (448, 597)] {
+        let n = h * w;
+        let image: Vec<f32> = (0..3 * n)
+            .map(|i: usize| (i.wrapping_mul(7919) % 256) as f32 / 255.0)
+            .collect();
+        let probs: Vec<f32> = (0..labels * n)
+            .map(|i: usize| (i.wrapping_mul(104_729) % 1000) as f32 / 1000.0)
+            .collect();
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let mut p = probs.clone();
+            let t0 = js_sys::Date::now();
+            pamr(
+                &image,
+                3,
+                &mut p,
+                labels,
+                (h, w),
+                PAMR_ITERATIONS,
+                &PAMR_DILATIONS,
+            )
+            .unwrap();
+            times.push(js_sys::Date::now() - t0);
+            assert!(p.iter().all(|v| v.is_finite()));
+        }
+        times.sort_by(f64::total_cmp);
+        web_sys_log(&format!(
+            "wasm PAMR {w}×{h}, {labels} labels, {PAMR_ITERATIONS} iterations: median {:.0} ms (runs {times:?})",
+            times[1]
+        ));
+    }
 }

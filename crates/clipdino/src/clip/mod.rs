@@ -6,12 +6,14 @@
 mod block;
 pub mod fastmath;
 pub mod interp;
+pub mod last_block;
 pub mod text;
 pub mod vision;
 
 pub use block::{LayerNorm, Mlp, MultiheadAttention, ResidualAttentionBlock};
+pub use last_block::LastBlock;
 pub use text::TextTransformer;
-pub use vision::{VisionOutput, VisionTransformer};
+pub use vision::{Trunk, VisionOutput, VisionTransformer};
 
 use candle_core::{DType, Tensor};
 

@@ -16,6 +16,7 @@ use candle_core::{Module, Tensor};
 
 use super::block::{LayerNorm, ResidualAttentionBlock};
 use super::interp::resize_bicubic_hwc;
+use super::last_block::{self, LastBlock};
 use super::MAX_PATCHES;
 use crate::config::{ClipConfig, VisionConfig};
 use crate::error::{Error, Result};
@@ -31,6 +32,19 @@ pub struct VisionOutput {
     pub dense: Tensor,
     /// `[h, w, width]`, `ln_2` output of block `inter_layer`, patch tokens only.
     pub inter: Tensor,
+    /// The tokens entering the last block: every [`LastBlock`] variant starts from them.
+    pub trunk: Trunk,
+}
+
+/// The state after blocks 0..L−2 for one image: the tokens entering the last block. Kept per
+/// image (window) so that switching the last-block variant ([`VisionTransformer::dense`]) costs
+/// one block instead of a new encode.
+#[derive(Debug, Clone)]
+pub struct Trunk {
+    /// `[1, 1 + h·w, width]` (CLS first).
+    pub tokens: Tensor,
+    /// Patch grid `(h, w)`.
+    pub grid: (usize, usize),
 }
 
 #[derive(Debug, Clone)]
@@ -206,14 +220,7 @@ impl VisionTransformer {
             inter = Some(ln2);
         }
         // MaskCLIP value path (patch tokens only; the CLS row is dropped afterwards anyway).
-        let v = op("slicing", || {
-            qkv.narrow(1, 1, hw)?
-                .narrow(2, 2 * width, width)?
-                .contiguous()
-        })?;
-        let v = last.attn.out_proj(&v)?;
-        let v = op("residual add", || v + x.narrow(1, 1, hw)?)?;
-        let v = last.mlp_residual(&v)?;
+        let v = last_block::maskclip_value_path(last, &x, &qkv)?;
         progress(layers, layers);
 
         let pooled = self.ln_post.forward(&out.narrow(1, 0, 1)?)?;
@@ -222,11 +229,7 @@ impl VisionTransformer {
             self.proj.forward(&pooled)
         })?
         .reshape(self.embed_dim)?;
-        let dense = self.ln_post.forward(&v.reshape((hw, width))?)?;
-        let dense = op_flops("ln_post + visual.proj", matmul_flops(&dense), || {
-            self.proj.forward(&dense)
-        })?
-        .reshape((h, w, self.embed_dim))?;
+        let dense = self.project_patches(&v, (h, w))?;
         let inter = inter
             .ok_or_else(|| {
                 Error::invalid("inter_layer", format!("block {inter_layer} was not run"))
@@ -237,6 +240,44 @@ impl VisionTransformer {
             pooled,
             dense,
             inter,
+            trunk: Trunk {
+                tokens: x,
+                grid: (h, w),
+            },
         })
+    }
+
+    /// `ln_post`, then `@ proj`: patch tokens `[1, h·w, width]` → dense features `[h, w, E]`.
+    fn project_patches(&self, v: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
+        let dense = self.ln_post.forward(&v.reshape((h * w, self.cfg.width))?)?;
+        Ok(op_flops("ln_post + visual.proj", matmul_flops(&dense), || {
+            self.proj.forward(&dense)
+        })?
+        .reshape((h, w, self.embed_dim))?)
+    }
+
+    /// Dense features `[h, w, E]` (not normalised) of the last-block variant `variant`, from the
+    /// cached tokens entering the last block: one block, `ln_post` and `proj`.
+    pub fn dense(&self, trunk: &Trunk, variant: LastBlock) -> Result<Tensor> {
+        let (h, w) = trunk.grid;
+        let t = h * w + 1;
+        match trunk.tokens.dims() {
+            [1, tt, c] if *tt == t && *c == self.cfg.width => {}
+            d => {
+                return Err(Error::invalid(
+                    "trunk",
+                    format!(
+                        "expected [1, {t}, {}] tokens for a {h}×{w} grid, got {d:?}",
+                        self.cfg.width
+                    ),
+                ))
+            }
+        }
+        let last = self
+            .blocks
+            .last()
+            .ok_or_else(|| Error::config("layers", "the image tower has no blocks"))?;
+        let v = last_block::forward(last, &trunk.tokens, trunk.grid, variant)?;
+        self.project_patches(&v, trunk.grid)
     }
 }

@@ -24,11 +24,13 @@ use serde::{Deserialize, Serialize};
 pub use resize::{resize_bilinear, resize_bilinear_vec, short_side_size, Rgba8Resize};
 pub use window::{plan, slide_windows, PixelBox, Plan, Window, MAX_TOTAL_PATCHES};
 
-use crate::clip::{self, ClipModel};
+use crate::clip::{self, ClipModel, LastBlock, Trunk};
 use crate::config::{ClipConfig, HeadConfig};
 use crate::dinoiser::{l2_normalize_last, DinoiserHead, DELTA, FOREGROUND_THRESHOLD};
 use crate::error::{Error, Result};
 use crate::loaders::Bundle;
+pub use crate::pamr::Refine;
+use crate::pamr::{pamr, working_size, PAMR_DILATIONS};
 use crate::weights::{ComputePath, Vb};
 use resize::{resize_into, Placement};
 
@@ -36,7 +38,16 @@ use resize::{resize_into, Placement};
 /// CLIP `logit_scale` parameter is not used).
 pub const LOGIT_SCALE: f32 = 100.0;
 
-/// Which dense features classify the pixels. Serialised (JSON, clap) as `dinoiser` / `maskclip`.
+/// Which dense features classify the pixels. Serialised (JSON, clap) as [`Mode::name`].
+///
+/// Every mode is a variant of the last vision block ([`LastBlock`]) on the same tokens entering
+/// it, so switching mode on an encoded image costs one block ([`Segmenter::prepare_mode`]).
+///
+/// The CLIP-DINOiser head is applied to MaskCLIP features only (mode `dinoiser`): that is the
+/// combination it was trained and published with (its background rule's δ = 0.99 is calibrated on
+/// those probabilities), whereas ClearCLIP, NACLIP and SCLIP already mix patches with their own
+/// last-block attention (NACLIP explicitly over a spatial neighbourhood) and no result is
+/// published for pooling them a second time with the head's correlations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -47,6 +58,94 @@ pub enum Mode {
     /// Raw MaskCLIP features.
     #[cfg_attr(feature = "clap", value(name = "maskclip"))]
     MaskClip,
+    /// ClearCLIP: last block = query–query attention, no residual, no feed-forward.
+    #[cfg_attr(feature = "clap", value(name = "clearclip"))]
+    ClearClip,
+    /// NACLIP: last block = key–key attention + a Gaussian neighbourhood, no residual, no FFN.
+    #[cfg_attr(feature = "clap", value(name = "naclip"))]
+    NaClip,
+    /// SCLIP: last block = q–q + k–k attention (summed), residual and feed-forward kept.
+    #[cfg_attr(feature = "clap", value(name = "sclip"))]
+    SClip,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 5] = [
+        Mode::Dinoiser,
+        Mode::MaskClip,
+        Mode::ClearClip,
+        Mode::NaClip,
+        Mode::SClip,
+    ];
+
+    /// The serialised name (JSON, CLI, share links).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Dinoiser => "dinoiser",
+            Mode::MaskClip => "maskclip",
+            Mode::ClearClip => "clearclip",
+            Mode::NaClip => "naclip",
+            Mode::SClip => "sclip",
+        }
+    }
+
+    /// Display name (the paper's).
+    pub fn title(self) -> &'static str {
+        match self {
+            Mode::Dinoiser => "CLIP-DINOiser",
+            Mode::MaskClip => "MaskCLIP",
+            Mode::ClearClip => "ClearCLIP",
+            Mode::NaClip => "NACLIP",
+            Mode::SClip => "SCLIP",
+        }
+    }
+
+    /// One line for a setting or `--help`.
+    pub fn description(self) -> &'static str {
+        match self {
+            Mode::Dinoiser => {
+                "MaskCLIP features refined by the CLIP-DINOiser head (object-shaped regions, background detection)"
+            }
+            Mode::MaskClip => "raw MaskCLIP features: the last block's value path only, no attention",
+            Mode::ClearClip => {
+                "ClearCLIP: last block with query-query attention, no residual and no feed-forward"
+            }
+            Mode::NaClip => {
+                "NACLIP: last block with key-key attention plus a Gaussian neighbourhood, no residual"
+            }
+            Mode::SClip => {
+                "SCLIP: last block with query-query + key-key attention, residual and feed-forward kept"
+            }
+        }
+    }
+
+    /// The last-block variant whose features this mode classifies.
+    pub fn last_block(self) -> LastBlock {
+        match self {
+            Mode::Dinoiser | Mode::MaskClip => LastBlock::MaskClip,
+            Mode::ClearClip => LastBlock::ClearClip,
+            Mode::NaClip => LastBlock::NaClip,
+            Mode::SClip => LastBlock::SClip,
+        }
+    }
+
+    /// Whether the mode needs the CLIP-DINOiser head.
+    pub fn needs_head(self) -> bool {
+        self == Mode::Dinoiser
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let all: Vec<_> = Mode::ALL.iter().map(|m| m.name()).collect();
+                Error::invalid("mode", format!("`{s}` is not one of {}", all.join(", ")))
+            })
+    }
 }
 
 /// How the image is fed to the image tower.
@@ -183,6 +282,8 @@ pub struct WindowOutputs {
     pub bkg: Option<Tensor>,
     /// The `ln_2` features `[gh, gw, C]` the head reads (None when the encoder does not keep them).
     pub inter: Option<Tensor>,
+    /// The tokens entering the last block (None when the encoder does not keep them).
+    pub trunk: Option<Trunk>,
 }
 
 /// Cached features of one window.
@@ -197,6 +298,36 @@ pub struct WindowFeatures {
     pub bkg: Option<Tensor>,
     /// `ln_2` features of block `HeadConfig::layer` `[gh, gw, C]` (for dumps and analysis).
     pub inter: Option<Tensor>,
+    /// The tokens entering the last block, from which [`Segmenter::prepare_mode`] computes the
+    /// other modes' features.
+    pub trunk: Option<Trunk>,
+    /// Dense features `[gh, gw, E]` of the last-block variants computed so far besides MaskCLIP.
+    pub variants: Vec<(LastBlock, Tensor)>,
+}
+
+impl WindowFeatures {
+    /// The features `mode` classifies, if they have been computed.
+    pub fn features(&self, mode: Mode) -> Result<&Tensor> {
+        match mode {
+            Mode::MaskClip => Ok(&self.dense),
+            Mode::Dinoiser => self.refined.as_ref().ok_or_else(no_head),
+            m => self
+                .variants
+                .iter()
+                .find(|(v, _)| *v == m.last_block())
+                .map(|(_, t)| t)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "mode",
+                        format!(
+                            "{} features have not been computed for these windows \
+                             (Segmenter::prepare_mode)",
+                            m.title()
+                        ),
+                    )
+                }),
+        }
+    }
 }
 
 /// Which dense features [`ImageFeatures::patch_grid`] returns.
@@ -221,6 +352,9 @@ pub struct ImageFeatures {
     pub embed_dim: usize,
     pub options: EncodeOptions,
     pub windows: Vec<WindowFeatures>,
+    /// The processed image `[3, h, w]` (RGB in [0, 1]) at PAMR's working size
+    /// ([`crate::pamr::working_size`] of `height × width`), guiding [`Refine::Pamr`].
+    pub guide: Option<Tensor>,
 }
 
 /// What [`segment_features`] does with the features.
@@ -233,6 +367,9 @@ pub struct SegmentOptions {
     pub background: Option<usize>,
     /// Output `(height, width)`; `None` = the original image size.
     pub output_size: Option<(usize, usize)>,
+    /// Refinement of the window-averaged probabilities (at the processed size, capped), before
+    /// the resize to the output size.
+    pub refine: Refine,
 }
 
 /// A segmentation at output resolution.
@@ -251,6 +388,12 @@ pub struct Segmentation {
 }
 
 impl ImageFeatures {
+    /// Whether the features `mode` classifies are present in every window.
+    pub fn has_mode(&self, mode: Mode) -> bool {
+        self.windows.iter().all(|w| w.features(mode).is_ok())
+            && (mode != Mode::Dinoiser || self.has_refined())
+    }
+
     /// Whether DINOiser-refined features (and background scores) are present.
     pub fn has_refined(&self) -> bool {
         self.windows
@@ -449,8 +592,16 @@ where
             refined: out.refined,
             bkg: out.bkg,
             inter: out.inter,
+            trunk: out.trunk,
+            variants: Vec::new(),
         });
     }
+    let (gh, gw) = working_size(ph, pw);
+    let guide = if (gh, gw) != (ph, pw) {
+        resize_bilinear(&image, gh, gw)?
+    } else {
+        image
+    };
     Ok(ImageFeatures {
         image_height: h,
         image_width: w,
@@ -460,6 +611,7 @@ where
         embed_dim,
         options: *opts,
         windows,
+        guide: Some(guide),
     })
 }
 
@@ -530,10 +682,7 @@ pub fn segment_features(
     for w in &feats.windows {
         let (gh, gw) = w.grid;
         let n = gh * gw;
-        let f = match opts.mode {
-            Mode::MaskClip => &w.dense,
-            Mode::Dinoiser => w.refined.as_ref().ok_or_else(no_head)?,
-        };
+        let f = w.features(opts.mode)?;
         let e = f.dim(2)?;
         let mut probs = patch_probabilities(&f.reshape((n, e))?, &labels)?;
         if let (Mode::Dinoiser, Some(bg)) = (opts.mode, opts.background) {
@@ -581,6 +730,38 @@ pub fn segment_features(
     if oh == 0 || ow == 0 {
         return Err(Error::invalid("output_size", format!("{ow}×{oh}")));
     }
+    let (acc, (ph, pw)) = match opts.refine {
+        Refine::None => (acc, (ph, pw)),
+        Refine::Pamr { iterations } => {
+            opts.refine.validate()?;
+            let guide = feats.guide.as_ref().ok_or_else(|| {
+                Error::invalid(
+                    "refine",
+                    "these features were encoded without a guide image",
+                )
+            })?;
+            let (c, gh, gw) = guide.dims3()?;
+            let mut m = if (gh, gw) != (ph, pw) {
+                resize_bilinear_vec(&acc, n_labels, ph, pw, gh, gw)?
+            } else {
+                acc
+            };
+            let img = guide
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            pamr(
+                &img,
+                c,
+                &mut m,
+                n_labels,
+                (gh, gw),
+                iterations,
+                &PAMR_DILATIONS,
+            )?;
+            (m, (gh, gw))
+        }
+    };
     let probs = if (oh, ow) != (ph, pw) {
         resize_bilinear_vec(&acc, n_labels, ph, pw, oh, ow)?
     } else {
@@ -694,8 +875,39 @@ impl Segmenter {
                 refined,
                 bkg,
                 inter: Some(out.inter),
+                trunk: Some(out.trunk),
             })
         })
+    }
+
+    /// Compute the features of `mode` for every window of `feats` that lacks them, from the
+    /// cached tokens entering the last block: one block per window, no new encode. A no-op for
+    /// `maskclip` and `dinoiser` (computed by [`Self::encode_image`]).
+    pub fn prepare_mode(&self, feats: &mut ImageFeatures, mode: Mode) -> Result<()> {
+        if mode.needs_head() && !feats.has_refined() {
+            return Err(no_head());
+        }
+        let variant = mode.last_block();
+        if variant == LastBlock::MaskClip {
+            return Ok(());
+        }
+        for w in &mut feats.windows {
+            if w.variants.iter().any(|(v, _)| *v == variant) {
+                continue;
+            }
+            let trunk = w.trunk.as_ref().ok_or_else(|| {
+                Error::invalid(
+                    "mode",
+                    format!(
+                        "{}: these features were encoded without the last block's input",
+                        mode.title()
+                    ),
+                )
+            })?;
+            let dense = self.clip.vision.dense(trunk, variant)?;
+            w.variants.push((variant, dense));
+        }
+        Ok(())
     }
 
     /// Classify cached features (see [`segment_features`]).

@@ -49,6 +49,7 @@ fn fake_encoder(
             refined: Some(refined),
             bkg: Some(Tensor::from_vec(bkg, (gh, gw), &Device::Cpu)?),
             inter: None,
+            trunk: None,
         })
     }
 }
@@ -140,6 +141,7 @@ fn windows_accumulate_like_the_naive_formula() {
                     mode,
                     background: Some(2),
                     output_size: None,
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -209,6 +211,7 @@ fn background_rule_only_in_dinoiser_mode() {
                 mode,
                 background,
                 output_size: None,
+                ..Default::default()
             },
         )
         .unwrap()
@@ -306,6 +309,7 @@ fn output_size_and_errors() {
             refined: None,
             bkg: None,
             inter: None,
+            trunk: None,
         })
     });
     assert!(wrong.is_err());
@@ -368,6 +372,7 @@ fn patch_grid_averages_aligned_windows() {
             refined: None,
             bkg: None,
             inter: None,
+            trunk: None,
         })
     })
     .unwrap();
@@ -520,6 +525,7 @@ fn segment_is_cheap() {
         mode: Mode::Dinoiser,
         background: Some(0),
         output_size: None,
+        ..Default::default()
     };
     let _ = segment_features(&feats, &lab, &opts).unwrap();
     let t = std::time::Instant::now();

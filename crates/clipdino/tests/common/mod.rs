@@ -124,3 +124,131 @@ pub mod tiny {
 pub fn scaled_diff(got: &Tensor, want: &Tensor) -> f32 {
     max_abs_diff(got, want) / max_abs(want).max(1.0)
 }
+
+/// Parity of the last-block methods (ClearCLIP, NACLIP, SCLIP) and of PAMR with the upstream
+/// formulas (`tests/reference/methods.py`, written to `<fixture>/methods.safetensors`), shared by
+/// the native test (`parity_methods.rs`) and the wasm test (`wasm.rs`).
+pub mod methods {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Tensor};
+    use clipdino::pipeline::{EncodeOptions, Mode, Refine, SegmentOptions, Segmenter, Window};
+
+    /// `exp`: the fixture's `expected.safetensors` (images, labels); `meth`: its
+    /// `methods.safetensors`. Every tensor is compared with `max |Δ| / max(1, max |want|) ≤ tol`
+    /// and every label map must be identical. `background`: the fixture's background label (the
+    /// reference applies the DINOiser background rule before PAMR). `log` prints one line per
+    /// comparison.
+    pub fn check(
+        seg: &Segmenter,
+        exp: &HashMap<String, Tensor>,
+        meth: &HashMap<String, Tensor>,
+        background: usize,
+        tol: f32,
+        log: &dyn Fn(&str),
+    ) {
+        let get = |m: &HashMap<String, Tensor>, k: &str| -> Tensor {
+            m.get(k)
+                .unwrap_or_else(|| panic!("`{k}` missing from the fixture"))
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let close = |name: &str, got: &Tensor, want: &Tensor| {
+            let d = super::scaled_diff(got, want);
+            log(&format!("{name:<28} scaled max |Δ| = {d:.3e}"));
+            assert!(d <= tol, "{name}: scaled max |Δ| {d} > {tol}");
+        };
+        let same_labels = |name: &str, got: &[u32]| {
+            let want: Vec<u32> = meth
+                .get(name)
+                .unwrap_or_else(|| panic!("`{name}` missing"))
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::U32)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(got.len(), want.len(), "{name}: size");
+            let diff = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            log(&format!("{name:<28} {} pixels, {diff} differ", want.len()));
+            assert_eq!(diff, 0, "{name}: {diff} pixels differ");
+        };
+        let labels = get(exp, "labels");
+        let opts = |mode, refine| SegmentOptions {
+            mode,
+            // only `dinoiser` has a background rule
+            background: Some(background),
+            output_size: None,
+            refine,
+        };
+        for key in ["a", "b"] {
+            let mut feats = seg
+                .encode_image(
+                    &get(exp, &format!("{key}.image")),
+                    &EncodeOptions::full_res(),
+                    &mut |_| {},
+                )
+                .unwrap();
+            for mode in Mode::ALL {
+                seg.prepare_mode(&mut feats, mode).unwrap();
+                let m = mode.name();
+                if !matches!(mode, Mode::Dinoiser | Mode::MaskClip) {
+                    close(
+                        &format!("{key}.{m}.dense"),
+                        feats.windows[0].features(mode).unwrap(),
+                        &get(meth, &format!("{key}.{m}.dense")),
+                    );
+                    let out = seg
+                        .segment(&feats, &labels, &opts(mode, Refine::None))
+                        .unwrap();
+                    if key == "a" {
+                        close(
+                            &format!("{key}.{m}.probs_full"),
+                            &out.probs,
+                            &get(meth, &format!("{key}.{m}.probs_full")),
+                        );
+                    }
+                    same_labels(&format!("{key}.{m}.labelmap"), &out.labels);
+                }
+                let out = seg
+                    .segment(&feats, &labels, &opts(mode, Refine::PAMR))
+                    .unwrap();
+                if key == "a" {
+                    close(
+                        &format!("{key}.{m}.pamr"),
+                        &out.probs,
+                        &get(meth, &format!("{key}.{m}.pamr")),
+                    );
+                }
+                same_labels(&format!("{key}.{m}.pamr_labelmap"), &out.labels);
+            }
+        }
+        let window = EncodeOptions {
+            short_side: Some(64),
+            window: Some(Window {
+                size: 64,
+                stride: 32,
+            }),
+        };
+        let mut feats = seg
+            .encode_image(&get(exp, "c.image"), &window, &mut |_| {})
+            .unwrap();
+        for mode in Mode::ALL {
+            seg.prepare_mode(&mut feats, mode).unwrap();
+            let m = mode.name();
+            if mode != Mode::Dinoiser {
+                let out = seg
+                    .segment(&feats, &labels, &opts(mode, Refine::None))
+                    .unwrap();
+                same_labels(&format!("c.{m}.labelmap"), &out.labels);
+            }
+            let out = seg
+                .segment(&feats, &labels, &opts(mode, Refine::PAMR))
+                .unwrap();
+            if mode == Mode::NaClip {
+                close("c.naclip.pamr", &out.probs, &get(meth, "c.naclip.pamr"));
+            }
+            same_labels(&format!("c.{m}.pamr_labelmap"), &out.labels);
+        }
+    }
+}
