@@ -1412,7 +1412,7 @@ fn bad_weights() {
             "--config",
             &t("open_clip_config.json"),
         ]),
-        &["no CLIP-DINOiser head", "--mode maskclip"],
+        &["no CLIP-DINOiser head", "another --mode (maskclip"],
     );
     assert_eq!(
         s.files(),
