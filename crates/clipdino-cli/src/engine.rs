@@ -167,11 +167,25 @@ impl PipelineArgs {
     }
 }
 
-/// DINOiser mode needs the head.
+/// DINOiser mode needs the head (which QuickGELU weights can never have).
 pub fn check_mode(engine: &Engine, mode: Mode) -> Result<()> {
     if mode.needs_head() && !engine.segmenter.has_head() {
+        let others = Mode::ALL
+            .iter()
+            .filter(|m| !m.needs_head())
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let act = engine.segmenter.clip_cfg.activation;
+        if act != clipdino::config::Activation::Gelu {
+            bail!(
+                "{} has no CLIP-DINOiser head, and cannot have one: {}. Use another --mode ({others})",
+                engine.source,
+                clipdino::loaders::head_activation_refusal(act)
+            );
+        }
         bail!(
-            "{} has no CLIP-DINOiser head: pass --head last.pt (or convert with it), or use another --mode (maskclip, clearclip, naclip, sclip)",
+            "{} has no CLIP-DINOiser head: pass --head last.pt (or convert with it), or use another --mode ({others})",
             engine.source
         );
     }

@@ -320,13 +320,7 @@ fn modes_table(reports: &[(String, Report)]) -> String {
         .unwrap_or(7)
         .max(7);
     let first = &reports[0].1;
-    let w = first
-        .per_class
-        .iter()
-        .map(|(c, _, _)| c.chars().count())
-        .max()
-        .unwrap_or(5)
-        .max(5);
+    let w = first.class_width();
     let f = |x: Option<f64>| {
         x.map(|v| format!("{v:>cw$.2}"))
             .unwrap_or_else(|| format!("{:>cw$}", "-"))
@@ -412,14 +406,18 @@ impl Report {
         })
     }
 
-    pub fn table(&self) -> String {
-        let w = self
-            .per_class
+    /// Width of the class-name column (at least the header's 5).
+    fn class_width(&self) -> usize {
+        self.per_class
             .iter()
             .map(|(c, _, _)| c.chars().count())
             .max()
             .unwrap_or(5)
-            .max(5);
+            .max(5)
+    }
+
+    pub fn table(&self) -> String {
+        let w = self.class_width();
         let f = |x: Option<f64>| {
             x.map(|v| format!("{v:7.2}"))
                 .unwrap_or_else(|| "      -".into())

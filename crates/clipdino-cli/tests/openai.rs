@@ -161,4 +161,28 @@ fn the_dinoiser_head_is_refused_on_openai_weights() {
     ]);
     one_line_error(&o, &["model.safetensors", "config.json", "hidden_act"]);
     assert!(stdout(&o).is_empty());
+
+    // segmenting QuickGELU weights in the default (DINOiser) mode: the hint names the other
+    // modes and does not suggest a head they cannot take.
+    let mut a: Vec<String> = vec!["segment".into()];
+    a.extend(files(&s, "hf/model.safetensors", "hf/config.json"));
+    a.extend(
+        [
+            "--image",
+            &voc_image().display().to_string(),
+            "--labels",
+            "person,background",
+            "--short-side",
+            "96",
+            "--mask-out",
+            &s.s("m.png"),
+        ]
+        .map(String::from),
+    );
+    let line = one_line_error(
+        &run(&a),
+        &["cannot have one", "laion2b", "--mode (maskclip"],
+    );
+    assert!(!line.contains("pass --head"), "{line}");
+    assert!(!s.path("m.png").exists());
 }
