@@ -220,6 +220,18 @@ impl MultiheadAttention {
                 outs.push(head?);
             }
         }
+        self.merge_heads_and_project(outs, b, n_query)
+    }
+
+    /// `out_proj` of the per-head outputs (`B·heads` tensors `[1, n_query, head_dim]`, in head
+    /// order) merged back into `[B, n_query, w]` with one copy.
+    pub(crate) fn merge_heads_and_project(
+        &self,
+        mut outs: Vec<Tensor>,
+        b: usize,
+        n_query: usize,
+    ) -> Result<Tensor> {
+        let d = self.width / self.heads;
         let out = if outs.len() == 1 {
             outs.remove(0)
         } else {

@@ -121,18 +121,7 @@ fn attend(
             outs.push(head?);
         }
     }
-    let out = if outs.len() == 1 {
-        outs.remove(0)
-    } else {
-        Tensor::cat(&outs, 0)?
-    };
-    let out = op("attention merge heads (copy)", || {
-        out.reshape((b, heads, t, d))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, t, width))
-    })?;
-    attn.out_proj(&out)
+    attn.merge_heads_and_project(outs, b, t)
 }
 
 /// The MaskCLIP value path from the block input `x [1, T, w]` and its `qkv [1, T, 3w]`, for the
