@@ -12,6 +12,8 @@ export PATH="$HOME/.cargo/bin:$PWD/node_modules/.bin:$PATH"
 scripts/setup.sh all
 
 start=$SECONDS
+# Free disk space, printed for the log: a fresh build needs several GB (a full disk kills the linker).
+df -h . | tail -n 1 | awk '{print "disk: " $4 " free of " $2}'
 elapsed() { printf '%dm%02ds' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)); }
 step() { printf '\n\033[1m== [%s] %s\033[0m\n' "$(elapsed)" "$*"; }
 
