@@ -6,7 +6,10 @@
 # Usage: scripts/build-site.sh [extra trunk args]. Set CLIPDINO_MODEL=path/to/bundle.gguf to publish a
 # model bundle beside the app as models/clip-dinoiser.gguf (the page's default), or
 # CLIPDINO_MODELS_DIR=dir to publish what scripts/publish-models.sh wrote there (the default bundle,
-# the high-precision one and quality.json; what the hosted demo does).
+# the high-precision one and quality.json; what the hosted demo does). A bundle that has its parts
+# manifest there (NAME.parts.json, `clipdino split`) is published as the manifest + parts only,
+# which the app fetches in parallel (every file stays under a host's file-size limit); one
+# without is published as the single file.
 # `scripts/build-site.sh --models-only DIR` does only that last step, into DIR/models (the page
 # tests lay out a published site's models this way without rebuilding the app).
 set -euo pipefail
@@ -21,7 +24,16 @@ publish_models() {
   if [ -n "${CLIPDINO_MODELS_DIR:-}" ]; then
     # What scripts/publish-models.sh wrote: the bundles and their verification report.
     mkdir -p "$1/models"
-    cp "$CLIPDINO_MODELS_DIR"/*.gguf "$1/models/"
+    for f in "$CLIPDINO_MODELS_DIR"/*.gguf; do
+      [ -e "$f" ] || { echo "CLIPDINO_MODELS_DIR=$CLIPDINO_MODELS_DIR holds no .gguf file" >&2; exit 1; }
+      stem="${f%.gguf}"
+      if [ -f "$stem.parts.json" ]; then
+        cp "$stem".part-* "$1/models/"
+        cp "$stem.parts.json" "$1/models/"
+      else
+        cp "$f" "$1/models/"
+      fi
+    done
     [ ! -f "$CLIPDINO_MODELS_DIR/quality.json" ] || cp "$CLIPDINO_MODELS_DIR/quality.json" "$1/models/"
   fi
 }

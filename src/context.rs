@@ -80,7 +80,7 @@ impl AppCtx {
     /// it is there; the user saw its size on the button, so no second question).
     pub fn set_precision(&self, precision: Precision) {
         self.dispatch(Action::SetPrecision(precision));
-        self.load_urls(vec![precision.site_set(resolve)], None);
+        self.load_urls(precision.site_sets(resolve), None);
     }
 
     pub fn load_files(&self, files: Vec<File>) {

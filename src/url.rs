@@ -76,6 +76,20 @@ pub fn host_of(url: &str) -> String {
         .unwrap_or_else(|| url.to_string())
 }
 
+/// The URL of a file named in a parts manifest (`clipdino::parts`): `file` replaces the last
+/// path segment of `manifest_url` (query and fragment dropped). The manifest only admits plain
+/// file names, so the result is in the manifest's folder, on its origin.
+pub fn sibling_url(manifest_url: &str, file: &str) -> String {
+    let path = manifest_url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(manifest_url);
+    match path.rfind('/') {
+        Some(i) => format!("{}{}", &path[..=i], percent_encode(file)),
+        None => percent_encode(file),
+    }
+}
+
 /// A site-relative URL resolved against the page's base URL (works under any sub-path). UI
 /// thread only (it reads the document).
 pub fn resolve(rel: &str) -> String {
@@ -140,6 +154,24 @@ mod tests {
         assert_eq!(origin_of("models/x.gguf"), None);
         assert_eq!(host_of("https://huggingface.co/laion/x"), "huggingface.co");
         assert_eq!(host_of("http://127.0.0.1:8080/m.gguf"), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn parts_sit_next_to_their_manifest() {
+        assert_eq!(
+            sibling_url(
+                "https://h.example/app/models/m.parts.json?v=2#x",
+                "m.part-000"
+            ),
+            "https://h.example/app/models/m.part-000"
+        );
+        assert_eq!(sibling_url("m.parts.json", "m.part-001"), "m.part-001");
+        // Only plain names reach this (the manifest refuses others); any other byte stays
+        // inside the last segment, escaped.
+        assert_eq!(
+            sibling_url("https://h/a/m.parts.json", "x/../y"),
+            "https://h/a/x%2F..%2Fy"
+        );
     }
 
     #[test]

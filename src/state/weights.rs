@@ -8,7 +8,9 @@ use crate::url::{file_name_of, origin_of};
 /// Ask before downloading more than this many bytes that are not cached.
 pub const CONFIRM_ABOVE_BYTES: u64 = 200 * 1024 * 1024;
 
-/// The bundle a site may publish beside the app (relative to the page).
+/// The bundle a site may publish beside the app (relative to the page). Each of the site's
+/// bundles may also be published in parts with their manifest (`clipdino split`, same name with
+/// [`clipdino::parts::MANIFEST_SUFFIX`] instead of `.gguf`), which is tried first.
 pub const SITE_BUNDLE: &str = "models/clip-dinoiser.gguf";
 /// The high-precision bundle a site may publish beside it (`scripts/publish-models.sh`).
 pub const SITE_BUNDLE_HIGH: &str = "models/clip-dinoiser-f16.gguf";
@@ -41,19 +43,31 @@ impl Precision {
         }
     }
 
-    /// The site's bundle as a candidate set.
-    pub fn site_set(self, resolve: impl Fn(&str) -> String) -> WeightSet {
-        WeightSet {
-            label: match self {
-                Precision::Standard => "CLIP-DINOiser bundle of this site".into(),
-                Precision::High => "high-precision CLIP-DINOiser bundle of this site".into(),
-            },
-            files: vec![remote(&resolve(self.bundle()))],
+    /// The manifest of the site's bundle in parts (relative to the page).
+    pub fn parts_manifest(self) -> String {
+        let bundle = self.bundle();
+        let stem = bundle.strip_suffix(".gguf").unwrap_or(bundle);
+        format!("{stem}{}", clipdino::parts::MANIFEST_SUFFIX)
+    }
+
+    /// The site's bundle as candidate sets: in parts (fetched in parallel), else as one file.
+    pub fn site_sets(self, resolve: impl Fn(&str) -> String) -> Vec<WeightSet> {
+        let label = match self {
+            Precision::Standard => "CLIP-DINOiser bundle of this site",
+            Precision::High => "high-precision CLIP-DINOiser bundle of this site",
+        };
+        let set = |label: String, url: &str| WeightSet {
+            label,
+            files: vec![remote(&resolve(url))],
             approx_bytes: None,
             ask_first: false,
             compute: Some(self.compute()),
             site_bundle: Some(self),
-        }
+        };
+        vec![
+            set(format!("{label} (in parts)"), &self.parts_manifest()),
+            set(label.into(), self.bundle()),
+        ]
     }
 
     /// The name in share links (`precision=high`; the standard one is not written).
@@ -132,9 +146,9 @@ impl WeightsSource {
             WeightsSource::Default => {
                 // The chosen precision first; a site without the high-precision bundle still
                 // has its standard one.
-                let mut sets = vec![precision.site_set(&resolve)];
+                let mut sets = precision.site_sets(&resolve);
                 if precision != Precision::Standard {
-                    sets.push(Precision::Standard.site_set(&resolve));
+                    sets.extend(Precision::Standard.site_sets(&resolve));
                 }
                 sets.push(WeightSet {
                     label: "OpenCLIP ViT-B/16 (Hugging Face) + CLIP-DINOiser head (GitHub)".into(),
@@ -200,15 +214,21 @@ mod tests {
         let (sets, confirm) =
             WeightsSource::Default.candidates(Precision::Standard, |u| format!("http://h/app/{u}"));
         assert_eq!(confirm, Some(CONFIRM_ABOVE_BYTES));
+        // The bundle in parts first, then as one file (a site without a manifest), then the
+        // hub files.
         assert_eq!(
             sets[0].files[0].url,
+            "http://h/app/models/clip-dinoiser.parts.json"
+        );
+        assert_eq!(
+            sets[1].files[0].url,
             "http://h/app/models/clip-dinoiser.gguf"
         );
-        assert_eq!(sets[1].files.len(), 3);
+        assert_eq!(sets[2].files.len(), 3);
         s.apply(Action::Worker(
             Response::NeedsConfirmation {
                 id: 1,
-                set: sets[1].clone(),
+                set: sets[2].clone(),
                 total_bytes: Some(HUB_APPROX_BYTES),
                 notes: vec![],
             },
@@ -233,20 +253,17 @@ mod tests {
         assert_eq!(
             urls,
             [
+                "http://h/app/models/clip-dinoiser-f16.parts.json",
                 "http://h/app/models/clip-dinoiser-f16.gguf",
+                "http://h/app/models/clip-dinoiser.parts.json",
                 "http://h/app/models/clip-dinoiser.gguf",
                 HUB_CLIP
             ]
         );
         let how: Vec<_> = sets.iter().map(|s| (s.compute, s.site_bundle)).collect();
-        assert_eq!(
-            how,
-            [
-                (Some(ComputePath::F32), Some(Precision::High)),
-                (Some(APP_COMPUTE), Some(Precision::Standard)),
-                (None, None)
-            ]
-        );
+        let high = (Some(ComputePath::F32), Some(Precision::High));
+        let standard = (Some(APP_COMPUTE), Some(Precision::Standard));
+        assert_eq!(how, [high, high, standard, standard, (None, None)]);
         assert_eq!(Precision::High.file_name(), "clip-dinoiser-f16.gguf");
         // Weights a link names compute the app's way and are no site bundle.
         let (sets, _) = WeightsSource::Bundle("models/clip-dinoiser-f16.gguf".into())
@@ -279,7 +296,7 @@ mod tests {
             },
             vec![],
         ));
-        assert_eq!(s.model_set.as_ref(), Some(&sets[1]));
+        assert_eq!(s.model_set.as_ref(), Some(&sets[3]));
         // A reply to an older request does not change it.
         s.apply(Action::Worker(
             Response::Loaded {
@@ -288,7 +305,17 @@ mod tests {
             },
             vec![],
         ));
-        assert_eq!(s.model_set.as_ref(), Some(&sets[1]));
+        assert_eq!(s.model_set.as_ref(), Some(&sets[3]));
+        // The same bundle in parts is told apart by its manifest's name.
+        s.apply(Action::UrlsRequested(5, sets.clone()));
+        s.apply(Action::Worker(
+            Response::Loaded {
+                id: 5,
+                info: info("clip-dinoiser-f16.parts.json"),
+            },
+            vec![],
+        ));
+        assert_eq!(s.model_set.as_ref(), Some(&sets[0]));
     }
 
     #[test]

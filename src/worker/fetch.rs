@@ -79,7 +79,7 @@ pub enum Reach {
     Unreachable(String),
 }
 
-async fn fetch(url: &str, method: &str) -> Result<Response, String> {
+pub(super) async fn fetch(url: &str, method: &str) -> Result<Response, String> {
     let init = RequestInit::new();
     init.set_method(method);
     let p = scope().fetch_with_str_and_init(url, &init);
@@ -109,7 +109,7 @@ fn content_length(resp: &Response) -> Option<u64> {
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
-fn status_text(resp: &Response) -> String {
+pub(super) fn status_text(resp: &Response) -> String {
     let t = resp.status_text();
     if t.is_empty() {
         format!("{}", resp.status())

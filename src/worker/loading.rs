@@ -14,6 +14,7 @@ use clipdino::tokenizer::ClipTokenizer;
 use super::fetch::{self, Reach, ReadError};
 use super::jobs::kick;
 use super::model::Model;
+use super::parts;
 use super::scheduler::LoadTicket;
 use super::{label_cache, now_ms, post, post_error, progress, yield_now, Shared};
 use crate::protocol::{
@@ -74,7 +75,27 @@ pub(super) async fn load_urls(
     progress(id, Stage::Probe, None, 0, None, false);
     let mut notes = Vec::new();
     let mut chosen = None;
+    let mut plan = None;
     for set in candidates {
+        // A bundle in parts: its manifest tells the size and which parts are cached.
+        if let Some(url) = parts::manifest_url(&set) {
+            let probed = parts::probe(cache.as_ref(), url).await;
+            if !is_current(shared, &ticket) {
+                return;
+            }
+            match probed {
+                Ok(p) => {
+                    let left = p.remaining();
+                    chosen = Some((set, left == 0, Some(left)));
+                    plan = Some(p);
+                    break;
+                }
+                Err(why) => {
+                    notes.push(format!("{} — {}.", set.label, why.trim_end_matches('.')));
+                    continue;
+                }
+            }
+        }
         // Cached sets load without asking and without the network.
         let mut all_cached = cache.is_some();
         if let Some(c) = &cache {
@@ -146,7 +167,31 @@ pub(super) async fn load_urls(
     let mut to_cache = Vec::new();
     let mut from_cache = true;
     let mut bytes = 0u64;
-    for f in &set.files {
+    let mut cache_note = cache_note;
+    if let Some(plan) = &plan {
+        let name = plan.manifest.name.clone();
+        let s = shared.clone();
+        let cancelled = move || !is_current(&s, &ticket);
+        let mut report = |done: u64, total: u64, fc: bool| {
+            progress(id, Stage::Download, Some(&name), done, Some(total), fc)
+        };
+        match parts::download(cache.as_ref(), plan, &mut report, &cancelled).await {
+            Ok(joined) => {
+                from_cache = joined.from_cache;
+                bytes = joined.bytes.len() as u64;
+                cache_note = cache_note.or(joined.cache_note);
+                // The manifest is kept once a model was built (offline reloads).
+                if let Ok(b) = Blob::new_with_u8_array_sequence(&js_sys::Array::of1(
+                    &js_sys::Uint8Array::from(plan.manifest_bytes.as_slice()),
+                )) {
+                    to_cache.push((plan.manifest_url.clone(), b));
+                }
+                files.push((plan.manifest.name.clone(), joined.bytes));
+            }
+            Err(e) => return load_failed(shared, id, e),
+        }
+    }
+    for f in set.files.iter().filter(|_| plan.is_none()) {
         let name = f.name.clone();
         let s = shared.clone();
         let cancelled = move || !is_current(&s, &ticket);
@@ -162,16 +207,7 @@ pub(super) async fn load_urls(
                 }
                 files.push((f.name.clone(), got.bytes));
             }
-            Err(ReadError::Cancelled) => {
-                if shared.borrow().sched.is_cancelled(id) {
-                    post_error(Some(id), ErrorContext::Weights, "Download cancelled.");
-                }
-                return;
-            }
-            Err(ReadError::Failed(e)) => {
-                let hint = " You can pick the weight files from your disk instead.";
-                return post_error(Some(id), ErrorContext::Weights, format!("{e}{hint}"));
-            }
+            Err(e) => return load_failed(shared, id, e),
         }
     }
     let info = ModelInfo {
@@ -206,6 +242,21 @@ pub(super) async fn load_urls(
     info.millis = now_ms() - started;
     post(&Response::Loaded { id, info }, vec![]);
     kick(shared);
+}
+
+/// Say why a download stopped (nothing for a superseded request).
+fn load_failed(shared: &Shared, id: crate::protocol::RequestId, e: ReadError) {
+    match e {
+        ReadError::Cancelled => {
+            if shared.borrow().sched.is_cancelled(id) {
+                post_error(Some(id), ErrorContext::Weights, "Download cancelled.");
+            }
+        }
+        ReadError::Failed(e) => {
+            let hint = " You can pick the weight files from your disk instead.";
+            post_error(Some(id), ErrorContext::Weights, format!("{e}{hint}"));
+        }
+    }
 }
 
 /// Load weight files the user picked (see [`Request::LoadFiles`]).

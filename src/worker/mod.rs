@@ -19,6 +19,7 @@ mod jobs;
 mod label_cache;
 mod loading;
 mod model;
+mod parts;
 pub mod scheduler;
 pub mod threads;
 #[cfg(all(test, target_arch = "wasm32"))]

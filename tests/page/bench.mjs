@@ -1,7 +1,7 @@
 // In-browser timings of the built site with real-size weights (not part of the test suite):
 //   node tests/page/bench.mjs DIR
-// DIR holds clip-dinoiser-q4_0.gguf, e.g. made from `clipdino random-weights --arch vit-b-16`
-// and `clipdino convert --quant q4_0` (random weights time exactly like the real ones).
+// DIR holds clip-dinoiser.gguf, e.g. made from `clipdino random-weights --arch vit-b-16`
+// and `clipdino convert --quant q8_0` (random weights time exactly like the real ones).
 // Prints weights load / cache reload, image encode per resolution, segmentation, label edit and
 // K-Means times as the page measures them (Chromium, one Web Worker, wasm32 + simd128).
 import fs from 'node:fs';
@@ -12,18 +12,18 @@ import { DIST, checkDist, launch, newPage, nextSegmentation, waitLegend } from '
 
 const dir = process.argv[2];
 if (!dir) {
-  console.error('usage: node tests/page/bench.mjs DIR   (DIR/clip-dinoiser-q4_0.gguf)');
+  console.error('usage: node tests/page/bench.mjs DIR   (DIR/clip-dinoiser.gguf)');
   process.exit(2);
 }
 checkDist();
-if (!fs.existsSync(path.join(dir, 'clip-dinoiser-q4_0.gguf'))) {
-  console.error(`${dir}/clip-dinoiser-q4_0.gguf does not exist`);
+if (!fs.existsSync(path.join(dir, 'clip-dinoiser.gguf'))) {
+  console.error(`${dir}/clip-dinoiser.gguf does not exist`);
   process.exit(2);
 }
 const server = await startServer({
   dist: DIST,
   weights: path.resolve(dir),
-  bundle: path.resolve(dir, 'clip-dinoiser-q4_0.gguf'),
+  bundle: path.resolve(dir, 'clip-dinoiser.gguf'),
   throttle: false,
 });
 const browser = await launch();

@@ -67,6 +67,21 @@ export function testWeights() {
   return { dir, bundle };
 }
 
+/**
+ * The bundle split by `clipdino split` into parts of `partSize` bytes, as the site publishes it:
+ * `<dir>/clip-dinoiser.parts.json` + `clip-dinoiser.part-NNN`. Returns the folder and the manifest.
+ */
+export function splitBundle(bundle, partSize) {
+  const src = path.join(OUT, 'parts-src');
+  const dir = path.join(OUT, 'parts');
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(src, { recursive: true });
+  fs.copyFileSync(bundle, path.join(src, 'clip-dinoiser.gguf'));
+  cli(['split', path.join(src, 'clip-dinoiser.gguf'), '--part-size', String(partSize), '--out', dir]);
+  const manifest = JSON.parse(fs.readFileSync(path.join(dir, 'clip-dinoiser.parts.json'), 'utf8'));
+  return { dir, manifest };
+}
+
 export async function launch() {
   return chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: FLAGS });
 }

@@ -40,7 +40,7 @@ self.addEventListener('activate', (e) => e.waitUntil(self.clients.claim()));
 self.addEventListener('fetch', () => {});
 `;
 
-function sendFile(req, res, file, { throttle = false, isolate = true } = {}) {
+function sendFile(req, res, file, { throttle = false, isolate = true, corrupt = false } = {}) {
   let stat;
   try {
     stat = fs.statSync(file);
@@ -59,9 +59,11 @@ function sendFile(req, res, file, { throttle = false, isolate = true } = {}) {
     ...(isolate ? ISOLATION : {}),
   });
   if (req.method === 'HEAD') return res.end();
-  if (!throttle) return fs.createReadStream(file).pipe(res);
+  if (!throttle && !corrupt) return fs.createReadStream(file).pipe(res);
   // Weights arrive in 64 KiB pieces, so that the page shows real progress.
-  const data = fs.readFileSync(file);
+  const data = Buffer.from(fs.readFileSync(file));
+  // Same size, one byte changed in the middle (a damaged or mixed-up upload).
+  if (corrupt) data[data.length >> 1] ^= 0xff;
   let off = 0;
   const step = () => {
     if (res.destroyed) return;
@@ -76,22 +78,40 @@ function sendFile(req, res, file, { throttle = false, isolate = true } = {}) {
 /**
  * Start the server. `dist`: the built site; `weights`: folder with open_clip_model.safetensors,
  * open_clip_config.json, last.pt (and more); `bundle`: the GGUF the site publishes as
- * models/clip-dinoiser.gguf; `throttle`: send weights in small timed pieces (so that
- * progress is visible).
+ * models/clip-dinoiser.gguf; `parts`: folder with the same bundle split by `clipdino split`
+ * (clip-dinoiser.parts.json + clip-dinoiser.part-NNN), served as the site's models/ under
+ * /parts/ and /badparts/; `throttle`: send weights in small timed pieces (so that progress is
+ * visible).
  * Routes: /demo/clipdino/… = site with its model bundle, /bare/… = site without one,
  * /plain/… = site with its bundle but without the isolation headers (a static host such as
  * GitHub Pages), /inert/… = the same with a service worker that cannot isolate the page,
- * /weights/<file>, /broken/{truncated.gguf, cut-transfer.gguf, missing.gguf}.
+ * /parts/… = site with its bundle in parts, /badparts/… = the same with one byte of
+ * clip-dinoiser.part-001 changed, /weights/<file>, /broken/{truncated.gguf, cut-transfer.gguf,
+ * missing.gguf}.
  * `sites`: `{ name: folder }`, each served as /<name>/… = the site with that folder's `models/`
  * (a site as `scripts/build-site.sh` lays it out with CLIPDINO_MODELS_DIR).
  */
-export async function startServer({ dist, weights, bundle, throttle = true, sites = {} }) {
+export async function startServer({ dist, weights, bundle, parts, throttle = true, sites = {} }) {
   const log = [];
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
-    log.push({ method: req.method, path: url.pathname, time: Date.now() });
+    const entry = { method: req.method, path: url.pathname, time: Date.now() };
+    log.push(entry);
+    // When the response ended (tests check that downloads overlap).
+    res.on('close', () => { entry.end = Date.now(); });
     const p = url.pathname;
     if (p === '/demo/clipdino/models/clip-dinoiser.gguf') return sendFile(req, res, bundle, { throttle });
+    for (const prefix of ['/parts/', '/badparts/']) {
+      if (!p.startsWith(prefix)) continue;
+      const rel = p.slice(prefix.length);
+      if (parts && rel.startsWith('models/')) {
+        const f = inside(parts, rel.slice('models/'.length));
+        const corrupt = prefix === '/badparts/' && rel.endsWith('.part-001');
+        return f ? sendFile(req, res, f, { throttle, corrupt }) : res.writeHead(403).end();
+      }
+      const f = inside(dist, rel);
+      return f ? sendFile(req, res, f) : res.writeHead(403).end();
+    }
     if (p.startsWith('/demo/clipdino/')) {
       const f = inside(dist, p.slice('/demo/clipdino/'.length));
       return f ? sendFile(req, res, f) : res.writeHead(403).end();
