@@ -4,7 +4,8 @@
 //! * [`scheduler`]: which job runs next — the newest request of each kind, cancels, stale
 //!   features, the order of decode, encode, segment and K-Means (pure, unit-tested natively);
 //! * `loading`: weights from URLs (probed, confirmed, downloaded into the Cache API) or local
-//!   files, built into a [`model::Model`] beside the running jobs;
+//!   files, built into a [`model::Model`] beside the running jobs; `parts`: a bundle published
+//!   in parts, fetched in parallel from its manifest, each part checked and cached;
 //! * `jobs`: the job bodies (decode, encode, embed labels + segment, K-Means) and the loop that
 //!   runs them one at a time, yielding to the event loop between jobs and between labels so
 //!   that newer requests are seen early.
