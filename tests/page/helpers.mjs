@@ -28,8 +28,12 @@ export function checkDist() {
   }
 }
 
+/** Run the `clipdino` CLI: `$CLIPDINO_CLI` when set (a built binary), else the release build. */
 function cli(args) {
-  execFileSync('cargo', ['run', '--quiet', '--release', '--locked', '-p', 'clipdino-cli', '--', ...args], {
+  const [cmd, pre] = process.env.CLIPDINO_CLI
+    ? [process.env.CLIPDINO_CLI, []]
+    : ['cargo', ['run', '--quiet', '--release', '--locked', '-p', 'clipdino-cli', '--']];
+  execFileSync(cmd, [...pre, ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'inherit', 'inherit'],
   });
