@@ -15,13 +15,17 @@
 // `default` recipe, QUANTIZATION.md — the default — or the former Q4_0 bundle).
 // `--plan threads` measures thread scaling in one run (native, both wasm builds, onnxruntime-web
 // at 1 and N threads) and stores it as `threads` in the results file, keeping the rest.
+// `--plan precision` loads the app's two precisions (the `default` bundle on the integer path,
+// the F16 bundle on f32) --runs times each, alternately, in fresh single-threaded workers,
+// through labels, the 448 windows' encode, segment and K-Means, and stores the load times and
+// wasm memory as `precision` in the results file, keeping the rest (browser only).
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { formatTable, formatThreads } from './table.mjs';
+import { formatPrecision, formatTable, formatThreads } from './table.mjs';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 
@@ -209,6 +213,19 @@ async function browserRuns(a, photo, sizes, loads) {
       }
       return models;
     };
+    if (a.plan === 'precision') {
+      // A fresh worker per run (the peak is the run's own); the two alternate, so that a
+      // change in the machine's load falls on both.
+      out.precision = { memory_default: [], memory_high: [] };
+      for (let i = 0; i < a.runs; i++) {
+        for (const kind of ['memory_default', 'memory_high']) {
+          loads.push(load(`${kind} run ${i + 1} start`));
+          out.precision[kind].push(await ours(kind));
+        }
+      }
+      loads.push(load('precision end'));
+      return out;
+    }
     if (a.plan === 'threads') {
       // Thread scaling, in one run: both wasm builds at 1 thread, the multi-threaded one at N,
       // the app path's peak memory at N, onnxruntime-web at 1 and N.
@@ -259,6 +276,18 @@ async function main() {
   const photo = { ...photoMeta, file: path.join(a.data, 'photo.rgb') };
   const prev = fs.existsSync(a.out) ? JSON.parse(fs.readFileSync(a.out, 'utf8')) : {};
   const loads = [load('start')];
+  if (a.plan === 'precision') {
+    const browser = await browserRuns(a, photo, [], loads);
+    loads.push(load('end'));
+    const precision = {
+      generated: new Date().toISOString(), runs: a.runs, machine: machine(), git: gitState(),
+      load_average: loads, ...browser.precision,
+    };
+    fs.writeFileSync(a.out, JSON.stringify({ ...prev, precision }, null, 1) + '\n');
+    console.log(formatPrecision(precision));
+    console.log(`\nwrote ${path.relative(ROOT, a.out)} (precision)`);
+    return;
+  }
   if (a.plan === 'threads') {
     const native = [1, a.threads].map((n) => (a.skip.has('native')
       ? JSON.parse(fs.readFileSync(path.join(a.data, `native-threads-${n}t.json`), 'utf8'))

@@ -42,14 +42,18 @@ wasm-bindgen --target web --no-typescript --out-dir "$PKG" \
 ls -la "$PKG"
 # The multi-threaded build, as scripts/build-site.sh makes the app's (the dated nightly, std
 # rebuilt with atomics, shared memory; its pool threads are Web Workers, crates/clipdino-pool).
+# `--plan precision` runs the single-threaded build only.
+case " $* " in *" --plan precision "*) SKIP_MT=1 ;; *) SKIP_MT= ;; esac
 . scripts/threads.env
-rustup run "$MT_NIGHTLY" rustc --version >/dev/null 2>&1 || scripts/setup.sh web
-RUSTFLAGS="$MT_RUSTFLAGS" \
-  cargo "+$MT_NIGHTLY" rustc --locked --profile "$PROFILE" --target wasm32-unknown-unknown \
-  -p clipdino-bench-web --lib --crate-type cdylib -Z build-std=panic_abort,std --target-dir "$MT_TARGET_DIR"
 PKG_MT=target/bench-web/pkg-mt
-wasm-bindgen --target web --no-typescript --out-dir "$PKG_MT" \
-  "$MT_TARGET_DIR/wasm32-unknown-unknown/$OUTDIR/clipdino_bench_web.wasm"
+if [ -z "$SKIP_MT" ]; then
+  rustup run "$MT_NIGHTLY" rustc --version >/dev/null 2>&1 || scripts/setup.sh web
+  RUSTFLAGS="$MT_RUSTFLAGS" \
+    cargo "+$MT_NIGHTLY" rustc --locked --profile "$PROFILE" --target wasm32-unknown-unknown \
+    -p clipdino-bench-web --lib --crate-type cdylib -Z build-std=panic_abort,std --target-dir "$MT_TARGET_DIR"
+  wasm-bindgen --target web --no-typescript --out-dir "$PKG_MT" \
+    "$MT_TARGET_DIR/wasm32-unknown-unknown/$OUTDIR/clipdino_bench_web.wasm"
+fi
 
 # 2. weights: full-size random ViT-B/16 in the upstream formats + GGUF bundles
 W="$DATA/weights"

@@ -229,9 +229,39 @@ export function formatThreads(t) {
   return out.join('\n');
 }
 
+const median = (v) => {
+  const s = v.filter((y) => y !== null && y !== undefined).sort((a, b) => a - b);
+  if (!s.length) return null;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+/** The `precision` entry: the app's two precisions, each loaded in fresh single-threaded workers. */
+export function formatPrecision(p) {
+  const row = (name, runs) => {
+    const ld = runs.map((r) => r.steps.find((s) => s.step.op === 'load'));
+    const mib = (v) => v / 2 ** 20;
+    const peak = runs.map((r) => Math.max(...r.steps.map((s) => s.memory.wasm_memory_bytes)));
+    return [
+      name, ld[0]?.model, ld[0]?.compute, f(ld[0]?.bytes / 1e6),
+      f(median(ld.map((s) => s?.median_ms))), f(median(ld.map((s) => s?.parse?.median_ms))),
+      f(median(ld.map((s) => s?.build?.median_ms))), f(median(ld.map((s) => s?.copy_into_wasm_ms))),
+      f(median(ld.map((s) => mib(s?.memory.wasm_memory_bytes)))), f(median(peak.map(mib))),
+      runs.map((r) => f(r.steps.find((s) => s.step.op === 'load')?.median_ms, 0)).join(' / '),
+    ];
+  };
+  return [
+    `Precision (${p.generated}): medians of ${p.runs} fresh single-threaded workers each; load = parse + build (copy into wasm apart); memory in MiB`,
+    table(['precision', 'bundle', 'compute', 'MB', 'load ms', 'parse', 'build', 'copy in', 'after load', 'peak (448 windows path)', 'load runs ms'], [
+      row('standard', p.memory_default), row('high', p.memory_high),
+    ]),
+  ].join('\n');
+}
+
 if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(import.meta.filename)) {
   const file = process.argv[2] ?? path.join(import.meta.dirname, 'results.json');
   const res = JSON.parse(fs.readFileSync(file, 'utf8'));
   console.log(formatTable(res));
   if (res.threads) console.log('\n' + formatThreads(res.threads));
+  if (res.precision) console.log('\n' + formatPrecision(res.precision));
 }

@@ -62,6 +62,10 @@ impl State {
                         self.clear_notice(Area::Weights);
                         self.clear_notice(Area::Result);
                     }
+                    // The chosen precision's bundle failed and the worker fell back.
+                    if let Some(why) = self.precision_follows_model() {
+                        self.set_notice(Area::Weights, why, false);
+                    }
                 }
             }
             Response::ImageDecoded { id, width, height } => {
@@ -223,6 +227,10 @@ impl State {
         match context {
             ErrorContext::Weights => {
                 self.load = LoadPhase::Idle;
+                let message = match self.precision_follows_model() {
+                    Some(why) => format!("{message} {why}"),
+                    None => message,
+                };
                 self.set_notice(Area::Weights, message, true);
             }
             ErrorContext::Image => {

@@ -78,6 +78,33 @@ impl Precision {
         }
     }
 }
+impl super::State {
+    /// After a load of the site's bundle ended (loaded or failed): the precision setting
+    /// follows the bundle actually in use, so that it never shows (nor a share link carries) a
+    /// precision whose bundle could not be loaded. Returns what to tell the user when it had to
+    /// change; nothing when the setting already matches, when no site bundle is in use, or for
+    /// weights a link names.
+    pub(super) fn precision_follows_model(&mut self) -> Option<String> {
+        if self.weights_source != WeightsSource::Default || self.model.is_none() {
+            return None;
+        }
+        let in_use = self.model_set.as_ref()?.site_bundle?;
+        let wanted = std::mem::replace(&mut self.settings.precision, in_use);
+        let title = |p: Precision| match p {
+            Precision::Standard => "standard",
+            Precision::High => "high-precision",
+        };
+        (wanted != in_use).then(|| {
+            format!(
+                "This site's {} bundle could not be loaded, so its {} bundle is in use and Precision is set back to {}.",
+                title(wanted),
+                title(in_use),
+                in_use.name()
+            )
+        })
+    }
+}
+
 /// Public upstream files (they send CORS headers), see METHOD.md.
 pub const HUB_CLIP: &str =
     "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_model.safetensors";
@@ -205,7 +232,7 @@ impl WeightsSource {
 mod tests {
     use super::super::*;
     use super::*;
-    use crate::protocol::Response;
+    use crate::protocol::{ErrorContext, Response};
 
     #[test]
     fn large_downloads_wait_for_confirmation() {
@@ -316,6 +343,87 @@ mod tests {
             vec![],
         ));
         assert_eq!(s.model_set.as_ref(), Some(&sets[0]));
+    }
+
+    #[test]
+    fn the_precision_setting_follows_the_bundle_in_use() {
+        let page = |u: &str| format!("http://h/app/{u}");
+        let info = |file: &str| crate::protocol::ModelInfo {
+            source: "this site".into(),
+            files: vec![file.into()],
+            bytes: 1,
+            from_cache: false,
+            has_head: true,
+            storage: String::new(),
+            architecture: String::new(),
+            millis: 0.0,
+            cache_note: None,
+        };
+        let loaded = |s: &mut State, id, precision: Precision, file: &str| {
+            let (sets, _) = WeightsSource::Default.candidates(precision, page);
+            s.apply(Action::UrlsRequested(id, sets));
+            s.apply(Action::Worker(
+                Response::Loaded {
+                    id,
+                    info: info(file),
+                },
+                vec![],
+            ));
+        };
+        // The standard bundle in use; the user asks for the high-precision one, which fails
+        // (network, a damaged part): the setting goes back to standard and says why.
+        let mut s = State::default();
+        loaded(&mut s, 1, Precision::Standard, "clip-dinoiser.parts.json");
+        assert_eq!(s.notice(Area::Weights), None);
+        s.apply(Action::SetPrecision(Precision::High));
+        s.apply(Action::UrlsRequested(2, Precision::High.site_sets(page)));
+        s.apply(Action::Worker(
+            Response::Error {
+                id: Some(2),
+                context: ErrorContext::Weights,
+                message: "The part 2 of 5 (clip-dinoiser-f16.part-001) from h is damaged.".into(),
+            },
+            vec![],
+        ));
+        assert_eq!(s.settings.precision, Precision::Standard);
+        let n = s.notice(Area::Weights).unwrap();
+        assert!(n.error);
+        assert_eq!(
+            n.text,
+            "The part 2 of 5 (clip-dinoiser-f16.part-001) from h is damaged. This site's high-precision bundle could not be loaded, so its standard bundle is in use and Precision is set back to standard."
+        );
+        assert!(!s.share().to_fragment().contains("precision"));
+        // A failure of the bundle already in use changes nothing.
+        s.apply(Action::UrlsRequested(3, Precision::Standard.site_sets(page)));
+        s.apply(Action::Worker(
+            Response::Error {
+                id: Some(3),
+                context: ErrorContext::Weights,
+                message: "offline".into(),
+            },
+            vec![],
+        ));
+        assert_eq!(s.notice(Area::Weights).unwrap().text, "offline");
+        // A link asks for high on a site without it: the worker fell back to the standard one.
+        let mut s = State::default();
+        s.apply(Action::SetPrecision(Precision::High));
+        loaded(&mut s, 1, Precision::High, "clip-dinoiser.gguf");
+        assert_eq!(s.settings.precision, Precision::Standard);
+        let n = s.notice(Area::Weights).unwrap();
+        assert!(!n.error && n.text.starts_with("This site's high-precision bundle"));
+        // Nothing loaded yet, or weights a link names: nothing to follow.
+        let mut s = State::default();
+        s.apply(Action::SetPrecision(Precision::High));
+        s.apply(Action::UrlsRequested(1, Precision::High.site_sets(page)));
+        s.apply(Action::Worker(
+            Response::Error {
+                id: Some(1),
+                context: ErrorContext::Weights,
+                message: "offline".into(),
+            },
+            vec![],
+        ));
+        assert_eq!(s.settings.precision, Precision::High);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 // The fidelity line and the precision setting of a published site: the bundles and
 // models/quality.json are made in the set-up from the random tiny weights by the real
 // scripts/publish-models.sh (clipdino convert + clipdino verify: the numbers are measured, not
-// written by hand), laid out as scripts/build-site.sh publishes them. The page states the
+// written by hand), laid out as scripts/build-site.sh publishes them (each bundle in parts with
+// its manifest). The page states the
 // measured label agreement of the bundle in use, switches to the high-precision bundle and
 // segments with it, switches back from the browser cache, keeps the choice on reload, and says
 // "not verified" for a site without a report or with an unreadable one; weights a link names get
@@ -69,7 +70,9 @@ function publish() {
   const malformed = site('malformed-site');
   fs.writeFileSync(path.join(malformed, 'models/quality.json'), '{"candidates": [ {"file": "clip-dinoiser.gguf"');
   const report = JSON.parse(fs.readFileSync(path.join(models, 'quality.json'), 'utf8'));
-  return { published, malformed, report };
+  const parts = (bundle) => JSON.parse(fs.readFileSync(path.join(published, `models/${bundle}.parts.json`), 'utf8')).parts.length;
+  assert.ok(!fs.existsSync(path.join(published, 'models/clip-dinoiser.gguf')), 'the site serves the parts, not the single file');
+  return { published, malformed, report, parts };
 }
 
 /** The report's run of `file` on `compute`. */
@@ -95,15 +98,16 @@ async function modelReady(page) {
 }
 
 describe('clipdino page: fidelity line and precision', { timeout: 600_000 }, () => {
-  let server, browser, page, context, report, base;
-  const gets = (file) => server.log.filter((r) => r.method === 'GET' && r.path.endsWith(`/models/${file}`)).length;
+  let server, browser, page, context, report, base, parts;
+  /** Part downloads of the bundle `stem` (clip-dinoiser, clip-dinoiser-f16). */
+  const gets = (stem) => server.log.filter((r) => r.method === 'GET' && new RegExp(`/models/${stem}\\.part-\\d+$`).test(r.path)).length;
 
   before(async () => {
     screenshotPrefix('quality');
     checkDist();
     const { dir, bundle } = testWeights();
     const sites = publish();
-    report = sites.report;
+    ({ report, parts } = sites);
     server = await startServer({
       dist: DIST, weights: dir, bundle, throttle: false,
       sites: { published: sites.published, malformed: sites.malformed },
@@ -148,10 +152,10 @@ describe('clipdino page: fidelity line and precision', { timeout: 600_000 }, () 
 
   it('switches to the high-precision bundle, computed in f32, and segments with it', async () => {
     const seg = await attr(page, 'data-segmentation');
-    const before = gets('clip-dinoiser-f16.gguf');
+    const before = gets('clip-dinoiser-f16');
     await page.click('[data-role=precision] [data-precision=high]');
     await bundleReady(page, 'high');
-    assert.equal(gets('clip-dinoiser-f16.gguf'), before + 1, 'the F16 bundle was downloaded once');
+    assert.equal(gets('clip-dinoiser-f16'), before + parts('clip-dinoiser-f16'), 'the F16 bundle was downloaded once');
     const high = measured(report, 'clip-dinoiser-f16.gguf', 'f32');
     const line = await qualityLine(page);
     assert.equal(line.verified, 'true');
@@ -168,7 +172,7 @@ describe('clipdino page: fidelity line and precision', { timeout: 600_000 }, () 
 
   it('switches back without downloading again, and keeps the choice on reload', async () => {
     const seg = await attr(page, 'data-segmentation');
-    const downloads = gets('clip-dinoiser.gguf') + gets('clip-dinoiser-f16.gguf');
+    const downloads = gets('clip-dinoiser') + gets('clip-dinoiser-f16');
     await page.click('[data-role=precision] [data-precision=standard]');
     await bundleReady(page, 'standard');
     assert.equal(await page.getAttribute('[data-role=model-ready]', 'data-from-cache'), 'true');
@@ -185,7 +189,7 @@ describe('clipdino page: fidelity line and precision', { timeout: 600_000 }, () 
     assert.match(await modelReady(page), /f16/);
     assert.equal(await page.getAttribute('[data-role=model-ready]', 'data-from-cache'), 'true');
     assert.equal(await page.getAttribute('[data-precision=high]', 'aria-pressed'), 'true');
-    assert.equal(gets('clip-dinoiser.gguf') + gets('clip-dinoiser-f16.gguf'), downloads, 'nothing was downloaded again');
+    assert.equal(gets('clip-dinoiser') + gets('clip-dinoiser-f16'), downloads, 'nothing was downloaded again');
     assert.deepEqual(page.errors, []);
   });
 
@@ -205,9 +209,9 @@ describe('clipdino page: fidelity line and precision', { timeout: 600_000 }, () 
     const none = await qualityLine(p2);
     assert.equal(none.verified, 'false');
     assert.match(none.text, /^Fidelity not verified: this site publishes no quality report/);
-    // The same file named by a link: no line at all, no choice.
+    // The same bundle named by a link (its manifest): no line at all, no choice.
     const mark = server.log.length;
-    await p2.goto(`${base}?model=models/clip-dinoiser.gguf`);
+    await p2.goto(`${base}?model=models/clip-dinoiser.parts.json`);
     await modelReady(p2);
     assert.equal(await p2.$('[data-role=quality]'), null);
     assert.equal(await p2.$('[data-role=precision]'), null);

@@ -86,8 +86,8 @@ function sendFile(req, res, file, { throttle = false, isolate = true, corrupt = 
  * /plain/… = site with its bundle but without the isolation headers (a static host such as
  * GitHub Pages), /inert/… = the same with a service worker that cannot isolate the page,
  * /parts/… = site with its bundle in parts, /badparts/… = the same with one byte of
- * clip-dinoiser.part-001 changed, /weights/<file>, /broken/{truncated.gguf, cut-transfer.gguf,
- * missing.gguf}.
+ * clip-dinoiser.part-001 changed, /plainparts/… and /plainbadparts/… = the same two without the
+ * isolation headers, /weights/<file>, /broken/{truncated.gguf, cut-transfer.gguf, missing.gguf}.
  * `sites`: `{ name: folder }`, each served as /<name>/… = the site with that folder's `models/`
  * (a site as `scripts/build-site.sh` lays it out with CLIPDINO_MODELS_DIR).
  */
@@ -101,16 +101,18 @@ export async function startServer({ dist, weights, bundle, parts, throttle = tru
     res.on('close', () => { entry.end = Date.now(); });
     const p = url.pathname;
     if (p === '/demo/clipdino/models/clip-dinoiser.gguf') return sendFile(req, res, bundle, { throttle });
-    for (const prefix of ['/parts/', '/badparts/']) {
-      if (!p.startsWith(prefix)) continue;
-      const rel = p.slice(prefix.length);
+    const partsSite = p.match(/^\/(plain)?(bad)?parts\//);
+    if (partsSite) {
+      const rel = p.slice(partsSite[0].length);
+      // /plain…/: no isolation headers (with service workers blocked: the single-threaded build).
+      const isolate = !partsSite[1];
       if (parts && rel.startsWith('models/')) {
         const f = inside(parts, rel.slice('models/'.length));
-        const corrupt = prefix === '/badparts/' && rel.endsWith('.part-001');
-        return f ? sendFile(req, res, f, { throttle, corrupt }) : res.writeHead(403).end();
+        const corrupt = Boolean(partsSite[2]) && rel.endsWith('.part-001');
+        return f ? sendFile(req, res, f, { throttle, corrupt, isolate }) : res.writeHead(403).end();
       }
       const f = inside(dist, rel);
-      return f ? sendFile(req, res, f) : res.writeHead(403).end();
+      return f ? sendFile(req, res, f, { isolate }) : res.writeHead(403).end();
     }
     if (p.startsWith('/demo/clipdino/')) {
       const f = inside(dist, p.slice('/demo/clipdino/'.length));

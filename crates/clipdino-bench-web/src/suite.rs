@@ -223,6 +223,8 @@ pub enum PlanKind {
     Quant,
     /// Like `memory`, with the `default` recipe's bundle.
     MemoryDefault,
+    /// Like `memory`, with the app's high-precision choice: the F16 bundle on the f32 path.
+    MemoryHigh,
     /// What the thread-scaling measurement runs at each thread count: the app's path (the
     /// `default` bundle on the integer kernel), the 448×448 tower, the photo encode at 336 and with the
     /// paper's 448 windows, 10 labels.
@@ -354,21 +356,20 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
                 runs: r,
             },
         ],
-        PlanKind::Memory | PlanKind::MemoryDefault => vec![
-            load(
-                if kind == PlanKind::Memory {
-                    "gguf q4_0"
-                } else {
-                    "gguf default"
-                },
-                vec![files::gguf(if kind == PlanKind::Memory {
-                    "q4_0"
-                } else {
-                    "default"
-                })],
-                ComputePath::Int,
-                Runs::once(),
-            ),
+        PlanKind::Memory | PlanKind::MemoryDefault | PlanKind::MemoryHigh => vec![
+            {
+                let (quant, compute) = match kind {
+                    PlanKind::Memory => ("q4_0", ComputePath::Int),
+                    PlanKind::MemoryHigh => ("f16", ComputePath::F32),
+                    _ => ("default", ComputePath::Int),
+                };
+                load(
+                    &format!("gguf {quant}"),
+                    vec![files::gguf(quant)],
+                    compute,
+                    Runs::once(),
+                )
+            },
             Step::Labels {
                 labels: 10,
                 templates: TemplateSet::Fast,

@@ -1900,6 +1900,23 @@ fn publish_script_writes_both_bundles_and_the_quality_report() {
     assert!(!fs::read_to_string(s.path("site/quality.json"))
         .unwrap()
         .contains(".publish."));
+    // Both bundles also in parts, each manifest naming its whole file and parts that are there.
+    for bundle in ["clip-dinoiser", "clip-dinoiser-f16"] {
+        let m = clipdino::parts::Manifest::parse(
+            &fs::read(s.path(&format!("site/{bundle}.parts.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m.name, format!("{bundle}.gguf"));
+        assert_eq!(
+            m.size,
+            fs::metadata(s.path(&format!("site/{bundle}.gguf")))
+                .unwrap()
+                .len()
+        );
+        for p in &m.parts {
+            assert!(files.contains(&format!("site/{}", p.file)), "{}", p.file);
+        }
+    }
     // Below the threshold: the script fails and publishes nothing.
     let o = publish("refused", "100.0");
     assert!(!o.status.success());
