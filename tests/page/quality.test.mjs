@@ -4,7 +4,8 @@
 // written by hand), laid out as scripts/build-site.sh publishes them (each bundle in parts with
 // its manifest). The page states the
 // measured label agreement of the bundle in use, switches to the high-precision bundle and
-// segments with it, switches back from the browser cache, keeps the choice on reload, and says
+// segments with it, switches back from the browser cache, keeps the choice on reload, goes back
+// to the bundle in use (and says why) when the high-precision one is damaged, and says
 // "not verified" for a site without a report or with an unreadable one; weights a link names get
 // no claim.
 // Screenshots land in test-output/page/quality-*.png.
@@ -70,9 +71,15 @@ function publish() {
   const malformed = site('malformed-site');
   fs.writeFileSync(path.join(malformed, 'models/quality.json'), '{"candidates": [ {"file": "clip-dinoiser.gguf"');
   const report = JSON.parse(fs.readFileSync(path.join(models, 'quality.json'), 'utf8'));
+  // The same site with a damaged high-precision part (one byte changed, same size).
+  const badHigh = site('badhigh-site');
+  const damaged = path.join(badHigh, 'models/clip-dinoiser-f16.part-000');
+  const bytes = fs.readFileSync(damaged);
+  bytes[bytes.length >> 1] ^= 0xff;
+  fs.writeFileSync(damaged, bytes);
   const parts = (bundle) => JSON.parse(fs.readFileSync(path.join(published, `models/${bundle}.parts.json`), 'utf8')).parts.length;
   assert.ok(!fs.existsSync(path.join(published, 'models/clip-dinoiser.gguf')), 'the site serves the parts, not the single file');
-  return { published, malformed, report, parts };
+  return { published, malformed, badHigh, report, parts };
 }
 
 /** The report's run of `file` on `compute`. */
@@ -110,7 +117,7 @@ describe('clipdino page: fidelity line and precision', { timeout: 600_000 }, () 
     ({ report, parts } = sites);
     server = await startServer({
       dist: DIST, weights: dir, bundle, throttle: false,
-      sites: { published: sites.published, malformed: sites.malformed },
+      sites: { published: sites.published, malformed: sites.malformed, badhigh: sites.badHigh },
     });
     base = `${server.origin}/published/`;
     browser = await launch();
@@ -191,6 +198,24 @@ describe('clipdino page: fidelity line and precision', { timeout: 600_000 }, () 
     assert.equal(await page.getAttribute('[data-precision=high]', 'aria-pressed'), 'true');
     assert.equal(gets('clip-dinoiser') + gets('clip-dinoiser-f16'), downloads, 'nothing was downloaded again');
     assert.deepEqual(page.errors, []);
+  });
+
+  it('goes back to the bundle in use when the high-precision one cannot be loaded, and says why', async () => {
+    const { page: p3 } = await newPage(browser);
+    await p3.goto(`${server.origin}/badhigh/`);
+    await bundleReady(p3, 'standard');
+    await p3.click('[data-role=precision] [data-precision=high]');
+    const sel = '.notice[data-area=weights] .notice-text';
+    await p3.waitForSelector(sel, { timeout: 120_000 });
+    const text = await p3.textContent(sel);
+    assert.match(text, /\(clip-dinoiser-f16\.part-000\) .*is damaged: its SHA-256 differs/);
+    assert.match(text, /This site's high-precision bundle could not be loaded, so its standard bundle is in use and Precision is set back to standard\.$/);
+    assert.equal(await p3.getAttribute('[data-precision=standard]', 'aria-pressed'), 'true');
+    assert.equal(await p3.getAttribute('[data-role=model-ready]', 'data-site-bundle'), 'standard');
+    assert.doesNotMatch(p3.url(), /precision=/);
+    await screenshot(p3, 'high-failed');
+    assert.deepEqual(p3.errors, []);
+    await p3.context().close();
   });
 
   it('says "not verified" when the report is unreadable or missing, and claims nothing for a linked bundle', async () => {
