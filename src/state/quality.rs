@@ -433,7 +433,8 @@ mod tests {
         assert_eq!(s.quality_line(), None);
         // The hub files the default falls back to: none either.
         let (sets, _) = WeightsSource::Default.candidates(Precision::Standard, |u| u.to_string());
-        let names: Vec<String> = sets[1].files.iter().map(|f| f.name.clone()).collect();
+        let hub = sets.last().unwrap();
+        let names: Vec<String> = hub.files.iter().map(|f| f.name.clone()).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut s = loaded(sets.clone(), &names, 1000);
         s.apply(Action::SiteQuality(report()));
