@@ -394,7 +394,10 @@ mod tests {
         );
         assert!(!s.share().to_fragment().contains("precision"));
         // A failure of the bundle already in use changes nothing.
-        s.apply(Action::UrlsRequested(3, Precision::Standard.site_sets(page)));
+        s.apply(Action::UrlsRequested(
+            3,
+            Precision::Standard.site_sets(page),
+        ));
         s.apply(Action::Worker(
             Response::Error {
                 id: Some(3),
