@@ -15,7 +15,7 @@ use clipdino::pipeline::{
 use clipdino::tokenizer::ClipTokenizer;
 use clipdino::{ComputePath, Stored, Vb};
 
-use crate::protocol::{Mode, ModelInfo, Preset, TemplateSet};
+use crate::protocol::{Mode, ModelInfo, Preset, Refine, TemplateSet, QUICK_GELU_NOTE};
 
 /// A segmentation as the UI draws it: one byte per pixel at the processing size.
 pub struct SegmentMaps {
@@ -89,8 +89,8 @@ impl Model {
             c.embed_dim,
             // OpenAI's weights: the head is refused on them (the loader says why).
             match c.activation {
-                clipdino::Activation::Gelu => "",
-                clipdino::Activation::QuickGelu => " · QuickGELU (OpenAI CLIP)",
+                clipdino::Activation::Gelu => String::new(),
+                clipdino::Activation::QuickGelu => format!(" · {QUICK_GELU_NOTE}"),
             }
         );
         if c.text.vocab_size < tokenizer.vocab_size() {
@@ -214,23 +214,44 @@ impl Model {
         Tensor::stack(&rows, 0).map_err(|e| e.to_string())
     }
 
-    /// Segment cached features into the maps the UI draws.
+    /// The mode these features can serve for `wanted`: MaskCLIP instead of CLIP-DINOiser when
+    /// they were encoded without a head.
+    pub fn usable_mode(feats: &ImageFeatures, wanted: Mode) -> Mode {
+        if wanted.needs_head() && !feats.has_refined() {
+            Mode::MaskClip
+        } else {
+            wanted
+        }
+    }
+
+    /// Make sure the features of `mode` are in `feats`: computed from the cached trunk (one
+    /// last block per window, no encode) when they are not there yet. Returns whether a block
+    /// was computed.
+    pub fn prepare_mode(&self, feats: &mut ImageFeatures, mode: Mode) -> Result<bool, String> {
+        if feats.has_mode(mode) {
+            return Ok(false);
+        }
+        self.seg
+            .prepare_mode(feats, mode)
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// Segment cached features into the maps the UI draws (`mode` prepared, see
+    /// [`Model::prepare_mode`]).
     pub fn segment(
         &self,
         feats: &ImageFeatures,
         labels: &Tensor,
         mode: Mode,
+        refine: Refine,
         background: Option<usize>,
     ) -> Result<SegmentMaps, String> {
-        let mode = match mode {
-            Mode::Dinoiser if feats.has_refined() => pipeline::Mode::Dinoiser,
-            _ => pipeline::Mode::MaskClip,
-        };
         let opts = SegmentOptions {
             mode,
             background,
             output_size: Some((feats.height, feats.width)),
-            ..Default::default()
+            refine,
         };
         let s = self
             .seg
@@ -253,10 +274,16 @@ impl Model {
         })
     }
 
-    /// K-Means of the raw (and, with a head, refined) patch features, as per-pixel cluster
-    /// maps of the processed image. Clusters are numbered by size in the raw map, and refined
-    /// clusters take the number of the raw cluster they overlap most.
-    pub fn kmeans(&self, feats: &ImageFeatures, k: usize) -> Result<ClusterMaps, String> {
+    /// K-Means of the raw MaskCLIP patch features and of those of `mode` (prepared, see
+    /// [`Model::prepare_mode`]; none for MaskCLIP itself), as per-pixel cluster maps of the
+    /// processed image. Clusters are numbered by size in the raw map, and the mode's clusters
+    /// take the number of the raw cluster they overlap most.
+    pub fn kmeans(
+        &self,
+        feats: &ImageFeatures,
+        k: usize,
+        mode: Mode,
+    ) -> Result<ClusterMaps, String> {
         let opts = KMeansOptions::new(k);
         let run = |kind| -> Result<Vec<u32>, String> {
             let grid = feats.patch_grid(kind).map_err(|e| e.to_string())?;
@@ -266,8 +293,8 @@ impl Model {
                 .map_err(|e| e.to_string())
         };
         let raw = relabel_by_size(&run(FeatureKind::Raw)?, k);
-        let refined = if feats.has_refined() {
-            let r = run(FeatureKind::Refined)?;
+        let refined = if mode != Mode::MaskClip && feats.has_mode(mode) {
+            let r = run(FeatureKind::Mode(mode))?;
             Some(match_clusters(&raw, &r, k))
         } else {
             None
