@@ -437,6 +437,82 @@ mod tests {
         }
     }
 
+    /// The tiny random model of `tests/fixtures/tiny` as the worker builds it (with or without
+    /// its head), and a 64 × 48 photo encoded at its own size.
+    fn tiny(head: bool) -> (Model, ImageFeatures) {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny/");
+        let mut names = vec!["open_clip_model.safetensors", "open_clip_config.json"];
+        if head {
+            names.push("last.pt");
+        }
+        let files = names
+            .iter()
+            .map(|n| (n.to_string(), std::fs::read(format!("{dir}{n}")).unwrap()))
+            .collect();
+        let tokenizer = ClipTokenizer::from_json_bytes(include_bytes!(
+            "../../crates/clipdino/assets/tokenizer.json"
+        ))
+        .unwrap();
+        let info = ModelInfo {
+            source: "local files".into(),
+            files: names.iter().map(|n| n.to_string()).collect(),
+            bytes: 0,
+            from_cache: false,
+            has_head: false,
+            storage: String::new(),
+            architecture: String::new(),
+            millis: 0.0,
+            cache_note: None,
+        };
+        let model = Model::build(files, tokenizer, info, ComputePath::F32).unwrap();
+        let (w, h) = (64u32, 48u32);
+        let pixels: Vec<f32> = (0..3 * w * h)
+            .map(|i| ((i * 37 % 101) as f32 / 100.0 + if i % w < w / 2 { 0.5 } else { 0.0 }) / 1.5)
+            .collect();
+        let (pw, ph, opts) = model.plan(Preset::FullRes, w, h);
+        let feats = model.encode(pixels, pw, ph, &opts, &mut |_| {}).unwrap();
+        (model, feats)
+    }
+
+    #[test]
+    fn modes_come_from_the_cached_trunk_and_refinement_changes_the_map() {
+        let (model, mut feats) = tiny(true);
+        let labels = ["cat", "wall", "floor"].map(String::from);
+        for l in &labels {
+            model.embed(l, TemplateSet::Fast).unwrap();
+        }
+        let m = model.label_matrix(&labels, TemplateSet::Fast).unwrap();
+        let seg = |f: &ImageFeatures, mode, refine| {
+            model.segment(f, &m, mode, refine, None).unwrap().labels
+        };
+        // A last-block mode: computed once from the trunk, then cached.
+        assert!(!model.prepare_mode(&mut feats, Mode::Dinoiser).unwrap());
+        assert!(model.prepare_mode(&mut feats, Mode::NaClip).unwrap());
+        assert!(!model.prepare_mode(&mut feats, Mode::NaClip).unwrap());
+        let naclip = seg(&feats, Mode::NaClip, Refine::None);
+        assert_eq!(naclip.len(), 64 * 48);
+        assert_ne!(naclip, seg(&feats, Mode::Dinoiser, Refine::None));
+        assert_ne!(
+            naclip,
+            seg(&feats, Mode::NaClip, Refine::PAMR),
+            "PAMR changes the map"
+        );
+        // The K-Means view: MaskCLIP beside the mode's clusters (none beside MaskCLIP itself).
+        let km = model.kmeans(&feats, 3, Mode::NaClip).unwrap();
+        assert!(km.refined.is_some());
+        assert!(model
+            .kmeans(&feats, 3, Mode::MaskClip)
+            .unwrap()
+            .refined
+            .is_none());
+        // Without a head CLIP-DINOiser falls back to MaskCLIP; the other modes still work.
+        let (model, mut feats) = tiny(false);
+        assert!(!model.seg.has_head());
+        assert_eq!(Model::usable_mode(&feats, Mode::Dinoiser), Mode::MaskClip);
+        assert_eq!(Model::usable_mode(&feats, Mode::SClip), Mode::SClip);
+        assert!(model.prepare_mode(&mut feats, Mode::SClip).unwrap());
+    }
+
     #[test]
     fn clusters_are_numbered_by_size_and_matched() {
         let raw = [2, 2, 2, 0, 0, 1];
