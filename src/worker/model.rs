@@ -437,34 +437,43 @@ mod tests {
         }
     }
 
-    /// The tiny random model of `tests/fixtures/tiny` as the worker builds it (with or without
-    /// its head), and a 64 × 48 photo encoded at its own size.
+    /// The tiny random model of `tests/fixtures/tiny` (with or without its head), and a
+    /// 64 × 48 photo encoded at its own size. Its text tower has a trimmed 1000-token
+    /// vocabulary, which [`Model::build`] refuses for the real tokenizer: the model is put
+    /// together here, and label embeddings are inserted, not computed.
     fn tiny(head: bool) -> (Model, ImageFeatures) {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny/");
         let mut names = vec!["open_clip_model.safetensors", "open_clip_config.json"];
         if head {
             names.push("last.pt");
         }
-        let files = names
+        let files: Vec<(String, Vec<u8>)> = names
             .iter()
             .map(|n| (n.to_string(), std::fs::read(format!("{dir}{n}")).unwrap()))
             .collect();
+        let bundle = load_model_files(&files).unwrap();
+        let seg = Segmenter::from_bundle(bundle, &Device::Cpu, ComputePath::F32).unwrap();
         let tokenizer = ClipTokenizer::from_json_bytes(include_bytes!(
             "../../crates/clipdino/assets/tokenizer.json"
         ))
         .unwrap();
-        let info = ModelInfo {
-            source: "local files".into(),
-            files: names.iter().map(|n| n.to_string()).collect(),
-            bytes: 0,
-            from_cache: false,
-            has_head: false,
-            storage: String::new(),
-            architecture: String::new(),
-            millis: 0.0,
-            cache_note: None,
+        let model = Model {
+            seg,
+            info: ModelInfo {
+                source: "local files".into(),
+                files: names.iter().map(|n| n.to_string()).collect(),
+                bytes: 0,
+                from_cache: false,
+                has_head: head,
+                storage: String::new(),
+                architecture: String::new(),
+                millis: 0.0,
+                cache_note: None,
+            },
+            compute_path: "F32".into(),
+            tokenizer,
+            embeddings: RefCell::new(HashMap::new()),
         };
-        let model = Model::build(files, tokenizer, info, ComputePath::F32).unwrap();
         let (w, h) = (64u32, 48u32);
         let pixels: Vec<f32> = (0..3 * w * h)
             .map(|i| ((i * 37 % 101) as f32 / 100.0 + if i % w < w / 2 { 0.5 } else { 0.0 }) / 1.5)
@@ -478,8 +487,17 @@ mod tests {
     fn modes_come_from_the_cached_trunk_and_refinement_changes_the_map() {
         let (model, mut feats) = tiny(true);
         let labels = ["cat", "wall", "floor"].map(String::from);
-        for l in &labels {
-            model.embed(l, TemplateSet::Fast).unwrap();
+        let e = model.embed_dim();
+        for (k, l) in labels.iter().enumerate() {
+            // Unit vectors far apart: the labels split the photo between them.
+            let v: Vec<f32> = (0..e)
+                .map(|i| ((i * (k + 3) * 7919 % 97) as f32 / 48.0 - 1.0))
+                .collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let v = v.into_iter().map(|x| x / n).collect();
+            model
+                .insert_embedding(l, TemplateSet::Fast, v, false)
+                .unwrap();
         }
         let m = model.label_matrix(&labels, TemplateSet::Fast).unwrap();
         let seg = |f: &ImageFeatures, mode, refine| {
@@ -492,6 +510,11 @@ mod tests {
         let naclip = seg(&feats, Mode::NaClip, Refine::None);
         assert_eq!(naclip.len(), 64 * 48);
         assert_ne!(naclip, seg(&feats, Mode::Dinoiser, Refine::None));
+        assert_ne!(
+            naclip,
+            seg(&feats, Mode::MaskClip, Refine::None),
+            "NACLIP is not MaskCLIP under another name"
+        );
         assert_ne!(
             naclip,
             seg(&feats, Mode::NaClip, Refine::PAMR),
