@@ -491,7 +491,7 @@ mod tests {
         for (k, l) in labels.iter().enumerate() {
             // Unit vectors far apart: the labels split the photo between them.
             let v: Vec<f32> = (0..e)
-                .map(|i| ((i * (k + 3) * 7919 % 97) as f32 / 48.0 - 1.0))
+                .map(|i| (i * (k + 3) * 7919 % 97) as f32 / 48.0 - 1.0)
                 .collect();
             let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             let v = v.into_iter().map(|x| x / n).collect();
