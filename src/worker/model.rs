@@ -440,7 +440,9 @@ mod tests {
     /// The tiny random model of `tests/fixtures/tiny` (with or without its head), and a
     /// 64 × 48 photo encoded at its own size. Its text tower has a trimmed 1000-token
     /// vocabulary, which [`Model::build`] refuses for the real tokenizer: the model is put
-    /// together here, and label embeddings are inserted, not computed.
+    /// together here, and label embeddings are inserted, not computed. Native only (the fixture is
+    /// read from disk).
+    #[cfg(not(target_arch = "wasm32"))]
     fn tiny(head: bool) -> (Model, ImageFeatures) {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny/");
         let mut names = vec!["open_clip_model.safetensors", "open_clip_config.json"];
@@ -484,6 +486,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(target_arch = "wasm32"))]
     fn modes_come_from_the_cached_trunk_and_refinement_changes_the_map() {
         let (model, mut feats) = tiny(true);
         let labels = ["cat", "wall", "floor"].map(String::from);
