@@ -9,7 +9,7 @@ use yew::prelude::*;
 use crate::bridge::WorkerHandle;
 use crate::protocol::{
     Att, ImageInput, ImageRequest, KMeansRequest, LocalFile, Precision, Request, SegmentRequest,
-    WeightSet,
+    Side, WeightSet,
 };
 use crate::samples::Sample;
 use crate::state::{Action, Area, Kind, Photo, PhotoSource, State};
@@ -194,23 +194,37 @@ impl AppCtx {
         }
     }
 
-    pub fn send_segment(&self) -> Option<u64> {
+    /// Segment for an overlay: the live refinement while labels are being edited, or
+    /// (`settled`) its full one — sent only when that differs (see [`crate::state::Method::live_refine`]).
+    pub fn send_segment(&self, side: Side, settled: bool) -> Option<u64> {
         let s = &*self.state;
         let photo = s.photo.as_ref()?;
+        let method = s.settings.method(side)?;
         if s.model.is_none() || s.labels.is_empty() {
             return None;
         }
+        let resolution = s.settings.resolution;
+        if settled && !method.settles_later(resolution) {
+            return None;
+        }
+        let refine = if settled {
+            method.refine
+        } else {
+            method.live_refine(resolution)
+        };
         let id = self.worker.next_id();
-        self.dispatch(Action::Sent(Kind::Segment, id));
+        self.dispatch(Action::Sent(Kind::segment(side), id));
         self.worker.send(
             &Request::Segment(SegmentRequest {
                 id,
                 image: photo.id,
                 labels: s.label_texts(),
                 background: s.background_index(),
-                mode: s.settings.mode,
-                resolution: s.settings.resolution,
+                mode: method.mode,
+                resolution,
                 templates: s.settings.templates,
+                refine,
+                side,
             }),
             vec![],
         );
@@ -229,6 +243,7 @@ impl AppCtx {
                 image: photo.id,
                 k: s.settings.k,
                 resolution: s.settings.resolution,
+                mode: s.settings.mode,
             }),
             vec![],
         );

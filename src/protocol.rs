@@ -18,8 +18,8 @@ pub struct Att(pub usize);
 
 // The option enums are the model crate's own (one definition each); they travel as their
 // lower-case names: `"dinoiser"` / `"maskclip"`, `"fast"` / `"balanced"` / `"paper"`,
-// `"fast"` / `"full"`.
-pub use clipdino::pipeline::{Mode, Preset};
+// `"fast"` / `"full"`; a refinement as `"none"` or `{"pamr": {"iterations": 10}}`.
+pub use clipdino::pipeline::{Mode, Preset, Refine};
 pub use clipdino::templates::TemplateSet;
 pub use clipdino::ComputePath;
 
@@ -36,6 +36,22 @@ pub enum Precision {
     Standard,
     High,
 }
+
+/// Which of the two overlays a segmentation is for: the page's main one, or the second one of
+/// the compare view (its own mode and refinement, the same photo, labels and encode). The
+/// worker keeps the newest request of each side (a new primary request does not supersede a
+/// pending compare request).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    #[default]
+    Primary,
+    Compare,
+}
+
+/// What [`ModelInfo::architecture`] says of OpenAI CLIP weights (QuickGELU): the page reads it
+/// to say why the CLIP-DINOiser head is not available with them.
+pub const QUICK_GELU_NOTE: &str = "QuickGELU (OpenAI CLIP)";
 
 /// The processing resolutions the app offers: short side 224 or 336 in one pass, or the paper's
 /// 448 with 448×448 sliding windows (stride 224).
@@ -166,6 +182,11 @@ pub struct SegmentRequest {
     pub mode: Mode,
     pub resolution: Preset,
     pub templates: TemplateSet,
+    /// Refinement of the probabilities before the argmax (absent in older senders: none).
+    #[serde(default)]
+    pub refine: Refine,
+    #[serde(default)]
+    pub side: Side,
 }
 
 /// See [`Request::KMeans`].
@@ -177,6 +198,10 @@ pub struct KMeansRequest {
     /// Number of clusters.
     pub k: usize,
     pub resolution: Preset,
+    /// The mode whose features are clustered beside the raw MaskCLIP ones (the page's primary
+    /// mode; MaskCLIP alone for `maskclip`).
+    #[serde(default)]
+    pub mode: Mode,
 }
 
 impl Request {
@@ -252,11 +277,36 @@ pub struct ModelInfo {
     pub has_head: bool,
     /// Storage type(s) of the weights, e.g. "q4_0 + f32".
     pub storage: String,
-    /// e.g. "ViT 12×768, patch 16 · text 12×512 · embed 512".
+    /// e.g. "ViT 12×768, patch 16 · text 12×512 · embed 512" (+ [`QUICK_GELU_NOTE`]).
     pub architecture: String,
     pub millis: f64,
     /// Why the weights were not stored in the Cache API, when they were not.
     pub cache_note: Option<String>,
+}
+
+impl ModelInfo {
+    /// OpenAI CLIP weights (QuickGELU): the CLIP-DINOiser head is refused on them.
+    pub fn is_quick_gelu(&self) -> bool {
+        self.architecture.contains(QUICK_GELU_NOTE)
+    }
+
+    /// Why `mode` cannot be used with these weights, if it cannot.
+    pub fn mode_unavailable(&self, mode: Mode) -> Option<String> {
+        if !mode.needs_head() || self.has_head {
+            return None;
+        }
+        Some(if self.is_quick_gelu() {
+            format!(
+                "{} needs the CLIP-DINOiser head, which cannot be used with OpenAI CLIP (QuickGELU) weights: it was trained on OpenCLIP features.",
+                mode.title()
+            )
+        } else {
+            format!(
+                "{} needs the CLIP-DINOiser head, and these weights have none.",
+                mode.title()
+            )
+        })
+    }
 }
 
 /// What [`Request::ReadSiteFile`] found.
@@ -348,6 +398,23 @@ pub enum Response {
         confidence: Att,
         /// Fraction of the pixels per label.
         areas: Vec<f32>,
+        /// Which overlay, and what was computed (the mode falls back to MaskCLIP without a head).
+        #[serde(default)]
+        side: Side,
+        #[serde(default)]
+        mode: Mode,
+        #[serde(default)]
+        refine: Refine,
+        /// Milliseconds spent computing the mode's last block from the cached trunk, when it
+        /// was not cached yet (a mode switch; never a new encode).
+        #[serde(default)]
+        mode_millis: Option<f64>,
+        /// Milliseconds of classifying, refining and making the maps (after the labels).
+        #[serde(default)]
+        segment_millis: f64,
+        /// Last blocks computed from a cached trunk by this worker so far.
+        #[serde(default)]
+        mode_blocks: u64,
         encodes: u64,
         /// Labels this worker ran through the text tower so far, and labels it read back from
         /// browser storage instead (stored by an earlier page load).
@@ -367,9 +434,12 @@ pub enum Response {
         height: u32,
         /// `width·height` bytes: cluster per patch of the raw MaskCLIP features.
         raw: Att,
-        /// The same for CLIP-DINOiser-refined features (absent without a head); clusters are
-        /// matched to `raw` so that equal colours mean overlapping clusters.
+        /// The same for the features of `mode` (absent for MaskCLIP, and for CLIP-DINOiser
+        /// without a head); clusters are matched to `raw` so that equal colours mean
+        /// overlapping clusters.
         refined: Option<Att>,
+        #[serde(default)]
+        mode: Mode,
         encodes: u64,
         millis: f64,
     },
@@ -462,15 +532,18 @@ mod tests {
                 image: 3,
                 labels: vec!["cat".into(), "background".into()],
                 background: Some(1),
-                mode: Mode::MaskClip,
+                mode: Mode::NaClip,
                 resolution: Preset::Fast,
                 templates: TemplateSet::Full,
+                refine: Refine::PAMR,
+                side: Side::Compare,
             }),
             Request::KMeans(KMeansRequest {
                 id: 5,
                 image: 3,
                 k: 6,
                 resolution: Preset::Balanced,
+                mode: Mode::SClip,
             }),
             Request::Cancel { id: 1 },
             Request::SetThreads {
@@ -488,12 +561,34 @@ mod tests {
         // `"Full"` when the app had its own copies; UI and worker are always built together).
         assert_eq!(
             to_json(&reqs[3]),
-            r#"{"Segment":{"id":4,"image":3,"labels":["cat","background"],"background":1,"mode":"maskclip","resolution":"fast","templates":"full"}}"#
+            r#"{"Segment":{"id":4,"image":3,"labels":["cat","background"],"background":1,"mode":"naclip","resolution":"fast","templates":"full","refine":{"pamr":{"iterations":10}},"side":"compare"}}"#
         );
         assert_eq!(
             to_json(&reqs[4]),
-            r#"{"KMeans":{"id":5,"image":3,"k":6,"resolution":"balanced"}}"#
+            r#"{"KMeans":{"id":5,"image":3,"k":6,"resolution":"balanced","mode":"sclip"}}"#
         );
+        // A sender without the mode / refinement / side fields (an older page): the defaults.
+        let old: Request = from_json(
+            r#"{"Segment":{"id":4,"image":3,"labels":["cat"],"background":null,"mode":"maskclip","resolution":"fast","templates":"full"}}"#,
+        )
+        .unwrap();
+        let Request::Segment(old) = old else {
+            panic!("{old:?}")
+        };
+        assert_eq!((old.refine, old.side), (Refine::None, Side::Primary));
+        let old: Request =
+            from_json(r#"{"KMeans":{"id":5,"image":3,"k":6,"resolution":"balanced"}}"#).unwrap();
+        assert!(matches!(
+            old,
+            Request::KMeans(KMeansRequest {
+                mode: Mode::Dinoiser,
+                ..
+            })
+        ));
+        // Every mode travels by its own name.
+        for m in Mode::ALL {
+            assert_eq!(to_json(&m), format!("\"{}\"", m.name()));
+        }
         assert_eq!(to_json(&reqs[5]), r#"{"Cancel":{"id":1}}"#);
         assert_eq!(
             to_json(&reqs[6]),
@@ -511,6 +606,12 @@ mod tests {
             label_map: Att(0),
             confidence: Att(1),
             areas: vec![1.0],
+            side: Side::Compare,
+            mode: Mode::ClearClip,
+            refine: Refine::PAMR,
+            mode_millis: Some(12.5),
+            segment_millis: 2.0,
+            mode_blocks: 1,
             encodes: 1,
             label_embeds: 2,
             label_loads: 1,
@@ -521,6 +622,33 @@ mod tests {
         assert_eq!(back, r);
         assert_eq!(back.id(), Some(9));
         assert!(from_json::<Response>("{\"Nope\":1}").is_err());
+    }
+
+    #[test]
+    fn modes_needing_the_head_say_why_they_are_unavailable() {
+        let mut info = ModelInfo {
+            source: "local files".into(),
+            files: vec![],
+            bytes: 0,
+            from_cache: false,
+            has_head: true,
+            storage: "q8_0".into(),
+            architecture: "ViT 12×768, patch 16 · text 12×512 · embed 512".into(),
+            millis: 0.0,
+            cache_note: None,
+        };
+        assert!(Mode::ALL
+            .iter()
+            .all(|&m| info.mode_unavailable(m).is_none()));
+        info.has_head = false;
+        let why = info.mode_unavailable(Mode::Dinoiser).unwrap();
+        assert!(why.ends_with("these weights have none."), "{why}");
+        info.architecture.push_str(&format!(" · {QUICK_GELU_NOTE}"));
+        let why = info.mode_unavailable(Mode::Dinoiser).unwrap();
+        assert!(why.contains("OpenAI CLIP (QuickGELU)"), "{why}");
+        for m in [Mode::MaskClip, Mode::ClearClip, Mode::NaClip, Mode::SClip] {
+            assert_eq!(info.mode_unavailable(m), None);
+        }
     }
 
     #[test]

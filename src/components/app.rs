@@ -62,6 +62,7 @@ pub fn App() -> Html {
                 data-encodes={s.encodes.to_string()}
                 data-worker-restarts={s.life.restarts.to_string()}
                 data-segmentation={seg_id}
+                data-compare-segmentation={s.compare_segmentation.as_ref().map(|x| x.id.to_string()).unwrap_or_default()}
                 data-kmeans={km_id}>
                 <header class="top">
                     <div class="brand">

@@ -1,5 +1,6 @@
 //! CLIPSelf-style K-Means view: the patch features clustered into k groups, raw MaskCLIP beside
-//! the CLIP-DINOiser-refined ones, in matched colours.
+//! those of the primary overlay's mode (CLIP-DINOiser-refined, ClearCLIP, NACLIP, SCLIP), in
+//! matched colours.
 
 use web_sys::{HtmlCanvasElement, HtmlInputElement};
 use yew::prelude::*;
@@ -8,7 +9,7 @@ use crate::canvas;
 use crate::components::viewer::frame_style;
 use crate::context::AppCtx;
 use crate::palette;
-use crate::state::{Action, KMeansView as View, K_MAX, K_MIN};
+use crate::state::{Action, KMeansView as View, Mode, K_MAX, K_MIN};
 
 const ALPHA: u8 = 170;
 
@@ -69,7 +70,29 @@ pub fn KMeansView() -> Html {
     };
     let view = s.kmeans.as_deref();
     let has_refined = view.map(|v| v.refined.is_some()).unwrap_or(true);
-    let stale = view.is_none_or(|v| v.k != s.settings.k);
+    // Without the head the worker clusters MaskCLIP for CLIP-DINOiser (and says so).
+    let unavailable = s
+        .model
+        .as_ref()
+        .is_some_and(|i| i.mode_unavailable(s.settings.mode).is_some());
+    let wanted = if unavailable {
+        Mode::MaskClip
+    } else {
+        s.settings.mode
+    };
+    let stale = view.is_none_or(|v| v.k != s.settings.k || v.mode != wanted);
+    // The clusters on screen are of this mode (the worker's answer; the setting until then).
+    let mode = view.map(|v| v.mode).unwrap_or(s.settings.mode);
+    let why_none = match mode {
+        Mode::MaskClip => {
+            "the primary mode is MaskCLIP itself: pick another to compare".to_string()
+        }
+        m => s
+            .model
+            .as_ref()
+            .and_then(|i| i.mode_unavailable(m))
+            .unwrap_or_else(|| "needs the CLIP-DINOiser head".into()),
+    };
     html! {
         <section class="kmeans" aria-label="K-Means view">
             <div class="kmeans-head">
@@ -91,10 +114,10 @@ pub fn KMeansView() -> Html {
                 <figure>
                     <div class="frame" style={frame_style(photo.size, 45)}>
                         <img src={photo.preview_url.clone()} alt="" />
-                        <canvas ref={refined} class={classes!("overlay", (!has_refined).then_some("hidden"))} data-role="kmeans-refined"></canvas>
-                        if !has_refined { <div class="badge">{ "needs the CLIP-DINOiser head" }</div> }
+                        <canvas ref={refined} class={classes!("overlay", (!has_refined).then_some("hidden"))} data-role="kmeans-refined" data-mode={view.map(|v| v.mode.name()).unwrap_or_default()}></canvas>
+                        if !has_refined { <div class="badge">{ why_none }</div> }
                     </div>
-                    <figcaption>{ "CLIP-DINOiser (refined)" }</figcaption>
+                    <figcaption data-role="kmeans-mode">{ format!("{} (the primary mode)", mode.title()) }</figcaption>
                 </figure>
             </div>
         </section>

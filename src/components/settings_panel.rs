@@ -1,21 +1,24 @@
-//! Mode (CLIP-DINOiser / raw MaskCLIP), processing resolution, prompt templates, threads.
+//! Mode and refinement (and the compare view's), processing resolution, prompt templates,
+//! threads.
 
 use wasm_bindgen::JsCast;
 use web_sys::HtmlSelectElement;
 use yew::prelude::*;
 
+use crate::components::method_picker::MethodPicker;
 use crate::context::AppCtx;
-use crate::state::{Action, Mode, Preset, TemplateSet};
+use crate::state::{Action, Preset, Side, TemplateSet};
 use crate::worker::threads::MAX_THREADS;
 
-fn choice<T: PartialEq + Copy + 'static>(
+/// A toggle button of a one-of-several setting.
+pub fn choice<T: PartialEq + Copy + 'static>(
     ctx: &AppCtx,
     current: T,
     value: T,
     label: &str,
     hint: &str,
     disabled: bool,
-    make: fn(T) -> Action,
+    make: impl Fn(T) -> Action + 'static,
 ) -> Html {
     let ctx = ctx.clone();
     let onclick = Callback::from(move |_| ctx.dispatch(make(value)));
@@ -73,15 +76,23 @@ pub fn SettingsPanel() -> Html {
         return html! {};
     };
     let st = &ctx.state.settings;
-    let no_head = ctx.state.model.as_ref().is_some_and(|m| !m.has_head);
+    let comparing = st.compare.is_some();
+    let on_compare = {
+        let ctx = ctx.clone();
+        Callback::from(move |_| ctx.dispatch(Action::SetCompare(!comparing)))
+    };
     html! {
         <section class="settings" aria-label="Settings">
             <h2>{ "Settings" }</h2>
-            <div class="setting" role="group" aria-label="Mode" data-role="mode">
-                <span class="name">{ "Mode" }</span>
-                { choice(&ctx, st.mode, Mode::Dinoiser, "CLIP-DINOiser", "MaskCLIP features refined by the CLIP-DINOiser head (sharper, object-shaped regions)", no_head, Action::SetMode) }
-                { choice(&ctx, st.mode, Mode::MaskClip, "MaskCLIP (raw)", "Raw MaskCLIP dense features: no refinement (instant to switch, same image encoding)", false, Action::SetMode) }
+            <MethodPicker side={Side::Primary} />
+            <div class="setting" data-role="compare">
+                <span class="name">{ "Compare" }</span>
+                <button class={classes!("seg", comparing.then_some("on"))} aria-pressed={comparing.to_string()} onclick={on_compare} data-role="compare-toggle"
+                    title="A second overlay of the same photo and labels with its own mode and refinement (the photo is encoded once for both)">
+                    { "Side by side" }
+                </button>
             </div>
+            if comparing { <MethodPicker side={Side::Compare} /> }
             <div class="setting" role="group" aria-label="Resolution" data-role="resolution">
                 <span class="name">{ "Resolution" }</span>
                 { choice(&ctx, st.resolution, Preset::Fast, "Fast · 224", "Short side 224 px, one pass", false, Action::SetResolution) }
@@ -94,7 +105,6 @@ pub fn SettingsPanel() -> Html {
                 { choice(&ctx, st.templates, TemplateSet::Full, "80 templates", "All 80 ImageNet prompt templates per label (slower to embed, slightly better)", false, Action::SetTemplates) }
             </div>
             { threads_setting(&ctx) }
-            if no_head { <p class="muted">{ "These weights have no CLIP-DINOiser head, so only raw MaskCLIP is available." }</p> }
         </section>
     }
 }

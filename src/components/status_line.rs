@@ -45,7 +45,7 @@ pub fn StatusLine() -> Html {
     });
     let waiting_for_model = s.model.is_none() && s.photo.is_some();
     let debug = format!(
-        "image encodes: {}{} · labels embedded: {} (+{} from browser storage) · segmentation: {} · k-means: {}",
+        "image encodes: {}{} · last blocks from the cached trunk: {} · labels embedded: {} (+{} from browser storage) · segmentation: {} · k-means: {}",
         s.encodes,
         s.encoded
             .as_ref()
@@ -63,11 +63,25 @@ pub fn StatusLine() -> Html {
                 )
             })
             .unwrap_or_default(),
+        s.mode_blocks,
         s.label_embeds,
         s.label_loads,
         s.segmentation
             .as_ref()
-            .map(|x| format!("{}×{} in {:.0} ms", x.width, x.height, x.millis))
+            .map(|x| {
+                let block = x
+                    .mode_millis
+                    .map(|m| format!(", {} block {m:.0} ms", x.mode.title()))
+                    .unwrap_or_default();
+                let refine = match x.refine {
+                    crate::state::Refine::None => String::new(),
+                    r => format!(" incl. {r}"),
+                };
+                format!(
+                    "{}×{} in {:.0} ms (classify{refine} {:.0} ms{block})",
+                    x.width, x.height, x.millis, x.segment_millis
+                )
+            })
             .unwrap_or_else(|| "–".into()),
         s.kmeans
             .as_ref()
@@ -99,7 +113,7 @@ pub fn StatusLine() -> Html {
             } else if waiting_for_model {
                 <div class="work"><span class="muted">{ "The photo will be processed as soon as the model is loaded." }</span></div>
             }
-            <p class="debug muted" data-role="debug" data-encodes={s.encodes.to_string()}
+            <p class="debug muted" data-role="debug" data-encodes={s.encodes.to_string()} data-mode-blocks={s.mode_blocks.to_string()}
                 data-label-embeds={s.label_embeds.to_string()} data-label-loads={s.label_loads.to_string()}
                 data-encode-ms={s.encoded.as_ref().map(|e| format!("{:.0}", e.millis)).unwrap_or_default()}
                 data-segment-ms={s.segmentation.as_ref().map(|x| format!("{:.0}", x.millis)).unwrap_or_default()}

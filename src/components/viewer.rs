@@ -1,26 +1,19 @@
-//! The photo at full size with the segmentation overlay on a canvas above it (NodeRef), the
-//! hover read-out (label + confidence), opacity, and the PNG downloads.
+//! The photo at full size with the segmentation overlay above it ([`Overlay`]) — or, in the
+//! compare view, two overlays side by side, each with its own method —, the opacity, and the PNG
+//! downloads (of the primary overlay).
+//!
+//! Side by side rather than a split slider: both methods are seen whole at once (a slider shows
+//! each on part of the photo only, and a region's label must be found by dragging), each keeps
+//! its hover read-out and caption, and the page test can read both canvases.
 
 use web_sys::{HtmlCanvasElement, HtmlImageElement, HtmlInputElement};
 use yew::prelude::*;
 
 use crate::canvas;
+use crate::components::overlay::Overlay;
 use crate::context::AppCtx;
 use crate::samples::Sample;
-use crate::state::{Action, Area, PhotoSource, SegView};
-
-#[derive(Clone, PartialEq)]
-struct Hover {
-    x: i32,
-    y: i32,
-    label: String,
-    confidence: f32,
-    colour: [u8; 3],
-}
-
-fn alpha_of(opacity: u8) -> u8 {
-    ((opacity.min(100) as u32 * 255 + 50) / 100) as u8
-}
+use crate::state::{Action, Area, PhotoSource, Side};
 
 #[component]
 pub fn Viewer() -> Html {
@@ -29,60 +22,9 @@ pub fn Viewer() -> Html {
     };
     let overlay = use_node_ref();
     let img = use_node_ref();
-    let hover = use_state(|| None::<Hover>);
+    let compare_canvas = use_node_ref();
+    let compare_img = use_node_ref();
     let s = &*ctx.state;
-
-    // Repaint when the segmentation, opacity or isolated label change (not on every render).
-    {
-        let overlay = overlay.clone();
-        let seg = s.segmentation.clone();
-        let isolate = s.isolate.clone();
-        let opacity = s.settings.opacity;
-        let deps = (
-            seg.as_ref().map(|x| x.id),
-            opacity,
-            isolate.clone(),
-            s.photo.as_ref().map(|p| p.id),
-        );
-        use_effect_with(deps, move |_| {
-            if let Some(c) = overlay.cast::<HtmlCanvasElement>() {
-                match seg.as_deref() {
-                    Some(seg) => {
-                        let only = isolate
-                            .as_ref()
-                            .and_then(|i| seg.labels.iter().position(|l| l == i));
-                        let rgba = canvas::label_rgba(
-                            &seg.label_map,
-                            &seg.colours,
-                            alpha_of(opacity),
-                            only,
-                        );
-                        if let Err(e) = canvas::put_rgba(&c, seg.width, seg.height, &rgba) {
-                            web_sys::console::error_1(&e.into());
-                        }
-                    }
-                    None => canvas::clear(&c),
-                }
-            }
-        });
-    }
-
-    let on_move = {
-        let hover = hover.clone();
-        let seg = s.segmentation.clone();
-        Callback::from(move |e: MouseEvent| {
-            let (Some(seg), Some(target)) =
-                (seg.as_deref(), e.target_dyn_into::<HtmlCanvasElement>())
-            else {
-                return;
-            };
-            hover.set(read_out(seg, &target, e.offset_x(), e.offset_y()));
-        })
-    };
-    let on_leave = {
-        let hover = hover.clone();
-        Callback::from(move |_| hover.set(None))
-    };
     let on_opacity = {
         let ctx = ctx.clone();
         Callback::from(move |e: InputEvent| {
@@ -166,18 +108,14 @@ pub fn Viewer() -> Html {
                 <button class="secondary" disabled={!has_seg} onclick={download_map} data-role="download-map"
                     title="Grey PNG at the photo's size: pixel value = label number in the legend (0 = first)">{ "Download label map" }</button>
             </div>
-            <div class="frame" style={frame_style(photo.size, 70)}>
-                <img ref={img} src={photo.preview_url.clone()} alt="Your photo" data-role="photo" />
-                <canvas ref={overlay} class={classes!("overlay", (!has_seg).then_some("hidden"))} data-role="overlay"
-                    onmousemove={on_move} onmouseleave={on_leave}></canvas>
-                if s.pending_photo.is_some() { <div class="badge">{ "Opening the new photo…" }</div> }
-                if let Some(h) = &*hover {
-                    <div class="hover" style={format!("left:{}px;top:{}px", h.x + 14, h.y + 14)} data-role="hover">
-                        <span class="swatch" style={format!("background:{}", crate::palette::css(h.colour))}></span>
-                        { format!("{} · {:.0} %", h.label, h.confidence * 100.0) }
-                    </div>
-                }
-            </div>
+            if s.settings.compare.is_some() {
+                <div class="compare" data-role="compare-view">
+                    <Overlay side={Side::Primary} img={img} canvas={overlay} vh={55} />
+                    <Overlay side={Side::Compare} img={compare_img} canvas={compare_canvas} vh={55} />
+                </div>
+            } else {
+                <Overlay side={Side::Primary} img={img} canvas={overlay} vh={70} />
+            }
             if let Some(c) = credit { <p class="credit muted">{ format!("{c}{size}") }</p> }
         </section>
     }
@@ -192,26 +130,4 @@ pub fn frame_style(size: Option<(u32, u32)>, vh: u32) -> String {
         }
         _ => String::new(),
     }
-}
-
-fn read_out(seg: &SegView, target: &HtmlCanvasElement, ox: i32, oy: i32) -> Option<Hover> {
-    let (cw, ch) = (
-        target.client_width().max(1) as f64,
-        target.client_height().max(1) as f64,
-    );
-    let x = ((ox.max(0) as f64 / cw) * seg.width as f64) as usize;
-    let y = ((oy.max(0) as f64 / ch) * seg.height as f64) as usize;
-    let (x, y) = (
-        x.min(seg.width as usize - 1),
-        y.min(seg.height as usize - 1),
-    );
-    let i = y * seg.width as usize + x;
-    let l = *seg.label_map.get(i)? as usize;
-    Some(Hover {
-        x: ox,
-        y: oy,
-        label: seg.labels.get(l)?.clone(),
-        confidence: *seg.confidence.get(i)? as f32 / 255.0,
-        colour: *seg.colours.get(l)?,
-    })
 }

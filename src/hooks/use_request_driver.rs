@@ -1,7 +1,9 @@
 //! Effects that keep the worker's results in step with the state: load the configured
 //! weights once the worker is up, and re-segment / re-cluster (debounced) whenever labels,
-//! settings, photo or model change. A label edit therefore costs one cheap `Segment` request;
-//! the image is only encoded again when the photo, resolution or model changes.
+//! settings, photo or model change. A label edit therefore costs one cheap `Segment` request
+//! per overlay; the image is only encoded again when the photo, resolution or model changes (a
+//! mode switch computes one last block from the worker's cached trunk). Where PAMR is too slow
+//! for a live edit (448), the edit is segmented unrefined at once and refined once it settles.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -10,11 +12,13 @@ use gloo_timers::callback::Timeout;
 use yew::prelude::*;
 
 use crate::context::AppCtx;
-use crate::protocol::{Mode, Preset, TemplateSet};
-use crate::state::{LoadPhase, WeightsSource};
+use crate::protocol::{Mode, Preset, Side, TemplateSet};
+use crate::state::{LoadPhase, Method, WeightsSource};
 
 /// Typing pause before a label change is sent.
 const DEBOUNCE_MS: u32 = 180;
+/// Pause after which an edit has settled: the refinement too slow for a live edit follows.
+const SETTLE_MS: u32 = 700;
 
 #[derive(Clone, PartialEq)]
 struct SegmentKey {
@@ -22,7 +26,7 @@ struct SegmentKey {
     photo: Option<u64>,
     labels: Vec<String>,
     background: Option<usize>,
-    mode: Mode,
+    method: Option<Method>,
     resolution: Preset,
     templates: TemplateSet,
 }
@@ -33,6 +37,43 @@ struct KMeansKey {
     photo: Option<u64>,
     k: usize,
     resolution: Preset,
+    mode: Mode,
+}
+
+/// Keep one overlay's segmentation in step (debounced), and send its settled refinement
+/// after a pause where that differs from the live one.
+#[hook]
+fn use_segment_driver(ctx: &AppCtx, side: Side) {
+    let s = &*ctx.state;
+    let timers: Rc<RefCell<(Option<Timeout>, Option<Timeout>)>> = use_mut_ref(|| (None, None));
+    let ctx = ctx.clone();
+    let key = SegmentKey {
+        model: s.model_generation,
+        photo: s.photo.as_ref().map(|p| p.id),
+        labels: s.label_texts(),
+        background: s.background_index(),
+        method: s.settings.method(side),
+        resolution: s.settings.resolution,
+        templates: s.settings.templates,
+    };
+    use_effect_with(key, move |key| {
+        let ready =
+            key.model > 0 && key.photo.is_some() && !key.labels.is_empty() && key.method.is_some();
+        let mut t = timers.borrow_mut();
+        // Dropping a pending timeout cancels it.
+        *t = (None, None);
+        if ready {
+            let c = ctx.clone();
+            t.0 = Some(Timeout::new(DEBOUNCE_MS, move || {
+                c.send_segment(side, false);
+            }));
+            if key.method.is_some_and(|m| m.settles_later(key.resolution)) {
+                t.1 = Some(Timeout::new(SETTLE_MS, move || {
+                    ctx.send_segment(side, true);
+                }));
+            }
+        }
+    });
 }
 
 #[hook]
@@ -76,31 +117,8 @@ pub fn use_request_driver(ctx: &AppCtx) {
         use_effect_with(s.worker_computing(), move |on| worker.set_computing(*on));
     }
 
-    let seg_timer: Rc<RefCell<Option<Timeout>>> = use_mut_ref(|| None);
-    {
-        let ctx = ctx.clone();
-        let key = SegmentKey {
-            model: s.model_generation,
-            photo: s.photo.as_ref().map(|p| p.id),
-            labels: s.label_texts(),
-            background: s.background_index(),
-            mode: s.settings.mode,
-            resolution: s.settings.resolution,
-            templates: s.settings.templates,
-        };
-        use_effect_with(key, move |key| {
-            let ready = key.model > 0 && key.photo.is_some() && !key.labels.is_empty();
-            let mut slot = seg_timer.borrow_mut();
-            // Dropping a pending timeout cancels it.
-            *slot = None;
-            if ready {
-                let ctx = ctx.clone();
-                *slot = Some(Timeout::new(DEBOUNCE_MS, move || {
-                    ctx.send_segment();
-                }));
-            }
-        });
-    }
+    use_segment_driver(ctx, Side::Primary);
+    use_segment_driver(ctx, Side::Compare);
 
     let km_timer: Rc<RefCell<Option<Timeout>>> = use_mut_ref(|| None);
     {
@@ -110,6 +128,7 @@ pub fn use_request_driver(ctx: &AppCtx) {
             photo: s.photo.as_ref().map(|p| p.id),
             k: s.settings.k,
             resolution: s.settings.resolution,
+            mode: s.settings.mode,
         };
         use_effect_with(key, move |key| {
             let ready = key.model > 0 && key.photo.is_some();

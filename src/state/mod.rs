@@ -19,7 +19,7 @@ use clipdino::limits::{self, LimitError};
 use yew::Reducible;
 
 use crate::palette;
-pub use crate::protocol::{Mode, Precision, Preset, TemplateSet};
+pub use crate::protocol::{Mode, Precision, Preset, Refine, Side, TemplateSet};
 use crate::protocol::{ModelInfo, Progress, RequestId, Response, Stage, ThreadInfo, WeightSet};
 pub use life::WorkerLife;
 pub use quality::{QualityLine, SiteQuality};
@@ -62,9 +62,68 @@ impl Label {
     }
 }
 
+/// What one overlay shows: whose dense features (the mode) and how the probabilities are
+/// refined. The compare view shows two of them on the same photo, labels and encode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Method {
+    pub mode: Mode,
+    pub refine: Refine,
+}
+
+impl Method {
+    /// "NACLIP + PAMR", "CLIP-DINOiser".
+    pub fn title(self) -> String {
+        match self.refine {
+            Refine::None => self.mode.title().to_string(),
+            Refine::Pamr { .. } => format!("{} + PAMR", self.mode.title()),
+        }
+    }
+
+    /// The refinement to compute while labels are being edited: PAMR is live up to
+    /// [`PAMR_LIVE_MAX_SIDE`] (≈ 110 ms at 448×336 in wasm, within a live edit's budget); at the
+    /// paper's 448 (≈ 200 ms, plus windows) the edit is segmented unrefined and PAMR follows
+    /// once it settles ([`Method::settles_later`]).
+    pub fn live_refine(self, resolution: Preset) -> Refine {
+        let live = resolution
+            .short_side()
+            .is_some_and(|s| s <= PAMR_LIVE_MAX_SIDE);
+        if live {
+            self.refine
+        } else {
+            Refine::None
+        }
+    }
+
+    /// Whether a second, refined segmentation follows the live one once an edit settles.
+    pub fn settles_later(self, resolution: Preset) -> bool {
+        self.live_refine(resolution) != self.refine
+    }
+}
+
+/// Largest processing short side at which PAMR runs on every label edit.
+pub const PAMR_LIVE_MAX_SIDE: usize = 336;
+
+/// The compare view's second method when it is switched on: another mode than the primary
+/// one (NACLIP, the strongest training-free one without the head; MaskCLIP beside NACLIP),
+/// with the same refinement.
+pub fn default_compare(primary: Method) -> Method {
+    Method {
+        mode: if primary.mode == Mode::NaClip {
+            Mode::MaskClip
+        } else {
+            Mode::NaClip
+        },
+        refine: primary.refine,
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
+    /// The primary overlay's method (the K-Means view follows its mode).
     pub mode: Mode,
+    pub refine: Refine,
+    /// The compare view's second overlay, when it is on.
+    pub compare: Option<Method>,
     pub resolution: Preset,
     pub templates: TemplateSet,
     /// K-Means cluster count.
@@ -77,10 +136,30 @@ pub struct Settings {
     pub precision: Precision,
 }
 
+impl Settings {
+    pub fn primary(&self) -> Method {
+        Method {
+            mode: self.mode,
+            refine: self.refine,
+        }
+    }
+
+    /// The method of an overlay (`None`: the compare view is off).
+    pub fn method(&self, side: Side) -> Option<Method> {
+        match side {
+            Side::Primary => Some(self.primary()),
+            Side::Compare => self.compare,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
             mode: Mode::Dinoiser,
+            // On by default: a live label edit with PAMR at 336 measured ≈ 130–150 ms in wasm.
+            refine: Refine::PAMR,
+            compare: None,
             resolution: Preset::Balanced,
             templates: TemplateSet::Fast,
             k: 6,
@@ -141,7 +220,14 @@ pub struct SegView {
     pub confidence: Rc<Vec<u8>>,
     pub areas: Vec<f32>,
     pub millis: f64,
+    /// What was computed (the worker's answer: MaskCLIP stands in for CLIP-DINOiser without
+    /// a head).
     pub mode: Mode,
+    pub refine: Refine,
+    /// The mode's last block computed from the cached trunk for this result, in ms.
+    pub mode_millis: Option<f64>,
+    /// Classifying + refining + maps, in ms.
+    pub segment_millis: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -151,7 +237,9 @@ pub struct KMeansView {
     pub width: u32,
     pub height: u32,
     pub raw: Rc<Vec<u8>>,
+    /// Clusters of `mode`'s features (none for MaskCLIP itself).
     pub refined: Option<Rc<Vec<u8>>>,
+    pub mode: Mode,
     pub millis: f64,
 }
 
@@ -185,6 +273,8 @@ pub struct Latest {
     pub load: RequestId,
     pub image: RequestId,
     pub segment: RequestId,
+    /// The compare view's second overlay.
+    pub compare: RequestId,
     pub kmeans: RequestId,
 }
 
@@ -193,7 +283,18 @@ pub enum Kind {
     Load,
     Image,
     Segment,
+    Compare,
     KMeans,
+}
+
+impl Kind {
+    /// The request kind of an overlay's segmentations.
+    pub fn segment(side: Side) -> Kind {
+        match side {
+            Side::Primary => Kind::Segment,
+            Side::Compare => Kind::Compare,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -226,11 +327,15 @@ pub struct State {
     /// The image encoded for the current photo (None while encoding).
     pub encoded: Option<EncodeInfo>,
     pub segmentation: Option<Rc<SegView>>,
+    /// The compare view's second overlay.
+    pub compare_segmentation: Option<Rc<SegView>>,
     pub kmeans: Option<Rc<KMeansView>>,
     /// Image-side work in progress (decode, encode, embed, segment, k-means).
     pub work: Option<Progress>,
     /// Image encodes done by the worker (a label edit must not change it).
     pub encodes: u64,
+    /// Last blocks the worker computed from a cached trunk (mode switches, not encodes).
+    pub mode_blocks: u64,
     /// Labels the worker embedded with the text tower, and labels it read back from browser
     /// storage (shown in the debug line; the page tests read them).
     pub label_embeds: u64,
@@ -423,6 +528,7 @@ impl State {
         }
         if self.labels.is_empty() {
             self.segmentation = None;
+            self.compare_segmentation = None;
         }
     }
 
@@ -440,7 +546,16 @@ impl State {
             Kind::Load => l.load,
             Kind::Image => l.image,
             Kind::Segment => l.segment,
+            Kind::Compare => l.compare,
             Kind::KMeans => l.kmeans,
+        }
+    }
+
+    /// An overlay's segmentation.
+    pub fn segmentation_of(&self, side: Side) -> Option<&Rc<SegView>> {
+        match side {
+            Side::Primary => self.segmentation.as_ref(),
+            Side::Compare => self.compare_segmentation.as_ref(),
         }
     }
 
@@ -452,6 +567,8 @@ impl State {
             Some(Kind::Image)
         } else if id == l.segment {
             Some(Kind::Segment)
+        } else if id == l.compare {
+            Some(Kind::Compare)
         } else if id == l.kmeans {
             Some(Kind::KMeans)
         } else {
@@ -485,7 +602,12 @@ pub enum Action {
     ToggleBackground,
     /// Replace all labels by a preset list.
     SetLabels(Vec<String>),
-    SetMode(Mode),
+    /// An overlay's mode (the primary one's is also the K-Means view's).
+    SetMode(Side, Mode),
+    /// An overlay's refinement.
+    SetRefine(Side, Refine),
+    /// Show the compare view (a second overlay with its own method) or not.
+    SetCompare(bool),
     SetResolution(Preset),
     SetTemplates(TemplateSet),
     SetK(usize),
@@ -605,7 +727,26 @@ impl State {
                     self.add_labels(&list.join(","));
                 }
             }
-            Action::SetMode(m) => self.settings.mode = m,
+            Action::SetMode(Side::Primary, m) => self.settings.mode = m,
+            Action::SetRefine(Side::Primary, r) => self.settings.refine = r,
+            Action::SetMode(Side::Compare, m) => {
+                if let Some(c) = &mut self.settings.compare {
+                    c.mode = m;
+                }
+            }
+            Action::SetRefine(Side::Compare, r) => {
+                if let Some(c) = &mut self.settings.compare {
+                    c.refine = r;
+                }
+            }
+            Action::SetCompare(on) => {
+                if !on {
+                    self.settings.compare = None;
+                    self.compare_segmentation = None;
+                } else if self.settings.compare.is_none() {
+                    self.settings.compare = Some(default_compare(self.settings.primary()));
+                }
+            }
             Action::SetResolution(r) => self.settings.resolution = r,
             Action::SetTemplates(t) => self.settings.templates = t,
             Action::SetK(k) => self.settings.k = k.clamp(K_MIN, K_MAX),
@@ -625,6 +766,7 @@ impl State {
                     Kind::Load => l.load = id,
                     Kind::Image => l.image = id,
                     Kind::Segment => l.segment = id,
+                    Kind::Compare => l.compare = id,
                     Kind::KMeans => l.kmeans = id,
                 }
                 if kind == Kind::Load {
@@ -706,6 +848,12 @@ mod test_util {
                 label_map: Att(0),
                 confidence: Att(1),
                 areas: vec![1.0 / labels.len() as f32; labels.len()],
+                side: Side::Primary,
+                mode: Mode::Dinoiser,
+                refine: Refine::None,
+                mode_millis: None,
+                segment_millis: 1.0,
+                mode_blocks: 0,
                 encodes: 1,
                 label_embeds: labels.len() as u64,
                 label_loads: 0,
@@ -916,5 +1064,147 @@ mod tests {
         assert!(s.segmentation.is_some());
         s.apply(Action::RemoveLabel(s.labels[0].id));
         assert!(s.segmentation.is_none());
+    }
+
+    /// A segmentation reply for an overlay, with what the worker computed.
+    fn side_response(
+        id: RequestId,
+        side: Side,
+        mode: Mode,
+        refine: Refine,
+    ) -> (Response, Vec<Rc<Vec<u8>>>) {
+        let (mut r, p) = seg_response(id, &["cat", "dog"], 2, 2);
+        if let Response::Segmentation {
+            side: s,
+            mode: m,
+            refine: f,
+            mode_millis,
+            ..
+        } = &mut r
+        {
+            (*s, *m, *f, *mode_millis) = (side, mode, refine, Some(3.0));
+        }
+        (r, p)
+    }
+
+    #[test]
+    fn pamr_is_live_up_to_336_and_follows_the_edit_at_448() {
+        let pamr = Method {
+            mode: Mode::NaClip,
+            refine: Refine::PAMR,
+        };
+        for res in [Preset::Fast, Preset::Balanced] {
+            assert_eq!(pamr.live_refine(res), Refine::PAMR);
+            assert!(!pamr.settles_later(res));
+        }
+        assert_eq!(pamr.live_refine(Preset::Paper), Refine::None);
+        assert!(pamr.settles_later(Preset::Paper));
+        let off = Method {
+            refine: Refine::None,
+            ..pamr
+        };
+        assert!(!off.settles_later(Preset::Paper));
+        assert_eq!(pamr.title(), "NACLIP + PAMR");
+        assert_eq!(off.title(), "NACLIP");
+        // PAMR is on by default (a live edit at the default 336 fits the budget).
+        let s = State::default();
+        assert_eq!(s.settings.refine, Refine::PAMR);
+        assert_eq!(s.settings.resolution.short_side(), Some(PAMR_LIVE_MAX_SIDE));
+    }
+
+    #[test]
+    fn every_overlay_has_its_own_method_and_result() {
+        let mut s = with_labels("cat, dog");
+        // Off: compare actions change nothing.
+        s.apply(Action::SetMode(Side::Compare, Mode::SClip));
+        assert_eq!(s.settings.compare, None);
+        assert_eq!(s.settings.method(Side::Compare), None);
+        s.apply(Action::SetMode(Side::Primary, Mode::ClearClip));
+        s.apply(Action::SetRefine(Side::Primary, Refine::None));
+        s.apply(Action::SetCompare(true));
+        assert_eq!(
+            s.settings.compare,
+            Some(Method {
+                mode: Mode::NaClip,
+                refine: Refine::None
+            }),
+            "another mode than the primary one, same refinement"
+        );
+        s.apply(Action::SetMode(Side::Compare, Mode::SClip));
+        s.apply(Action::SetRefine(Side::Compare, Refine::PAMR));
+        assert_eq!(
+            s.settings.method(Side::Compare).unwrap().title(),
+            "SCLIP + PAMR"
+        );
+        assert_eq!(s.settings.primary().title(), "ClearCLIP");
+        // Switching it on again keeps the chosen method.
+        s.apply(Action::SetCompare(true));
+        assert_eq!(s.settings.compare.unwrap().mode, Mode::SClip);
+
+        // Both overlays' requests are current at once; each reply goes to its own overlay.
+        s.apply(Action::Sent(Kind::segment(Side::Primary), 10));
+        s.apply(Action::Sent(Kind::segment(Side::Compare), 11));
+        let (r, p) = side_response(11, Side::Compare, Mode::SClip, Refine::PAMR);
+        s.apply(Action::Worker(r, p));
+        assert!(s.segmentation.is_none());
+        let c = s.compare_segmentation.clone().unwrap();
+        assert_eq!(
+            (c.mode, c.refine, c.mode_millis),
+            (Mode::SClip, Refine::PAMR, Some(3.0))
+        );
+        let (r, p) = side_response(10, Side::Primary, Mode::ClearClip, Refine::None);
+        s.apply(Action::Worker(r, p));
+        assert_eq!(s.segmentation.as_ref().unwrap().mode, Mode::ClearClip);
+        assert_eq!(s.segmentation_of(Side::Compare).unwrap().id, 11);
+        // A reply of one side's superseded request, or tagged with the other side, is dropped.
+        s.apply(Action::Sent(Kind::Compare, 12));
+        let (r, p) = side_response(11, Side::Compare, Mode::SClip, Refine::PAMR);
+        s.apply(Action::Worker(r, p));
+        let (r, p) = side_response(12, Side::Primary, Mode::SClip, Refine::PAMR);
+        s.apply(Action::Worker(r, p));
+        assert_eq!(s.compare_segmentation.as_ref().unwrap().id, 11);
+        assert_eq!(s.segmentation.as_ref().unwrap().id, 10);
+        // Closing the compare view drops its result, and a late reply does not bring it back.
+        s.apply(Action::SetCompare(false));
+        assert!(s.compare_segmentation.is_none());
+        let (r, p) = side_response(12, Side::Compare, Mode::SClip, Refine::PAMR);
+        s.apply(Action::Worker(r, p));
+        assert!(s.compare_segmentation.is_none());
+        assert!(s.segmentation.is_some());
+        // A new photo clears both overlays.
+        s.apply(Action::SetCompare(true));
+        let (r, p) = side_response(12, Side::Compare, Mode::SClip, Refine::PAMR);
+        s.apply(Action::Worker(r, p));
+        assert!(s.compare_segmentation.is_some());
+        s.apply(Action::PhotoRequested(photo(20, "blob:y")));
+        s.apply(Action::Worker(
+            Response::ImageDecoded {
+                id: 20,
+                width: 4,
+                height: 3,
+            },
+            vec![],
+        ));
+        assert!(s.segmentation.is_none() && s.compare_segmentation.is_none());
+    }
+
+    #[test]
+    fn the_worker_says_which_mode_it_computed() {
+        // CLIP-DINOiser asked, no head: the worker answers MaskCLIP and the view says so.
+        let mut s = with_labels("cat, dog");
+        s.apply(Action::Sent(Kind::Segment, 3));
+        let (mut r, p) = side_response(3, Side::Primary, Mode::MaskClip, Refine::PAMR);
+        if let Response::Segmentation {
+            mode_blocks,
+            encodes,
+            ..
+        } = &mut r
+        {
+            (*mode_blocks, *encodes) = (4, 1);
+        }
+        s.apply(Action::Worker(r, p));
+        let v = s.segmentation.clone().unwrap();
+        assert_eq!((s.settings.mode, v.mode), (Mode::Dinoiser, Mode::MaskClip));
+        assert_eq!((s.mode_blocks, s.encodes), (4, 1));
     }
 }

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use super::{Area, EncodeInfo, KMeansView, Kind, LoadPhase, SegView, SiteQuality, State};
-use crate::protocol::{ErrorContext, RequestId, Response, Stage};
+use crate::protocol::{ErrorContext, RequestId, Response, Side, Stage};
 
 impl State {
     fn work_is(&self, stage: Stage) -> bool {
@@ -56,6 +56,7 @@ impl State {
                     self.model_generation += 1;
                     self.encoded = None;
                     self.segmentation = None;
+                    self.compare_segmentation = None;
                     self.kmeans = None;
                     // After a crash the same weights come back: the message about it stays.
                     if !std::mem::take(&mut self.life.recovering) {
@@ -76,6 +77,7 @@ impl State {
                             let old = self.photo.replace(p);
                             self.photo_replaced(old);
                             self.segmentation = None;
+                            self.compare_segmentation = None;
                             self.kmeans = None;
                             self.encoded = None;
                             self.work = None;
@@ -115,6 +117,12 @@ impl State {
                 label_map,
                 confidence,
                 areas,
+                side,
+                mode,
+                refine,
+                mode_millis,
+                segment_millis,
+                mode_blocks,
                 encodes,
                 label_embeds,
                 label_loads,
@@ -122,9 +130,12 @@ impl State {
                 warnings,
             } => {
                 self.encodes = self.encodes.max(encodes);
+                self.mode_blocks = self.mode_blocks.max(mode_blocks);
                 self.label_embeds = self.label_embeds.max(label_embeds);
                 self.label_loads = self.label_loads.max(label_loads);
-                if !self.is_latest(Kind::Segment, id) {
+                // The compare view may have been closed while its request was out.
+                if !self.is_latest(Kind::segment(side), id) || self.settings.method(side).is_none()
+                {
                     return;
                 }
                 self.work = None;
@@ -134,7 +145,7 @@ impl State {
                         if m.len() == n && c.len() == n && areas.len() == labels.len() =>
                     {
                         let colours = self.colours_for(&labels);
-                        self.segmentation = Some(Rc::new(SegView {
+                        let view = Some(Rc::new(SegView {
                             id,
                             width,
                             height,
@@ -144,8 +155,15 @@ impl State {
                             confidence: c,
                             areas,
                             millis,
-                            mode: self.settings.mode,
+                            mode,
+                            refine,
+                            mode_millis,
+                            segment_millis,
                         }));
+                        match side {
+                            Side::Primary => self.segmentation = view,
+                            Side::Compare => self.compare_segmentation = view,
+                        }
                         if warnings.is_empty() {
                             self.clear_notice_for_result(Area::Result);
                         } else {
@@ -166,6 +184,7 @@ impl State {
                 height,
                 raw,
                 refined,
+                mode,
                 encodes,
                 millis,
             } => {
@@ -188,6 +207,7 @@ impl State {
                             height,
                             raw,
                             refined: None,
+                            mode,
                             millis,
                         }))
                     }
@@ -199,6 +219,7 @@ impl State {
                             height,
                             raw,
                             refined: Some(r),
+                            mode,
                             millis,
                         }))
                     }
@@ -469,6 +490,7 @@ mod tests {
             height: 2,
             raw: Att(0),
             refined: Some(Att(1)),
+            mode: Mode::Dinoiser,
             encodes: 2,
             millis: 1.0,
         };

@@ -1,12 +1,18 @@
-//! Share links: `#labels=cat,dog&mode=dinoiser&res=336&tpl=7&k=6&opacity=55&sample=chelsea&model=…`
+//! Share links: `#labels=cat,dog&mode=dinoiser&refine=pamr&compare=naclip&compare_refine=pamr&res=336&tpl=7&k=6&opacity=55&sample=chelsea&model=…`
 //! (or `…&sample=chelsea&precision=high` for the site's high-precision bundle).
+//!
+//! `mode` / `compare` take a mode's name ([`Mode::name`]), `refine` / `compare_refine` a
+//! refinement's (`none`, `pamr`, `pamr:N`; written only when not `none`). A link that names a
+//! mode but no refinement was written before refinement existed and opens unrefined, as it
+//! looked; the compare view is on exactly when `compare` is there.
 //!
 //! A page's query string and fragment are read into a [`Share`] (bad values are ignored with a
 //! warning each: links are user data); the state writes its own [`Share`] back as the fragment.
 //! Old links keep working: the keys and values below are a public format.
 
 use super::{
-    normalise_label, Area, Mode, Precision, Preset, State, TemplateSet, WeightsSource, K_MAX, K_MIN,
+    normalise_label, Area, Method, Mode, Precision, Preset, Refine, State, TemplateSet,
+    WeightsSource, K_MAX, K_MIN,
 };
 use crate::protocol::RESOLUTIONS;
 use crate::url::{is_fetchable_url, percent_decode, percent_encode};
@@ -18,11 +24,23 @@ fn resolution_of(short_side: usize) -> Option<Preset> {
         .find(|r| r.short_side() == Some(short_side))
 }
 
+/// A mode by its name ([`Mode::name`]), or the old spelling `clip-dinoiser`.
+fn mode_of(name: &str) -> Option<Mode> {
+    match name {
+        "clip-dinoiser" => Some(Mode::Dinoiser),
+        n => n.parse().ok(),
+    }
+}
+
 /// Everything a share link (or the page URL) can hold. `None` = not given.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Share {
     pub labels: Option<Vec<String>>,
     pub mode: Option<Mode>,
+    /// The primary overlay's refinement (`None`: not written, i.e. none — see the module).
+    pub refine: Option<Refine>,
+    /// The compare view's method (`None`: off).
+    pub compare: Option<Method>,
     pub resolution: Option<Preset>,
     pub templates: Option<TemplateSet>,
     pub k: Option<usize>,
@@ -52,9 +70,25 @@ impl Share {
         let mut share = Share::default();
         let mut warnings = Vec::new();
         let (mut model, mut clip, mut head, mut config) = (None, None, None, None);
+        let (mut compare_mode, mut compare_refine) = (None, None);
+        let modes = || {
+            let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+            names.join(", ")
+        };
         for (key, raw) in pairs(query).chain(pairs(fragment)) {
             let value = percent_decode(&raw);
             let bad = |w: &mut Vec<String>| w.push(format!("Ignored `{key}={value}` in the link."));
+            let bad_mode = |w: &mut Vec<String>| {
+                w.push(format!(
+                    "Ignored `{key}={value}` in the link: the modes are {}.",
+                    modes()
+                ))
+            };
+            let bad_refine = |w: &mut Vec<String>| {
+                w.push(format!(
+                    "Ignored `{key}={value}` in the link: the refinements are none and pamr."
+                ))
+            };
             match key.as_str() {
                 "labels" | "l" => {
                     // Labels are separated by encoded-free commas; each part is decoded alone.
@@ -66,10 +100,21 @@ impl Share {
                         .collect();
                     share.labels = Some(list);
                 }
-                "mode" => match value.as_str() {
-                    "dinoiser" | "clip-dinoiser" => share.mode = Some(Mode::Dinoiser),
-                    "maskclip" => share.mode = Some(Mode::MaskClip),
-                    _ => bad(&mut warnings),
+                "mode" => match mode_of(&value) {
+                    Some(m) => share.mode = Some(m),
+                    None => bad_mode(&mut warnings),
+                },
+                "compare" => match mode_of(&value) {
+                    Some(m) => compare_mode = Some(m),
+                    None => bad_mode(&mut warnings),
+                },
+                "refine" => match value.parse::<Refine>() {
+                    Ok(r) => share.refine = Some(r),
+                    Err(_) => bad_refine(&mut warnings),
+                },
+                "compare_refine" => match value.parse::<Refine>() {
+                    Ok(r) => compare_refine = Some(r),
+                    Err(_) => bad_refine(&mut warnings),
                 },
                 "res" => match value.parse().ok().and_then(resolution_of) {
                     Some(r) => share.resolution = Some(r),
@@ -109,6 +154,13 @@ impl Share {
                 "config" => config = Some(value),
                 _ => {}
             }
+        }
+        share.compare = compare_mode.map(|mode| Method {
+            mode,
+            refine: compare_refine.unwrap_or(Refine::None),
+        });
+        if compare_mode.is_none() && compare_refine.is_some() {
+            warnings.push("Ignored `compare_refine`: the link names no `compare` mode.".into());
         }
         let url_ok = |u: &Option<String>| u.as_deref().is_none_or(is_fetchable_url);
         for (name, u) in [
@@ -154,6 +206,15 @@ impl Share {
         }
         if let Some(m) = self.mode {
             parts.push(format!("mode={}", m.name()));
+        }
+        if let Some(r) = self.refine.filter(|r| *r != Refine::None) {
+            parts.push(format!("refine={r}"));
+        }
+        if let Some(c) = self.compare {
+            parts.push(format!("compare={}", c.mode.name()));
+            if c.refine != Refine::None {
+                parts.push(format!("compare_refine={}", c.refine));
+            }
         }
         if let Some(r) = self.resolution {
             if let Some(px) = r.short_side() {
@@ -208,6 +269,15 @@ impl State {
         if let Some(m) = share.mode {
             self.settings.mode = m;
         }
+        // A link with a mode and no refinement predates refinement: it opens as it looked.
+        match share.refine {
+            Some(r) => self.settings.refine = r,
+            None if share.mode.is_some() => self.settings.refine = Refine::None,
+            None => {}
+        }
+        if share.compare.is_some() || share.mode.is_some() {
+            self.settings.compare = share.compare;
+        }
         if let Some(r) = share.resolution {
             self.settings.resolution = r;
         }
@@ -247,6 +317,8 @@ impl State {
         Share {
             labels: Some(self.label_texts()),
             mode: Some(self.settings.mode),
+            refine: Some(self.settings.refine).filter(|r| *r != Refine::None),
+            compare: self.settings.compare,
             resolution: Some(self.settings.resolution),
             templates: Some(self.settings.templates),
             k: Some(self.settings.k),
@@ -269,7 +341,7 @@ mod tests {
     #[test]
     fn share_fragment_round_trip() {
         let mut s = with_labels("cat,hot dog,crème brûlée,a&b=c #1,background");
-        s.apply(Action::SetMode(Mode::MaskClip));
+        s.apply(Action::SetMode(Side::Primary, Mode::MaskClip));
         s.apply(Action::SetResolution(Preset::Paper));
         s.apply(Action::SetTemplates(TemplateSet::Full));
         s.apply(Action::SetK(9));
@@ -459,5 +531,83 @@ mod tests {
             s.requested_sample, None,
             "a local photo replaces the linked sample"
         );
+    }
+
+    #[test]
+    fn links_carry_the_methods_and_the_comparison() {
+        let mut s = with_labels("cat,dog");
+        s.apply(Action::SetMode(Side::Primary, Mode::NaClip));
+        s.apply(Action::SetCompare(true));
+        s.apply(Action::SetMode(Side::Compare, Mode::ClearClip));
+        s.apply(Action::SetRefine(Side::Compare, Refine::None));
+        let frag = s.share().to_fragment();
+        assert!(
+            frag.contains("&mode=naclip&refine=pamr&compare=clearclip&res=336&"),
+            "{frag}"
+        );
+        let (sh, w) = Share::parse("", &frag);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(sh, s.share());
+        let fresh = State::from_link(&sh, w);
+        assert_eq!(fresh.settings, s.settings);
+        // Refinements of both sides, PAMR with its iterations.
+        let (sh, w) = Share::parse(
+            "",
+            "mode=sclip&refine=pamr:5&compare=dinoiser&compare_refine=pamr",
+        );
+        assert!(w.is_empty(), "{w:?}");
+        let s = State::from_link(&sh, w);
+        assert_eq!(s.settings.refine, Refine::Pamr { iterations: 5 });
+        assert_eq!(
+            s.settings.compare,
+            Some(Method {
+                mode: Mode::Dinoiser,
+                refine: Refine::PAMR
+            })
+        );
+        assert!(s
+            .share()
+            .to_fragment()
+            .contains("mode=sclip&refine=pamr:5&compare=dinoiser&compare_refine=pamr&"));
+        // A link that names a mode and no refinement predates refinement: it opens unrefined,
+        // with no compare view; a page without a link starts with the defaults.
+        let s = State::from_link(&Share::parse("", "mode=dinoiser&res=336").0, vec![]);
+        assert_eq!(
+            (s.settings.refine, s.settings.compare),
+            (Refine::None, None)
+        );
+        let s = State::from_link(&Share::parse("", "labels=cat").0, vec![]);
+        assert_eq!(s.settings.refine, Refine::PAMR);
+        // Unknown values: a notice that says what is allowed, the rest of the link is used.
+        let (sh, w) = Share::parse(
+            "",
+            "labels=cat&mode=segformer&refine=crf&compare=naclip&compare_refine=pamr:999&k=3",
+        );
+        assert_eq!((sh.mode, sh.refine, sh.k), (None, None, Some(3)));
+        assert_eq!(
+            sh.compare,
+            Some(Method {
+                mode: Mode::NaClip,
+                refine: Refine::None
+            })
+        );
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert_eq!(
+            w[0],
+            "Ignored `mode=segformer` in the link: the modes are dinoiser, maskclip, clearclip, naclip, sclip."
+        );
+        assert_eq!(
+            w[1],
+            "Ignored `refine=crf` in the link: the refinements are none and pamr."
+        );
+        let s = State::from_link(&sh, w);
+        assert!(s
+            .notice(Area::Share)
+            .unwrap()
+            .text
+            .contains("compare_refine=pamr:999"));
+        assert_eq!(s.label_texts(), ["cat"]);
+        let (sh, w) = Share::parse("", "compare_refine=pamr&compare=%00");
+        assert_eq!((sh.compare, w.len()), (None, 2), "{w:?}");
     }
 }

@@ -2,6 +2,7 @@
 //! runs next; a body does the work (through [`Model`] and the browser's decoders) and reports
 //! the outcome back, which the scheduler may refuse when it went stale meanwhile.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use wasm_bindgen_futures::spawn_local;
@@ -142,7 +143,7 @@ async fn encode(shared: &Shared, key: FeatureKey, photo: &Decoded, for_id: u64) 
     let encodes = {
         let mut st = shared.borrow_mut();
         // A new model (or photo) arrived meanwhile: these features are void.
-        if !st.sched.encoded(key, feats) {
+        if !st.sched.encoded(key, RefCell::new(feats)) {
             return;
         }
         st.encodes += 1;
@@ -247,9 +248,34 @@ async fn segment(shared: &Shared, slot: Slot, request: &SegmentRequest) {
         return;
     };
     progress(id, Stage::Segment, None, 0, None, false);
-    let result = model
-        .label_matrix(labels, templates)
-        .and_then(|m| model.segment(&feats, &m, request.mode, request.background));
+    let mode = Model::usable_mode(&feats.borrow(), request.mode);
+    if mode != request.mode {
+        warnings.push(format!(
+            "No CLIP-DINOiser head is loaded: showing {} instead of {}.",
+            mode.title(),
+            request.mode.title()
+        ));
+    }
+    let mode_millis = match prepare_mode(shared, &model, &feats, mode) {
+        Ok(ms) => ms,
+        Err(e) => {
+            return post_error(
+                Some(id),
+                ErrorContext::Segment,
+                format!("Computing the {} features failed: {e}", mode.title()),
+            )
+        }
+    };
+    let segment_started = now_ms();
+    let result = model.label_matrix(labels, templates).and_then(|m| {
+        model.segment(
+            &feats.borrow(),
+            &m,
+            mode,
+            request.refine,
+            request.background,
+        )
+    });
     let maps = match result {
         Ok(r) => r,
         Err(e) => {
@@ -260,12 +286,10 @@ async fn segment(shared: &Shared, slot: Slot, request: &SegmentRequest) {
             )
         }
     };
-    if request.mode == Mode::Dinoiser && !feats.has_refined() {
-        warnings.push("No CLIP-DINOiser head is loaded: showing raw MaskCLIP.".into());
-    }
-    let (encodes, label_embeds, label_loads) = {
+    let segment_millis = now_ms() - segment_started;
+    let (encodes, mode_blocks, label_embeds, label_loads) = {
         let st = shared.borrow();
-        (st.encodes, st.label_embeds, st.label_loads)
+        (st.encodes, st.mode_blocks, st.label_embeds, st.label_loads)
     };
     post(
         &Response::Segmentation {
@@ -276,6 +300,12 @@ async fn segment(shared: &Shared, slot: Slot, request: &SegmentRequest) {
             label_map: Att(0),
             confidence: Att(1),
             areas: maps.areas,
+            side: request.side,
+            mode,
+            refine: request.refine,
+            mode_millis,
+            segment_millis,
+            mode_blocks,
             encodes,
             label_embeds,
             label_loads,
@@ -286,7 +316,23 @@ async fn segment(shared: &Shared, slot: Slot, request: &SegmentRequest) {
     );
 }
 
-fn kmeans(shared: &Shared, request: &KMeansRequest, feats: &ImageFeatures) {
+/// Compute `mode`'s last block from the cached trunk when `feats` lack it (a mode switch):
+/// its milliseconds, or `None` when it was cached.
+fn prepare_mode(
+    shared: &Shared,
+    model: &Model,
+    feats: &RefCell<ImageFeatures>,
+    mode: Mode,
+) -> Result<Option<f64>, String> {
+    let started = now_ms();
+    if !model.prepare_mode(&mut feats.borrow_mut(), mode)? {
+        return Ok(None);
+    }
+    shared.borrow_mut().mode_blocks += 1;
+    Ok(Some(now_ms() - started))
+}
+
+fn kmeans(shared: &Shared, request: &KMeansRequest, feats: &RefCell<ImageFeatures>) {
     let (model, encodes) = {
         let st = shared.borrow();
         let Some(m) = st.model.clone() else { return };
@@ -294,7 +340,10 @@ fn kmeans(shared: &Shared, request: &KMeansRequest, feats: &ImageFeatures) {
     };
     let started = now_ms();
     progress(request.id, Stage::KMeans, None, 0, None, false);
-    match model.kmeans(feats, request.k) {
+    let mode = Model::usable_mode(&feats.borrow(), request.mode);
+    let result = prepare_mode(shared, &model, feats, mode)
+        .and_then(|_| model.kmeans(&feats.borrow(), request.k, mode));
+    match result {
         Ok(maps) => {
             let mut atts = vec![buffer_of(&maps.raw)];
             let refined_att = maps.refined.map(|r| {
@@ -309,6 +358,7 @@ fn kmeans(shared: &Shared, request: &KMeansRequest, feats: &ImageFeatures) {
                     height: maps.height,
                     raw: Att(0),
                     refined: refined_att,
+                    mode,
                     encodes,
                     millis: now_ms() - started,
                 },

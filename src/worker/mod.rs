@@ -39,7 +39,7 @@ use clipdino::tokenizer::ClipTokenizer;
 
 use crate::protocol::{
     from_json, to_json, Att, ErrorContext, Fault, ImageInput, LocalFile, Progress, Request,
-    RequestId, Response, Stage,
+    RequestId, Response, Side, Stage,
 };
 use crate::transport::{pack, unpack};
 use model::Model;
@@ -48,7 +48,9 @@ use scheduler::{Scheduler, Slot};
 /// What the worker holds between messages.
 #[derive(Default)]
 struct State {
-    sched: Scheduler<Option<Blob>, image::Decoded, ImageFeatures>,
+    /// The features are the photo's encode: the trunk (the tokens entering the last block)
+    /// and every mode's last block computed from it so far, added in place on a mode switch.
+    sched: Scheduler<Option<Blob>, image::Decoded, RefCell<ImageFeatures>>,
     /// The model of generation `sched.model()`.
     model: Option<Rc<Model>>,
     /// [`label_cache::weights_fingerprint`] of `model`'s files plus its compute path (set
@@ -60,6 +62,8 @@ struct State {
     /// Image encodes done; labels run through the text tower; labels read back from browser
     /// storage (the page shows them; the page tests read them).
     encodes: u64,
+    /// Last blocks computed from a cached trunk (mode switches; never an encode).
+    mode_blocks: u64,
     label_embeds: u64,
     label_loads: u64,
     /// The job loop runs.
@@ -196,7 +200,11 @@ fn on_message(shared: &Shared, ev: MessageEvent) {
             jobs::kick(shared);
         }
         Request::Segment(r) => {
-            shared.borrow_mut().sched.segment(Slot::MAIN, r);
+            let slot = match r.side {
+                Side::Primary => Slot::MAIN,
+                Side::Compare => Slot::COMPARE,
+            };
+            shared.borrow_mut().sched.segment(slot, r);
             jobs::kick(shared);
         }
         Request::KMeans(r) => {

@@ -15,7 +15,7 @@ use clipdino::pipeline::{
 use clipdino::tokenizer::ClipTokenizer;
 use clipdino::{ComputePath, Stored, Vb};
 
-use crate::protocol::{Mode, ModelInfo, Preset, TemplateSet};
+use crate::protocol::{Mode, ModelInfo, Preset, Refine, TemplateSet, QUICK_GELU_NOTE};
 
 /// A segmentation as the UI draws it: one byte per pixel at the processing size.
 pub struct SegmentMaps {
@@ -89,8 +89,8 @@ impl Model {
             c.embed_dim,
             // OpenAI's weights: the head is refused on them (the loader says why).
             match c.activation {
-                clipdino::Activation::Gelu => "",
-                clipdino::Activation::QuickGelu => " · QuickGELU (OpenAI CLIP)",
+                clipdino::Activation::Gelu => String::new(),
+                clipdino::Activation::QuickGelu => format!(" · {QUICK_GELU_NOTE}"),
             }
         );
         if c.text.vocab_size < tokenizer.vocab_size() {
@@ -214,23 +214,44 @@ impl Model {
         Tensor::stack(&rows, 0).map_err(|e| e.to_string())
     }
 
-    /// Segment cached features into the maps the UI draws.
+    /// The mode these features can serve for `wanted`: MaskCLIP instead of CLIP-DINOiser when
+    /// they were encoded without a head.
+    pub fn usable_mode(feats: &ImageFeatures, wanted: Mode) -> Mode {
+        if wanted.needs_head() && !feats.has_refined() {
+            Mode::MaskClip
+        } else {
+            wanted
+        }
+    }
+
+    /// Make sure the features of `mode` are in `feats`: computed from the cached trunk (one
+    /// last block per window, no encode) when they are not there yet. Returns whether a block
+    /// was computed.
+    pub fn prepare_mode(&self, feats: &mut ImageFeatures, mode: Mode) -> Result<bool, String> {
+        if feats.has_mode(mode) {
+            return Ok(false);
+        }
+        self.seg
+            .prepare_mode(feats, mode)
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// Segment cached features into the maps the UI draws (`mode` prepared, see
+    /// [`Model::prepare_mode`]).
     pub fn segment(
         &self,
         feats: &ImageFeatures,
         labels: &Tensor,
         mode: Mode,
+        refine: Refine,
         background: Option<usize>,
     ) -> Result<SegmentMaps, String> {
-        let mode = match mode {
-            Mode::Dinoiser if feats.has_refined() => pipeline::Mode::Dinoiser,
-            _ => pipeline::Mode::MaskClip,
-        };
         let opts = SegmentOptions {
             mode,
             background,
             output_size: Some((feats.height, feats.width)),
-            ..Default::default()
+            refine,
         };
         let s = self
             .seg
@@ -253,10 +274,16 @@ impl Model {
         })
     }
 
-    /// K-Means of the raw (and, with a head, refined) patch features, as per-pixel cluster
-    /// maps of the processed image. Clusters are numbered by size in the raw map, and refined
-    /// clusters take the number of the raw cluster they overlap most.
-    pub fn kmeans(&self, feats: &ImageFeatures, k: usize) -> Result<ClusterMaps, String> {
+    /// K-Means of the raw MaskCLIP patch features and of those of `mode` (prepared, see
+    /// [`Model::prepare_mode`]; none for MaskCLIP itself), as per-pixel cluster maps of the
+    /// processed image. Clusters are numbered by size in the raw map, and the mode's clusters
+    /// take the number of the raw cluster they overlap most.
+    pub fn kmeans(
+        &self,
+        feats: &ImageFeatures,
+        k: usize,
+        mode: Mode,
+    ) -> Result<ClusterMaps, String> {
         let opts = KMeansOptions::new(k);
         let run = |kind| -> Result<Vec<u32>, String> {
             let grid = feats.patch_grid(kind).map_err(|e| e.to_string())?;
@@ -266,8 +293,8 @@ impl Model {
                 .map_err(|e| e.to_string())
         };
         let raw = relabel_by_size(&run(FeatureKind::Raw)?, k);
-        let refined = if feats.has_refined() {
-            let r = run(FeatureKind::Refined)?;
+        let refined = if mode != Mode::MaskClip && feats.has_mode(mode) {
+            let r = run(FeatureKind::Mode(mode))?;
             Some(match_clusters(&raw, &r, k))
         } else {
             None
@@ -408,6 +435,108 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The tiny random model of `tests/fixtures/tiny` (with or without its head), and a
+    /// 64 × 48 photo encoded at its own size. Its text tower has a trimmed 1000-token
+    /// vocabulary, which [`Model::build`] refuses for the real tokenizer: the model is put
+    /// together here, and label embeddings are inserted, not computed. Native only (the fixture is
+    /// read from disk).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn tiny(head: bool) -> (Model, ImageFeatures) {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny/");
+        let mut names = vec!["open_clip_model.safetensors", "open_clip_config.json"];
+        if head {
+            names.push("last.pt");
+        }
+        let files: Vec<(String, Vec<u8>)> = names
+            .iter()
+            .map(|n| (n.to_string(), std::fs::read(format!("{dir}{n}")).unwrap()))
+            .collect();
+        let bundle = load_model_files(&files).unwrap();
+        let seg = Segmenter::from_bundle(bundle, &Device::Cpu, ComputePath::F32).unwrap();
+        let tokenizer = ClipTokenizer::from_json_bytes(include_bytes!(
+            "../../crates/clipdino/assets/tokenizer.json"
+        ))
+        .unwrap();
+        let model = Model {
+            seg,
+            info: ModelInfo {
+                source: "local files".into(),
+                files: names.iter().map(|n| n.to_string()).collect(),
+                bytes: 0,
+                from_cache: false,
+                has_head: head,
+                storage: String::new(),
+                architecture: String::new(),
+                millis: 0.0,
+                cache_note: None,
+            },
+            compute_path: "F32".into(),
+            tokenizer,
+            embeddings: RefCell::new(HashMap::new()),
+        };
+        let (w, h) = (64u32, 48u32);
+        let pixels: Vec<f32> = (0..3 * w * h)
+            .map(|i| ((i * 37 % 101) as f32 / 100.0 + if i % w < w / 2 { 0.5 } else { 0.0 }) / 1.5)
+            .collect();
+        let (pw, ph, opts) = model.plan(Preset::FullRes, w, h);
+        let feats = model.encode(pixels, pw, ph, &opts, &mut |_| {}).unwrap();
+        (model, feats)
+    }
+
+    #[test]
+    #[cfg(not(target_arch = "wasm32"))]
+    fn modes_come_from_the_cached_trunk_and_refinement_changes_the_map() {
+        let (model, mut feats) = tiny(true);
+        let labels = ["cat", "wall", "floor"].map(String::from);
+        let e = model.embed_dim();
+        for (k, l) in labels.iter().enumerate() {
+            // Unit vectors far apart: the labels split the photo between them.
+            let v: Vec<f32> = (0..e)
+                .map(|i| (i * (k + 3) * 7919 % 97) as f32 / 48.0 - 1.0)
+                .collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let v = v.into_iter().map(|x| x / n).collect();
+            model
+                .insert_embedding(l, TemplateSet::Fast, v, false)
+                .unwrap();
+        }
+        let m = model.label_matrix(&labels, TemplateSet::Fast).unwrap();
+        let seg = |f: &ImageFeatures, mode, refine| {
+            model.segment(f, &m, mode, refine, None).unwrap().labels
+        };
+        // A last-block mode: computed once from the trunk, then cached.
+        assert!(!model.prepare_mode(&mut feats, Mode::Dinoiser).unwrap());
+        assert!(model.prepare_mode(&mut feats, Mode::NaClip).unwrap());
+        assert!(!model.prepare_mode(&mut feats, Mode::NaClip).unwrap());
+        let naclip = seg(&feats, Mode::NaClip, Refine::None);
+        assert_eq!(naclip.len(), 64 * 48);
+        assert_ne!(naclip, seg(&feats, Mode::Dinoiser, Refine::None));
+        assert_ne!(
+            naclip,
+            seg(&feats, Mode::MaskClip, Refine::None),
+            "NACLIP is not MaskCLIP under another name"
+        );
+        assert_ne!(
+            naclip,
+            seg(&feats, Mode::NaClip, Refine::PAMR),
+            "PAMR changes the map"
+        );
+        // The K-Means view: MaskCLIP beside the mode's clusters (none beside MaskCLIP itself).
+        let km = model.kmeans(&feats, 3, Mode::NaClip).unwrap();
+        assert!(km.refined.is_some());
+        assert!(model
+            .kmeans(&feats, 3, Mode::MaskClip)
+            .unwrap()
+            .refined
+            .is_none());
+        // Without a head CLIP-DINOiser falls back to MaskCLIP; the other modes still work.
+        let (model, mut feats) = tiny(false);
+        assert!(!model.seg.has_head());
+        assert_eq!(Model::usable_mode(&feats, Mode::Dinoiser), Mode::MaskClip);
+        assert_eq!(Model::usable_mode(&feats, Mode::SClip), Mode::SClip);
+        assert!(model.prepare_mode(&mut feats, Mode::SClip).unwrap());
     }
 
     #[test]

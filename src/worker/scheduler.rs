@@ -28,14 +28,15 @@ use std::rc::Rc;
 
 use crate::protocol::{ImageRequest, KMeansRequest, Preset, RequestId, SegmentRequest};
 
-/// Where a segmentation is shown: the page has one ([`Slot::MAIN`]). Segment requests supersede
-/// only the request in their own slot, so two can be pending at once (e.g. the same labels in
-/// two modes side by side).
+/// Where a segmentation is shown: the page's overlay ([`Slot::MAIN`]) and the compare view's
+/// second one ([`Slot::COMPARE`]). Segment requests supersede only the request in their own
+/// slot, so two can be pending at once (the same labels in two modes side by side).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Slot(pub u8);
 
 impl Slot {
     pub const MAIN: Slot = Slot(0);
+    pub const COMPARE: Slot = Slot(1);
 }
 
 /// What cached image features were computed from. Features serve a request only when all of it
@@ -347,7 +348,7 @@ impl<A, P, F> Scheduler<A, P, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{ImageInput, Mode, TemplateSet};
+    use crate::protocol::{ImageInput, Mode, Refine, Side, TemplateSet};
 
     /// Attachments, photos and features are plain strings here.
     type S = Scheduler<&'static str, String, String>;
@@ -372,6 +373,8 @@ mod tests {
             mode: Mode::Dinoiser,
             resolution,
             templates: TemplateSet::Fast,
+            refine: Refine::None,
+            side: Side::Primary,
         }
     }
 
@@ -381,6 +384,7 @@ mod tests {
             image,
             k,
             resolution,
+            mode: Mode::Dinoiser,
         }
     }
 
@@ -507,6 +511,36 @@ mod tests {
             drain(&mut s),
             ["segment 4 slot 0 [dog]", "segment 5 slot 1 [sky]"],
             "both slots run, in slot order, each with its newest request"
+        );
+    }
+
+    #[test]
+    fn both_overlays_share_one_encode_and_mode_switches_never_encode() {
+        let mut s = settled();
+        // The compare view at 448: one encode for the two overlays, then both segment.
+        s.segment(Slot::MAIN, seg(3, 1, "cat", Preset::Paper));
+        s.segment(Slot::COMPARE, seg(4, 1, "cat", Preset::Paper));
+        assert_eq!(
+            drain(&mut s),
+            [
+                "encode 1 paper m1 for 3 (photo 1)",
+                "segment 3 slot 0 [cat]",
+                "segment 4 slot 1 [cat]"
+            ]
+        );
+        // Another mode or refinement on either side: the cached features serve it (the worker
+        // computes the mode's last block from them, in place).
+        let mut other = seg(5, 1, "cat", Preset::Paper);
+        other.mode = Mode::NaClip;
+        other.refine = Refine::PAMR;
+        s.segment(Slot::COMPARE, other);
+        s.kmeans(KMeansRequest {
+            mode: Mode::SClip,
+            ..km(6, 1, 4, Preset::Paper)
+        });
+        assert_eq!(
+            drain(&mut s),
+            ["segment 5 slot 1 [cat]", "kmeans 6 k=4 on feats 1@paper m1"]
         );
     }
 

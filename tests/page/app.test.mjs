@@ -129,10 +129,10 @@ describe('clipdino page: main flow', { timeout: 600_000 }, () => {
 
   it('switches to raw MaskCLIP without re-encoding', async () => {
     const seg = await attr(page, 'data-segmentation');
-    await page.click('[data-role=mode] button:has-text("MaskCLIP")');
+    await page.selectOption('[data-role=mode-primary]', 'maskclip');
     await nextSegmentation(page, seg);
     assert.equal(await attr(page, 'data-encodes'), '1');
-    await page.click('[data-role=mode] button:has-text("CLIP-DINOiser")');
+    await page.selectOption('[data-role=mode-primary]', 'dinoiser');
     await nextSegmentation(page, await attr(page, 'data-segmentation'));
   });
 
@@ -166,16 +166,17 @@ describe('clipdino page: main flow', { timeout: 600_000 }, () => {
   it('restores labels and settings from a share link in a fresh page', async () => {
     await page.click('[data-role=resolution] button:has-text("Fast")');
     await page.click('[data-role=templates] button:has-text("80")');
-    await page.click('[data-role=mode] button:has-text("MaskCLIP")');
+    await page.selectOption('[data-role=mode-primary]', 'maskclip');
     await page.click('[data-role=share]');
     const url = await page.inputValue('[data-role=share-url]');
-    assert.match(url, /#labels=cat,window,floor&mode=maskclip&res=224&tpl=80&k=5/);
+    assert.match(url, /#labels=cat,window,floor&mode=maskclip&refine=pamr&res=224&tpl=80&k=5/);
     assert.match(url, /sample=chelsea/);
     const fresh = await newPage(browser);
     await fresh.page.goto(url);
     await fresh.page.waitForSelector('[data-role=model-ready]', { timeout: 120_000 });
     assert.deepEqual(await chips(fresh.page), ['cat', 'window', 'floor']);
-    for (const [group, text] of [['mode', 'MaskCLIP'], ['resolution', 'Fast'], ['templates', '80']]) {
+    assert.equal(await fresh.page.inputValue('[data-role=mode-primary]'), 'maskclip', 'mode restored');
+    for (const [group, text] of [['refine-primary', 'PAMR'], ['resolution', 'Fast'], ['templates', '80']]) {
       const pressed = await fresh.page.getAttribute(`[data-role=${group}] button:has-text("${text}")`, 'aria-pressed');
       assert.equal(pressed, 'true', `${group} restored`);
     }

@@ -337,6 +337,9 @@ pub enum FeatureKind {
     Raw,
     /// DINOiser-refined features.
     Refined,
+    /// The features a mode classifies (computed by [`Segmenter::prepare_mode`] for the
+    /// last-block variants).
+    Mode(Mode),
 }
 
 /// Everything [`Segmenter::segment`] needs; computed once per image and options.
@@ -423,6 +426,7 @@ impl ImageFeatures {
             let t = match kind {
                 FeatureKind::Raw => &w.dense,
                 FeatureKind::Refined => w.refined.as_ref().ok_or_else(no_head)?,
+                FeatureKind::Mode(m) => w.features(m)?,
             };
             let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             let (wh, ww) = w.grid;

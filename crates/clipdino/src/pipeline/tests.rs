@@ -411,10 +411,23 @@ fn patch_grid_single_window_is_identity_and_unaligned_windows_fill_every_cell() 
     .unwrap();
     let g = feats.patch_grid(FeatureKind::Refined).unwrap();
     let want = feats.windows[0].refined.as_ref().unwrap();
-    assert_eq!(
-        g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    );
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(values(&g), values(want));
+    // A mode's features: the same grid as the kind it reads; a variant once it is computed.
+    let g = feats.patch_grid(FeatureKind::Mode(Mode::Dinoiser)).unwrap();
+    assert_eq!(values(&g), values(want));
+    let g = feats.patch_grid(FeatureKind::Mode(Mode::MaskClip)).unwrap();
+    assert_eq!(values(&g), values(&feats.windows[0].dense));
+    assert!(feats.patch_grid(FeatureKind::Mode(Mode::NaClip)).is_err());
+    let mut with_variant = feats.clone();
+    let naclip = (feats.windows[0].dense.clone() * 2.0).unwrap();
+    with_variant.windows[0]
+        .variants
+        .push((Mode::NaClip.last_block(), naclip.clone()));
+    let g = with_variant
+        .patch_grid(FeatureKind::Mode(Mode::NaClip))
+        .unwrap();
+    assert_eq!(values(&g), values(&naclip));
     // 92-wide image, 64-px windows at x0 = 0 and 28: cells 0..6 all get a value
     let opts = EncodeOptions {
         short_side: Some(64),
