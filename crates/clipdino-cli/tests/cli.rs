@@ -27,6 +27,23 @@ fn tiny_args() -> Vec<String> {
     ]
 }
 
+/// `clipdino eval` of the tiny model on the VOC-layout fixture (short side 64, fast templates),
+/// then `extra`.
+fn voc_eval_args(extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["eval".into()];
+    a.extend(tiny_args());
+    for (flag, dir) in [
+        ("--images", "voc/images"),
+        ("--masks", "voc/masks"),
+        ("--classes", "voc/classes.txt"),
+    ] {
+        a.extend([flag.to_string(), fixture(dir).display().to_string()]);
+    }
+    a.extend(["--short-side", "64", "--templates", "fast"].map(String::from));
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
 /// `extra` plus `default` flags that `extra` does not set itself.
 fn with_defaults(extra: &[&str], defaults: &[(&str, &str)]) -> Vec<String> {
     let mut a: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -650,23 +667,7 @@ fn eval_scores_a_known_perturbation_as_computed_by_hand() {
 
 #[test]
 fn eval_runs_the_model_and_prints_a_table() {
-    let mut a: Vec<String> = vec!["eval".into()];
-    a.extend(tiny_args());
-    a.extend(
-        [
-            "--images",
-            &fixture("voc/images").display().to_string(),
-            "--masks",
-            &fixture("voc/masks").display().to_string(),
-            "--classes",
-            &fixture("voc/classes.txt").display().to_string(),
-            "--short-side",
-            "64",
-            "--templates",
-            "fast",
-        ]
-        .map(String::from),
-    );
+    let mut a = voc_eval_args(&[]);
     let table = ok(&run(&a));
     assert!(
         table.contains("mIoU") && table.contains("diningtable") && table.contains("images 1"),
@@ -682,25 +683,10 @@ fn eval_runs_the_model_and_prints_a_table() {
 
 #[test]
 fn eval_compares_modes_in_one_table() {
-    let mut a: Vec<String> = vec!["eval".into()];
-    a.extend(tiny_args());
-    a.extend(
-        [
-            "--images",
-            &fixture("voc/images").display().to_string(),
-            "--masks",
-            &fixture("voc/masks").display().to_string(),
-            "--classes",
-            &fixture("voc/classes.txt").display().to_string(),
-            "--short-side",
-            "64",
-            "--templates",
-            "fast",
-            "--modes",
-            "dinoiser,maskclip,clearclip,naclip,sclip,naclip+pamr:2",
-        ]
-        .map(String::from),
-    );
+    let mut a = voc_eval_args(&[
+        "--modes",
+        "dinoiser,maskclip,clearclip,naclip,sclip,naclip+pamr:2",
+    ]);
     let table = ok(&run(&a));
     let head = table.lines().next().unwrap_or_default();
     for m in [

@@ -26,36 +26,17 @@ use candle_core::{DType, Device, Tensor};
 use clipdino::dinoiser::DinoiserHead;
 use clipdino::loaders::{load_model_files, read_dinoiser_checkpoint, Bundle};
 use clipdino::pipeline::{
-    encode_with, segment_features, EncodeOptions, FeatureKind, Mode, SegmentOptions, Segmenter,
-    Window, WindowOutputs,
+    encode_with, segment_features, EncodeOptions, FeatureKind, ImageFeatures, Mode, SegmentOptions,
+    Segmenter, WindowOutputs,
 };
 use clipdino::{ComputePath, HeadConfig, TensorStore, Vb};
 use common::tiny::{expected, read};
+use common::{get, label_map};
 
 /// Max |Δ| allowed against the f32 reference.
 const TOL: f32 = 1e-4;
 /// Index of the background label in `labels` (fixture metadata `background_index`).
 const BACKGROUND: usize = 2;
-
-fn get(exp: &HashMap<String, Tensor>, name: &str) -> Tensor {
-    exp.get(name)
-        .unwrap_or_else(|| panic!("expected tensor `{name}` missing from the fixture"))
-        .to_dtype(DType::F32)
-        .unwrap()
-}
-
-fn label_map(exp: &HashMap<String, Tensor>, name: &str) -> Vec<u32> {
-    let t = exp.get(name).unwrap_or_else(|| panic!("`{name}` missing"));
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::I64)
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|v| v as u32)
-        .collect()
-}
 
 fn max_abs(name: &str, got: &Tensor, want: &Tensor) -> f32 {
     let d = common::max_abs_diff(got, want);
@@ -65,10 +46,52 @@ fn max_abs(name: &str, got: &Tensor, want: &Tensor) -> f32 {
 }
 
 fn assert_same_labels(name: &str, got: &[u32], want: &[u32]) {
-    assert_eq!(got.len(), want.len(), "{name}: label map size");
-    let diff = got.iter().zip(want).filter(|(a, b)| a != b).count();
-    println!("{name:<28} {} pixels, {diff} differ", want.len());
-    assert_eq!(diff, 0, "{name}: {diff} pixels differ");
+    common::assert_same_labels(name, got, want, &|s| println!("{s}"));
+}
+
+/// MaskCLIP and DINOiser patch probabilities, full-size probabilities and the label map of image
+/// `key` from its features (`prefix` names the test in the log).
+fn check_segmentations(
+    exp: &HashMap<String, Tensor>,
+    prefix: &str,
+    key: &str,
+    feats: &ImageFeatures,
+    labels: &Tensor,
+) {
+    let name = |what: &str| format!("{prefix}{key}.{what}");
+    let want = |what: &str| get(exp, &format!("{key}.{what}"));
+    let mc = segment_features(
+        feats,
+        labels,
+        &SegmentOptions {
+            mode: Mode::MaskClip,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    max_abs(
+        &name("probs_maskclip"),
+        &mc.patch_probs[0],
+        &want("probs_maskclip"),
+    );
+    let opts = SegmentOptions {
+        mode: Mode::Dinoiser,
+        background: Some(BACKGROUND),
+        output_size: None,
+        ..Default::default()
+    };
+    let out = segment_features(feats, labels, &opts).unwrap();
+    max_abs(
+        &name("probs_dinoiser"),
+        &out.patch_probs[0],
+        &want("probs_dinoiser"),
+    );
+    max_abs(&name("probs_full"), &out.probs, &want("probs_full"));
+    assert_same_labels(
+        &name("labelmap"),
+        &out.labels,
+        &label_map(exp, &format!("{key}.labelmap")),
+    );
 }
 
 fn bundle() -> Bundle {
@@ -154,42 +177,7 @@ fn head_matches_reference_from_fixture_features() {
         })
         .unwrap();
         assert_eq!(feats.grid(), (h, w));
-        let mc = segment_features(
-            &feats,
-            &labels,
-            &SegmentOptions {
-                mode: Mode::MaskClip,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        max_abs(
-            &format!("head {key}.probs_maskclip"),
-            &mc.patch_probs[0],
-            &get(&exp, &format!("{key}.probs_maskclip")),
-        );
-        let opts = SegmentOptions {
-            mode: Mode::Dinoiser,
-            background: Some(BACKGROUND),
-            output_size: None,
-            ..Default::default()
-        };
-        let seg = segment_features(&feats, &labels, &opts).unwrap();
-        max_abs(
-            &format!("head {key}.probs_dinoiser"),
-            &seg.patch_probs[0],
-            &get(&exp, &format!("{key}.probs_dinoiser")),
-        );
-        max_abs(
-            &format!("head {key}.probs_full"),
-            &seg.probs,
-            &get(&exp, &format!("{key}.probs_full")),
-        );
-        assert_same_labels(
-            &format!("head {key}.labelmap"),
-            &seg.labels,
-            &label_map(&exp, &format!("{key}.labelmap")),
-        );
+        check_segmentations(&exp, "head ", key, &feats, &labels);
         // the rule fired somewhere (the fixture guarantees forced patches)
         let forced = label_map(&exp, &format!("{key}.forced"));
         assert!(forced.contains(&1), "{key}: fixture has no forced patch");
@@ -232,44 +220,7 @@ fn full_resolution_pipeline_matches_reference() {
             &feats.patch_grid(FeatureKind::Raw).unwrap(),
             &get(&exp, &format!("{key}.dense")),
         );
-
-        let mc = seg
-            .segment(
-                &feats,
-                &labels,
-                &SegmentOptions {
-                    mode: Mode::MaskClip,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        max_abs(
-            &format!("{key}.probs_maskclip"),
-            &mc.patch_probs[0],
-            &get(&exp, &format!("{key}.probs_maskclip")),
-        );
-        let opts = SegmentOptions {
-            mode: Mode::Dinoiser,
-            background: Some(BACKGROUND),
-            output_size: None,
-            ..Default::default()
-        };
-        let out = seg.segment(&feats, &labels, &opts).unwrap();
-        max_abs(
-            &format!("{key}.probs_dinoiser"),
-            &out.patch_probs[0],
-            &get(&exp, &format!("{key}.probs_dinoiser")),
-        );
-        max_abs(
-            &format!("{key}.probs_full"),
-            &out.probs,
-            &get(&exp, &format!("{key}.probs_full")),
-        );
-        assert_same_labels(
-            &format!("{key}.labelmap"),
-            &out.labels,
-            &label_map(&exp, &format!("{key}.labelmap")),
-        );
+        check_segmentations(&exp, "", key, &feats, &labels);
     }
 }
 
@@ -281,13 +232,7 @@ fn sliding_window_pipeline_matches_reference() {
     let seg = segmenter(&b);
     let labels = get(&exp, "labels");
     let image = get(&exp, "c.image");
-    let opts = EncodeOptions {
-        short_side: Some(64),
-        window: Some(Window {
-            size: 64,
-            stride: 32,
-        }),
-    };
+    let opts = common::fixture_window();
     let mut last = None;
     let feats = seg
         .encode_image(&image, &opts, &mut |p| last = Some(p))

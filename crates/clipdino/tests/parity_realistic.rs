@@ -13,14 +13,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use clipdino::clip::preprocess;
 use clipdino::loaders::{load_model_files, Bundle};
-use clipdino::pipeline::{EncodeOptions, Mode, SegmentOptions, Segmenter, Window};
+use clipdino::pipeline::Segmenter;
 use clipdino::ComputePath;
-use common::{fixture, token_rows};
+use common::{fixture, get, token_rows};
 
 const DIR: &str = "tiny-realistic";
 const RTOL: f32 = 1e-4;
@@ -33,13 +31,6 @@ fn bundle(weights: &str) -> Bundle {
     load_model_files(&files).expect("realistic fixture loads")
 }
 
-fn get(exp: &HashMap<String, Tensor>, k: &str) -> Tensor {
-    exp.get(k)
-        .unwrap_or_else(|| panic!("expected.safetensors has no `{k}`"))
-        .to_dtype(DType::F32)
-        .unwrap()
-}
-
 fn check(name: &str, got: &Tensor, want: &Tensor) {
     let d = common::scaled_diff(got, want);
     println!(
@@ -48,17 +39,6 @@ fn check(name: &str, got: &Tensor, want: &Tensor) {
         common::max_abs(want)
     );
     assert!(d <= RTOL, "{name}: scaled max |Δ| {d:e} > {RTOL:e}");
-}
-
-fn labels_of(exp: &HashMap<String, Tensor>, k: &str) -> Vec<u32> {
-    exp[k]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|v| v as u32)
-        .collect()
 }
 
 #[test]
@@ -119,56 +99,5 @@ fn pipeline_matches_upstream_with_identical_label_maps() {
         ComputePath::F32,
     )
     .unwrap();
-    let labels = get(&exp, "labels");
-    let sopts = SegmentOptions {
-        mode: Mode::Dinoiser,
-        background: Some(2),
-        output_size: None,
-        ..Default::default()
-    };
-    for key in ["a", "b"] {
-        let feats = seg
-            .encode_image(
-                &get(&exp, &format!("{key}.image")),
-                &EncodeOptions::full_res(),
-                &mut |_| {},
-            )
-            .unwrap();
-        let w = &feats.windows[0];
-        for (name, t) in [
-            ("dense", &w.dense),
-            ("refined", w.refined.as_ref().unwrap()),
-            ("bkg", w.bkg.as_ref().unwrap()),
-        ] {
-            check(
-                &format!("{key}.{name}"),
-                t,
-                &get(&exp, &format!("{key}.{name}")),
-            );
-        }
-        let out = seg.segment(&feats, &labels, &sopts).unwrap();
-        check(
-            &format!("{key}.probs_full"),
-            &out.probs,
-            &get(&exp, &format!("{key}.probs_full")),
-        );
-        assert_eq!(
-            out.labels,
-            labels_of(&exp, &format!("{key}.labelmap")),
-            "{key}.labelmap"
-        );
-    }
-    let opts = EncodeOptions {
-        short_side: Some(64),
-        window: Some(Window {
-            size: 64,
-            stride: 32,
-        }),
-    };
-    let feats = seg
-        .encode_image(&get(&exp, "c.image"), &opts, &mut |_| {})
-        .unwrap();
-    let out = seg.segment(&feats, &labels, &sopts).unwrap();
-    check("c.probs", &out.probs, &get(&exp, "c.probs"));
-    assert_eq!(out.labels, labels_of(&exp, "c.labelmap"), "c.labelmap");
+    common::pipeline::check(&seg, &exp, 2, &check, &|s| println!("{s}"));
 }

@@ -14,11 +14,12 @@ mod openai;
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use clipdino::kmeans::{kmeans_tensor, KMeansOptions};
 use clipdino::loaders::load_model_files;
-use clipdino::pipeline::{EncodeOptions, Mode, SegmentOptions, Segmenter, Window};
+use clipdino::pipeline::{EncodeOptions, Mode, SegmentOptions, Segmenter};
 use clipdino::ComputePath;
+use common::{get, label_map, token_rows};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -95,13 +96,6 @@ fn scaled(name: &str, got: &Tensor, want: &Tensor) {
     assert!(d <= TOL, "{name}: scaled max |Δ| = {d} > {TOL}");
 }
 
-fn get(exp: &HashMap<String, Tensor>, key: &str) -> Tensor {
-    exp.get(key)
-        .unwrap_or_else(|| panic!("expected tensor {key}"))
-        .to_dtype(DType::F32)
-        .unwrap()
-}
-
 fn max_abs(name: &str, got: &Tensor, want: &Tensor) -> f32 {
     let d = common::max_abs_diff(got, want);
     web_sys_log(&format!("wasm parity {name}: max |Δ| = {d:.3e}"));
@@ -113,84 +107,26 @@ fn web_sys_log(s: &str) {
     wasm_bindgen_test::console_log!("{}", s);
 }
 
-fn label_map(exp: &HashMap<String, Tensor>, key: &str) -> Vec<u32> {
-    exp[key]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|v| v as u32)
-        .collect()
-}
-
 #[wasm_bindgen_test]
 fn text_tower_matches_upstream() {
     let seg = segmenter();
     let exp = expected();
-    let tokens = exp["text.tokens"].to_vec2::<i64>().unwrap();
-    // Each row runs from SOT to its EOT (the largest id); zeros after it are padding.
-    let rows: Vec<Vec<u32>> = tokens
-        .iter()
-        .map(|r| {
-            let eot = r
-                .iter()
-                .enumerate()
-                .max_by_key(|(_, v)| **v)
-                .map(|(i, _)| i)
-                .unwrap();
-            r[..=eot].iter().map(|&v| v as u32).collect()
-        })
-        .collect();
-    let got = seg.clip.text.forward(&rows).unwrap();
+    let got = seg
+        .clip
+        .text
+        .forward(&token_rows(&exp["text.tokens"]))
+        .unwrap();
     max_abs("text.embeddings", &got, &get(&exp, "text.embeddings"));
 }
 
+/// Image tower, head and pipeline at full resolution (images `a`, `b`) and through the sliding
+/// windows (image `c`), as natively (`common::pipeline`).
 #[wasm_bindgen_test]
 fn image_tower_head_and_segmentation_match_upstream() {
-    let seg = segmenter();
-    let exp = expected();
-    let labels = get(&exp, "labels");
-    for key in ["a", "b"] {
-        let image = get(&exp, &format!("{key}.image"));
-        let feats = seg
-            .encode_image(&image, &EncodeOptions::full_res(), &mut |_| {})
-            .unwrap();
-        assert_eq!(feats.windows.len(), 1);
-        let w = &feats.windows[0];
-        max_abs(
-            &format!("{key}.dense"),
-            &w.dense,
-            &get(&exp, &format!("{key}.dense")),
-        );
-        max_abs(
-            &format!("{key}.refined"),
-            w.refined.as_ref().unwrap(),
-            &get(&exp, &format!("{key}.refined")),
-        );
-        max_abs(
-            &format!("{key}.bkg"),
-            w.bkg.as_ref().unwrap(),
-            &get(&exp, &format!("{key}.bkg")),
-        );
-        let opts = SegmentOptions {
-            mode: Mode::Dinoiser,
-            background: Some(2),
-            output_size: None,
-            ..Default::default()
-        };
-        let out = seg.segment(&feats, &labels, &opts).unwrap();
-        max_abs(
-            &format!("{key}.probs_full"),
-            &out.probs,
-            &get(&exp, &format!("{key}.probs_full")),
-        );
-        assert_eq!(
-            out.labels,
-            label_map(&exp, &format!("{key}.labelmap")),
-            "{key}.labelmap"
-        );
-    }
+    let close = |name: &str, got: &Tensor, want: &Tensor| {
+        max_abs(name, got, want);
+    };
+    common::pipeline::check(&segmenter(), &expected(), 2, &close, &web_sys_log);
 }
 
 /// The simd128 integer kernel gives bit-identical results to the scalar one-output-at-a-time
@@ -280,97 +216,13 @@ fn integer_compute_path_stays_close_to_upstream() {
 fn realistic_model_matches_upstream() {
     let seg = Segmenter::from_bundle(realistic_bundle(), &Device::Cpu, ComputePath::F32).unwrap();
     let exp = realistic_expected();
-    let tokens = exp["text.tokens"].to_vec2::<i64>().unwrap();
-    let rows: Vec<Vec<u32>> = tokens
-        .iter()
-        .map(|r| {
-            let eot = r
-                .iter()
-                .enumerate()
-                .max_by_key(|(_, v)| **v)
-                .map(|(i, _)| i)
-                .unwrap();
-            r[..=eot].iter().map(|&v| v as u32).collect()
-        })
-        .collect();
-    let got = seg.clip.text.forward(&rows).unwrap();
+    let got = seg
+        .clip
+        .text
+        .forward(&token_rows(&exp["text.tokens"]))
+        .unwrap();
     scaled("text.embeddings", &got, &get(&exp, "text.embeddings"));
-    let labels = get(&exp, "labels");
-    let opts = SegmentOptions {
-        mode: Mode::Dinoiser,
-        background: Some(2),
-        output_size: None,
-        ..Default::default()
-    };
-    for key in ["a", "b"] {
-        let feats = seg
-            .encode_image(
-                &get(&exp, &format!("{key}.image")),
-                &EncodeOptions::full_res(),
-                &mut |_| {},
-            )
-            .unwrap();
-        let w = &feats.windows[0];
-        scaled(
-            &format!("{key}.dense"),
-            &w.dense,
-            &get(&exp, &format!("{key}.dense")),
-        );
-        scaled(
-            &format!("{key}.refined"),
-            w.refined.as_ref().unwrap(),
-            &get(&exp, &format!("{key}.refined")),
-        );
-        let out = seg.segment(&feats, &labels, &opts).unwrap();
-        scaled(
-            &format!("{key}.probs_full"),
-            &out.probs,
-            &get(&exp, &format!("{key}.probs_full")),
-        );
-        assert_eq!(
-            out.labels,
-            label_map(&exp, &format!("{key}.labelmap")),
-            "{key}.labelmap"
-        );
-    }
-    let window = EncodeOptions {
-        short_side: Some(64),
-        window: Some(Window {
-            size: 64,
-            stride: 32,
-        }),
-    };
-    let feats = seg
-        .encode_image(&get(&exp, "c.image"), &window, &mut |_| {})
-        .unwrap();
-    let out = seg.segment(&feats, &labels, &opts).unwrap();
-    scaled("c.probs", &out.probs, &get(&exp, "c.probs"));
-    assert_eq!(out.labels, label_map(&exp, "c.labelmap"), "c.labelmap");
-}
-
-#[wasm_bindgen_test]
-fn sliding_window_matches_upstream() {
-    let seg = segmenter();
-    let exp = expected();
-    let opts = EncodeOptions {
-        short_side: Some(64),
-        window: Some(Window {
-            size: 64,
-            stride: 32,
-        }),
-    };
-    let feats = seg
-        .encode_image(&get(&exp, "c.image"), &opts, &mut |_| {})
-        .unwrap();
-    let sopts = SegmentOptions {
-        mode: Mode::Dinoiser,
-        background: Some(2),
-        output_size: None,
-        ..Default::default()
-    };
-    let out = seg.segment(&feats, &get(&exp, "labels"), &sopts).unwrap();
-    max_abs("c.probs", &out.probs, &get(&exp, "c.probs"));
-    assert_eq!(out.labels, label_map(&exp, "c.labelmap"), "c.labelmap");
+    common::pipeline::check(&seg, &exp, 2, &scaled, &web_sys_log);
 }
 
 #[wasm_bindgen_test]

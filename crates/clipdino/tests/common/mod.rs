@@ -2,6 +2,8 @@
 //! tensors and, natively, the tiny fixture model's files. Not every test file uses every helper.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Tensor};
 
 /// `max |got − want|` over all elements, after a shape check; `got` may be any float dtype.
@@ -23,6 +25,29 @@ pub fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// The fixture tensor `key` as f32; panics naming the key when the fixture lacks it.
+pub fn get(exp: &HashMap<String, Tensor>, key: &str) -> Tensor {
+    exp.get(key)
+        .unwrap_or_else(|| panic!("`{key}` missing from the fixture"))
+        .to_dtype(DType::F32)
+        .unwrap()
+}
+
+/// The fixture's label map `key` (any integer dtype), flattened row-major.
+pub fn label_map(exp: &HashMap<String, Tensor>, key: &str) -> Vec<u32> {
+    exp.get(key)
+        .unwrap_or_else(|| panic!("`{key}` missing from the fixture"))
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::I64)
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
 }
 
 /// Rows of a `[N, context]` token tensor (any integer dtype) cut after their EOT (the first
@@ -131,8 +156,8 @@ pub fn scaled_diff(got: &Tensor, want: &Tensor) -> f32 {
 pub mod methods {
     use std::collections::HashMap;
 
-    use candle_core::{DType, Tensor};
-    use clipdino::pipeline::{EncodeOptions, Mode, Refine, SegmentOptions, Segmenter, Window};
+    use candle_core::Tensor;
+    use clipdino::pipeline::{EncodeOptions, Mode, Refine, SegmentOptions, Segmenter};
 
     /// `exp`: the fixture's `expected.safetensors` (images, labels); `meth`: its
     /// `methods.safetensors`. Every tensor is compared with `max |Δ| / max(1, max |want|) ≤ tol`
@@ -147,31 +172,14 @@ pub mod methods {
         tol: f32,
         log: &dyn Fn(&str),
     ) {
-        let get = |m: &HashMap<String, Tensor>, k: &str| -> Tensor {
-            m.get(k)
-                .unwrap_or_else(|| panic!("`{k}` missing from the fixture"))
-                .to_dtype(DType::F32)
-                .unwrap()
-        };
+        use super::get;
         let close = |name: &str, got: &Tensor, want: &Tensor| {
             let d = super::scaled_diff(got, want);
             log(&format!("{name:<28} scaled max |Δ| = {d:.3e}"));
             assert!(d <= tol, "{name}: scaled max |Δ| {d} > {tol}");
         };
         let same_labels = |name: &str, got: &[u32]| {
-            let want: Vec<u32> = meth
-                .get(name)
-                .unwrap_or_else(|| panic!("`{name}` missing"))
-                .flatten_all()
-                .unwrap()
-                .to_dtype(DType::U32)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            assert_eq!(got.len(), want.len(), "{name}: size");
-            let diff = got.iter().zip(&want).filter(|(a, b)| a != b).count();
-            log(&format!("{name:<28} {} pixels, {diff} differ", want.len()));
-            assert_eq!(diff, 0, "{name}: {diff} pixels differ");
+            super::assert_same_labels(name, got, &super::label_map(meth, name), log)
         };
         let labels = get(exp, "labels");
         let opts = |mode, refine| SegmentOptions {
@@ -223,15 +231,8 @@ pub mod methods {
                 same_labels(&format!("{key}.{m}.pamr_labelmap"), &out.labels);
             }
         }
-        let window = EncodeOptions {
-            short_side: Some(64),
-            window: Some(Window {
-                size: 64,
-                stride: 32,
-            }),
-        };
         let mut feats = seg
-            .encode_image(&get(exp, "c.image"), &window, &mut |_| {})
+            .encode_image(&get(exp, "c.image"), &super::fixture_window(), &mut |_| {})
             .unwrap();
         for mode in Mode::ALL {
             seg.prepare_mode(&mut feats, mode).unwrap();
@@ -250,5 +251,92 @@ pub mod methods {
             }
             same_labels(&format!("c.{m}.pamr_labelmap"), &out.labels);
         }
+    }
+}
+
+/// Every pixel of a label map equals the reference's; `log` prints the count of differences.
+pub fn assert_same_labels(name: &str, got: &[u32], want: &[u32], log: &dyn Fn(&str)) {
+    assert_eq!(got.len(), want.len(), "{name}: label map size");
+    let diff = got.iter().zip(want).filter(|(a, b)| a != b).count();
+    log(&format!("{name:<28} {} pixels, {diff} differ", want.len()));
+    assert_eq!(diff, 0, "{name}: {diff} pixels differ");
+}
+
+/// The fixtures' paper protocol at tiny size (image `c`): short side 64, windows 64 / stride 32.
+pub fn fixture_window() -> clipdino::pipeline::EncodeOptions {
+    clipdino::pipeline::EncodeOptions {
+        short_side: Some(64),
+        window: Some(clipdino::pipeline::Window {
+            size: 64,
+            stride: 32,
+        }),
+    }
+}
+
+/// The DINOiser pipeline against a fixture's `expected.safetensors`, shared by the native tests
+/// and the wasm test, for both the Gaussian and the realistic fixture: images `a` and `b` at full
+/// resolution (dense, refined and background features, full-size probabilities, label map) and
+/// image `c` through the sliding windows (probabilities, label map). `close(name, got, want)`
+/// compares one tensor (absolute or scale-relative, as the fixture needs) and logs it.
+pub mod pipeline {
+    use std::collections::HashMap;
+
+    use candle_core::Tensor;
+    use clipdino::pipeline::{EncodeOptions, Mode, SegmentOptions, Segmenter};
+
+    pub fn check(
+        seg: &Segmenter,
+        exp: &HashMap<String, Tensor>,
+        background: usize,
+        close: &dyn Fn(&str, &Tensor, &Tensor),
+        log: &dyn Fn(&str),
+    ) {
+        use super::{get, label_map};
+        let labels = get(exp, "labels");
+        let opts = SegmentOptions {
+            mode: Mode::Dinoiser,
+            background: Some(background),
+            output_size: None,
+            ..Default::default()
+        };
+        for key in ["a", "b"] {
+            let feats = seg
+                .encode_image(
+                    &get(exp, &format!("{key}.image")),
+                    &EncodeOptions::full_res(),
+                    &mut |_| {},
+                )
+                .unwrap();
+            assert_eq!(
+                feats.windows.len(),
+                1,
+                "{key}: one window at full resolution"
+            );
+            let w = &feats.windows[0];
+            for (name, t) in [
+                ("dense", &w.dense),
+                ("refined", w.refined.as_ref().expect("the head ran")),
+                ("bkg", w.bkg.as_ref().expect("the head ran")),
+            ] {
+                let k = format!("{key}.{name}");
+                close(&k, t, &get(exp, &k));
+            }
+            let out = seg.segment(&feats, &labels, &opts).unwrap();
+            let k = format!("{key}.probs_full");
+            close(&k, &out.probs, &get(exp, &k));
+            let k = format!("{key}.labelmap");
+            super::assert_same_labels(&k, &out.labels, &label_map(exp, &k), log);
+        }
+        let feats = seg
+            .encode_image(&get(exp, "c.image"), &super::fixture_window(), &mut |_| {})
+            .unwrap();
+        let out = seg.segment(&feats, &labels, &opts).unwrap();
+        close("c.probs", &out.probs, &get(exp, "c.probs"));
+        super::assert_same_labels(
+            "c.labelmap",
+            &out.labels,
+            &label_map(exp, "c.labelmap"),
+            log,
+        );
     }
 }
