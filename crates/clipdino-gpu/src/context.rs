@@ -69,7 +69,9 @@ impl Gpu {
             })
             .await
             .map_err(|e| GpuError::Device(e.to_string()))?;
-        let max_binding = u64::from(device.limits().max_storage_buffer_binding_size)
+        let max_binding = device
+            .limits()
+            .max_storage_buffer_binding_size
             .min(device.limits().max_buffer_size);
         let scopes = push_scopes(&device);
         let pipeline = |label: &str, source: &str| {

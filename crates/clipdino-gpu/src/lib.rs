@@ -18,7 +18,7 @@ mod tower;
 
 pub use context::{Gpu, GpuBuffer};
 pub use error::{GpuError, Result};
-//pub use tower::GpuVision;
+pub use tower::GpuVision;
 
 /// Wait for a future of this crate natively (the CLI, the tests). The browser awaits instead.
 #[cfg(not(target_arch = "wasm32"))]
