@@ -22,6 +22,9 @@ pub enum GpuError {
         bytes: u64,
         limit: u64,
     },
+    /// The adapter computed a different image tower than the CPU ([`crate::self_check`]).
+    #[error("the GPU self-check failed: its image tower differs from the CPU's by {worst:e} (more than {tolerance:e})")]
+    SelfCheck { worst: f32, tolerance: f32 },
     #[error(transparent)]
     Model(#[from] clipdino::Error),
     #[error(transparent)]

@@ -11,14 +11,61 @@
 //! the GPU returns the tokens entering the last block ([`clipdino::clip::Trunk`]) like the CPU
 //! path does.
 
+mod check;
 mod context;
 mod error;
 pub mod kernels;
 mod tower;
 
+pub use check::{self_check, SELF_CHECK_TOLERANCE};
 pub use context::{Gpu, GpuBuffer};
 pub use error::{GpuError, Result};
 pub use tower::GpuVision;
+
+/// Where the image tower runs: the user's setting (the app's "compute" setting, the CLI's
+/// `--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DeviceChoice {
+    /// The GPU when an adapter exists and passes the [`self_check`], else the CPU.
+    #[default]
+    Auto,
+    /// The GPU (a GPU failure still falls back to the CPU, with a word).
+    Gpu,
+    /// The SIMD CPU path only; no adapter is requested.
+    Cpu,
+}
+
+impl DeviceChoice {
+    pub const ALL: [DeviceChoice; 3] = [DeviceChoice::Auto, DeviceChoice::Gpu, DeviceChoice::Cpu];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceChoice::Auto => "auto",
+            DeviceChoice::Gpu => "gpu",
+            DeviceChoice::Cpu => "cpu",
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|d| d.name()).collect();
+                format!("unknown device `{s}` (one of: {})", names.join(", "))
+            })
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Wait for a future of this crate natively (the CLI, the tests). The browser awaits instead.
 #[cfg(not(target_arch = "wasm32"))]

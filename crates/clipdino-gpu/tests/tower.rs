@@ -4,6 +4,7 @@
 //!
 //! Tolerance: `max |Δ| ≤ 1e-3 · max(1, max |want|)` (f32 throughout; the realistic fixture's
 //! activations reach ~20, so its errors are taken relative to that scale).
+#![cfg(not(target_arch = "wasm32"))]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -156,4 +157,14 @@ fn realistic_tower_matches_open_clip() {
     run("tiny-realistic", |f| {
         f.bundle.head.as_ref().expect("head config").layer
     });
+}
+
+#[test]
+fn self_check_passes_for_both_activations() {
+    let gpu = block_on(Gpu::new()).expect("adapter");
+    for act in [clipdino::Activation::Gelu, clipdino::Activation::QuickGelu] {
+        let worst = block_on(clipdino_gpu::self_check(&gpu, act)).expect("self-check");
+        println!("self-check ({act:?}): worst scaled |Δ| {worst:.2e}");
+        assert!(worst <= clipdino_gpu::SELF_CHECK_TOLERANCE);
+    }
 }
