@@ -13,7 +13,7 @@ wasm_bindgen_test_configure!(run_in_browser);
 async fn gpu() -> Gpu {
     let gpu = Gpu::new()
         .await
-        .unwrap_or_else(|e| panic!("{e}: the browser offers no WebGPU adapter"));
+        .unwrap_or_else(|e| panic!("WebGPU in the browser: {e}"));
     console_log!("adapter: {}", gpu.describe());
     gpu
 }

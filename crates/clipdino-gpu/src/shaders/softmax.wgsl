@@ -19,7 +19,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         return;
     }
     let base = row * p.len;
-    var m = -3.4028235e38;
+    // Lowest finite f32, written so that every WGSL front end accepts the literal.
+    var m = -3.402823e38;
     for (var i = li; i < p.len; i += WG) {
         m = max(m, x[base + i]);
     }
