@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, from package registries only, idempotently.
-#   scripts/setup.sh           everything (Rust wasm target, Trunk, wasm-bindgen CLI, npm packages, a C compiler, Chromium)
+#   scripts/setup.sh           everything (Rust wasm target, Trunk, wasm-bindgen CLI, npm packages, a C compiler, Chromium,
+#                              a CPU Vulkan driver for the GPU kernels' tests)
 #   scripts/setup.sh web       only what building and serving the app needs
 # Versions that must match are pinned here and in Cargo.toml (wasm-bindgen crate = CLI).
 set -euo pipefail
@@ -60,6 +61,14 @@ if [ "$what" = all ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver
+  fi
+  # A Vulkan driver that runs on the CPU (Mesa's lavapipe), for the GPU kernels' native tests
+  # (crates/clipdino-gpu): they fail, not skip, without an adapter.
+  if ! ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1; then
+    say "installing Mesa's Vulkan drivers (Debian package mesa-vulkan-drivers)"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers
   fi
 fi
 say "ready"

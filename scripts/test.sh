@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check: formatting and lints (rustfmt, clippy with warnings as errors, native and
 # wasm32), native tests (model crate parity, loaders, tokenizer, pipeline, CLI processes, app state,
+# the GPU kernels and image tower on a CPU Vulkan driver,
 # the worker's scheduler, outputs independent of the thread count), wasm32 in headless Chromium
-# (wasm-bindgen-test; the model's tests in both the single- and the multi-threaded build), and the
+# (wasm-bindgen-test; the GPU kernels on WebGPU; the model's tests in both the single- and the multi-threaded build), and the
 # end-to-end page tests (playwright-core; both worker builds, the isolation service worker). Installs whatever is missing first (scripts/setup.sh).
 # Usage: scripts/test.sh
 set -euo pipefail
@@ -21,8 +22,8 @@ step "formatting and lints (cargo fmt --check; cargo clippy -D warnings, native 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The crates that build for the browser, as they are built there (with their wasm-only code).
-cargo clippy -p clipdino -p clipdino-web -p clipdino-bench-web --target wasm32-unknown-unknown \
-  --all-targets --locked -- -D warnings
+cargo clippy -p clipdino -p clipdino-web -p clipdino-bench-web -p clipdino-gpu \
+  --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 
 step "native tests (cargo test --workspace)"
 cargo test --workspace --locked
@@ -32,6 +33,9 @@ export CHROMEDRIVER=/usr/bin/chromedriver
 export WASM_BINDGEN_TEST_TIMEOUT=300
 export WASM_BINDGEN_TEST_ONLY_WEB=1
 cargo test -p clipdino --target wasm32-unknown-unknown --locked --test wasm
+# The GPU kernels on the browser's WebGPU (SwiftShader; crates/clipdino-gpu/webdriver.json adds
+# --enable-unsafe-webgpu).
+cargo test -p clipdino-gpu --target wasm32-unknown-unknown --locked --test wasm
 cargo test -p clipdino-web --target wasm32-unknown-unknown --locked --lib
 
 step "the model's wasm32 tests again in the multi-threaded build (dated nightly, atomics, shared memory)"

@@ -16,6 +16,7 @@ use clipdino::pipeline::{
 use clipdino::templates::TemplateSet;
 use clipdino::tokenizer::ClipTokenizer;
 use clipdino::ComputePath;
+use clipdino_gpu::{DeviceChoice, Gpu, GpuError, GpuVision};
 use image::RgbImage;
 
 use crate::files;
@@ -42,6 +43,11 @@ pub struct ModelArgs {
     /// the integer kernel of the browser app (10-bit weights, 13-bit activations, exact sums).
     #[arg(long, value_enum, default_value_t = ComputePath::F32)]
     pub compute: ComputePath,
+    /// Where the image tower runs: cpu; gpu (any WebGPU-capable adapter, CPU emulations such as
+    /// lavapipe included, after a self-check); auto (a hardware GPU that passes the self-check,
+    /// else the CPU). The GPU computes in f32; a GPU failure falls back to the CPU with a warning.
+    #[arg(long, default_value_t = DeviceChoice::Cpu, value_name = "DEVICE")]
+    pub device: DeviceChoice,
     #[command(flatten)]
     pub budget: BudgetArgs,
 }
@@ -248,6 +254,48 @@ pub struct Engine {
     /// The weight file(s), for messages.
     pub source: String,
     pub load_seconds: f64,
+    /// The image tower on a GPU (`--device gpu|auto`), if one passed the self-check.
+    pub gpu: Option<GpuTower>,
+}
+
+/// A device that passed the self-check, with the model's image tower uploaded.
+pub struct GpuTower {
+    pub gpu: Gpu,
+    pub vision: GpuVision,
+}
+
+impl GpuTower {
+    /// Open the first adapter, self-check it, upload the tower of `bundle`. `None` for
+    /// `--device cpu`, and for `auto` without a hardware GPU that passes (with a warning when
+    /// one failed); an error for `--device gpu` without a usable adapter.
+    fn open(choice: DeviceChoice, bundle: &Bundle) -> Result<Option<Self>> {
+        if choice == DeviceChoice::Cpu {
+            return Ok(None);
+        }
+        let attempt = || -> std::result::Result<Option<Self>, GpuError> {
+            let gpu = clipdino_gpu::block_on(Gpu::new())?;
+            if choice == DeviceChoice::Auto && gpu.is_cpu_emulation() {
+                // Slower than the SIMD CPU path: not worth it.
+                return Ok(None);
+            }
+            clipdino_gpu::block_on(clipdino_gpu::self_check(&gpu, bundle.clip.activation))?;
+            let vb = clipdino::Vb::new(
+                std::sync::Arc::new(bundle.store.clone()),
+                Device::Cpu,
+                ComputePath::F32,
+            );
+            let vision = GpuVision::new(&gpu, &vb.pp("visual"), &bundle.clip)?;
+            Ok(Some(Self { gpu, vision }))
+        };
+        match (attempt(), choice) {
+            (Ok(t), _) => Ok(t),
+            (Err(e), DeviceChoice::Gpu) => Err(anyhow!(e).context("--device gpu")),
+            (Err(e), _) => {
+                progress::warn(format!("{e}; the image tower runs on the CPU"));
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// What an encode returns beyond the pipeline's features: the `ln_2` features per window (for
@@ -275,9 +323,13 @@ impl Engine {
         let sp = progress::spinner("loading weights");
         let bundle = loaders::load_model_files_with(&inputs, budget)?;
         drop(inputs);
+        let gpu = GpuTower::open(args.device, &bundle);
         let engine = Self::from_bundle(bundle, args.compute, source, t0);
         sp.finish_and_clear();
-        engine
+        let mut engine = engine?;
+        engine.gpu = gpu?;
+        engine.load_seconds = t0.elapsed().as_secs_f64();
+        Ok(engine)
     }
 
     pub fn from_bundle(
@@ -293,7 +345,16 @@ impl Engine {
             tokenizer,
             source,
             load_seconds: t0.elapsed().as_secs_f64(),
+            gpu: None,
         })
+    }
+
+    /// Where the image tower runs, for messages (`cpu`, or `gpu: <adapter>`).
+    pub fn device(&self) -> String {
+        match &self.gpu {
+            Some(g) => format!("gpu: {}", g.gpu.describe()),
+            None => "cpu".into(),
+        }
     }
 
     /// L2-normalised label embeddings `[L, E]` (`ClipModel::embed_labels_checked`), with a
@@ -340,13 +401,42 @@ impl Engine {
         let x = photo::image_to_tensor(img)?;
         let blocks = seg.clip_cfg.vision.layers as u64;
         let pb = progress::bar(blocks, "encoding image");
-        let features = seg.encode_image(&x, opts, &mut |p: Progress| {
+        let mut report = |p: Progress| {
             pb.set_length(blocks * p.windows as u64);
             if p.windows > 1 {
                 pb.set_message(format!("window {}/{}", p.window + 1, p.windows));
             }
             pb.set_position((p.window * p.blocks + p.block) as u64);
-        });
+        };
+        let features = match &self.gpu {
+            None => seg.encode_image(&x, opts, &mut report),
+            Some(g) => {
+                // A GPU failure (not a bad input, which the CPU would refuse too) is kept aside
+                // and the image is encoded again on the CPU.
+                let mut failure = None;
+                let out = seg.encode_image_with(&x, opts, &mut report, &mut |pixels, layer, pr| {
+                    let run = g
+                        .vision
+                        .forward(&g.gpu, &seg.clip.vision, pixels, layer, pr);
+                    match clipdino_gpu::block_on(run) {
+                        Ok(out) => Ok(out),
+                        Err(GpuError::Model(e)) => Err(e),
+                        Err(e) => {
+                            let words = e.to_string();
+                            failure = Some(e);
+                            Err(clipdino::Error::config("device", words))
+                        }
+                    }
+                });
+                match failure {
+                    None => out,
+                    Some(e) => {
+                        progress::warn(format!("{e}; encoding this image on the CPU instead"));
+                        seg.encode_image(&x, opts, &mut report)
+                    }
+                }
+            }
+        };
         pb.finish_and_clear();
         let features = features.map_err(plan_words)?;
         let inter = keep_inter.then(|| {

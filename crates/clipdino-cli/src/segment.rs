@@ -284,6 +284,9 @@ opts.segment.mode.title(),
         "time: load {:.2} s, labels {:.2} s, encode {:.2} s, segment {:.3} s",
         engine.load_seconds, t_labels, enc.seconds, t_segment
     );
+    if engine.gpu.is_some() {
+        println!("image tower on {}", engine.device());
+    }
     if let Some(out) = &a.out {
         println!("overlay: {}", out.display());
     }

@@ -298,6 +298,7 @@ fn engine_for(
         tokenizer: ClipTokenizer::embedded()?,
         source,
         load_seconds: t0.elapsed().as_secs_f64(),
+        gpu: None,
     })
 }
 

@@ -1916,3 +1916,91 @@ fn publish_script_writes_both_bundles_and_the_quality_report() {
         .iter()
         .any(|f| f.starts_with("refused/") && !f.starts_with("refused/.")));
 }
+
+// --- the image tower on the GPU (`--device`) --------------------------------------------------
+
+/// `--device gpu` (lavapipe after `scripts/setup.sh`; no adapter fails) against `--device cpu`:
+/// the same features within 1e-3 of their scale and ≥ 99.9 % identical labels, for a single
+/// window with the head and for sliding windows.
+#[test]
+fn segment_on_the_gpu_matches_the_cpu() {
+    let s = Scratch::new("gpu");
+    for (i, extra) in [
+        &["--short-side", "224"][..],
+        &["--short-side", "224", "--window", "160", "--stride", "96"][..],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dump = |dev: &str| {
+            let dir = s.s(&format!("{dev}{i}"));
+            let mut a = extra.to_vec();
+            a.extend([
+                "--labels",
+                "person,dining table,background",
+                "--device",
+                dev,
+            ]);
+            a.extend(["--dump", &dir]);
+            let out = ok(&run(&segment_args(&a)));
+            (dir, out)
+        };
+        let ((cpu, _), (gpu, out)) = (dump("cpu"), dump("gpu"));
+        assert!(out.contains("image tower on gpu: "), "{out}");
+        for name in ["dense", "inter", "refined", "bkg", "probs"] {
+            let (a, b) = (
+                read_npy(&Path::new(&cpu).join(format!("{name}.npy"))),
+                read_npy(&Path::new(&gpu).join(format!("{name}.npy"))),
+            );
+            assert_eq!(a.shape, b.shape, "{name}");
+            let (a, b) = (a.f32s(), b.f32s());
+            let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let d = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            println!("{name} (case {i}): max |Δ| {d:.2e} of scale {scale:.2}");
+            assert!(d <= 1e-3 * scale, "{name} (case {i}): max |Δ| {d:e}");
+        }
+        let (a, b) = (
+            read_npy(&Path::new(&cpu).join("labels.npy")).i64s(),
+            read_npy(&Path::new(&gpu).join("labels.npy")).i64s(),
+        );
+        let same = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
+        assert!(
+            same >= 0.999,
+            "case {i}: {:.4} % of labels identical",
+            100.0 * same
+        );
+    }
+}
+
+/// No adapter (wgpu told to use a backend this build lacks): `--device gpu` is an error in
+/// words, `--device auto` warns and encodes on the CPU with the CPU's result.
+#[test]
+fn device_without_an_adapter() {
+    let args = |dev: &str| segment_args(&["--labels", "person,background", "--device", dev]);
+    let no_gpu = |dev: &str| {
+        Command::new(BIN)
+            .args(args(dev))
+            .env("WGPU_BACKEND", "metal")
+            .output()
+            .expect("run clipdino")
+    };
+    one_line_error(&no_gpu("gpu"), &["--device gpu", "no GPU adapter"]);
+    let auto = no_gpu("auto");
+    let out = ok(&auto);
+    assert!(
+        stderr(&auto).contains("the image tower runs on the CPU"),
+        "{}",
+        stderr(&auto)
+    );
+    assert!(!out.contains("image tower on gpu"), "{out}");
+    let areas = |o: &str| -> Vec<String> {
+        o.lines()
+            .filter(|l| l.starts_with("person") || l.starts_with("background"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(areas(&out), areas(&ok(&run(&args("cpu")))));
+}

@@ -529,6 +529,11 @@ fn check_image(image: &Tensor) -> Result<(usize, usize)> {
     }
 }
 
+/// An executor of the image tower for [`Segmenter::encode_image_with`]: normalised pixels
+/// `[1, 3, H, W]`, the `ln_2` tap's block, and `progress(done, total)` per block.
+pub type VisionExecutor<'a> =
+    dyn FnMut(&Tensor, usize, &mut dyn FnMut(usize, usize)) -> Result<clip::VisionOutput> + 'a;
+
 /// The windowed encoding loop with the per-window encoder as a closure (`Segmenter` passes the
 /// CLIP tower + head; tests pass synthetic encoders). `encode(i, n, crop)` gets window `i` of
 /// `n` as a `[3, h, w]` crop of the resized image and returns its features.
@@ -854,6 +859,21 @@ impl Segmenter {
         opts: &EncodeOptions,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<ImageFeatures> {
+        self.encode_image_with(image_chw01, opts, progress, &mut |pixels, layer, report| {
+            self.clip.vision.forward(pixels, layer, report)
+        })
+    }
+
+    /// [`Self::encode_image`] with another executor of the image tower: `tower(pixels, layer,
+    /// progress)` must compute what [`clip::VisionTransformer::forward`] does (e.g. on a GPU);
+    /// the head and everything after stay here.
+    pub fn encode_image_with(
+        &self,
+        image_chw01: &Tensor,
+        opts: &EncodeOptions,
+        progress: &mut dyn FnMut(Progress),
+        tower: &mut VisionExecutor,
+    ) -> Result<ImageFeatures> {
         let patch = self.clip_cfg.vision.patch_size;
         let layer = self.head_cfg.layer;
         encode_with(image_chw01, opts, patch, |i, n, crop| {
@@ -866,7 +886,7 @@ impl Segmenter {
                     blocks,
                 })
             };
-            let out = self.clip.vision.forward(&pixels, layer, &mut report)?;
+            let out = tower(&pixels, layer, &mut report)?;
             let (refined, bkg) = match &self.head {
                 Some(h) => (
                     Some(h.refine(&out.dense, &out.inter)?),
