@@ -284,6 +284,25 @@ pub struct ModelInfo {
     pub cache_note: Option<String>,
 }
 
+#[cfg(test)]
+impl ModelInfo {
+    /// This site's bundle of `files` (`bytes` in all), with a head: the model the reducer's and
+    /// the protocol's tests load.
+    pub(crate) fn for_tests(files: &[&str], bytes: u64) -> Self {
+        ModelInfo {
+            source: "this site".into(),
+            files: files.iter().map(|f| f.to_string()).collect(),
+            bytes,
+            from_cache: false,
+            has_head: true,
+            storage: "q8_0".into(),
+            architecture: "ViT".into(),
+            millis: 1.0,
+            cache_note: None,
+        }
+    }
+}
+
 impl ModelInfo {
     /// OpenAI CLIP weights (QuickGELU): the CLIP-DINOiser head is refused on them.
     pub fn is_quick_gelu(&self) -> bool {
@@ -627,15 +646,8 @@ mod tests {
     #[test]
     fn modes_needing_the_head_say_why_they_are_unavailable() {
         let mut info = ModelInfo {
-            source: "local files".into(),
-            files: vec![],
-            bytes: 0,
-            from_cache: false,
-            has_head: true,
-            storage: "q8_0".into(),
             architecture: "ViT 12×768, patch 16 · text 12×512 · embed 512".into(),
-            millis: 0.0,
-            cache_note: None,
+            ..ModelInfo::for_tests(&[], 0)
         };
         assert!(Mode::ALL
             .iter()

@@ -1,7 +1,6 @@
 //! One overlay's method: the mode (whose dense features classify the pixels; one line on what
 //! it is, and why it is unavailable when the weights cannot run it) and the refinement.
 
-use wasm_bindgen::JsCast;
 use web_sys::HtmlSelectElement;
 use yew::prelude::*;
 
@@ -37,13 +36,10 @@ pub fn MethodPicker(props: &Props) -> Html {
     let onchange = {
         let ctx = ctx.clone();
         Callback::from(move |e: Event| {
-            let Some(sel) = e
-                .target()
-                .and_then(|t| t.dyn_into::<HtmlSelectElement>().ok())
-            else {
-                return;
-            };
-            if let Ok(m) = sel.value().parse::<Mode>() {
+            let mode = e
+                .target_dyn_into::<HtmlSelectElement>()
+                .and_then(|sel| sel.value().parse::<Mode>().ok());
+            if let Some(m) = mode {
                 ctx.dispatch(Action::SetMode(side, m));
             }
         })

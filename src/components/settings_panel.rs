@@ -1,7 +1,6 @@
 //! Mode and refinement (and the compare view's), processing resolution, prompt templates,
 //! threads.
 
-use wasm_bindgen::JsCast;
 use web_sys::HtmlSelectElement;
 use yew::prelude::*;
 
@@ -48,13 +47,9 @@ fn threads_setting(ctx: &AppCtx) -> Html {
     let onchange = {
         let ctx = ctx.clone();
         Callback::from(move |e: Event| {
-            let Some(sel) = e
-                .target()
-                .and_then(|t| t.dyn_into::<HtmlSelectElement>().ok())
-            else {
-                return;
-            };
-            ctx.set_threads(sel.value().parse::<usize>().ok());
+            if let Some(sel) = e.target_dyn_into::<HtmlSelectElement>() {
+                ctx.set_threads(sel.value().parse::<usize>().ok());
+            }
         })
     };
     html! {

@@ -190,17 +190,7 @@ mod tests {
     use crate::protocol::{ErrorContext, ModelInfo, Progress, Response};
 
     fn info() -> ModelInfo {
-        ModelInfo {
-            source: "here".into(),
-            files: vec!["a.gguf".into()],
-            bytes: 100,
-            from_cache: false,
-            has_head: true,
-            storage: "q4_0".into(),
-            architecture: "ViT".into(),
-            millis: 1.0,
-            cache_note: None,
-        }
+        ModelInfo::for_tests(&["a.gguf"], 100)
     }
 
     /// A page with a model (load 1), a decoded photo (image 2) and a label, encoding.

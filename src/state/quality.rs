@@ -323,17 +323,7 @@ mod tests {
     }"#;
 
     fn info(bytes: u64) -> ModelInfo {
-        ModelInfo {
-            source: "this site".into(),
-            files: vec![],
-            bytes,
-            from_cache: false,
-            has_head: true,
-            storage: "q8_0 + f32".into(),
-            architecture: "ViT".into(),
-            millis: 1.0,
-            cache_note: None,
-        }
+        ModelInfo::for_tests(&[], bytes)
     }
 
     /// A page that asked for `sets` (load 1) and got `files` of `bytes`.

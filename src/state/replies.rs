@@ -444,15 +444,8 @@ mod tests {
         ));
         assert_eq!(s.work.as_ref().unwrap().done, 3, "unknown ids are ignored");
         let info = ModelInfo {
-            source: "here".into(),
-            files: vec!["a.gguf".into()],
-            bytes: 100,
             from_cache: true,
-            has_head: true,
-            storage: "q4_0".into(),
-            architecture: "ViT".into(),
-            millis: 1.0,
-            cache_note: None,
+            ..ModelInfo::for_tests(&["a.gguf"], 100)
         };
         s.apply(Action::Worker(
             Response::Loaded {

@@ -298,23 +298,16 @@ mod tests {
         assert_eq!((sets[0].compute, sets[0].site_bundle), (None, None));
     }
 
+    fn info(file: &str) -> crate::protocol::ModelInfo {
+        crate::protocol::ModelInfo::for_tests(&[file], 1)
+    }
+
     #[test]
     fn the_loaded_set_is_the_one_whose_files_arrived() {
         let page = |u: &str| format!("http://h/app/{u}");
         let (sets, _) = WeightsSource::Default.candidates(Precision::High, page);
         let mut s = State::default();
         s.apply(Action::UrlsRequested(4, sets.clone()));
-        let info = |file: &str| crate::protocol::ModelInfo {
-            source: "this site".into(),
-            files: vec![file.into()],
-            bytes: 1,
-            from_cache: false,
-            has_head: true,
-            storage: String::new(),
-            architecture: String::new(),
-            millis: 0.0,
-            cache_note: None,
-        };
         // The site has no high-precision bundle: the worker fell back to the standard one.
         s.apply(Action::Worker(
             Response::Loaded {
@@ -348,17 +341,6 @@ mod tests {
     #[test]
     fn the_precision_setting_follows_the_bundle_in_use() {
         let page = |u: &str| format!("http://h/app/{u}");
-        let info = |file: &str| crate::protocol::ModelInfo {
-            source: "this site".into(),
-            files: vec![file.into()],
-            bytes: 1,
-            from_cache: false,
-            has_head: true,
-            storage: String::new(),
-            architecture: String::new(),
-            millis: 0.0,
-            cache_note: None,
-        };
         let loaded = |s: &mut State, id, precision: Precision, file: &str| {
             let (sets, _) = WeightsSource::Default.candidates(precision, page);
             s.apply(Action::UrlsRequested(id, sets));

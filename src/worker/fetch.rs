@@ -182,6 +182,27 @@ pub async fn read_body(
     read_stream(&reader, name, total, keep_blob, progress, cancelled).await
 }
 
+/// The next chunk of a body, `None` at its end. Cancels the stream first when `cancelled`; a
+/// failed read is worded by `broke_off(the browser's reason)`.
+pub(crate) async fn next_chunk(
+    reader: &ReadableStreamDefaultReader,
+    cancelled: bool,
+    broke_off: impl FnOnce(&str) -> String,
+) -> Result<Option<Uint8Array>, ReadError> {
+    if cancelled {
+        let _ = reader.cancel();
+        return Err(ReadError::Cancelled);
+    }
+    let r = JsFuture::from(reader.read())
+        .await
+        .map_err(|e| ReadError::from(broke_off(&js_error_text(&e))))?;
+    let r: ReadableStreamReadResult = r.unchecked_into();
+    if r.get_done().unwrap_or(false) {
+        return Ok(None);
+    }
+    Ok(Some(r.get_value().unchecked_into()))
+}
+
 async fn read_stream(
     reader: &ReadableStreamDefaultReader,
     name: &str,
@@ -200,23 +221,14 @@ async fn read_stream(
     let chunks = Array::new();
     let mut last = js_sys::Date::now();
     progress(0, total);
-    loop {
-        if cancelled() {
-            let _ = reader.cancel();
-            return Err(ReadError::Cancelled);
-        }
-        let r = JsFuture::from(reader.read()).await.map_err(|e| {
-            format!(
-                "The download of {name} broke off after {} ({}).",
-                mb(bytes.len() as u64),
-                js_error_text(&e)
-            )
-        })?;
-        let r: ReadableStreamReadResult = r.unchecked_into();
-        if r.get_done().unwrap_or(false) {
-            break;
-        }
-        let chunk: Uint8Array = r.get_value().unchecked_into();
+    while let Some(chunk) = next_chunk(reader, cancelled(), |why| {
+        format!(
+            "The download of {name} broke off after {} ({why}).",
+            mb(bytes.len() as u64)
+        )
+    })
+    .await?
+    {
         let n = chunk.length() as usize;
         let start = bytes.len();
         if bytes.try_reserve(n).is_err() {

@@ -13,9 +13,7 @@ use clipdino::parts::{self, Manifest};
 use js_sys::{Array, Uint8Array};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{
-    Blob, Cache, ReadableStreamDefaultReader, ReadableStreamReadResult, Response, WorkerGlobalScope,
-};
+use web_sys::{Blob, Cache, ReadableStreamDefaultReader, Response, WorkerGlobalScope};
 
 use super::fetch::{self, host_of, mb, ReadError};
 use crate::protocol::WeightSet;
@@ -316,23 +314,14 @@ async fn stream_into(
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let want = slice.len();
     let mut at = 0usize;
-    loop {
-        if shared.stop() {
-            let _ = reader.cancel();
-            return Err(ReadError::Cancelled);
-        }
-        let r = JsFuture::from(reader.read()).await.map_err(|e| {
-            format!(
-                "The download of the {what} broke off after {} ({}).",
-                mb(at as u64),
-                js_error_text(&e)
-            )
-        })?;
-        let r: ReadableStreamReadResult = r.unchecked_into();
-        if r.get_done().unwrap_or(false) {
-            break;
-        }
-        let chunk: Uint8Array = r.get_value().unchecked_into();
+    while let Some(chunk) = fetch::next_chunk(&reader, shared.stop(), |why| {
+        format!(
+            "The download of the {what} broke off after {} ({why}).",
+            mb(at as u64)
+        )
+    })
+    .await?
+    {
         let n = chunk.length() as usize;
         if at + n > want {
             let _ = reader.cancel();

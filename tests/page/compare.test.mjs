@@ -7,21 +7,16 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { startServer } from './server.mjs';
 import {
-  DIST,
   attr,
   canvasColours,
   canvasHash,
-  checkDist,
-  launch,
   matchColours,
   newPage,
   nextSegmentation,
   screenshot,
-  screenshotPrefix,
-  testWeights,
   waitLegend,
+  useSite,
 } from './helpers.mjs';
 
 const debugAttr = (page, name) => page.getAttribute('[data-role=debug]', name);
@@ -55,21 +50,8 @@ async function overlayColours(page, selector) {
 }
 
 describe('clipdino page: modes, PAMR and the compare view', { timeout: 900_000 }, () => {
-  let server, browser;
+  const site = useSite('compare');
   const timings = [];
-
-  before(async () => {
-    screenshotPrefix('compare');
-    checkDist();
-    const { dir, bundle } = testWeights();
-    server = await startServer({ dist: DIST, weights: dir, bundle });
-    browser = await launch();
-  });
-
-  after(async () => {
-    await browser?.close();
-    await server?.close();
-  });
 
   // Both model-worker builds: the multi-threaded one (an isolated page) and the single-threaded
   // one (no isolation headers, service workers blocked).
@@ -79,8 +61,8 @@ describe('clipdino page: modes, PAMR and the compare view', { timeout: 900_000 }
   ];
 
   async function openPage({ build, route, context }, fragment) {
-    const { page } = await newPage(browser, context);
-    await page.goto(`${server.origin}${route}#${fragment}`);
+    const { page } = await newPage(site.browser, context);
+    await page.goto(`${site.server.origin}${route}#${fragment}`);
     await page.waitForSelector(`[data-role=threads-status][data-build=${build}]`, { timeout: 120_000 });
     await page.waitForSelector('[data-role=model-ready]', { timeout: 120_000 });
     return page;
@@ -202,7 +184,7 @@ describe('clipdino page: modes, PAMR and the compare view', { timeout: 900_000 }
     await page.click('[data-role=share]');
     const url = await page.inputValue('[data-role=share-url]');
     assert.match(url, /&mode=naclip&refine=pamr&compare=maskclip&res=448&/);
-    const fresh = await newPage(browser);
+    const fresh = await newPage(site.browser);
     await fresh.page.goto(url);
     await fresh.page.waitForSelector('[data-role=model-ready]', { timeout: 120_000 });
     await waitOverlay(fresh.page, 'compare', { mode: 'maskclip', refine: 'none' });
@@ -213,8 +195,8 @@ describe('clipdino page: modes, PAMR and the compare view', { timeout: 900_000 }
     await fresh.context.close();
 
     // Unknown values in a link: a notice in words, the rest of the link applies.
-    const odd = await newPage(browser);
-    await odd.page.goto(`${server.origin}/demo/clipdino/#labels=cat,wall&mode=segformer&refine=crf&compare=sclip&sample=chelsea`);
+    const odd = await newPage(site.browser);
+    await odd.page.goto(`${site.server.origin}/demo/clipdino/#labels=cat,wall&mode=segformer&refine=crf&compare=sclip&sample=chelsea`);
     await odd.page.waitForSelector('[data-role=model-ready]', { timeout: 120_000 });
     const notice = await odd.page.textContent('.notice[data-area=share]');
     assert.match(notice, /Ignored `mode=segformer` in the link: the modes are dinoiser, maskclip, clearclip, naclip, sclip\./);

@@ -21,6 +21,7 @@ import {
   screenshotPrefix,
   testWeights,
   waitLegend,
+  expectNotice,
 } from './helpers.mjs';
 
 /** A well-formed GGUF (v3) of another model: `general.architecture = llama` and one F32 tensor
@@ -50,22 +51,6 @@ function pngHeader(w, h) {
   const crc = Buffer.alloc(4);
   crc.writeUInt32BE(zlib.crc32(body));
   return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), len, body, crc]);
-}
-
-/** Wait for the message in `area` to match `re` (an older message may still be showing). */
-async function expectNotice(page, area, re) {
-  const sel = `.notice[data-area=${area}] .notice-text`;
-  try {
-    await page.waitForFunction(
-      ([s, src, flags]) => new RegExp(src, flags).test(document.querySelector(s)?.textContent ?? ''),
-      [sel, re.source, re.flags],
-      { timeout: 60_000 },
-    );
-  } catch {
-    const now = await page.$eval(sel, (e) => e.textContent).catch(() => '(no message)');
-    assert.fail(`message in ${area} never matched ${re}; it says: ${now}`);
-  }
-  return page.textContent(sel);
 }
 
 async function dismiss(page, area) {

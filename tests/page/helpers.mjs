@@ -1,9 +1,13 @@
 // Shared set-up for the page tests: the built site, random weights, Chromium, screenshots and
 // canvas read-outs.
+import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { after, before } from 'node:test';
 import { chromium } from 'playwright-core';
+
+import { startServer } from './server.mjs';
 
 export const ROOT = path.resolve(import.meta.dirname, '../..');
 export const OUT = path.join(ROOT, 'test-output/page');
@@ -210,4 +214,41 @@ export async function waitLegend(page, labels, timeout = 60_000) {
     throw new Error(`the legend never listed ${JSON.stringify(labels)}; it shows ${JSON.stringify((await legend(page)).map((l) => l.label))}`);
   });
   return legend(page);
+}
+
+/** The suite's site: before its tests, the test server on the built site with the test weights
+ * (`more(weights)` adds server options) and a browser; after them, both closed. The returned
+ * holder's `server`, `browser` and `weights` are set once the `before` hook has run. */
+export function useSite(prefix, more = () => ({})) {
+  const site = {};
+  before(async () => {
+    screenshotPrefix(prefix);
+    checkDist();
+    site.weights = testWeights();
+    const { dir, bundle } = site.weights;
+    site.server = await startServer({ dist: DIST, weights: dir, bundle, ...more(site.weights) });
+    site.browser = await launch();
+  });
+  after(async () => {
+    await site.browser?.close();
+    await site.server?.close();
+  });
+  return site;
+}
+
+/** Wait for the message in `area` to match `re` (an older message may still be showing);
+ * returns its text. */
+export async function expectNotice(page, area, re, timeout = 60_000) {
+  const sel = `.notice[data-area=${area}] .notice-text`;
+  try {
+    await page.waitForFunction(
+      ([s, src, flags]) => new RegExp(src, flags).test(document.querySelector(s)?.textContent ?? ''),
+      [sel, re.source, re.flags],
+      { timeout },
+    );
+  } catch {
+    const now = await page.$eval(sel, (e) => e.textContent).catch(() => '(no message)');
+    assert.fail(`message in ${area} never matched ${re}; it says: ${now}`);
+  }
+  return page.textContent(sel);
 }

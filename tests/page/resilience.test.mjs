@@ -20,23 +20,8 @@ import {
   screenshotPrefix,
   testWeights,
   waitLegend,
+  expectNotice,
 } from './helpers.mjs';
-
-/** Wait for the message in `area` to match `re`; returns its text. */
-async function expectNotice(page, area, re, timeout = 60_000) {
-  const sel = `.notice[data-area=${area}] .notice-text`;
-  try {
-    await page.waitForFunction(
-      ([s, src, flags]) => new RegExp(src, flags).test(document.querySelector(s)?.textContent ?? ''),
-      [sel, re.source, re.flags],
-      { timeout },
-    );
-  } catch {
-    const now = await page.$eval(sel, (e) => e.textContent).catch(() => '(no message)');
-    assert.fail(`message in ${area} never matched ${re}; it says: ${now}`);
-  }
-  return page.textContent(sel);
-}
 
 const waitAttr = (page, name, value, timeout = 120_000) =>
   page.waitForFunction(([n, v]) => document.querySelector('.app')?.getAttribute(n) === v, [name, value], { timeout });

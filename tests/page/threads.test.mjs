@@ -6,17 +6,12 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { startServer } from './server.mjs';
 import {
-  DIST,
   canvasHash,
-  checkDist,
-  launch,
   newPage,
   screenshot,
-  screenshotPrefix,
-  testWeights,
   waitLegend,
+  useSite,
 } from './helpers.mjs';
 
 const LABELS = ['cat', 'wall', 'floor'];
@@ -48,25 +43,12 @@ function documentLoads(server, prefix) {
 }
 
 describe('clipdino page: threads', { timeout: 600_000 }, () => {
-  let server, browser;
+  const site = useSite('threads');
   const hashes = {};
 
-  before(async () => {
-    screenshotPrefix('threads');
-    checkDist();
-    const { dir, bundle } = testWeights();
-    server = await startServer({ dist: DIST, weights: dir, bundle });
-    browser = await launch();
-  });
-
-  after(async () => {
-    await browser?.close();
-    await server?.close();
-  });
-
   it('runs the multi-threaded build on an isolated page, one thread per core', async () => {
-    const { context, page } = await newPage(browser);
-    await page.goto(`${server.origin}/demo/clipdino/`);
+    const { context, page } = await newPage(site.browser);
+    await page.goto(`${site.server.origin}/demo/clipdino/`);
     assert.equal(await page.evaluate(() => window.crossOriginIsolated), true);
     const cores = await page.evaluate(() => navigator.hardwareConcurrency);
     const status = await threadStatus(page);
@@ -88,11 +70,11 @@ describe('clipdino page: threads', { timeout: 600_000 }, () => {
 
   it('falls back to the single-threaded build without isolation, same overlay', async () => {
     // A static host without the headers, and no service worker allowed: no isolation.
-    const context = await browser.newContext({ serviceWorkers: 'block', viewport: { width: 1280, height: 1000 } });
+    const context = await site.browser.newContext({ serviceWorkers: 'block', viewport: { width: 1280, height: 1000 } });
     const page = await context.newPage();
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
-    await page.goto(`${server.origin}/plain/`);
+    await page.goto(`${site.server.origin}/plain/`);
     assert.equal(await page.evaluate(() => window.crossOriginIsolated), false);
     const status = await threadStatus(page);
     assert.equal(status.build, 'single', status.text);
@@ -106,28 +88,28 @@ describe('clipdino page: threads', { timeout: 600_000 }, () => {
   });
 
   it('isolates a page of a plain static host with its service worker and one reload', async () => {
-    const { context, page } = await newPage(browser);
-    const before = documentLoads(server, '/plain/');
-    await page.goto(`${server.origin}/plain/`);
+    const { context, page } = await newPage(site.browser);
+    const before = documentLoads(site.server, '/plain/');
+    await page.goto(`${site.server.origin}/plain/`);
     await page.waitForFunction(() => window.crossOriginIsolated === true, null, { timeout: 60_000 });
     const status = await threadStatus(page);
     assert.equal(status.build, 'multi', status.text);
-    assert.equal(documentLoads(server, '/plain/') - before, 2, 'expected the first load and one reload');
+    assert.equal(documentLoads(site.server, '/plain/') - before, 2, 'expected the first load and one reload');
     // Later visits are isolated from the start: no more reloads.
-    await page.goto(`${server.origin}/plain/`);
+    await page.goto(`${site.server.origin}/plain/`);
     await page.waitForSelector('[data-role=threads-status][data-build=multi]', { timeout: 60_000 });
-    assert.equal(documentLoads(server, '/plain/') - before, 3);
+    assert.equal(documentLoads(site.server, '/plain/') - before, 3);
     assert.deepEqual(page.errors, []);
     await context.close();
   });
 
   it('reloads only once when the service worker cannot isolate the page', async () => {
-    const { context, page } = await newPage(browser);
-    await page.goto(`${server.origin}/inert/`);
+    const { context, page } = await newPage(site.browser);
+    await page.goto(`${site.server.origin}/inert/`);
     // Give a reload loop time to show itself.
     await page.waitForSelector('[data-role=threads-status]', { timeout: 120_000 });
     await page.waitForTimeout(3000);
-    assert.equal(documentLoads(server, '/inert/'), 2, 'the page must reload exactly once');
+    assert.equal(documentLoads(site.server, '/inert/'), 2, 'the page must reload exactly once');
     assert.equal(await page.evaluate(() => window.crossOriginIsolated), false);
     const status = await threadStatus(page);
     assert.equal(status.build, 'single', status.text);
