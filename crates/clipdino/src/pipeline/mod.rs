@@ -816,19 +816,15 @@ impl Segmenter {
     /// `vb` is the bundle root (`visual.*`, text tower, `dinoiser.*`); `head = None` builds a
     /// MaskCLIP-only segmenter.
     pub fn new(vb: &Vb, clip_cfg: &ClipConfig, head: Option<&HeadConfig>) -> Result<Self> {
+        // The loaders check the same; a segmenter built by hand must not skip it (a head on
+        // QuickGELU weights would give plausible-looking, wrong masks).
+        if let Some(h) = head {
+            h.validate(clip_cfg)?;
+        }
         let clip = ClipModel::new(vb, clip_cfg)?;
         let head_cfg = head
             .cloned()
             .unwrap_or_else(|| HeadConfig::for_clip(clip_cfg, 256));
-        if head_cfg.layer >= clip_cfg.vision.layers || head_cfg.in_dim != clip_cfg.vision.width {
-            return Err(Error::config(
-                "head",
-                format!(
-                    "head {head_cfg:?} does not fit a {}-block, width-{} image tower",
-                    clip_cfg.vision.layers, clip_cfg.vision.width
-                ),
-            ));
-        }
         let head = match head {
             Some(h) => Some(DinoiserHead::new(&vb.pp("dinoiser"), h)?),
             None => None,

@@ -552,3 +552,32 @@ fn segment_is_cheap() {
     // generous bound: the point is that nothing re-encodes (an encode takes seconds)
     assert!(ms < 2000.0, "{ms} ms");
 }
+
+/// A head is refused on weights it was not trained for, whoever builds the segmenter: QuickGELU
+/// (OpenAI) towers and towers of another width or depth.
+#[test]
+fn segmenter_refuses_a_head_that_does_not_fit() {
+    use crate::loaders::{random_clip_store, random_head_store};
+    use crate::{Activation, ComputePath, Vb};
+    let build = |cfg: &ClipConfig, head: &HeadConfig| {
+        let mut store = random_clip_store(cfg, 1);
+        store.merge(random_head_store(head, 2), "dinoiser.");
+        let vb = Vb::new(std::sync::Arc::new(store), dev(), ComputePath::F32);
+        Segmenter::new(&vb, cfg, Some(head))
+    };
+    let cfg = ClipConfig::tiny();
+    let head = HeadConfig::for_clip(&cfg, 16);
+    assert!(build(&cfg, &head).is_ok());
+    let quick = ClipConfig {
+        activation: Activation::QuickGelu,
+        ..cfg.clone()
+    };
+    let err = build(&quick, &head).err().expect("refused").to_string();
+    assert!(err.contains("OpenAI"), "{err}");
+    let narrow = HeadConfig {
+        in_dim: cfg.vision.width / 2,
+        ..head.clone()
+    };
+    let err = build(&cfg, &narrow).err().expect("refused").to_string();
+    assert!(err.contains("in_dim"), "{err}");
+}
