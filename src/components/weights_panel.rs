@@ -54,8 +54,9 @@ fn precision_setting(ctx: &AppCtx) -> Html {
             None => name.to_string(),
         };
         let mut hint = match p {
-            Precision::Standard => "The default bundle (8-bit weights), computed on the integer kernel: faster, less memory.".to_string(),
-            Precision::High => "The 16-bit bundle, computed in f32: closest to the full-precision model; a larger download, more memory, slower.".to_string(),
+            // Memory and speed as measured for ViT-B/16 in the browser (BENCHMARKS.md, "Precision").
+            Precision::Standard => "The default bundle (8-bit weights), computed on the integer kernel: faster, and about 0.6 GB of memory in this tab.".to_string(),
+            Precision::High => "The 16-bit bundle, computed in f32: closest to the full-precision model; a larger download, about 1.1 GB of memory in this tab (standard: 0.6 GB), and photos take about 1.7× as long to encode.".to_string(),
         };
         if let Some(v) = report.and_then(|r| r.find(&p.file_name(), p.compute())) {
             hint.push_str(&format!(" Measured label agreement: {} %.", percent_down(v.agreement)));
