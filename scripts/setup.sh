@@ -13,6 +13,13 @@ what=${1:-all}
 . scripts/threads.env
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+# Debian packages (as root, or through sudo).
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+}
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
@@ -52,23 +59,17 @@ if [ "$what" = all ]; then
   # The CLI's JPEG decoder (libjpeg-turbo's, via the mozjpeg crate) is compiled from C source.
   if ! command -v cc >/dev/null; then
     say "installing a C compiler (Debian package gcc)"
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gcc libc6-dev
+    apt_install gcc libc6-dev
   fi
   if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     say "installing Chromium and ChromeDriver (Debian packages)"
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver
+    apt_install chromium chromium-driver
   fi
   # A Vulkan driver that runs on the CPU (Mesa's lavapipe), for the GPU kernels' native tests
   # (crates/clipdino-gpu): they fail, not skip, without an adapter.
   if ! ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1; then
     say "installing Mesa's Vulkan drivers (Debian package mesa-vulkan-drivers)"
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers
+    apt_install mesa-vulkan-drivers
   fi
 fi
 say "ready"
