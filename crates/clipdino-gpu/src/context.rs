@@ -89,8 +89,20 @@ impl Gpu {
             })
         };
         let matmul = pipeline("matmul", include_str!("shaders/matmul.wgsl"));
-        let layer_norm = pipeline("layernorm", include_str!("shaders/layernorm.wgsl"));
-        let softmax = pipeline("softmax", include_str!("shaders/softmax.wgsl"));
+        let layer_norm = pipeline(
+            "layernorm",
+            concat!(
+                include_str!("shaders/reduce.wgsl"),
+                include_str!("shaders/layernorm.wgsl")
+            ),
+        );
+        let softmax = pipeline(
+            "softmax",
+            concat!(
+                include_str!("shaders/reduce.wgsl"),
+                include_str!("shaders/softmax.wgsl")
+            ),
+        );
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("unused operand"),
             size: 16,

@@ -256,6 +256,32 @@ impl GpuVision {
     /// `x += c_proj(act(c_fc(ln_2 x)))` on the first `rows` rows of `x`, through `ln` and
     /// `hidden`; `ln_done`: `ln` already holds `ln_2 x`.
     #[allow(clippy::too_many_arguments)]
+    /// `ln_1` of a block's input `x` (`rows` tokens) into `ln`, then its fused q/k/v projection
+    /// into `qkv`.
+    fn ln_1_qkv(
+        &self,
+        enc: &mut Encoder,
+        block: &GpuBlock,
+        rows: usize,
+        x: &GpuBuffer,
+        ln: &GpuBuffer,
+        qkv: &GpuBuffer,
+    ) {
+        let w = self.width as u32;
+        enc.layer_norm(
+            &block.ln_1,
+            rows as u32,
+            (x, View::rows(0, w)),
+            (ln, View::rows(0, w)),
+        );
+        enc.matmul(
+            &block
+                .in_proj
+                .on(rows, (ln, View::rows(0, w)), View::rows(0, 3 * w)),
+            qkv,
+        );
+    }
+
     fn mlp_residual(
         &self,
         enc: &mut Encoder,
@@ -377,18 +403,7 @@ impl GpuVision {
             enc.copy(&ln, 0, &x, 0, t * width);
 
             for (i, block) in self.blocks[..layers - 1].iter().enumerate() {
-                enc.layer_norm(
-                    &block.ln_1,
-                    t as u32,
-                    (&x, View::rows(0, w32)),
-                    (&ln, View::rows(0, w32)),
-                );
-                enc.matmul(
-                    &block
-                        .in_proj
-                        .on(t, (&ln, View::rows(0, w32)), View::rows(0, 3 * w32)),
-                    &qkv,
-                );
+                self.ln_1_qkv(&mut enc, block, t, &x, &ln, &qkv);
                 self.attend(&mut enc, &qkv, (t, t), &scores, &attn);
                 enc.matmul(
                     &block
@@ -414,18 +429,7 @@ impl GpuVision {
 
             // Last block from its input `x` (kept: the trunk): shared ln_1 and q/k/v.
             let last = &self.blocks[layers - 1];
-            enc.layer_norm(
-                &last.ln_1,
-                t as u32,
-                (&x, View::rows(0, w32)),
-                (&ln, View::rows(0, w32)),
-            );
-            enc.matmul(
-                &last
-                    .in_proj
-                    .on(t, (&ln, View::rows(0, w32)), View::rows(0, 3 * w32)),
-                &qkv,
-            );
+            self.ln_1_qkv(&mut enc, last, t, &x, &ln, &qkv);
             // Ordinary path: the CLS query only, unless this block's ln_2 is the tap.
             let nq = if inter_layer == layers - 1 { t } else { 1 };
             self.attend(&mut enc, &qkv, (t, nq), &scores, &attn);

@@ -6,25 +6,21 @@
 //! activations reach ~20, so its errors are taken relative to that scale).
 #![cfg(not(target_arch = "wasm32"))]
 
+// The model crate's test helpers (fixture files, scale-relative differences), shared rather than
+// written again.
+#[path = "../../clipdino/tests/common/mod.rs"]
+mod model_tests;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use clipdino::clip::{preprocess, ClipModel, VisionOutput};
 use clipdino::loaders::{load_model_files, Bundle};
 use clipdino::{ComputePath, Vb};
 use clipdino_gpu::{block_on, Gpu, GpuVision};
 
 const TOL: f32 = 1e-3;
-
-fn fixture(dir: &str, name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(dir)
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {} is missing ({e})", path.display()))
-}
 
 struct Fixture {
     bundle: Bundle,
@@ -38,40 +34,17 @@ fn load(dir: &str) -> Fixture {
         "last.pt",
     ]
     .iter()
-    .map(|n| (n.to_string(), fixture(dir, n)))
+    .map(|n| (n.to_string(), model_tests::fixture::read(dir, n)))
     .collect();
     Fixture {
         bundle: load_model_files(&files).expect("fixture loads"),
-        expected: candle_core::safetensors::load_buffer(
-            &fixture(dir, "expected.safetensors"),
-            &Device::Cpu,
-        )
-        .expect("expected.safetensors"),
+        expected: model_tests::fixture::expected(dir),
     }
 }
 
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-/// `max |got − want| / max(1, max |want|)`.
-fn scaled_diff(label: &str, got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims(), "{label}: shape");
-    let want = want.to_dtype(DType::F32).unwrap();
-    let d = max_abs(&(got - &want).unwrap()) / max_abs(&want).max(1.0);
-    println!("{label}: scaled max |Δ| = {d:.2e}");
-    d
-}
-
 fn check(label: &str, got: &Tensor, want: &Tensor, tol: f32) {
-    let d = scaled_diff(label, got, want);
+    let d = model_tests::scaled_diff(got, want);
+    println!("{label}: scaled max |Δ| = {d:.2e}");
     assert!(d <= tol, "{label}: scaled max |Δ| {d:e} > {tol:e}");
 }
 

@@ -7,8 +7,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 
-const WG: u32 = 256u;
-var<workgroup> partial: array<f32, 256>;
+// WG, reduce_max, reduce_sum: reduce.wgsl (prepended when the pipeline is built).
 
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -24,31 +23,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     for (var i = li; i < p.len; i += WG) {
         m = max(m, x[base + i]);
     }
-    partial[li] = m;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if li < s {
-            partial[li] = max(partial[li], partial[li + s]);
-        }
-        workgroupBarrier();
-    }
-    let row_max = partial[0];
-    workgroupBarrier();
+    let row_max = reduce_max(li, m);
     var sum = 0.0;
     for (var i = li; i < p.len; i += WG) {
         let e = exp(x[base + i] - row_max);
         x[base + i] = e;
         sum += e;
     }
-    partial[li] = sum;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if li < s {
-            partial[li] += partial[li + s];
-        }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / partial[0];
+    let inv = 1.0 / reduce_sum(li, sum);
     for (var i = li; i < p.len; i += WG) {
         x[base + i] *= inv;
     }
