@@ -255,7 +255,6 @@ impl GpuVision {
 
     /// `x += c_proj(act(c_fc(ln_2 x)))` on the first `rows` rows of `x`, through `ln` and
     /// `hidden`; `ln_done`: `ln` already holds `ln_2 x`.
-    #[allow(clippy::too_many_arguments)]
     /// `ln_1` of a block's input `x` (`rows` tokens) into `ln`, then its fused q/k/v projection
     /// into `qkv`.
     fn ln_1_qkv(
@@ -282,6 +281,7 @@ impl GpuVision {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn mlp_residual(
         &self,
         enc: &mut Encoder,
