@@ -16,6 +16,7 @@ use candle_core::{DType, Tensor, D};
 
 use crate::config::HeadConfig;
 use crate::error::{Error, Result};
+use crate::linear::forward_rows;
 use crate::weights::Vb;
 
 /// Correlations below γ are zeroed before pooling (upstream `gamma=0.2`).
@@ -26,10 +27,6 @@ pub const DELTA: f32 = 0.99;
 pub const POOL_EPS: f32 = 1e-6;
 /// Foreground threshold on `sigmoid(bkg_decoder(..))` (upstream `r_soft_found > 0.5`).
 pub const FOREGROUND_THRESHOLD: f32 = 0.5;
-
-/// Rows of the `hw × hw` correlation matrix computed at once: bounds memory at large grids
-/// (4096 patches would otherwise need a 64 MB matrix).
-const CORR_CHUNK: usize = 512;
 
 #[derive(Debug, Clone)]
 pub struct DinoiserHead {
@@ -117,7 +114,9 @@ impl DinoiserHead {
         let (h, w) = self.check_inter(inter)?;
         let (inp, proj) = (self.cfg.in_dim, self.cfg.proj_dim);
         let g = inter.to_dtype(DType::F32)?.reshape((h * w, inp))?;
-        let y = g.matmul(&self.obj_w)?.flatten_all()?.to_vec1::<f32>()?;
+        let y = forward_rows(&g, |rows| rows.matmul(&self.obj_w))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let mut out = vec![0f32; h * w * proj];
         for i in 0..h {
             for j in 0..w {
@@ -167,18 +166,16 @@ impl DinoiserHead {
         let p = l2_normalize_last(&self.project(inter)?)?;
         let pt = p.t()?.contiguous()?;
         let f = dense.to_dtype(DType::F32)?.reshape((n, e))?;
-        let mut rows = Vec::with_capacity(n.div_ceil(CORR_CHUNK));
-        let mut start = 0;
-        while start < n {
-            let len = CORR_CHUNK.min(n - start);
-            let c = p.narrow(0, start, len)?.matmul(&pt)?; // [len, n]
+        // `C` one block of `par::ROW_BLOCK` rows at a time (`[128, n]`, the blocks in parallel):
+        // never the whole `n × n` matrix (4096 patches would need 64 MB).
+        let pooled = forward_rows(&p, |rows| {
+            let c = rows.matmul(&pt)?;
             let keep = c.ge(GAMMA as f64)?.to_dtype(DType::F32)?;
             let c = (c * keep)?;
             let norm = (c.sum_keepdim(1)? + POOL_EPS as f64)?;
-            rows.push(c.matmul(&f)?.broadcast_div(&norm)?);
-            start += len;
-        }
-        Ok(Tensor::cat(&rows, 0)?.reshape((h, w, e))?)
+            c.matmul(&f)?.broadcast_div(&norm)
+        })?;
+        Ok(pooled.reshape((h, w, e))?)
     }
 
     /// Foreground score `sigmoid(bkg_decoder(G/‖G‖))` per patch, `[h, w]`.
@@ -375,7 +372,7 @@ mod tests {
 
     #[test]
     fn refine_chunks_agree_beyond_chunk_size() {
-        // more patches than CORR_CHUNK rows: chunked result must equal the one-shot formula
+        // more patches than one row block (`par::ROW_BLOCK`): must equal the one-shot formula
         let (inp, proj, h, w, e) = (4, 3, 24, 25, 3);
         let (hd, ..) = head(inp, proj, 9);
         let mut s = 1;
