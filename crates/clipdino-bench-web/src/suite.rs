@@ -418,6 +418,20 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
                 preset: Preset::Window448,
                 runs: r,
             },
+            // What an encode adds to the tower, to see which part does not scale: the
+            // tower at the 336 input, and the head (its products) at both presets.
+            Step::Tower {
+                preset: Preset::S336,
+                runs: r,
+            },
+            Step::Head {
+                preset: Preset::S336,
+                runs: r,
+            },
+            Step::Head {
+                preset: Preset::Window448,
+                runs: r,
+            },
             Step::Encode {
                 preset: Preset::S336,
                 runs: r,
