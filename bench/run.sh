@@ -11,7 +11,8 @@
 # Environment: PROFILE=release (default; what ships) or bench-web (thin LTO, quicker to link);
 #   BENCH_DATA=target/bench (weights, ONNX models, inputs; ~3.5 GB);
 #   PYTHON=python with torch + open_clip_torch + onnx + onnxruntime (a virtualenv created by
-#   tests/reference/setup_venv.sh, plus `pip install -r bench/requirements.txt`).
+#   tests/reference/setup_venv.sh, plus `pip install -r bench/requirements.txt`);
+#   BENCH_BUILD_ONLY=1: builds, weights and photo only, nothing timed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PWD/node_modules/.bin:$PATH"
@@ -72,6 +73,9 @@ done
 
 # 3. the photo as packed RGB (www/samples/china.jpg, 640×427)
 "$PYTHON" bench/photo.py --out "$DATA"
+
+# BENCH_BUILD_ONLY=1: stop here (build while the machine is busy, measure once it is quiet)
+[ -z "${BENCH_BUILD_ONLY:-}" ] || exit 0
 
 # 4. native → ONNX export → Chromium → results
 echo "== load before running: $(uptime)"
