@@ -1,7 +1,9 @@
 // The peer: onnxruntime-web (wasm backend, SIMD; one thread, or `threads` of the config on a
 // cross-origin isolated page) running the open_clip ViT-B/16 image tower exported by
 // bench/export_onnx.py, in a Web Worker. Its .wasm files are served from node_modules (no CDN).
-import * as ort from '/ort/ort.wasm.min.mjs';
+// `ort-worker.js?webgpu`: the WebGPU execution provider instead (its own bundle), for the GPU plan.
+const WEBGPU = self.location.search.includes('webgpu');
+const ort = await import(WEBGPU ? '/ort/ort.webgpu.min.mjs' : '/ort/ort.wasm.min.mjs');
 
 ort.env.wasm.wasmPaths = '/ort/';
 ort.env.wasm.numThreads = 1;
@@ -29,7 +31,7 @@ async function run({ models, runs, threads = 1 }) {
     const input = new Float32Array((await fetchBytes(m.input)).buffer);
     const t0 = performance.now();
     const session = await ort.InferenceSession.create(bytes, {
-      executionProviders: ['wasm'],
+      executionProviders: [WEBGPU ? 'webgpu' : 'wasm'],
       graphOptimizationLevel: 'all',
     });
     const createMs = performance.now() - t0;
@@ -52,7 +54,16 @@ async function run({ models, runs, threads = 1 }) {
     out.push(res);
     postMessage({ type: 'progress', line: `[ort] ${m.name}: median ${fmt(res.median_ms)} ms (session ${fmt(createMs)} ms)` });
   }
-  return { ort_version: ort.env.versions?.web ?? null, num_threads: ort.env.wasm.numThreads, models: out };
+  let adapter = null;
+  if (WEBGPU) {
+    const a = await navigator.gpu?.requestAdapter();
+    const info = a?.info;
+    adapter = info ? { vendor: info.vendor, architecture: info.architecture, device: info.device, description: info.description } : null;
+  }
+  return {
+    ort_version: ort.env.versions?.web ?? null, num_threads: ort.env.wasm.numThreads,
+    execution_provider: WEBGPU ? 'webgpu' : 'wasm', adapter, models: out,
+  };
 }
 
 self.onmessage = async (e) => {
