@@ -23,7 +23,7 @@ function median(v) {
   return n % 2 ? s[(n - 1) / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
 }
 
-async function run({ models, runs, threads = 1 }) {
+async function run({ models, runs, threads = 1, warmup = true }) {
   ort.env.wasm.numThreads = threads;
   const out = [];
   for (const m of models) {
@@ -36,7 +36,9 @@ async function run({ models, runs, threads = 1 }) {
     });
     const createMs = performance.now() - t0;
     const feeds = { pixels: new ort.Tensor('float32', input, m.shape) };
-    await session.run(feeds); // warm-up
+    // warm-up (the GPU plan skips it: on a CPU emulation one run takes minutes; its single run
+    // then includes the shader compilation)
+    if (warmup) await session.run(feeds);
     const times = [];
     let pooled = null;
     for (let i = 0; i < runs; i++) {
@@ -48,7 +50,7 @@ async function run({ models, runs, threads = 1 }) {
     await session.release();
     const res = {
       name: m.name, size: m.shape.slice(2), variant: m.variant, bytes: bytes.length,
-      create_ms: createMs, median_ms: median(times), min_ms: Math.min(...times), max_ms: Math.max(...times),
+      create_ms: createMs, warmup, median_ms: median(times), min_ms: Math.min(...times), max_ms: Math.max(...times),
       runs_ms: times, pooled,
     };
     out.push(res);

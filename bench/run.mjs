@@ -224,7 +224,7 @@ async function browserRuns(a, photo, sizes, loads) {
       const models = ortModels(([h, w]) => h === 448 && w === 448).filter((m) => m.variant === 'f32');
       loads.push(load('onnxruntime-web webgpu start'));
       try {
-        out.ort_webgpu = await page.evaluate((cfg) => window.bench.run('ort-worker.js?webgpu', cfg), { models, runs: a.runs });
+        out.ort_webgpu = await page.evaluate((cfg) => window.bench.run('ort-worker.js?webgpu', cfg), { models, runs: a.runs, warmup: a.runs > 1 });
       } catch (e) {
         // Recorded, not fatal: the GPU benchmark's own results stand without the peer.
         out.ort_webgpu = { error: String(e?.message ?? e) };

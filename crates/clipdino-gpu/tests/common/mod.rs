@@ -179,7 +179,8 @@ pub async fn matmul_compact_weights_match_dequantized_cpu(gpu: &Gpu) {
                 "q8",
                 gpu.upload_q8("w", &blocks).unwrap(),
                 q8_values,
-                (n * k + n * k / 16 + 3) / 4 * 4,
+                // int8 values, then the f16 scales padded to whole words.
+                n * k + (n * k / 32).div_ceil(2) * 4,
             ),
             (
                 "f16",
