@@ -2,12 +2,16 @@
 // cross-origin isolated page) running the open_clip ViT-B/16 image tower exported by
 // bench/export_onnx.py, in a Web Worker. Its .wasm files are served from node_modules (no CDN).
 // `ort-worker.js?webgpu`: the WebGPU execution provider instead (its own bundle), for the GPU plan.
+// The bundle is imported without a top-level await: the page posts its message right away, and
+// a module worker suspended in a top-level await has no `onmessage` yet (the message is lost).
 const WEBGPU = self.location.search.includes('webgpu');
-const ort = await import(WEBGPU ? '/ort/ort.webgpu.min.mjs' : '/ort/ort.wasm.min.mjs');
-
-ort.env.wasm.wasmPaths = '/ort/';
-ort.env.wasm.numThreads = 1;
-ort.env.wasm.proxy = false;
+const ortReady = import(WEBGPU ? '/ort/ort.webgpu.min.mjs' : '/ort/ort.wasm.min.mjs').then((m) => {
+  m.env.wasm.wasmPaths = '/ort/';
+  m.env.wasm.numThreads = 1;
+  m.env.wasm.proxy = false;
+  return m;
+});
+let ort;
 
 const fmt = (v) => v.toFixed(1);
 
@@ -24,6 +28,7 @@ function median(v) {
 }
 
 async function run({ models, runs, threads = 1, warmup = true }) {
+  ort = await ortReady;
   ort.env.wasm.numThreads = threads;
   const out = [];
   for (const m of models) {

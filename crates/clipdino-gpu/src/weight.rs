@@ -65,8 +65,8 @@ impl WeightFormat {
 pub enum GpuWeights {
     /// As close to the download as the kernels allow: Q8_0 blocks as stored (the default bundle:
     /// the same numbers the CPU dequantizes), F16/BF16 as f16, f32 as f32, and the other
-    /// quantized formats (Q4_0, K-quants) re-quantized to Q8 (≤ 1/16 of their own rounding step
-    /// added, at ~2× their size).
+    /// quantized formats (Q4_0, K-quants) re-quantized to Q8 (adding at most 1/254 of each
+    /// 32-value block's largest magnitude, at ~2× their size).
     #[default]
     AsStored,
     /// Every matrix f32 (4× a Q8_0 download; the reference for the compact forms).
