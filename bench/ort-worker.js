@@ -1,11 +1,17 @@
 // The peer: onnxruntime-web (wasm backend, SIMD; one thread, or `threads` of the config on a
 // cross-origin isolated page) running the open_clip ViT-B/16 image tower exported by
 // bench/export_onnx.py, in a Web Worker. Its .wasm files are served from node_modules (no CDN).
-import * as ort from '/ort/ort.wasm.min.mjs';
-
-ort.env.wasm.wasmPaths = '/ort/';
-ort.env.wasm.numThreads = 1;
-ort.env.wasm.proxy = false;
+// `ort-worker.js?webgpu`: the WebGPU execution provider instead (its own bundle), for the GPU plan.
+// The bundle is imported without a top-level await: the page posts its message right away, and
+// a module worker suspended in a top-level await has no `onmessage` yet (the message is lost).
+const WEBGPU = self.location.search.includes('webgpu');
+const ortReady = import(WEBGPU ? '/ort/ort.webgpu.min.mjs' : '/ort/ort.wasm.min.mjs').then((m) => {
+  m.env.wasm.wasmPaths = '/ort/';
+  m.env.wasm.numThreads = 1;
+  m.env.wasm.proxy = false;
+  return m;
+});
+let ort;
 
 const fmt = (v) => v.toFixed(1);
 
@@ -21,7 +27,8 @@ function median(v) {
   return n % 2 ? s[(n - 1) / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
 }
 
-async function run({ models, runs, threads = 1 }) {
+async function run({ models, runs, threads = 1, warmup = true }) {
+  ort = await ortReady;
   ort.env.wasm.numThreads = threads;
   const out = [];
   for (const m of models) {
@@ -29,12 +36,14 @@ async function run({ models, runs, threads = 1 }) {
     const input = new Float32Array((await fetchBytes(m.input)).buffer);
     const t0 = performance.now();
     const session = await ort.InferenceSession.create(bytes, {
-      executionProviders: ['wasm'],
+      executionProviders: [WEBGPU ? 'webgpu' : 'wasm'],
       graphOptimizationLevel: 'all',
     });
     const createMs = performance.now() - t0;
     const feeds = { pixels: new ort.Tensor('float32', input, m.shape) };
-    await session.run(feeds); // warm-up
+    // warm-up (the GPU plan skips it: on a CPU emulation one run takes minutes; its single run
+    // then includes the shader compilation)
+    if (warmup) await session.run(feeds);
     const times = [];
     let pooled = null;
     for (let i = 0; i < runs; i++) {
@@ -46,13 +55,22 @@ async function run({ models, runs, threads = 1 }) {
     await session.release();
     const res = {
       name: m.name, size: m.shape.slice(2), variant: m.variant, bytes: bytes.length,
-      create_ms: createMs, median_ms: median(times), min_ms: Math.min(...times), max_ms: Math.max(...times),
+      create_ms: createMs, warmup, median_ms: median(times), min_ms: Math.min(...times), max_ms: Math.max(...times),
       runs_ms: times, pooled,
     };
     out.push(res);
     postMessage({ type: 'progress', line: `[ort] ${m.name}: median ${fmt(res.median_ms)} ms (session ${fmt(createMs)} ms)` });
   }
-  return { ort_version: ort.env.versions?.web ?? null, num_threads: ort.env.wasm.numThreads, models: out };
+  let adapter = null;
+  if (WEBGPU) {
+    const a = await navigator.gpu?.requestAdapter();
+    const info = a?.info;
+    adapter = info ? { vendor: info.vendor, architecture: info.architecture, device: info.device, description: info.description } : null;
+  }
+  return {
+    ort_version: ort.env.versions?.web ?? null, num_threads: ort.env.wasm.numThreads,
+    execution_provider: WEBGPU ? 'webgpu' : 'wasm', adapter, models: out,
+  };
 }
 
 self.onmessage = async (e) => {

@@ -19,13 +19,17 @@
 // the F16 bundle on f32) --runs times each, alternately, in fresh single-threaded workers,
 // through labels, the 448 windows' encode, segment and K-Means, and stores the load times and
 // wasm memory as `precision` in the results file, keeping the rest (browser only).
+// `--plan gpu` (after bench/run.sh has run the GPU benchmark natively on lavapipe and in the
+// browser on SwiftShader, gpu-native.json / gpu-wasm.json in --data): onnxruntime-web's WebGPU
+// execution provider on the exported 448×448 tower in the same headless browser (WebGPU
+// enabled), stored with both as `gpu` in the results file, keeping the rest.
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { formatPrecision, formatTable, formatThreads } from './table.mjs';
+import { formatGpu, formatPrecision, formatTable, formatThreads } from './table.mjs';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 
@@ -128,7 +132,7 @@ function gitState() {
       return null;
     }
   };
-  const dirty = git('status', '--porcelain', '--', 'crates/clipdino', 'crates/clipdino-bench-web', 'crates/clipdino-cli', 'Cargo.lock');
+  const dirty = git('status', '--porcelain', '--', 'crates/clipdino', 'crates/clipdino-bench-web', 'crates/clipdino-cli', 'crates/clipdino-gpu', 'Cargo.lock');
   return { commit: git('rev-parse', 'HEAD'), uncommitted: dirty ? dirty.split('\n') : [] };
 }
 
@@ -185,6 +189,8 @@ async function browserRuns(a, photo, sizes, loads) {
     args: [
       '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      // WebGPU (SwiftShader here) for the GPU plan's peer, as in the GPU crate's browser tests.
+      ...(a.plan === 'gpu' ? ['--enable-unsafe-webgpu'] : []),
     ],
   });
   const out = {};
@@ -213,6 +219,20 @@ async function browserRuns(a, photo, sizes, loads) {
       }
       return models;
     };
+    if (a.plan === 'gpu') {
+      // The peer of the GPU benchmark: onnxruntime-web's WebGPU execution provider, f32 tower.
+      const models = ortModels(([h, w]) => h === 448 && w === 448).filter((m) => m.variant === 'f32');
+      loads.push(load('onnxruntime-web webgpu start'));
+      try {
+        out.ort_webgpu = await page.evaluate((cfg) => window.bench.run('ort-worker.js?webgpu', cfg), { models, runs: a.runs, warmup: a.runs > 1 });
+      } catch (e) {
+        // Recorded, not fatal: the GPU benchmark's own results stand without the peer.
+        out.ort_webgpu = { error: String(e?.message ?? e) };
+        console.error(`onnxruntime-web webgpu failed: ${out.ort_webgpu.error}`);
+      }
+      loads.push(load('onnxruntime-web webgpu end'));
+      return out;
+    }
     if (a.plan === 'precision') {
       // A fresh worker per run (the peak is the run's own); the two alternate, so that a
       // change in the machine's load falls on both.
@@ -270,8 +290,45 @@ async function browserRuns(a, photo, sizes, loads) {
   return out;
 }
 
+/** A deterministic 448×448 tower input for the peer when no Rust run dumped one (the values do
+ * not change the timings). */
+function ensureTowerInput(a, h, w) {
+  const file = path.join(a.data, 'inputs', `tower_${h}x${w}.f32`);
+  if (!fs.existsSync(file)) {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    const v = new Float32Array(3 * h * w).map((_, i) => Math.sin(i * 0.017) * 1.5);
+    fs.writeFileSync(file, Buffer.from(v.buffer));
+  }
+}
+
+async function gpuPlan(a) {
+  const prev = fs.existsSync(a.out) ? JSON.parse(fs.readFileSync(a.out, 'utf8')) : {};
+  const loads = [load('start')];
+  const read = (name) => {
+    const file = path.join(a.data, name);
+    return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')) : null;
+  };
+  const sizes = [[448, 448]];
+  let browser = {};
+  if (!a.skip.has('ort')) {
+    ensureTowerInput(a, 448, 448);
+    if (!a.skip.has('export')) runExport(a, sizes, loads);
+    browser = await browserRuns(a, null, sizes, loads);
+  }
+  loads.push(load('end'));
+  const gpu = {
+    generated: new Date().toISOString(), runs: a.runs, machine: machine(), git: gitState(), load_average: loads,
+    native: read('gpu-native.json'), browser: read('gpu-wasm.json'),
+    ort_webgpu: browser.ort_webgpu ?? prev.gpu?.ort_webgpu ?? null,
+  };
+  fs.writeFileSync(a.out, JSON.stringify({ ...prev, gpu }, null, 1) + '\n');
+  console.log(formatGpu({ ...prev, gpu }));
+  console.log(`\nwrote ${path.relative(ROOT, a.out)} (gpu)`);
+}
+
 async function main() {
   const a = parseArgs(process.argv.slice(2));
+  if (a.plan === 'gpu') return gpuPlan(a);
   const photoMeta = JSON.parse(fs.readFileSync(path.join(a.data, 'photo.json'), 'utf8'));
   const photo = { ...photoMeta, file: path.join(a.data, 'photo.rgb') };
   const prev = fs.existsSync(a.out) ? JSON.parse(fs.readFileSync(a.out, 'utf8')) : {};

@@ -8,6 +8,9 @@
 #
 # Usage: bench/run.sh [run.mjs options, e.g. --runs 5 --plan smoke --skip-ort]
 #        bench/run.sh --plan threads [--threads 2]   (thread scaling: 1 vs N threads, see BENCHMARKS.md)
+#        bench/run.sh --plan gpu [--runs 1] [--skip-ort]   (the WebGPU kernels and tower on lavapipe and
+#          on SwiftShader in headless Chromium, onnxruntime-web's WebGPU EP beside them; GPU section
+#          of BENCHMARKS.md; GPU_BENCH_RUNS=3 kernel runs, GPU_BENCH_TOWER=448 sizes)
 # Environment: PROFILE=release (default; what ships) or bench-web (thin LTO, quicker to link);
 #   BENCH_DATA=target/bench (weights, ONNX models, inputs; ~3.5 GB);
 #   PYTHON=python with torch + open_clip_torch + onnx + onnxruntime (a virtualenv created by
@@ -25,6 +28,32 @@ if [ -z "${PYTHON:-}" ]; then
   "$PYTHON" -c 'import onnx, onnxruntime, onnxscript' 2>/dev/null || "$PYTHON" -m pip install -r bench/requirements.txt
 fi
 case "$PROFILE" in release) OUTDIR=release ;; *) OUTDIR=$PROFILE ;; esac
+
+if [[ " $* " == *" --plan gpu "* ]]; then
+  # No release builds here: the time is the (emulated) GPU's, and the tests' profile is optimised.
+  mkdir -p "$DATA"
+  echo "== GPU benchmark, native (lavapipe): $(uptime)"
+  GPU_BENCH_OUT="$PWD/$DATA/gpu-native.json" GPU_BENCH_RUNS=${GPU_BENCH_RUNS:-3} GPU_BENCH_TOWER=${GPU_BENCH_TOWER:-448} \
+    cargo test --locked -p clipdino-gpu --test bench -- --ignored --nocapture
+  echo "== GPU benchmark, headless Chromium (SwiftShader): $(uptime)"
+  CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver} WASM_BINDGEN_TEST_TIMEOUT=3600 WASM_BINDGEN_TEST_ONLY_WEB=1 \
+    cargo test --locked -p clipdino-gpu --target wasm32-unknown-unknown --test wasm_bench -- --include-ignored --nocapture \
+    | tee "$DATA/gpu-wasm.log"
+  grep -o 'GPU_BENCH_JSON .*' "$DATA/gpu-wasm.log" | sed 's/^GPU_BENCH_JSON //' > "$DATA/gpu-wasm.json"
+  case " $* " in
+    *" --skip-ort "*) ;;
+    *)
+      # The peer's graph: the ONNX export of the same random ViT-B/16 (debug CLI: no release build).
+      W="$DATA/weights"
+      if [ ! -f "$W/open_clip_model.safetensors" ]; then
+        cargo build --locked -p clipdino-cli
+        target/debug/clipdino random-weights --arch vit-b-16 --seed 0 --out "$W"
+      fi ;;
+  esac
+  echo "== onnxruntime-web WebGPU: $(uptime)"
+  node bench/run.mjs --data "$DATA" --python "$PYTHON" "$@"
+  exit 0
+fi
 
 echo "== load before building: $(uptime)"
 # 1. builds

@@ -258,10 +258,76 @@ export function formatPrecision(p) {
   ].join('\n');
 }
 
+
+/** The projection's assumptions (BENCHMARKS.md, GPU section): a typical integrated GPU of 2023–24
+ * laptops, Intel Iris Xe (96 EU): 96 EU × 16 FP32 FLOP/clock × 1.35 GHz ≈ 2.07 TFLOP/s peak,
+ * shared LPDDR4x-4266 dual channel ≈ 68 GB/s. Kernel efficiency is not transferable from a CPU
+ * emulator (its workgroups run as loops, barriers as calls), so the tower is projected at the
+ * fraction of peak that 64×64-tile f32 matmuls without subgroup operations typically reach on
+ * such GPUs (10 / 20 / 35 %: pessimistic / typical / optimistic — 35 % is what an auto-tuned
+ * WebGPU matmul reached on an M1 MacBook Air, ≈ 0.9 of 2.6 TFLOP/s), plus the memory traffic. */
+export const IGPU = { name: 'Intel Iris Xe (96 EU)', peak_gflops: 2070, bandwidth_gbps: 68, efficiency: [0.10, 0.20, 0.35] };
+
+/** Projected ms of a tower of `gflop` that moves `bytes` through memory, at each efficiency. */
+export function projectTower(gflop, bytes, g = IGPU) {
+  const mem = (bytes / 1e9 / g.bandwidth_gbps) * 1e3;
+  return g.efficiency.map((e) => (gflop / (g.peak_gflops * e)) * 1e3 + mem);
+}
+
+/** Bytes one 448² tower moves at least: the weights once, each block's attention scores
+ * written, read and written by softmax, read by p·v (12 heads × 785², f32), activations ignored. */
+export function towerTraffic(weightBytes, tokens = 785, heads = 12, blocks = 12) {
+  return weightBytes + blocks * 4 * heads * tokens * tokens * 4;
+}
+
+export function formatGpu(res) {
+  const g = res.gpu;
+  const out = [];
+  const sides = [['lavapipe (native, Vulkan)', g.native], ['SwiftShader (headless Chromium, WebGPU)', g.browser]].filter(([, r]) => r);
+  out.push(`GPU kernels (${g.generated}): CPU EMULATION, not GPU speed — ms (median), GFLOP/s or GB/s achieved`);
+  const kernels = sides[0]?.[1].kernels ?? [];
+  out.push(table(['kernel', 'weights', ...sides.flatMap(([n]) => [`${n} ms`, 'GFLOP/s', 'GB/s'])], kernels.map((k, i) => [
+    k.name, k.weights ?? '-',
+    ...sides.flatMap(([, r]) => {
+      const c = r.kernels[i];
+      return [f(c?.median_ms), c?.flop ? f(c.gflops, 2) : '-', f(c?.gbps, 2)];
+    }),
+  ])));
+  out.push('');
+  out.push('Image tower (Q8 weights on the device), ms:');
+  out.push(table(['adapter', 'input', 'GFLOP', 'ms', 'GFLOP/s'], sides.flatMap(([n, r]) => r.tower.map((t) => [n, t.size.join('×'), f(t.gflop, 1), f(t.median_ms, 0), f(t.gflops, 2)]))));
+  const w = sides[0]?.[1].weights;
+  if (w) {
+    out.push('');
+    out.push(`Weights on the device, full-size ViT-B/16 image tower: f32 ${f(w.f32.weight_bytes / MB, 1)} MB (matrices ${f(w.f32.matrix_bytes / MB, 1)}), ` +
+      `Q8 ${f(w.q8.weight_bytes / MB, 1)} MB (matrices ${f(w.q8.matrix_bytes / MB, 1)}): ${x(w.f32.weight_bytes / w.q8.weight_bytes)} less`);
+    const tw = sides[0][1].tower.find((t) => t.size[0] === 448);
+    if (tw) {
+      const p = projectTower(tw.gflop, towerTraffic(w.q8.weight_bytes));
+      out.push(`PROJECTION, ${IGPU.name} (${IGPU.peak_gflops} GFLOP/s peak, ${IGPU.bandwidth_gbps} GB/s), 448² tower: ` +
+        `${p.map((v) => f(v, 0)).join(' / ')} ms at ${IGPU.efficiency.map((e) => `${Math.round(e * 100)} %`).join(' / ')} of peak`);
+    }
+  }
+  const o = g.ort_webgpu;
+  if (o) {
+    out.push('');
+    if (o.error) out.push(`onnxruntime-web WebGPU EP: failed: ${o.error}`);
+    else {
+      out.push(`onnxruntime-web ${o.ort_version} WebGPU EP (${o.adapter?.vendor ?? '?'} ${o.adapter?.architecture ?? ''}), same browser:`);
+      const ours = g.browser?.tower?.find((t) => t.size[0] === 448);
+      out.push(table(['model', 'session ms', 'median ms', 'ours (SwiftShader) ms', 'ours / ort'], o.models.map((m) => [
+        m.name, f(m.create_ms, 0), f(m.median_ms, 0), f(ours?.median_ms, 0), x(ratio(ours?.median_ms, m.median_ms)),
+      ])));
+    }
+  }
+  return out.join('\n');
+}
+
 if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(import.meta.filename)) {
   const file = process.argv[2] ?? path.join(import.meta.dirname, 'results.json');
   const res = JSON.parse(fs.readFileSync(file, 'utf8'));
   console.log(formatTable(res));
   if (res.threads) console.log('\n' + formatThreads(res.threads));
   if (res.precision) console.log('\n' + formatPrecision(res.precision));
+  if (res.gpu) console.log('\n' + formatGpu(res));
 }

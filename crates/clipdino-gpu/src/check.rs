@@ -1,14 +1,19 @@
 //! The one-time self-check of an adapter: a small random image tower (the shape of
 //! `ClipConfig::tiny`, with the loaded model's activation) run on the GPU and on the CPU, on a
-//! 48×64 test image. A driver that miscompiles or mis-executes a kernel fails it before any
-//! photo reaches the GPU. It needs no weights of the loaded model and frees what it uploads.
+//! 48×64 test image. Its MLP matrices are stored f16 and the other matrices Q8_0 (`proj` f32),
+//! so every matmul variant runs (f16, Q8 and f32 weights, the strided attention products); the
+//! CPU computes with the same numbers dequantized. A driver that miscompiles or mis-executes a
+//! kernel fails it before any photo reaches the GPU. It needs no weights of the loaded model and
+//! frees what it uploads.
 
 use std::sync::Arc;
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use clipdino::clip::{preprocess, VisionTransformer};
 use clipdino::loaders::random_clip_store;
-use clipdino::{Activation, ClipConfig, ComputePath, Vb};
+use clipdino::quant::is_matrix;
+use clipdino::{Activation, ClipConfig, ComputePath, Stored, TensorStore, Vb};
 
 use crate::context::Gpu;
 use crate::error::{GpuError, Result};
@@ -33,6 +38,30 @@ fn scaled_diff(got: &Tensor, want: &Tensor) -> Result<f32> {
     })
 }
 
+/// The image tower's matrices of `store` as a GGUF bundle holds them (`[out, in]` blocks): the
+/// MLP's f16, the others Q8_0, `visual.proj` (right-multiplied) left f32.
+fn compact_matrices(mut store: TensorStore) -> Result<TensorStore> {
+    let names: Vec<String> = store
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("visual.") && is_matrix(n) && *n != "visual.proj")
+        .map(String::from)
+        .collect();
+    for name in names {
+        let Some(Stored::Float(t)) = store.get(&name).cloned() else {
+            continue;
+        };
+        let t = t.flatten_from(1)?;
+        let dtype = if name.contains(".mlp.") {
+            GgmlDType::F16
+        } else {
+            GgmlDType::Q8_0
+        };
+        store.insert(name, Stored::Quant(Arc::new(QTensor::quantize(&t, dtype)?)));
+    }
+    Ok(store)
+}
+
 /// Run the self-check on `gpu`; `Ok(worst scaled difference)` when it passes.
 pub async fn self_check(gpu: &Gpu, activation: Activation) -> Result<f32> {
     let cfg = ClipConfig {
@@ -40,7 +69,7 @@ pub async fn self_check(gpu: &Gpu, activation: Activation) -> Result<f32> {
         ..ClipConfig::tiny()
     };
     let vb = Vb::new(
-        Arc::new(random_clip_store(&cfg, 15)),
+        Arc::new(compact_matrices(random_clip_store(&cfg, 15))?),
         Device::Cpu,
         ComputePath::F32,
     )

@@ -32,7 +32,11 @@ pub struct Gpu {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
+    /// The matmul with its right operand as strided f32, f16 weights or Q8 weights
+    /// (`shaders/b_*.wgsl`).
     pub(crate) matmul: wgpu::ComputePipeline,
+    pub(crate) matmul_f16: wgpu::ComputePipeline,
+    pub(crate) matmul_q8: wgpu::ComputePipeline,
     pub(crate) layer_norm: wgpu::ComputePipeline,
     pub(crate) softmax: wgpu::ComputePipeline,
     /// Bound where a kernel's optional operand (a bias) is absent.
@@ -88,7 +92,27 @@ impl Gpu {
                 cache: None,
             })
         };
-        let matmul = pipeline("matmul", include_str!("shaders/matmul.wgsl"));
+        let matmul = pipeline(
+            "matmul",
+            concat!(
+                include_str!("shaders/matmul.wgsl"),
+                include_str!("shaders/b_f32.wgsl")
+            ),
+        );
+        let matmul_f16 = pipeline(
+            "matmul (f16 weights)",
+            concat!(
+                include_str!("shaders/matmul.wgsl"),
+                include_str!("shaders/b_f16.wgsl")
+            ),
+        );
+        let matmul_q8 = pipeline(
+            "matmul (q8 weights)",
+            concat!(
+                include_str!("shaders/matmul.wgsl"),
+                include_str!("shaders/b_q8.wgsl")
+            ),
+        );
         let layer_norm = pipeline(
             "layernorm",
             concat!(
@@ -115,6 +139,8 @@ impl Gpu {
             queue,
             info,
             matmul,
+            matmul_f16,
+            matmul_q8,
             layer_norm,
             softmax,
             dummy,
@@ -147,7 +173,11 @@ impl Gpu {
     }
 
     fn check_size(&self, what: &'static str, len: usize) -> Result<u64> {
-        let bytes = (len.max(1) * 4) as u64;
+        self.check_bytes(what, (len.max(1) * 4) as u64)
+    }
+
+    /// `bytes` in one buffer bound to a kernel: within the device's limits?
+    pub(crate) fn check_bytes(&self, what: &'static str, bytes: u64) -> Result<u64> {
         if bytes > self.max_binding {
             return Err(GpuError::TooLarge {
                 what,

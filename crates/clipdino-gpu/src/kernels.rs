@@ -4,6 +4,7 @@
 use wgpu::util::DeviceExt;
 
 use crate::context::{Gpu, GpuBuffer};
+use crate::weight::{GpuWeight, WeightFormat};
 
 /// Where a matrix operand lives in its buffer: element `(batch, row, col)` is at
 /// `off + batch·bs + row·rs + col·cs` (in f32 elements).
@@ -71,6 +72,22 @@ impl From<clipdino::Activation> for Act {
     }
 }
 
+/// The right operand of a [`Matmul`].
+#[derive(Debug, Clone, Copy)]
+pub enum Rhs<'a> {
+    /// f32 values at any strides (batched; kᵀ and v read out of the qkv buffer).
+    Strided(&'a GpuBuffer, View),
+    /// A torch `[n, k]` weight in any [`WeightFormat`], read as the `[k, n]` operand of `x · Wᵀ`
+    /// (one batch).
+    Weight(&'a GpuWeight),
+}
+
+impl<'a> From<(&'a GpuBuffer, View)> for Rhs<'a> {
+    fn from((b, v): (&'a GpuBuffer, View)) -> Self {
+        Rhs::Strided(b, v)
+    }
+}
+
 /// `c[b, m, n] (+)= act(alpha · Σ_k a[b, m, k] · b[b, k, n] + bias[n])` for `b < batch`.
 #[derive(Debug, Clone, Copy)]
 pub struct Matmul<'a> {
@@ -79,7 +96,7 @@ pub struct Matmul<'a> {
     pub k: u32,
     pub batch: u32,
     pub a: (&'a GpuBuffer, View),
-    pub b: (&'a GpuBuffer, View),
+    pub b: Rhs<'a>,
     pub c: View,
     pub bias: Option<&'a GpuBuffer>,
     pub alpha: f32,
@@ -89,24 +106,22 @@ pub struct Matmul<'a> {
 }
 
 impl<'a> Matmul<'a> {
-    /// `x · Wᵀ + bias` for `m` row-major rows of `x` (starting at element `x_off`, `k` wide) and a
-    /// torch `[n, k]` weight, into row-major rows of `c` starting at `c_off`, `c_width` wide.
+    /// `x · Wᵀ + bias` for `m` rows of `x` (`k` wide) and a torch `[n, k]` weight, into the
+    /// rows of `c`.
     pub fn linear(
         m: u32,
         x: (&'a GpuBuffer, View),
-        weight: &'a GpuBuffer,
+        weight: &'a GpuWeight,
         bias: Option<&'a GpuBuffer>,
-        n: u32,
         c: View,
     ) -> Self {
-        let k = (weight.len() / n.max(1) as usize) as u32;
         Self {
             m,
-            n,
-            k,
+            n: weight.rows() as u32,
+            k: weight.cols() as u32,
             batch: 1,
             a: x,
-            b: (weight, View::transposed(k)),
+            b: Rhs::Weight(weight),
             c,
             bias,
             alpha: 1.0,
@@ -138,7 +153,8 @@ struct MatmulParams {
     b: [u32; 4],
     c: [u32; 4],
     alpha: f32,
-    pad: [u32; 3],
+    b_scales: u32,
+    pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -249,6 +265,28 @@ impl<'g> Encoder<'g> {
         if mm.m == 0 || mm.n == 0 || mm.batch == 0 {
             return;
         }
+        let gpu = self.gpu;
+        let (pipeline, b_buf, b_view, b_scales) = match mm.b {
+            Rhs::Strided(b, v) => (&gpu.matmul, &b.buf, v, 0),
+            Rhs::Weight(w) => {
+                assert!(
+                    (mm.n, mm.k, mm.batch) == (w.rows() as u32, w.cols() as u32, 1),
+                    "a [{}, {}] weight in a {}×{}×{} (batch {}) product",
+                    w.rows(),
+                    w.cols(),
+                    mm.m,
+                    mm.k,
+                    mm.n,
+                    mm.batch
+                );
+                let pipeline = match w.format() {
+                    WeightFormat::F32 => &gpu.matmul,
+                    WeightFormat::F16 => &gpu.matmul_f16,
+                    WeightFormat::Q8 => &gpu.matmul_q8,
+                };
+                (pipeline, &w.buf, View::transposed(mm.k), w.scales_at)
+            }
+        };
         let view = |v: View| [v.off, v.bs, v.rs, v.cs];
         let flags =
             u32::from(mm.bias.is_some()) | (u32::from(mm.accumulate) << 1) | (mm.act.code() << 2);
@@ -258,18 +296,18 @@ impl<'g> Encoder<'g> {
             k: mm.k,
             flags,
             a: view(mm.a.1),
-            b: view(mm.b.1),
+            b: view(b_view),
             c: view(mm.c),
             alpha: mm.alpha,
-            pad: [0; 3],
+            b_scales,
+            pad: [0; 2],
         };
-        let bias = mm.bias.map_or(&self.gpu.dummy, |b| &b.buf);
+        let bias = mm.bias.map_or(&gpu.dummy, |b| &b.buf);
         let groups = (mm.n.div_ceil(64), mm.m.div_ceil(64), mm.batch);
-        let pipeline = self.gpu.matmul.clone();
         self.dispatch(
-            &pipeline,
+            pipeline,
             bytemuck::bytes_of(&params),
-            &[&mm.a.0.buf, &mm.b.0.buf, bias, &c.buf],
+            &[&mm.a.0.buf, b_buf, bias, &c.buf],
             groups,
         );
     }

@@ -6,6 +6,8 @@
 //! * [`kernels`]: the dispatches, each the GPU twin of one CPU operation.
 //! * [`GpuVision`]: the image tower of a loaded model on the GPU, with the same output
 //!   ([`clipdino::clip::VisionOutput`]) as the CPU [`clipdino::clip::VisionTransformer`].
+//! * [`GpuWeight`], [`GpuWeights`]: weight matrices held compactly on the device (Q8_0 blocks
+//!   or f16, dequantized inside the matmul kernel), so that GPU memory stays near the download.
 //!
 //! The text tower, the CLIP-DINOiser head and every last-block variant switch stay on the CPU:
 //! the GPU returns the tokens entering the last block ([`clipdino::clip::Trunk`]) like the CPU
@@ -16,11 +18,13 @@ mod context;
 mod error;
 pub mod kernels;
 mod tower;
+mod weight;
 
 pub use check::{self_check, SELF_CHECK_TOLERANCE};
 pub use context::{Gpu, GpuBuffer};
 pub use error::{GpuError, Result};
 pub use tower::GpuVision;
+pub use weight::{GpuWeight, GpuWeights, Q8Blocks, WeightFormat, Q8_BLOCK};
 
 /// Where the image tower runs: the user's setting (the app's "compute" setting, the CLI's
 /// `--device`).

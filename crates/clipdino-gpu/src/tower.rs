@@ -3,8 +3,10 @@
 //! pre-LN residual blocks, the last block's CLS path and MaskCLIP value path, `ln_post`, `proj`,
 //! and the `ln_2` tap of block `inter_layer`), recorded as kernel dispatches.
 //!
-//! Weights are read once from the loaded model's tensors and kept on the device as f32
-//! (quantized tensors are dequantized on upload). The bicubic resize of the positional embedding
+//! Weights are read once from the loaded model's tensors; the matrices are kept on the device in
+//! the compact form [`GpuWeights`] picks (by default the download's: Q8_0 blocks as stored,
+//! dequantized in the matmul kernel; `crate::weight`), LayerNorm parameters, biases and
+//! embeddings in f32. The bicubic resize of the positional embedding
 //! and the unfolding of the pixels into patches run on the CPU (a few MFLOP), through the CPU
 //! tower, so there is one definition of each.
 
@@ -14,7 +16,8 @@ use clipdino::{ClipConfig, Error, Vb};
 
 use crate::context::{Gpu, GpuBuffer};
 use crate::error::Result;
-use crate::kernels::{Act, Encoder, GpuLayerNorm, Matmul, View};
+use crate::kernels::{Act, Encoder, GpuLayerNorm, Matmul, Rhs, View};
+use crate::weight::{GpuWeight, GpuWeights, WeightFormat};
 
 /// Largest attention score buffer at once, in elements (64 MiB of f32, half WebGPU's default
 /// storage binding limit): heads run in groups that fit.
@@ -22,40 +25,32 @@ const SCORES_BUDGET: usize = 16 << 20;
 
 #[derive(Debug)]
 struct GpuLinear {
-    weight: GpuBuffer,
+    weight: GpuWeight,
     bias: Option<GpuBuffer>,
-    out: u32,
 }
 
 impl GpuLinear {
-    /// torch `weight [out, in]` (+ `bias [out]`) under `vb`.
+    /// torch `weight [out, in]` (+ `bias [out]`) under `vb`, the weight as `policy` picks.
     fn new(
         gpu: &Gpu,
         vb: &Vb,
+        policy: GpuWeights,
         (inp, out): (usize, usize),
         weight: &str,
         bias: Option<&str>,
     ) -> Result<Self> {
-        let w = vb.matrix(out, inp, weight)?;
+        let (_, stored) = vb.stored_matrix(out, inp, weight)?;
         Ok(Self {
-            weight: upload(gpu, "weight", &w)?,
+            weight: gpu.upload_stored("weight", policy, stored, (out, inp), false)?,
             bias: bias
                 .map(|b| upload(gpu, "bias", &vb.get(&[out], b)?))
                 .transpose()?,
-            out: out as u32,
         })
     }
 
     /// `rows` rows of `x` → rows of `c`.
     fn on<'a>(&'a self, rows: usize, x: (&'a GpuBuffer, View), c: View) -> Matmul<'a> {
-        Matmul::linear(
-            rows as u32,
-            x,
-            &self.weight,
-            self.bias.as_ref(),
-            self.out,
-            c,
-        )
+        Matmul::linear(rows as u32, x, &self.weight, self.bias.as_ref(), c)
     }
 }
 
@@ -88,13 +83,13 @@ fn layer_norm(gpu: &Gpu, vb: &Vb, dim: usize) -> Result<GpuLayerNorm> {
 /// The image tower's weights on one device.
 #[derive(Debug)]
 pub struct GpuVision {
-    conv1: GpuBuffer,
+    conv1: GpuWeight,
     class_embedding: Vec<f32>,
     ln_pre: GpuLayerNorm,
     blocks: Vec<GpuBlock>,
     ln_post: GpuLayerNorm,
     /// `visual.proj` as `[embed, width]` (transposed from upstream's `x @ proj`).
-    proj: GpuBuffer,
+    proj: GpuWeight,
     width: usize,
     heads: usize,
     mlp_dim: usize,
@@ -104,9 +99,14 @@ pub struct GpuVision {
 }
 
 impl GpuVision {
-    /// Upload the tower's weights; `vb` points at `visual` (as for
-    /// [`VisionTransformer::new`]).
+    /// Upload the tower's weights, the matrices in the download's form
+    /// ([`GpuWeights::AsStored`]); `vb` points at `visual` (as for [`VisionTransformer::new`]).
     pub fn new(gpu: &Gpu, vb: &Vb, cfg: &ClipConfig) -> Result<Self> {
+        Self::with_weights(gpu, vb, cfg, GpuWeights::default())
+    }
+
+    /// [`Self::new`] with the matrices in the form `policy` picks.
+    pub fn with_weights(gpu: &Gpu, vb: &Vb, cfg: &ClipConfig, policy: GpuWeights) -> Result<Self> {
         cfg.validate()?;
         let v = &cfg.vision;
         let (w, p, e) = (v.width, v.patch_size, cfg.embed_dim);
@@ -119,6 +119,7 @@ impl GpuVision {
                     in_proj: GpuLinear::new(
                         gpu,
                         &attn,
+                        policy,
                         (w, 3 * w),
                         "in_proj_weight",
                         Some("in_proj_bias"),
@@ -126,6 +127,7 @@ impl GpuVision {
                     out_proj: GpuLinear::new(
                         gpu,
                         &attn.pp("out_proj"),
+                        policy,
                         (w, w),
                         "weight",
                         Some("bias"),
@@ -134,6 +136,7 @@ impl GpuVision {
                     c_fc: GpuLinear::new(
                         gpu,
                         &mlp.pp("c_fc"),
+                        policy,
                         (w, v.mlp_dim),
                         "weight",
                         Some("bias"),
@@ -141,6 +144,7 @@ impl GpuVision {
                     c_proj: GpuLinear::new(
                         gpu,
                         &mlp.pp("c_proj"),
+                        policy,
                         (v.mlp_dim, w),
                         "weight",
                         Some("bias"),
@@ -150,17 +154,20 @@ impl GpuVision {
             .collect::<Result<Vec<_>>>()?;
         // Upstream `proj [width, embed]`; quantized bundles store it transposed as `proj_t`.
         let proj = if vb.contains("proj") {
-            vb.get(&[w, e], "proj")?.t()?.contiguous()?
+            let (_, s) = vb.stored_matrix(w, e, "proj")?;
+            gpu.upload_stored("proj", policy, s, (e, w), true)?
         } else {
-            vb.matrix(e, w, "proj_t")?
+            let (_, s) = vb.stored_matrix(e, w, "proj_t")?;
+            gpu.upload_stored("proj", policy, s, (e, w), false)?
         };
+        let (_, conv1) = vb.stored_matrix(w, 3 * p * p, "conv1.weight")?;
         Ok(Self {
-            conv1: upload(gpu, "conv1", &vb.matrix(w, 3 * p * p, "conv1.weight")?)?,
+            conv1: gpu.upload_stored("conv1", policy, conv1, (w, 3 * p * p), false)?,
             class_embedding: vb.get(&[w], "class_embedding")?.to_vec1()?,
             ln_pre: layer_norm(gpu, &vb.pp("ln_pre"), w)?,
             blocks,
             ln_post: layer_norm(gpu, &vb.pp("ln_post"), w)?,
-            proj: upload(gpu, "proj", &proj)?,
+            proj,
             width: w,
             heads: v.heads,
             mlp_dim: v.mlp_dim,
@@ -173,23 +180,39 @@ impl GpuVision {
     /// Bytes of weights held on the device.
     pub fn weight_bytes(&self) -> u64 {
         let ln = |l: &GpuLayerNorm| l.weight.bytes() + l.bias.bytes();
-        let lin = |l: &GpuLinear| l.weight.bytes() + l.bias.as_ref().map_or(0, GpuBuffer::bytes);
-        self.conv1.bytes()
+        let biases = |l: &GpuLinear| l.bias.as_ref().map_or(0, GpuBuffer::bytes);
+        self.matrices().map(GpuWeight::bytes).sum::<u64>()
             + ln(&self.ln_pre)
             + ln(&self.ln_post)
-            + self.proj.bytes()
             + self
                 .blocks
                 .iter()
                 .map(|b| {
                     ln(&b.ln_1)
                         + ln(&b.ln_2)
-                        + lin(&b.in_proj)
-                        + lin(&b.out_proj)
-                        + lin(&b.c_fc)
-                        + lin(&b.c_proj)
+                        + biases(&b.in_proj)
+                        + biases(&b.out_proj)
+                        + biases(&b.c_fc)
+                        + biases(&b.c_proj)
                 })
                 .sum::<u64>()
+    }
+
+    fn matrices(&self) -> impl Iterator<Item = &GpuWeight> {
+        [&self.conv1, &self.proj].into_iter().chain(
+            self.blocks
+                .iter()
+                .flat_map(|b| [&b.in_proj, &b.out_proj, &b.c_fc, &b.c_proj].map(|l| &l.weight)),
+        )
+    }
+
+    /// Bytes of the weight matrices held in `format` (the rest of [`Self::weight_bytes`] is f32
+    /// LayerNorm parameters and biases).
+    pub fn matrix_bytes(&self, format: WeightFormat) -> u64 {
+        self.matrices()
+            .filter(|m| m.format() == format)
+            .map(GpuWeight::bytes)
+            .sum()
     }
 
     /// `out_proj`-less multi-head attention of the first `nq` of `t` tokens of `qkv [t, 3w]`
@@ -216,7 +239,7 @@ impl GpuVision {
                     batch: g,
                     a: (qkv, View::rows(h0, 3 * w).batched(d)),
                     // kᵀ: element (k, n) is token n's channel k of this head.
-                    b: (
+                    b: Rhs::Strided(
                         qkv,
                         View {
                             off: w + h0,
@@ -241,7 +264,7 @@ impl GpuVision {
                     k: t32,
                     batch: g,
                     a: (scores, View::rows(0, t32).batched(nq32 * t32)),
-                    b: (qkv, View::rows(2 * w + h0, 3 * w).batched(d)),
+                    b: Rhs::Strided(qkv, View::rows(2 * w + h0, 3 * w).batched(d)),
                     c: View::rows(h0, w).batched(d),
                     bias: None,
                     alpha: 1.0,
@@ -388,7 +411,6 @@ impl GpuVision {
                     (&patches, View::rows(0, k)),
                     &self.conv1,
                     None,
-                    w32,
                     View::rows(w32, w32),
                 )
                 .accumulate(),
@@ -482,7 +504,6 @@ impl GpuVision {
                         (&ln, View::rows(0, w32)),
                         &self.proj,
                         None,
-                        e32,
                         View::rows(0, e32),
                     ),
                     dst,

@@ -39,3 +39,8 @@ fn layer_norm_matches_cpu() {
 fn softmax_matches_cpu() {
     block_on(common::softmax_matches_cpu(&gpu()));
 }
+
+#[test]
+fn matmul_compact_weights_match_dequantized_cpu() {
+    block_on(common::matmul_compact_weights_match_dequantized_cpu(&gpu()));
+}

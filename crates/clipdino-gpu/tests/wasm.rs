@@ -42,3 +42,8 @@ async fn layer_norm_matches_cpu() {
 async fn softmax_matches_cpu() {
     common::softmax_matches_cpu(&gpu().await).await;
 }
+
+#[wasm_bindgen_test]
+async fn matmul_compact_weights_match_dequantized_cpu() {
+    common::matmul_compact_weights_match_dequantized_cpu(&gpu().await).await;
+}

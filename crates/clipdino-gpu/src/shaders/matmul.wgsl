@@ -5,13 +5,17 @@
 // buffer, and writes into a column slice of the merged-heads output.
 // Tiles: 64×64 outputs per workgroup of 16×16 threads (4×4 each), k in steps of 16 through
 // workgroup memory.
+// The right operand's binding and its tile loader `load_b_tile` come from one of b_f32.wgsl
+// (strided f32), b_f16.wgsl or b_q8.wgsl (compact weights, dequantized on their way into
+// `tile_b`), appended when the pipeline is built.
 
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
     a_off: u32, a_bs: u32, a_sm: u32, a_sk: u32,
     b_off: u32, b_bs: u32, b_sk: u32, b_sn: u32,
     c_off: u32, c_bs: u32, c_sm: u32, c_sn: u32,
-    alpha: f32, _p0: u32, _p1: u32, _p2: u32,
+    // b_scales: b_q8.wgsl's first scale word.
+    alpha: f32, b_scales: u32, _p1: u32, _p2: u32,
 }
 
 // flags: bit 0 add bias, bit 1 accumulate into c (residual), bits 2..3 activation.
@@ -22,7 +26,6 @@ const ACT_QUICK_GELU: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
@@ -74,13 +77,8 @@ fn main(
                 va = a[a_base + gm * p.a_sm + gk * p.a_sk];
             }
             tile_a[kk * 64u + row] = va;
-            let gn = n0 + row;
-            var vb = 0.0;
-            if gn < p.n && gk < p.k {
-                vb = b[b_base + gk * p.b_sk + gn * p.b_sn];
-            }
-            tile_b[kk * 64u + row] = vb;
         }
+        load_b_tile(li, n0, k0, b_base);
         workgroupBarrier();
         for (var kk = 0u; kk < 16u; kk++) {
             var ra: array<f32, 4>;

@@ -2,8 +2,10 @@
 //! browser's (`tests/wasm.rs`, on SwiftShader in headless Chromium): each WGSL kernel against a
 //! slow, obvious f64 version on the CPU.
 
-use clipdino_gpu::kernels::{Act, Encoder, GpuLayerNorm, Matmul, View};
-use clipdino_gpu::{Gpu, GpuBuffer};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use clipdino_gpu::kernels::{Act, Encoder, GpuLayerNorm, Matmul, Rhs, View};
+use clipdino_gpu::{Gpu, GpuBuffer, Q8Blocks, WeightFormat};
 
 /// Deterministic values in `[-scale, scale)` (xorshift).
 pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -37,6 +39,26 @@ fn assert_close(label: &str, got: &[f32], want: &[f64], tol: f64) {
         "{label}: element {at}: got {}, want {} (scaled |Δ| {worst:e} > {tol:e})",
         got[at],
         want[at]
+    );
+}
+
+/// Every `|got − want|` within `bound` (per element); prints the worst `|Δ| / bound`.
+fn assert_within(label: &str, got: &[f32], want: &[f64], bound: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{label}: length");
+    let (mut worst, mut at) = (0f64, 0);
+    for (i, ((&g, &w), &b)) in got.iter().zip(want).zip(bound).enumerate() {
+        let r = (g as f64 - w).abs() / b;
+        if r.is_nan() || r > worst {
+            (worst, at) = (if r.is_nan() { f64::INFINITY } else { r }, i);
+        }
+    }
+    println!("{label}: max |Δ| / bound = {worst:.2e}");
+    assert!(
+        worst <= 1.0,
+        "{label}: element {at}: got {}, want {} (|Δ| > bound {:e})",
+        got[at],
+        want[at],
+        bound[at]
     );
 }
 
@@ -89,7 +111,8 @@ pub async fn matmul_linear_matches_cpu(gpu: &Gpu) {
         );
         let (gx, gw, gb) = (
             gpu.upload("x", &x).unwrap(),
-            gpu.upload("w", &w).unwrap(),
+            gpu.upload_weight("w", WeightFormat::F32, (n, k), &w)
+                .unwrap(),
             gpu.upload("b", &b).unwrap(),
         );
         let out = gpu.zeros("out", m * n).unwrap();
@@ -99,7 +122,6 @@ pub async fn matmul_linear_matches_cpu(gpu: &Gpu) {
             (&gx, View::rows(0, k as u32)),
             &gw,
             Some(&gb),
-            n as u32,
             View::rows(0, n as u32),
         );
         enc.matmul(&mm, &out);
@@ -114,6 +136,100 @@ pub async fn matmul_linear_matches_cpu(gpu: &Gpu) {
     }
 }
 
+/// Heavy-tailed weights (a cubed uniform, every 97th value ×40): blocks whose scale one outlier
+/// sets, as in trained CLIP.
+fn heavy_tailed(n: usize, seed: u64) -> Vec<f32> {
+    values(n, seed, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, &u)| u * u * u * if i % 97 == 5 { 40.0 } else { 1.0 })
+        .collect()
+}
+
+/// The compact weight formats (GGML Q8_0 blocks, f16) dequantized inside the matmul kernel
+/// against a CPU product with the same numbers dequantized first (candle's Q8_0 dequantization;
+/// f16 → f32), with bias and a fused GELU + residual.
+pub async fn matmul_compact_weights_match_dequantized_cpu(gpu: &Gpu) {
+    // k a multiple of the 32-value blocks; m, n not multiples of the 64×64 tiles.
+    for (m, n, k) in [(1, 1, 32), (70, 131, 96), (197, 96, 160), (64, 64, 64)] {
+        let (x, w, b) = (
+            values(m * k, 21, 1.0),
+            heavy_tailed(n * k, 22),
+            values(n, 23, 0.5),
+        );
+        let (gx, gb) = (gpu.upload("x", &x).unwrap(), gpu.upload("b", &b).unwrap());
+        let wt = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap();
+        let q8_values: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let blocks = Q8Blocks::from_ggml(&q, n, k, "w").unwrap();
+        assert_eq!(
+            blocks.dequantize(),
+            q8_values,
+            "Q8 blocks as candle reads them"
+        );
+        let f16_values: Vec<f32> = w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        let cases = [
+            (
+                "q8",
+                gpu.upload_q8("w", &blocks).unwrap(),
+                q8_values,
+                // int8 values, then the f16 scales padded to whole words.
+                n * k + (n * k / 32).div_ceil(2) * 4,
+            ),
+            (
+                "f16",
+                gpu.upload_weight("w", WeightFormat::F16, (n, k), &w)
+                    .unwrap(),
+                f16_values,
+                n * k * 2,
+            ),
+        ];
+        for (name, gw, deq, bytes) in cases {
+            assert_eq!(gw.bytes() as usize, bytes, "{name}: bytes on the device");
+            let residual = values(m * n, 24, 2.0);
+            let out = gpu.upload("out", &residual).unwrap();
+            let mut enc = Encoder::new(gpu, "test");
+            let mm = Matmul::linear(
+                m as u32,
+                (&gx, View::rows(0, k as u32)),
+                &gw,
+                Some(&gb),
+                View::rows(0, n as u32),
+            )
+            .act(Act::Gelu)
+            .accumulate();
+            enc.matmul(&mm, &out);
+            enc.submit();
+            let want: Vec<f64> = linear_slow(&x, &deq, &b, m, n, k, Act::Gelu)
+                .iter()
+                .zip(&residual)
+                .map(|(&y, &r)| y + r as f64)
+                .collect();
+            // Heavy-tailed weights cancel: the error of an f32 sum of k products is bounded by
+            // ≈ k·2⁻²⁴ · Σ|x·w| (here < 1e-5 · Σ|x·w|), not by the size of the result; GELU's
+            // slope is ≤ 1.13, and the residual add rounds once more.
+            let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+            let bound: Vec<f64> = linear_slow(&abs(&x), &abs(&deq), &abs(&b), m, n, k, Act::None)
+                .iter()
+                .zip(&want)
+                .map(|(&mag, &w)| 1.2e-5 * mag + 1e-6 * w.abs().max(1.0))
+                .collect();
+            assert_within(
+                &format!("{name} weights {m}×{k}·{k}×{n} + GELU + residual"),
+                &read(gpu, &out).await,
+                &want,
+                &bound,
+            );
+        }
+    }
+}
+
 pub async fn matmul_epilogue_gelu_quick_gelu_and_residual_match_cpu(gpu: &Gpu) {
     let (m, n, k) = (33, 75, 48);
     // Pre-activations spread over about ±8, where both activations bend and saturate.
@@ -125,7 +241,8 @@ pub async fn matmul_epilogue_gelu_quick_gelu_and_residual_match_cpu(gpu: &Gpu) {
     let residual = values(m * n, 7, 3.0);
     let (gx, gw, gb) = (
         gpu.upload("x", &x).unwrap(),
-        gpu.upload("w", &w).unwrap(),
+        gpu.upload_weight("w", WeightFormat::F32, (n, k), &w)
+            .unwrap(),
         gpu.upload("b", &b).unwrap(),
     );
     for act in [Act::Gelu, Act::QuickGelu] {
@@ -136,7 +253,6 @@ pub async fn matmul_epilogue_gelu_quick_gelu_and_residual_match_cpu(gpu: &Gpu) {
             (&gx, View::rows(0, k as u32)),
             &gw,
             Some(&gb),
-            n as u32,
             View::rows(0, n as u32),
         )
         .act(act)
@@ -176,7 +292,7 @@ pub async fn matmul_strided_attention_products_match_cpu(gpu: &Gpu) {
             k: d32,
             batch: heads as u32,
             a: (&gqkv, View::rows(0, 3 * w32).batched(d32)),
-            b: (
+            b: Rhs::Strided(
                 &gqkv,
                 View {
                     off: w32,
@@ -218,7 +334,7 @@ pub async fn matmul_strided_attention_products_match_cpu(gpu: &Gpu) {
             k: t32,
             batch: heads as u32,
             a: (&scores, View::rows(0, t32).batched(t32 * t32)),
-            b: (&gqkv, View::rows(2 * w32, 3 * w32).batched(d32)),
+            b: Rhs::Strided(&gqkv, View::rows(2 * w32, 3 * w32).batched(d32)),
             c: View::rows(0, w32).batched(d32),
             bias: None,
             alpha: 1.0,
