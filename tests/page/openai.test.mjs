@@ -24,6 +24,7 @@ const REASON = /CLIP-DINOiser needs the CLIP-DINOiser head, which cannot be used
 async function expectNoHead(page) {
   const ready = await page.textContent('[data-role=model-ready]');
   assert.match(ready, /QuickGELU \(OpenAI CLIP\)/, ready);
+  assert.match(ready, /no CLIP-DINOiser head: MaskCLIP, ClearCLIP, NACLIP, SCLIP/, ready);
   const option = await page.$eval('[data-role=mode-primary] option[value=dinoiser]', (o) => ({ disabled: o.disabled, text: o.textContent }));
   assert.deepEqual(option, { disabled: true, text: 'CLIP-DINOiser (needs the head)' });
   for (const mode of ['maskclip', 'clearclip', 'naclip', 'sclip']) {
