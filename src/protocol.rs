@@ -309,6 +309,19 @@ impl ModelInfo {
         self.architecture.contains(QUICK_GELU_NOTE)
     }
 
+    /// What the model line says of weights without a head: the modes they can run.
+    pub fn head_note(&self) -> Option<String> {
+        if self.has_head {
+            return None;
+        }
+        let usable: Vec<&str> = Mode::ALL
+            .into_iter()
+            .filter(|&m| self.mode_unavailable(m).is_none())
+            .map(Mode::title)
+            .collect();
+        Some(format!("no CLIP-DINOiser head: {}", usable.join(", ")))
+    }
+
     /// Why `mode` cannot be used with these weights, if it cannot.
     pub fn mode_unavailable(&self, mode: Mode) -> Option<String> {
         if !mode.needs_head() || self.has_head {
@@ -661,6 +674,12 @@ mod tests {
         for m in [Mode::MaskClip, Mode::ClearClip, Mode::NaClip, Mode::SClip] {
             assert_eq!(info.mode_unavailable(m), None);
         }
+        assert_eq!(
+            info.head_note().as_deref(),
+            Some("no CLIP-DINOiser head: MaskCLIP, ClearCLIP, NACLIP, SCLIP")
+        );
+        info.has_head = true;
+        assert_eq!(info.head_note(), None);
     }
 
     #[test]

@@ -229,7 +229,7 @@ pub fn WeightsPanel() -> Html {
                         <span>
                             <strong>{ "Model ready" }</strong>
                             { format!(" · {} · {} · {} · {:.1} s", origin, m.storage, mb(m.bytes), m.millis / 1000.0) }
-                            if !m.has_head { <em>{ " · no CLIP-DINOiser head: MaskCLIP only" }</em> }
+                            if let Some(note) = m.head_note() { <em>{ format!(" · {note}") }</em> }
                         </span>
                         <span class="muted arch" title={m.files.join(", ")}>{ m.architecture.clone() }</span>
                         { pick_button("Other weights…") }

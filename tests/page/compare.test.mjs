@@ -11,34 +11,18 @@ import {
   attr,
   canvasColours,
   canvasHash,
+  figure,
   matchColours,
   newPage,
   nextSegmentation,
   screenshot,
   waitLegend,
+  waitOverlay,
   useSite,
 } from './helpers.mjs';
 
 const debugAttr = (page, name) => page.getAttribute('[data-role=debug]', name);
-const figure = (side) => `[data-role=figure-${side}]`;
 const figAttr = (page, side, name) => page.getAttribute(figure(side), name);
-
-/** Wait until an overlay shows a result of `mode` / `refine` newer than `previous` (ids). */
-async function waitOverlay(page, side, { mode, refine, previous = '' }, timeout = 120_000) {
-  await page.waitForFunction(
-    ({ sel, mode, refine, previous }) => {
-      const f = document.querySelector(sel);
-      if (!f || !f.dataset.segmentation || f.dataset.segmentation === previous) return false;
-      return (!mode || f.dataset.mode === mode) && (!refine || f.dataset.refine === refine);
-    },
-    { sel: figure(side), mode, refine, previous },
-    { timeout },
-  ).catch(async () => {
-    const f = await page.$eval(figure(side), (e) => ({ ...e.dataset })).catch(() => 'absent');
-    throw new Error(`the ${side} overlay never showed ${mode ?? '*'} / ${refine ?? '*'}: ${JSON.stringify(f)}`);
-  });
-  return page.$eval(figure(side), (e) => ({ ...e.dataset }));
-}
 
 /** Legend colours the overlay canvas shows (every painted pixel must be one of them). */
 async function overlayColours(page, selector) {

@@ -76,6 +76,34 @@ export function testWeights() {
 }
 
 /**
+ * Random tiny OpenAI-style weights (QuickGELU) in transformers' layout (`model.safetensors`,
+ * `pytorch_model.bin`, `config.json` with `hidden_act: quick_gelu`, no head: none exists for
+ * them), made by `clipdino random-weights --layout transformers --act quick_gelu` into
+ * test-output/page/openai-weights, and a Q8_0 bundle converted from them with `clipdino convert`,
+ * laid out as a site's `models/` folder (test-output/page/openai-site/models/clip-dinoiser.gguf).
+ * Returns `{ dir, site, bundle }`.
+ */
+export function openaiWeights() {
+  const dir = path.join(OUT, 'openai-weights');
+  if (!fs.existsSync(path.join(dir, 'config.json'))) {
+    cli(['random-weights', '--arch', 'tiny', '--seed', '7', '--layout', 'transformers', '--act', 'quick_gelu', '--out', dir]);
+  }
+  const site = path.join(OUT, 'openai-site');
+  const bundle = path.join(site, 'models', 'clip-dinoiser.gguf');
+  if (!fs.existsSync(bundle)) {
+    fs.mkdirSync(path.dirname(bundle), { recursive: true });
+    cli([
+      'convert',
+      '--clip', path.join(dir, 'model.safetensors'),
+      '--config', path.join(dir, 'config.json'),
+      '--quant', 'q8_0',
+      '--out', bundle,
+    ]);
+  }
+  return { dir, site, bundle };
+}
+
+/**
  * The bundle split by `clipdino split` into parts of `partSize` bytes, as the site publishes it:
  * `<dir>/clip-dinoiser.parts.json` + `clip-dinoiser.part-NNN`. Returns the folder and the manifest.
  */
@@ -199,6 +227,27 @@ export async function nextSegmentation(page, previous, timeout = 60_000) {
     { timeout },
   );
   return attr(page, 'data-segmentation');
+}
+
+/** The figure of an overlay (`primary` or `compare`), whose data attributes describe its result. */
+export const figure = (side) => `[data-role=figure-${side}]`;
+
+/** Wait until an overlay shows a result of `mode` / `refine` newer than `previous` (ids);
+ * returns the figure's data attributes. */
+export async function waitOverlay(page, side, { mode, refine, previous = '' }, timeout = 120_000) {
+  await page.waitForFunction(
+    ({ sel, mode, refine, previous }) => {
+      const f = document.querySelector(sel);
+      if (!f || !f.dataset.segmentation || f.dataset.segmentation === previous) return false;
+      return (!mode || f.dataset.mode === mode) && (!refine || f.dataset.refine === refine);
+    },
+    { sel: figure(side), mode, refine, previous },
+    { timeout },
+  ).catch(async () => {
+    const f = await page.$eval(figure(side), (e) => ({ ...e.dataset })).catch(() => 'absent');
+    throw new Error(`the ${side} overlay never showed ${mode ?? '*'} / ${refine ?? '*'}: ${JSON.stringify(f)}`);
+  });
+  return page.$eval(figure(side), (e) => ({ ...e.dataset }));
 }
 
 /** Wait until the legend lists exactly `labels` (a segmentation for an older label set may come first). */

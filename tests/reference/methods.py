@@ -5,11 +5,17 @@ on a fixture model, written to `<fixture>/methods.safetensors`.
 Run on the committed fixtures (reads their model, head, images and labels; needs the venv of
 `setup_venv.sh`):
 
-    python tests/reference/methods.py                 # tests/fixtures/tiny and tiny-realistic
+    python tests/reference/methods.py                 # tests/fixtures/tiny, tiny-realistic, tiny-openai
     python tests/reference/methods.py --check         # recompute and compare with the files on disk
 
-`make_fixtures.py` calls `generate(out_dir)` after writing a fixture, so a regenerated fixture
-gets its methods file too.
+`make_fixtures.py` and `openai_layouts.py` call `generate(out_dir)` after writing a fixture, so a
+regenerated fixture gets its methods file too.
+
+On `tiny-openai/` (OpenAI-style QuickGELU weights, read from its open_clip layout) there is no
+CLIP-DINOiser head (the crate refuses one on these weights): the modes are `maskclip` and the
+three last-block variants, and the MaskCLIP features come from `MaskClip.forward` alone (the
+same hooks, padding and value path). `openai_layouts.py` recomputes the variants' features with
+transformers' own modules on its layout of the same weights and asserts they agree.
 
 Formulas, from each method's official code (read, not imported; re-written here on the open_clip
 3.3.0 model of the fixture, batch-first):
@@ -36,10 +42,12 @@ Formulas, from each method's official code (read, not imported; re-written here 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +58,7 @@ from open_clip.model import CLIP
 
 MODES = ("clearclip", "naclip", "sclip")
 ALL_MODES = ("maskclip", "dinoiser") + MODES
+NO_HEAD_MODES = ("maskclip",) + MODES  # OpenAI's weights: the CLIP-DINOiser head is refused on them
 NACLIP_STD = 5.0
 PAMR_ITERS = 10
 PAMR_DILATIONS = (8, 16)
@@ -78,65 +87,94 @@ def attention_addition(h: int, w: int, window: torch.Tensor) -> torch.Tensor:
     return torch.hstack([torch.zeros(h * w + 1, 1), out])
 
 
-def custom_attn(block, y: torch.Tensor, mode: str, grid: tuple[int, int]) -> torch.Tensor:
-    """y = ln_1(x) [1, T, C] (batch-first) -> out_proj(A v) [1, T, C]."""
-    attn = block.attn
-    heads = attn.num_heads
-    _, t, c = y.shape
+def mix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mode: str,
+        grid: tuple[int, int]) -> torch.Tensor:
+    """`custom_attn`'s attention of `mode` on the projected q, k, v [1, T, C] (batch-first) ->
+    A v [1, T, C], before the output projection."""
+    _, t, c = q.shape
     d = c // heads
     scale = d ** -0.5
-    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     split = lambda z: z[0].reshape(t, heads, d).transpose(0, 1)  # [heads, T, d]
     q, k, v = split(q), split(k), split(v)
     if mode == "clearclip":
         a = F.softmax(torch.bmm(q, q.transpose(1, 2)) * scale, dim=-1)
     elif mode == "naclip":
         h, w = grid
-        window = gaussian_window(2 * h - 1, 2 * w - 1, NACLIP_STD).to(y.dtype)
-        omega = attention_addition(h, w, window).to(y.dtype)[None]
+        window = gaussian_window(2 * h - 1, 2 * w - 1, NACLIP_STD).to(q.dtype)
+        omega = attention_addition(h, w, window).to(q.dtype)[None]
         a = F.softmax(torch.bmm(k, k.transpose(1, 2)) * scale + omega, dim=-1)
     elif mode == "sclip":
         a = F.softmax(torch.bmm(q, q.transpose(1, 2)) * scale, dim=-1) + \
             F.softmax(torch.bmm(k, k.transpose(1, 2)) * scale, dim=-1)
     else:
         raise ValueError(mode)
-    out = torch.bmm(a, v).transpose(0, 1).reshape(1, t, c)
-    return attn.out_proj(out)
+    return torch.bmm(a, v).transpose(0, 1).reshape(1, t, c)
 
 
-def last_block(model: CLIP, x: torch.Tensor, mode: str, grid: tuple[int, int]) -> torch.Tensor:
-    """Dense features [h, w, E] of `mode` from the last block's input x [1, T, C]."""
+class LastBlock(NamedTuple):
+    """The parts of the last vision block (and what follows it) a variant uses, whatever the
+    library: `qkv(y)` -> (q, k, v) projections of `ln_1(x)`; `post(z)` -> the patch tokens of
+    `ln_post(z) @ proj` [1, T - 1, E]."""
+    ln_1: Callable
+    qkv: Callable
+    heads: int
+    out_proj: Callable
+    ln_2: Callable
+    mlp: Callable
+    post: Callable
+
+
+def open_clip_last_block(model: CLIP) -> LastBlock:
     visual = model.visual
     blk = visual.transformer.resblocks[-1]
-    a = custom_attn(blk, blk.ln_1(x), mode, grid)
+    attn = blk.attn
+    return LastBlock(
+        ln_1=blk.ln_1,
+        qkv=lambda y: F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1),
+        heads=attn.num_heads, out_proj=attn.out_proj, ln_2=blk.ln_2, mlp=blk.mlp,
+        post=lambda z: visual.ln_post(z)[:, 1:] @ visual.proj)
+
+
+def last_block(parts: LastBlock, x: torch.Tensor, mode: str, grid: tuple[int, int]) -> torch.Tensor:
+    """Dense features [h, w, E] of `mode` from the last block's input x [1, T, C]."""
+    a = parts.out_proj(mix(*parts.qkv(parts.ln_1(x)), parts.heads, mode, grid))
     if mode in ("clearclip", "naclip"):
         out = a
     else:  # sclip: residual and FFN kept
         out = x + a
-        out = out + blk.mlp(blk.ln_2(out))
-    out = visual.ln_post(out)[:, 1:] @ visual.proj
-    return out[0].reshape(grid[0], grid[1], -1)
+        out = out + parts.mlp(parts.ln_2(out))
+    return parts.post(out)[0].reshape(grid[0], grid[1], -1)
 
 
 class Methods:
-    """Captures the last block's input with the CLIP-DINOiser reference's hooks."""
+    """Captures the last block's input with the CLIP-DINOiser reference's hooks. `head = None`
+    (OpenAI's weights: no head is published for them) runs MaskCLIP and the last-block variants
+    only."""
 
     def __init__(self, model: CLIP, head, labels: torch.Tensor):
         self.model = model
         self.ref = MF.ClipDinoiserReference(model, head, labels)
+        self.parts = open_clip_last_block(model)
         self.labels = labels
+        self.has_head = head is not None
 
     @torch.no_grad()
     def window(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
         """img [1, 3, h, w] in [0, 1] -> per mode patch probabilities [L, gh, gw] (+ dense)."""
-        r = self.ref.forward(img, MF.BACKGROUND)  # dinoiser + maskclip, fills the hooks
-        x = self.ref.hook_features["v"]
-        gh, gw = r["dense"].shape[-2:]
+        if self.has_head:
+            r = self.ref.forward(img, MF.BACKGROUND)  # dinoiser + maskclip, fills the hooks
+            out = {"maskclip": r["probs_maskclip"][0], "dinoiser": r["probs_dinoiser"][0]}
+            maskclip = r["dense"][0].permute(1, 2, 0)
+        else:  # MaskClip.forward alone: the same padding, normalisation, hooks and value path
+            dense = self.ref.proj(self.ref.extract_feat(MF.OPENAI_NORMALIZE(MF.make_input_divisible(img))))
+            out = {"maskclip": self.ref.cls_seg(dense)[0]}
+            maskclip = dense[0].permute(1, 2, 0)
         # the positional embedding swap happens inside extract_feat; x already includes it
-        out = {"maskclip": r["probs_maskclip"][0], "dinoiser": r["probs_dinoiser"][0]}
-        dense = {}
+        x = self.ref.hook_features["v"]
+        gh, gw = maskclip.shape[:2]
+        dense = {"maskclip": maskclip}
         for m in MODES:
-            f = last_block(self.model, x, m, (gh, gw))
+            f = last_block(self.parts, x, m, (gh, gw))
             dense[m] = f
             out[m] = self.ref.cls_seg(f.permute(2, 0, 1)[None])[0]
         return {"probs": out, "dense": dense}
@@ -185,24 +223,40 @@ def top2_gap(probs: torch.Tensor) -> float:
 
 
 def load_fixture(folder: Path):
-    sd = load_file(str(folder / "open_clip_model.safetensors"))
-    model = CLIP(embed_dim=MF.EMBED_DIM, vision_cfg=dict(MF.VISION_CFG), text_cfg=dict(MF.TEXT_CFG)).eval()
-    model.load_state_dict(sd)
-    head = MF.DinoiserHead(MF.VISION_CFG["width"], MF.PROJ_DIM).eval()
-    ck = torch.load(folder / "last.pt", map_location="cpu", weights_only=True)
-    head.load_state_dict(ck["model_state_dict"])
+    """The fixture's model, head and upstream outputs. `tiny/` and `tiny-realistic/` hold the
+    open_clip files and `last.pt` at the top; `tiny-openai/` (OpenAI-style weights) holds them in
+    `open_clip/`, with no head: `head` is None. The activation comes from the config, as in the
+    crate (`quick_gelu`)."""
+    weights = folder / "open_clip" if (folder / "open_clip").is_dir() else folder
+    cfg = json.loads((weights / "open_clip_config.json").read_text())["model_cfg"]
+    assert {k: cfg[k] for k in MF.MODEL_CFG} == MF.MODEL_CFG, cfg
+    model = CLIP(embed_dim=MF.EMBED_DIM, vision_cfg=dict(MF.VISION_CFG), text_cfg=dict(MF.TEXT_CFG),
+                 quick_gelu=cfg.get("quick_gelu", False)).eval()
+    model.load_state_dict(load_file(str(weights / "open_clip_model.safetensors")))
+    head = None
+    if (folder / "last.pt").is_file():
+        head = MF.DinoiserHead(MF.VISION_CFG["width"], MF.PROJ_DIM).eval()
+        ck = torch.load(folder / "last.pt", map_location="cpu", weights_only=True)
+        head.load_state_dict(ck["model_state_dict"])
     exp = load_file(str(folder / "expected.safetensors"))
     return model, head, exp
 
 
 @torch.no_grad()
 def compute(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    return compute_from(*load_fixture(folder))
+
+
+@torch.no_grad()
+def compute_from(model: CLIP, head, exp: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every mode (`dinoiser` only with a head) and PAMR on images a, b (one pass) and c (windows)
+    of `exp`, with its labels."""
     torch.set_grad_enabled(False)
-    model, head, exp = load_fixture(folder)
     labels = MF.label_embeddings(model, exp["labels.tokens"])
     assert torch.allclose(labels, exp["labels"], atol=1e-6)
     labels = exp["labels"]
     meth = Methods(model, head, labels)
+    all_modes = ALL_MODES if head is not None else NO_HEAD_MODES
     out: dict[str, torch.Tensor] = {}
     report = {"min top-2 gap": {}}
     gaps = report["min top-2 gap"]
@@ -210,8 +264,10 @@ def compute(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
         img = exp[f"{key}.image"].float()
         h, w = img.shape[1:]
         r = meth.window(img[None])
-        assert torch.allclose(r["probs"]["dinoiser"], exp[f"{key}.probs_dinoiser"], atol=1e-6)
-        for m in ALL_MODES:
+        assert torch.allclose(r["dense"]["maskclip"], exp[f"{key}.dense"], atol=1e-6)
+        if head is not None:
+            assert torch.allclose(r["probs"]["dinoiser"], exp[f"{key}.probs_dinoiser"], atol=1e-6)
+        for m in all_modes:
             full = MF.upsample_full(r["probs"][m][None], h, w)
             if m in MODES:
                 out[f"{key}.{m}.dense"] = r["dense"][m]
@@ -234,15 +290,15 @@ def compute(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     hi, wi = size
     windows = MF.slide_windows(hi, wi, MF.SLIDE_CROP, MF.SLIDE_STRIDE)
     n = labels.shape[0]
-    preds = {m: resized.new_zeros((1, n, hi, wi)) for m in ALL_MODES}
+    preds = {m: resized.new_zeros((1, n, hi, wi)) for m in all_modes}
     count = resized.new_zeros((1, 1, hi, wi))
     for (y1, y2, x1, x2) in windows:
         r = meth.window(resized[:, :, y1:y2, x1:x2])
-        for m in ALL_MODES:
+        for m in all_modes:
             up = MF.upsample_full(r["probs"][m][None], y2 - y1, x2 - x1)
             preds[m] += F.pad(up, (x1, wi - x2, y1, hi - y2))
         count[:, :, y1:y2, x1:x2] += 1
-    for m in ALL_MODES:
+    for m in all_modes:
         slide = preds[m] / count
         probs = F.interpolate(slide, size=tuple(img.shape[1:]), mode="bilinear", align_corners=False)[0]
         if m == "dinoiser":
@@ -271,7 +327,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     fixtures = Path(__file__).resolve().parent.parent / "fixtures"
     ap.add_argument("folders", nargs="*", type=Path,
-                    default=[fixtures / "tiny", fixtures / "tiny-realistic"])
+                    default=[fixtures / "tiny", fixtures / "tiny-realistic", fixtures / "tiny-openai"])
     ap.add_argument("--check", action="store_true", help="recompute and compare with the files on disk")
     args = ap.parse_args()
     ok = True

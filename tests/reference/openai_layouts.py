@@ -49,8 +49,10 @@ from open_clip.push_to_hf_hub import save_config_for_hf
 from transformers import CLIPConfig, CLIPModel
 
 import make_fixtures as M
+import methods
 
 OPENAI_SEED = 20240102
+LABEL_SEED0 = 3000
 MODEL_CFG = {**M.MODEL_CFG, "quick_gelu": True}  # as open_clip's ViT-B-16-quickgelu.json
 TOL_CROSS = 1e-5
 
@@ -131,10 +133,11 @@ def as_tensor(x) -> torch.Tensor:
 
 
 @torch.no_grad()
-def hf_dense(model: CLIPModel, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """MaskCLIP dense features [h, w, E] and block L-3 `layer_norm2` output [h, w, C] from
-    transformers' own modules: the last layer's input (pre-hook), then its value path only
-    (v_proj -> out_proj, residual, MLP), post_layernorm on every token, visual_projection."""
+def hf_dense(model: CLIPModel, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """MaskCLIP dense features [h, w, E] (`dense`) and block L-3 `layer_norm2` output [h, w, C]
+    (`inter`) from transformers' own modules: the last layer's input (pre-hook; `last_in`, [1, T, C]),
+    then its value path only (v_proj -> out_proj, residual, MLP), post_layernorm on every token,
+    visual_projection."""
     x = M.OPENAI_NORMALIZE(M.make_input_divisible(image[None]))
     h, w = x.shape[-2] // M.PATCH, x.shape[-1] // M.PATCH
     vm = model.vision_model
@@ -157,7 +160,38 @@ def hf_dense(model: CLIPModel, image: torch.Tensor) -> tuple[torch.Tensor, torch
     v = vm.post_layernorm(v)
     dense = model.visual_projection(v[0, 1:]).reshape(h, w, -1)
     inter = seen["inter"][0, 1:].reshape(h, w, -1)
-    return dense, inter
+    return {"dense": dense, "inter": inter, "last_in": t}
+
+
+def hf_last_block(model: CLIPModel) -> methods.LastBlock:
+    """The last vision layer of transformers' `CLIPModel` for `methods.last_block`: q, k, v from
+    its own `q_proj` / `k_proj` / `v_proj` (the unscaled projections, as `in_proj` gives them)."""
+    vm = model.vision_model
+    layer = vm.encoder.layers[-1]
+    sa = layer.self_attn
+    return methods.LastBlock(
+        ln_1=layer.layer_norm1, qkv=lambda y: (sa.q_proj(y), sa.k_proj(y), sa.v_proj(y)),
+        heads=model.config.vision_config.num_attention_heads, out_proj=sa.out_proj,
+        ln_2=layer.layer_norm2, mlp=layer.mlp,
+        post=lambda z: model.visual_projection(vm.post_layernorm(z)[:, 1:]))
+
+
+def choose_labels(model: CLIP, exp: dict[str, torch.Tensor]) -> tuple[int, dict[str, torch.Tensor]]:
+    """The first label seed (4 random token rows, as make_fixtures.py draws them) whose every
+    label map in methods.py (each mode, with and without PAMR) keeps a top-1 minus top-2
+    probability gap above make_fixtures' MARGIN_ARGMAX, so that the label maps are decided far
+    beyond float rounding."""
+    for seed in range(LABEL_SEED0, LABEL_SEED0 + 100):
+        gen = torch.Generator().manual_seed(seed)
+        tokens = M.random_tokens(gen, torch.randint(4, 17, (4,), generator=gen).tolist())
+        labels = {"labels.tokens": tokens, "labels": M.label_embeddings(model, tokens)}
+        _, report = methods.compute_from(copy.deepcopy(model), None, {**exp, **labels})
+        gap = min(report["min top-2 gap"].values())
+        if gap > M.MARGIN_ARGMAX:
+            print(f"label seed {seed}: smallest top-2 gap {gap:.2e}")
+            return seed, labels
+        print(f"label seed {seed} rejected: a label map's top-2 gap is {gap:.2e}")
+    raise SystemExit("no label seed kept the label maps clear of ties")
 
 
 def generate(out_dir: Path) -> None:
@@ -168,6 +202,7 @@ def generate(out_dir: Path) -> None:
         "img224": M.smooth_image(gen, 224, 224, (9, 9), levels=256),
         "a": M.smooth_image(gen, 45, 61, (4, 5)),
         "b": M.smooth_image(gen, 96, 64, (6, 4)),
+        "c": M.smooth_image(gen, 90, 130, (5, 7)),  # the windowed image of make_fixtures (same draws)
     }
     model = build_openai_clip(OPENAI_SEED)
     sd = model.state_dict()
@@ -186,12 +221,21 @@ def generate(out_dir: Path) -> None:
         exp[f"{key}.image"] = images[key]
         exp[f"{key}.dense"] = r["dense"][0].permute(1, 2, 0)
         exp[f"{key}.inter"] = r["inter"][0].permute(1, 2, 0)
+    exp["c.image"] = images["c"]
+    # the labels the methods' references (methods.py, no head) classify with
+    label_seed, chosen = choose_labels(model, exp)
+    exp.update(chosen)
 
     exp["hf.text.embeddings"] = as_tensor(hf.get_text_features(input_ids=text_tokens))
     px224 = M.OPENAI_NORMALIZE(images["img224"])[None]
     exp["hf.img224.pooled"] = as_tensor(hf.get_image_features(pixel_values=px224))[0]
+    hf_parts = hf_last_block(hf)
     for key in ("a", "b"):
-        exp[f"hf.{key}.dense"], exp[f"hf.{key}.inter"] = hf_dense(hf, images[key])
+        d = hf_dense(hf, images[key])
+        exp[f"hf.{key}.dense"], exp[f"hf.{key}.inter"] = d["dense"], d["inter"]
+        # ClearCLIP / NACLIP / SCLIP on transformers' modules (methods.py's formulas)
+        for m in methods.MODES:
+            exp[f"hf.{key}.{m}.dense"] = methods.last_block(hf_parts, d["last_in"], m, d["dense"].shape[:2])
     exp = {k: v.contiguous() for k, v in exp.items()}
 
     # --- cross-checks ---------------------------------------------------------------------------
@@ -223,8 +267,17 @@ def generate(out_dir: Path) -> None:
     bin_sd["vision_model.embeddings.position_ids"] = torch.arange(grid * grid + 1)[None]
     torch.save(bin_sd, hf_dir / "pytorch_model.bin")
     save_file(exp, str(out_dir / "expected.safetensors"),
-              metadata={"generator": "tests/reference/openai_layouts.py"})
+              metadata={"generator": f"tests/reference/openai_layouts.py (label seed {label_seed})"})
     verify_written(out_dir, exp)
+    # the methods' references on the open_clip layout (read back from disk), and the variants'
+    # features of transformers' modules against them
+    methods.generate(out_dir)
+    meth = load_file(str(out_dir / "methods.safetensors"))
+    for key in ("a", "b"):
+        for m in methods.MODES:
+            name = f"{key}.{m}.dense"
+            rep[f"{name} transformers vs open_clip"] = M.max_abs(exp[f"hf.{name}"], meth[name])
+            assert rep[f"{name} transformers vs open_clip"] < TOL_CROSS, (name, rep)
     print("measured:", json.dumps(rep))
 
 
@@ -252,7 +305,8 @@ def verify_written(out_dir: Path, exp: dict) -> None:
 
 
 FILES = ("open_clip/open_clip_config.json", "open_clip/open_clip_model.safetensors", "transformers/config.json",
-         "transformers/model.safetensors", "transformers/pytorch_model.bin", "expected.safetensors")
+         "transformers/model.safetensors", "transformers/pytorch_model.bin", "expected.safetensors",
+         "methods.safetensors")
 
 
 def compare_dirs(fresh: Path, committed: Path) -> bool:

@@ -160,7 +160,20 @@ impl PipelineArgs {
 
     /// Check the options against the model: DINOiser mode needs the head.
     pub fn options(&self, engine: &Engine, background: Option<usize>) -> Result<RunOptions> {
-        check_mode(engine, self.mode)?;
+        self.options_for(engine, background, &[self.mode])
+    }
+
+    /// [`Self::options`] for a run of `modes` instead of `--mode` (`eval --modes`): each of
+    /// them is checked against the model, `--mode` is not.
+    pub fn options_for(
+        &self,
+        engine: &Engine,
+        background: Option<usize>,
+        modes: &[Mode],
+    ) -> Result<RunOptions> {
+        for &m in modes {
+            check_mode(engine, m)?;
+        }
         Ok(RunOptions {
             encode: self.encode_options()?,
             segment: SegmentOptions {

@@ -10,7 +10,7 @@ use clap::Args;
 use clipdino::metrics::ConfusionMatrix;
 use clipdino::pipeline::{Mode, Refine};
 
-use crate::engine::{check_mode, Engine, ModelArgs, PipelineArgs};
+use crate::engine::{Engine, ModelArgs, PipelineArgs};
 use crate::files::{self, LabelMap};
 use crate::labels;
 use crate::photo;
@@ -228,10 +228,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     .collect::<Result<_>>()?
             };
             let engine = Engine::load(&a.model)?;
-            let mut opts = a.pipeline.options(&engine, background)?;
-            for v in &variants {
-                check_mode(&engine, v.mode)?;
-            }
+            let modes: Vec<Mode> = variants.iter().map(|v| v.mode).collect();
+            let mut opts = a.pipeline.options_for(&engine, background, &modes)?;
             let label_emb = engine.embed_labels(&classes, a.pipeline.templates)?;
             let mut cms: Vec<ConfusionMatrix> = variants.iter().map(|_| cm.clone()).collect();
             let pb = progress::bar(pairs.len() as u64, "evaluating");

@@ -27,21 +27,9 @@ fn tiny_args() -> Vec<String> {
     ]
 }
 
-/// `clipdino eval` of the tiny model on the VOC-layout fixture (short side 64, fast templates),
-/// then `extra`.
+/// `clipdino eval` of the tiny model on the VOC-layout fixture, then `extra`.
 fn voc_eval_args(extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = vec!["eval".into()];
-    a.extend(tiny_args());
-    for (flag, dir) in [
-        ("--images", "voc/images"),
-        ("--masks", "voc/masks"),
-        ("--classes", "voc/classes.txt"),
-    ] {
-        a.extend([flag.to_string(), fixture(dir).display().to_string()]);
-    }
-    a.extend(["--short-side", "64", "--templates", "fast"].map(String::from));
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
+    common::voc_eval_args(&tiny_args(), extra)
 }
 
 /// `extra` plus `default` flags that `extra` does not set itself.

@@ -1,12 +1,13 @@
 //! OpenAI-style CLIP weights (QuickGELU) through the binary: `random-weights --layout
 //! transformers|open_clip --act quick_gelu`, `convert` of each layout, `segment` on the files
-//! and on the bundle (identical masks), and the DINOiser head refused with its reason.
+//! and on the bundle (identical masks), `eval --modes` of the CLIP-only modes, and the DINOiser
+//! head refused with its reason.
 
 use std::fs;
 
 mod common;
 
-use common::{ok, one_line_error, run, stderr, stdout, tiny, voc_image, Scratch};
+use common::{ok, one_line_error, run, stderr, stdout, tiny, voc_eval_args, voc_image, Scratch};
 
 fn random(s: &Scratch, dir: &str, layout: &str) -> String {
     let o = run(&[
@@ -185,4 +186,28 @@ fn the_dinoiser_head_is_refused_on_openai_weights() {
     );
     assert!(!line.contains("pass --head"), "{line}");
     assert!(!s.path("m.png").exists());
+}
+
+/// `eval --modes` on QuickGELU weights: the CLIP-only modes in one table (the default `--mode`,
+/// CLIP-DINOiser, is not asked for, so it is not held against the weights); naming `dinoiser`
+/// there is refused with the reason.
+#[test]
+fn eval_compares_the_clip_only_modes_on_openai_weights() {
+    let s = Scratch::new("openai-eval");
+    random(&s, "hf", "transformers");
+    let model = files(&s, "hf/model.safetensors", "hf/config.json");
+    let modes = ["maskclip", "clearclip", "naclip", "sclip+pamr:2"];
+    let table = ok(&run(&voc_eval_args(&model, &["--modes", &modes.join(",")])));
+    let head = table.lines().next().unwrap_or_default();
+    for m in modes {
+        assert!(head.contains(m), "{m} missing from the header: {table}");
+    }
+    assert!(
+        table.contains("\nmIoU ") && table.contains("images 1"),
+        "{table}"
+    );
+    one_line_error(
+        &run(&voc_eval_args(&model, &["--modes", "maskclip,dinoiser"])),
+        &["cannot have one", "laion2b", "--mode (maskclip"],
+    );
 }

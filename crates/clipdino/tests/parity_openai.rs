@@ -1,6 +1,7 @@
 //! OpenAI-CLIP weights (QuickGELU) in both layouts against their upstream libraries, natively:
-//! see `support/openai.rs` (shared with the wasm test). Also the errors that name what is wrong
-//! with such files, and the GGUF bundle recording the activation.
+//! see `support/openai.rs` (shared with the wasm test): the towers, and the last-block methods
+//! and PAMR on them. Also the errors that name what is wrong with such files, and the GGUF bundle
+//! recording the activation.
 
 mod common;
 #[path = "support/openai.rs"]
@@ -21,6 +22,29 @@ fn every_layout_matches_its_upstream_library() {
     for layout in LAYOUTS {
         let worst = openai::check_layout(layout, &log);
         println!("{layout:?}: worst {worst:.3e}");
+    }
+}
+
+/// ClearCLIP / NACLIP / SCLIP and PAMR on OpenAI's weights in every layout, against the upstream
+/// formulas (`methods.py`; the transformers layouts' variant features against transformers' own
+/// modules), CLIP-DINOiser refused. The layouts hold the same numbers under other names, so the
+/// renaming loader must give the same segmenter: every mode's features equal bit for bit.
+#[test]
+fn methods_and_pamr_match_upstream_in_every_layout() {
+    let feats: Vec<_> = LAYOUTS
+        .into_iter()
+        .map(|layout| (layout, openai::check_methods(layout, &log)))
+        .collect();
+    let (first, want) = &feats[0];
+    for (layout, got) in &feats[1..] {
+        for ((mode, a), (_, b)) in want.iter().zip(got) {
+            let d = common::max_abs_diff(b, a);
+            println!("{layout:?} vs {first:?}, {}: max |Δ| = {d:e}", mode.name());
+            assert_eq!(
+                d, 0.0,
+                "{layout:?} and {first:?} give other {mode:?} features"
+            );
+        }
     }
 }
 

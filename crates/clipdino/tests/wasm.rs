@@ -326,6 +326,15 @@ fn openai_transformers_layout_agrees_with_candle_transformers() {
     openai::check_candle_transformers(&web_sys_log);
 }
 
+/// ClearCLIP / NACLIP / SCLIP and PAMR on OpenAI's weights in every layout, CLIP-DINOiser
+/// refused (as `tests/parity_openai.rs`).
+#[wasm_bindgen_test]
+fn openai_methods_and_pamr_match_upstream_in_every_layout() {
+    for layout in openai::LAYOUTS {
+        openai::check_methods(layout, &|s| web_sys_log(&format!("wasm {s}")));
+    }
+}
+
 /// ClearCLIP / NACLIP / SCLIP and PAMR in the browser: the same checks as natively
 /// (`tests/parity_methods.rs`, shared in `common::methods`), on both tiny models.
 #[wasm_bindgen_test]

@@ -21,6 +21,23 @@ pub fn voc_image() -> PathBuf {
     fixture("voc/images/voc_sample.jpg")
 }
 
+/// `clipdino eval` of `model` (its weight flags) on the VOC-layout fixture (short side 64, fast
+/// templates), then `extra`.
+pub fn voc_eval_args(model: &[String], extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["eval".into()];
+    a.extend(model.iter().cloned());
+    for (flag, dir) in [
+        ("--images", "voc/images"),
+        ("--masks", "voc/masks"),
+        ("--classes", "voc/classes.txt"),
+    ] {
+        a.extend([flag.to_string(), fixture(dir).display().to_string()]);
+    }
+    a.extend(["--short-side", "64", "--templates", "fast"].map(String::from));
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
 /// A fresh scratch folder, removed when dropped.
 pub struct Scratch(pub PathBuf);
 

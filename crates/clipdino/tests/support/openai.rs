@@ -9,7 +9,8 @@
 //! block L−3 `ln_2` output); the transformers layout (safetensors and the older `.bin` with its
 //! `position_ids` buffers) with transformers' `CLIPModel` (`hf.*` keys). candle-transformers'
 //! own CLIP (`models::clip`, which reads the transformers layout natively) is a third,
-//! independent implementation of the text and pooled image embeddings.
+//! independent implementation of the text and pooled image embeddings. The last-block methods and
+//! PAMR run on every layout against `methods.safetensors` ([`check_methods`]).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use clipdino::clip::{preprocess, ClipModel};
 use clipdino::loaders::{load_model_files, Bundle};
+use clipdino::pipeline::{EncodeOptions, Mode, SegmentOptions, Segmenter};
 use clipdino::{Activation, ClipConfig, ComputePath, Vb};
 
 pub const TOL: f32 = 1e-4;
@@ -259,4 +261,77 @@ pub fn check_candle_transformers(log: &dyn Fn(&str)) -> f32 {
         &get(&exp, "hf.img224.pooled"),
     );
     worst
+}
+
+/// The last-block methods' and PAMR's references on these weights (`tests/reference/methods.py`
+/// on the open_clip layout; no head, so no `dinoiser` entries).
+pub fn methods() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load_buffer(openai_fixture!("methods.safetensors"), &Device::Cpu)
+        .expect("tiny-openai/methods.safetensors")
+}
+
+/// A segmenter on `layout`'s files, as the app and the CLI build one (no head: the weights
+/// have none, and the loaders refuse one on QuickGELU weights).
+pub fn segmenter(layout: Layout) -> Segmenter {
+    let bundle = load_model_files(&files(layout)).expect("load the OpenAI-layout fixture");
+    Segmenter::from_bundle(bundle, &Device::Cpu, ComputePath::F32).expect("segmenter")
+}
+
+/// MaskCLIP, ClearCLIP, NACLIP and SCLIP (dense features, probabilities, label maps) and PAMR of
+/// `layout` against the upstream formulas, through the shared check of `common::methods` (≤
+/// [`TOL`] scale-relative, identical label maps). The references are computed on the open_clip
+/// layout; for the transformers layouts the variants' dense features are compared with those
+/// transformers' own modules give instead (`hf.{a,b}.{mode}.dense`). CLIP-DINOiser must be
+/// refused, in words. Returns image `a`'s features per mode, for comparing layouts.
+pub fn check_methods(layout: Layout, log: &dyn Fn(&str)) -> Vec<(Mode, Tensor)> {
+    let seg = segmenter(layout);
+    assert!(!seg.has_head(), "{layout:?}: OpenAI weights carry no head");
+    let exp = expected();
+    let mut meth = methods();
+    if layout != Layout::OpenClip {
+        for key in ["a", "b"] {
+            for m in [Mode::ClearClip, Mode::NaClip, Mode::SClip] {
+                let k = format!("{key}.{}.dense", m.name());
+                let hf = exp[&format!("hf.{k}")].clone();
+                assert!(meth.insert(k, hf).is_some());
+            }
+        }
+    }
+    // The reference has no background rule without a head; the index is not used by these modes.
+    super::common::methods::check(&seg, &exp, &meth, 0, TOL, &|s| {
+        log(&format!("{layout:?} {s}"))
+    });
+
+    let mut feats = seg
+        .encode_image(
+            &get(&exp, "a.image"),
+            &EncodeOptions::full_res(),
+            &mut |_| {},
+        )
+        .unwrap();
+    // CLIP-DINOiser: refused by the segmenter, whether its features or a segmentation is asked.
+    let e = seg
+        .prepare_mode(&mut feats, Mode::Dinoiser)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("CLIP-DINOiser head") && e.contains("MaskCLIP"),
+        "{e}"
+    );
+    let opts = SegmentOptions {
+        mode: Mode::Dinoiser,
+        ..Default::default()
+    };
+    let e = seg
+        .segment(&feats, &get(&exp, "labels"), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("CLIP-DINOiser head"), "{e}");
+    [Mode::MaskClip, Mode::ClearClip, Mode::NaClip, Mode::SClip]
+        .into_iter()
+        .map(|m| {
+            seg.prepare_mode(&mut feats, m).unwrap();
+            (m, feats.windows[0].features(m).unwrap().clone())
+        })
+        .collect()
 }
