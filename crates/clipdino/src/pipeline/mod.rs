@@ -1007,7 +1007,11 @@ impl Segmenter {
 
     /// Start an encode of `image_chw01` driven one window at a time (see [`ImageEncode`]):
     /// sizes and limits are checked and the image is resized here.
-    pub fn begin_encode(&self, image_chw01: &Tensor, opts: &EncodeOptions) -> Result<ImageEncode<'_>> {
+    pub fn begin_encode(
+        &self,
+        image_chw01: &Tensor,
+        opts: &EncodeOptions,
+    ) -> Result<ImageEncode<'_>> {
         Ok(ImageEncode {
             seg: self,
             windows: Windows::new(image_chw01, opts, self.clip_cfg.vision.patch_size)?,

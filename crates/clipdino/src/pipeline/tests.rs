@@ -645,6 +645,10 @@ fn stepwise_encode_matches_encode_image() {
         last = Some(out.clone());
         enc.push(out).unwrap();
     }
-    let err = enc.push(last.unwrap()).err().expect("one too many").to_string();
+    let err = enc
+        .push(last.unwrap())
+        .err()
+        .expect("one too many")
+        .to_string();
     assert!(err.contains(&format!("window {n} of {n}")), "{err}");
 }
