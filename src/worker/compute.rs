@@ -225,6 +225,7 @@ fn disable(shared: &Shared, why: String) {
 }
 
 fn lost_words(name: &str, reason: &str) -> String {
+    let reason = reason.trim_end_matches('.');
     format!(
         "the GPU device ({name}) was lost: {reason}; choose a compute setting again to retry it"
     )
