@@ -632,7 +632,7 @@ fn stepwise_encode_matches_encode_image() {
     }
     // Finishing early, or pushing a window too many, is an error in words.
     let enc = seg.begin_encode(&img, &opts).unwrap();
-    let err = enc.finish().err().expect("windows missing").to_string();
+    let err = enc.finish().expect_err("windows missing").to_string();
     assert!(err.contains(&format!("0 of {n} windows")), "{err}");
     let mut enc = seg.begin_encode(&img, &opts).unwrap();
     let mut last = None;
@@ -647,8 +647,7 @@ fn stepwise_encode_matches_encode_image() {
     }
     let err = enc
         .push(last.unwrap())
-        .err()
-        .expect("one too many")
+        .expect_err("one too many")
         .to_string();
     assert!(err.contains(&format!("window {n} of {n}")), "{err}");
 }
