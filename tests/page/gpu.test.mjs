@@ -112,6 +112,7 @@ describe('clipdino page: the image tower on the GPU', { timeout: 900_000 }, () =
     const s = await waitStatus(page, { compute: 'cpu', text: /GPU unavailable: .*CPU emulation/ });
     assert.match(s.text, /^CPU, \d+ threads? — GPU unavailable: .*swiftshader.*slower than the CPU path/i);
     cpuOverlay = await segment(page, 'cpu');
+    assert.deepEqual(page.errors, [], 'probing the adapter logs no error');
     await screenshot(page, 'auto-cpu');
     await page.close();
   });
@@ -138,6 +139,7 @@ describe('clipdino page: the image tower on the GPU', { timeout: 900_000 }, () =
     assert.match(s.text, /^CPU, \d+ threads? — GPU unavailable: .*(no WebGPU|navigator\.gpu)/);
     const cpu = await segment(page, 'cpu');
     assert.equal(agreement(cpu, cpuOverlay), 1, 'the CPU fallback paints the CPU overlay');
+    assert.deepEqual(page.errors, [], 'no adapter is not an error in the console');
     await screenshot(page, 'no-adapter');
     await page.close();
   });
