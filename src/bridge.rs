@@ -289,7 +289,7 @@ impl WorkerHandle {
 
     /// Test hooks of pages opened with `?debug-worker`: `window.clipdinoDebug.injectFault("panic"
     /// | "oom" | "hang")` makes the next image encode crash (or never end) after its first
-    /// block; `window.clipdinoDebug.setSilenceLimit(ms)` shortens the silence rule for the
+    /// block, `injectFault("gpu-lost")` makes the next encode on the GPU lose its device there; `window.clipdinoDebug.setSilenceLimit(ms)` shortens the silence rule for the
     /// current worker (its successor gets the shipped limit again).
     fn expose_debug_handle(&self) {
         let Some(window) = web_sys::window() else {
@@ -310,6 +310,7 @@ impl WorkerHandle {
             let fault = match kind.as_string().as_deref() {
                 Some("oom") => Fault::OutOfMemory,
                 Some("hang") => Fault::Hang,
+                Some("gpu-lost") => Fault::GpuLost,
                 _ => Fault::Panic,
             };
             let id = handle.next_id();

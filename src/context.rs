@@ -8,8 +8,8 @@ use yew::prelude::*;
 
 use crate::bridge::WorkerHandle;
 use crate::protocol::{
-    Att, ImageInput, ImageRequest, KMeansRequest, LocalFile, Precision, Request, SegmentRequest,
-    Side, WeightSet,
+    Att, DeviceChoice, ImageInput, ImageRequest, KMeansRequest, LocalFile, Precision, Request,
+    SegmentRequest, Side, WeightSet,
 };
 use crate::samples::Sample;
 use crate::state::{Action, Area, Kind, Photo, PhotoSource, State};
@@ -109,6 +109,31 @@ impl AppCtx {
         let id = self.worker.next_id();
         self.worker
             .send(&Request::SetThreads { id, threads }, vec![]);
+    }
+
+    /// Run the image tower where `compute` says from the next encode on.
+    pub fn set_compute(&self, compute: DeviceChoice) {
+        self.dispatch(Action::SetCompute(compute));
+        let id = self.worker.next_id();
+        self.worker
+            .send(&Request::SetCompute { id, compute }, vec![]);
+    }
+
+    /// Load the model's weights again so that the worker keeps its image tower's for the GPU
+    /// (it was loaded while the compute setting was CPU, or no GPU was usable): from the
+    /// browser cache for weights from the web; local files have to be picked again.
+    pub fn reload_weights_for_gpu(&self) {
+        match self.state.model_set.clone() {
+            Some(set) => self.load_urls(vec![set], None),
+            None if self.state.model.is_some() => self.dispatch(Action::Notice(
+                Area::Weights,
+                "To compute on the GPU, pick the weight files again: they were loaded while the \
+                 image tower ran on the CPU, and are not kept for it."
+                    .into(),
+                false,
+            )),
+            None => {}
+        }
     }
 
     pub fn cancel(&self, id: u64) {

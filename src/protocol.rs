@@ -22,6 +22,8 @@ pub struct Att(pub usize);
 pub use clipdino::pipeline::{Mode, Preset, Refine};
 pub use clipdino::templates::TemplateSet;
 pub use clipdino::ComputePath;
+/// The compute setting ("auto" / "gpu" / "cpu"): the GPU crate's own.
+pub use clipdino_gpu::DeviceChoice;
 
 /// How the app computes with weights unless a [`WeightSet`] says otherwise: the towers' linear
 /// layers on the integer kernel (≈ 2× faster than f32 in wasm, half the memory).
@@ -133,6 +135,12 @@ pub enum Request {
         id: RequestId,
         threads: Option<usize>,
     },
+    /// Run the image tower where `compute` says from the next encode on (the GPU opened and
+    /// self-checked here once; `Cpu` releases it); answered by [`Response::Compute`].
+    SetCompute {
+        id: RequestId,
+        compute: DeviceChoice,
+    },
     /// Fetch a small text file of the site (its quality report, `models/quality.json`) of at
     /// most `max_bytes`; answered by [`Response::SiteFile`].
     ReadSiteFile {
@@ -154,6 +162,9 @@ pub enum Fault {
     OutOfMemory,
     /// A worker that computes forever and never replies (the page's silence rule ends it).
     Hang,
+    /// Not a crash of the worker: the GPU device is lost (destroyed, as a driver reset would)
+    /// after the first block of the next encode on the GPU.
+    GpuLost,
 }
 
 // The payloads of the image-side requests are plain structs so that the worker keeps them as
@@ -213,6 +224,7 @@ impl Request {
             Request::KMeans(r) => r.id,
             Request::Cancel { id }
             | Request::SetThreads { id, .. }
+            | Request::SetCompute { id, .. }
             | Request::ReadSiteFile { id, .. }
             | Request::InjectFault { id, .. } => *id,
         }
@@ -375,6 +387,24 @@ pub struct ThreadInfo {
     pub note: Option<String>,
 }
 
+/// Where the image tower runs: the compute setting and what became of it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ComputeInfo {
+    pub setting: DeviceChoice,
+    /// The GPU adapter the image tower runs on (it passed the self-check), if any.
+    pub gpu: Option<String>,
+    /// Why the CPU computes although the setting allows a GPU (no WebGPU adapter, a CPU
+    /// emulation under "auto", a failed self-check, a lost device).
+    pub note: Option<String>,
+    /// A GPU is ready but the loaded model's image-tower weights were not kept (it was loaded
+    /// while the setting was CPU): the weights must be loaded again to upload them.
+    #[serde(default)]
+    pub needs_weights: bool,
+    /// The setting is being applied (the adapter probed, the self-check running).
+    #[serde(default)]
+    pub pending: bool,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Response {
     /// The worker started and waits for requests.
@@ -384,6 +414,12 @@ pub enum Response {
     Threads {
         id: Option<RequestId>,
         info: ThreadInfo,
+    },
+    /// Where the image tower runs: after every `SetCompute` (`id` is that request's), and
+    /// unasked (`id: None`) when the worker decides at start and when the GPU is lost.
+    Compute {
+        id: Option<RequestId>,
+        info: ComputeInfo,
     },
     Progress {
         id: RequestId,
@@ -417,6 +453,12 @@ pub enum Response {
         grid: (usize, usize),
         windows: usize,
         millis: f64,
+        /// The GPU adapter that ran the image tower (`None`: the CPU did).
+        #[serde(default)]
+        gpu: Option<String>,
+        /// Why this encode ran on the CPU although a GPU was in use: the GPU failed during it.
+        #[serde(default)]
+        fallback: Option<String>,
     },
     Segmentation {
         id: RequestId,
@@ -495,7 +537,7 @@ impl Response {
     pub fn id(&self) -> Option<RequestId> {
         match self {
             Response::Ready | Response::Panicked { .. } => None,
-            Response::Threads { id, .. } => *id,
+            Response::Threads { id, .. } | Response::Compute { id, .. } => *id,
             Response::Progress { id, .. }
             | Response::NeedsConfirmation { id, .. }
             | Response::Loaded { id, .. }
@@ -582,11 +624,15 @@ mod tests {
                 id: 6,
                 threads: None,
             },
+            Request::SetCompute {
+                id: 7,
+                compute: DeviceChoice::Gpu,
+            },
         ];
         for (i, r) in reqs.iter().enumerate() {
             let back: Request = from_json(&to_json(r)).unwrap();
             assert_eq!(&back, r);
-            assert_eq!(back.id(), [1, 2, 3, 4, 5, 1, 6][i]);
+            assert_eq!(back.id(), [1, 2, 3, 4, 5, 1, 6, 7][i]);
         }
         // The wire text: payload structs travel like the struct variants they replaced; the
         // option enums by the model crate's lower-case names (they were `"MaskClip"`, `"Fast"`,
@@ -626,6 +672,13 @@ mod tests {
             to_json(&reqs[6]),
             r#"{"SetThreads":{"id":6,"threads":null}}"#
         );
+        assert_eq!(
+            to_json(&reqs[7]),
+            r#"{"SetCompute":{"id":7,"compute":"gpu"}}"#
+        );
+        for c in DeviceChoice::ALL {
+            assert_eq!(to_json(&c), format!("\"{}\"", c.name()));
+        }
     }
 
     #[test]
@@ -654,6 +707,30 @@ mod tests {
         assert_eq!(back, r);
         assert_eq!(back.id(), Some(9));
         assert!(from_json::<Response>("{\"Nope\":1}").is_err());
+        let r = Response::Compute {
+            id: None,
+            info: ComputeInfo {
+                setting: DeviceChoice::Auto,
+                gpu: None,
+                note: Some("no WebGPU adapter".into()),
+                needs_weights: false,
+                pending: false,
+            },
+        };
+        assert_eq!(from_json::<Response>(&to_json(&r)).unwrap(), r);
+        // An encode reply of an older worker (no GPU fields): the CPU, no fallback.
+        let old: Response = from_json(
+            r#"{"ImageEncoded":{"id":3,"resolution":"fast","encodes":1,"grid":[14,14],"windows":1,"millis":9.5}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            old,
+            Response::ImageEncoded {
+                gpu: None,
+                fallback: None,
+                ..
+            }
+        ));
     }
 
     #[test]

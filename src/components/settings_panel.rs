@@ -1,12 +1,12 @@
 //! Mode and refinement (and the compare view's), processing resolution, prompt templates,
-//! threads.
+//! compute (GPU / CPU), threads.
 
 use web_sys::HtmlSelectElement;
 use yew::prelude::*;
 
 use crate::components::method_picker::MethodPicker;
 use crate::context::AppCtx;
-use crate::state::{Action, Preset, Side, TemplateSet};
+use crate::state::{Action, DeviceChoice, Preset, Side, TemplateSet};
 use crate::worker::threads::MAX_THREADS;
 
 /// A toggle button of a one-of-several setting.
@@ -65,6 +65,28 @@ fn threads_setting(ctx: &AppCtx) -> Html {
     }
 }
 
+/// Where the image tower runs: auto / GPU / CPU.
+fn compute_setting(ctx: &AppCtx) -> Html {
+    let current = ctx.state.settings.compute;
+    let button = |value: DeviceChoice, label: &str, hint: &str| {
+        let c = ctx.clone();
+        let onclick = Callback::from(move |_| c.set_compute(value));
+        let on = current == value;
+        html! {
+            <button class={classes!("seg", on.then_some("on"))} aria-pressed={on.to_string()} title={hint.to_string()}
+                data-compute={value.name()} {onclick}>{ label.to_string() }</button>
+        }
+    };
+    html! {
+        <div class="setting" role="group" aria-label="Compute" data-role="compute">
+            <span class="name">{ "Compute" }</span>
+            { button(DeviceChoice::Auto, "Auto", "The GPU when the browser offers one (WebGPU) that passes a quick self-check and is not a CPU emulation of one; else the CPU") }
+            { button(DeviceChoice::Gpu, "GPU", "The image tower on the GPU through WebGPU, whatever the adapter (even a CPU emulation); the CPU when it fails") }
+            { button(DeviceChoice::Cpu, "CPU", "The image tower on the CPU (WebAssembly SIMD); WebGPU is not used at all") }
+        </div>
+    }
+}
+
 #[component]
 pub fn SettingsPanel() -> Html {
     let Some(ctx) = use_context::<AppCtx>() else {
@@ -99,6 +121,7 @@ pub fn SettingsPanel() -> Html {
                 { choice(&ctx, st.templates, TemplateSet::Fast, "7 templates", "The CLIP paper's 7 prompt templates per label (fast)", false, Action::SetTemplates) }
                 { choice(&ctx, st.templates, TemplateSet::Full, "80 templates", "All 80 ImageNet prompt templates per label (slower to embed, slightly better)", false, Action::SetTemplates) }
             </div>
+            { compute_setting(&ctx) }
             { threads_setting(&ctx) }
         </section>
     }

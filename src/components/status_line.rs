@@ -55,8 +55,9 @@ pub fn StatusLine() -> Html {
                 } else {
                     String::new()
                 };
+                let on = if e.gpu.is_some() { "GPU" } else { "CPU" };
                 format!(
-                    " (last: {}×{} patches{win} in {:.2} s)",
+                    " (last: {}×{} patches{win} in {:.2} s on the {on})",
                     e.grid.1,
                     e.grid.0,
                     e.millis / 1000.0
@@ -103,6 +104,30 @@ pub fn StatusLine() -> Html {
         let plural = if n == 1 { "" } else { "s" };
         (format!("{n} thread{plural} · {build}{note}"), t)
     });
+    let compute = s.compute_status().map(|text| {
+        let c = s.compute.as_ref();
+        let word = match c {
+            Some(c) if c.pending => "pending",
+            Some(c) if c.gpu.is_some() => "gpu",
+            _ => "cpu",
+        };
+        (
+            text,
+            word,
+            c.map(|c| c.setting.name()).unwrap_or_default(),
+            c.and_then(|c| c.gpu.clone()).unwrap_or_default(),
+        )
+    });
+    let encoded_on = s
+        .encoded
+        .as_ref()
+        .map(|e| if e.gpu.is_some() { "gpu" } else { "cpu" })
+        .unwrap_or_default();
+    let fallback = s
+        .encoded
+        .as_ref()
+        .and_then(|e| e.fallback.clone())
+        .unwrap_or_default();
     html! {
         <section class="status" aria-live="polite">
             if let Some((what, pct)) = work {
@@ -118,6 +143,10 @@ pub fn StatusLine() -> Html {
                 data-encode-ms={s.encoded.as_ref().map(|e| format!("{:.0}", e.millis)).unwrap_or_default()}
                 data-segment-ms={s.segmentation.as_ref().map(|x| format!("{:.0}", x.millis)).unwrap_or_default()}
                 data-kmeans-ms={s.kmeans.as_ref().map(|x| format!("{:.0}", x.millis)).unwrap_or_default()}>{ debug }</p>
+            if let Some((text, word, setting, adapter)) = compute {
+                <p class="compute muted" data-role="compute-status" data-compute={word} data-setting={setting} data-adapter={adapter}
+                    data-encoded-on={encoded_on} data-fallback={fallback}>{ text }</p>
+            }
             if let Some((text, t)) = threads {
                 <p class="threads muted" data-role="threads-status" data-threads={t.threads.to_string()}
                     data-build={if t.multi_threaded_build { "multi" } else { "single" }}>{ text }</p>

@@ -12,7 +12,7 @@ use gloo_timers::callback::Timeout;
 use yew::prelude::*;
 
 use crate::context::AppCtx;
-use crate::protocol::{Mode, Preset, Side, TemplateSet};
+use crate::protocol::{DeviceChoice, Mode, Preset, Side, TemplateSet};
 use crate::state::{LoadPhase, Method, WeightsSource};
 
 /// Typing pause before a label change is sent.
@@ -109,12 +109,26 @@ pub fn use_request_driver(ctx: &AppCtx) {
                 if let Some(t) = ctx.state.settings.threads {
                     ctx.set_threads(Some(t));
                 }
+                // A fresh worker starts on "auto".
+                let compute = ctx.state.settings.compute;
+                if compute != DeviceChoice::default() {
+                    ctx.set_compute(compute);
+                }
             }
         });
     }
     {
         let worker = ctx.worker.clone();
         use_effect_with(s.worker_computing(), move |on| worker.set_computing(*on));
+    }
+    // A GPU is ready but the loaded model's image-tower weights were not kept for it.
+    {
+        let ctx = ctx.clone();
+        use_effect_with(s.weights_reloads, move |n| {
+            if *n > 0 {
+                ctx.reload_weights_for_gpu();
+            }
+        });
     }
 
     use_segment_driver(ctx, Side::Primary);

@@ -19,8 +19,10 @@ use clipdino::limits::{self, LimitError};
 use yew::Reducible;
 
 use crate::palette;
-pub use crate::protocol::{Mode, Precision, Preset, Refine, Side, TemplateSet};
-use crate::protocol::{ModelInfo, Progress, RequestId, Response, Stage, ThreadInfo, WeightSet};
+use crate::protocol::{
+    ComputeInfo, ModelInfo, Progress, RequestId, Response, Stage, ThreadInfo, WeightSet,
+};
+pub use crate::protocol::{DeviceChoice, Mode, Precision, Preset, Refine, Side, TemplateSet};
 pub use life::WorkerLife;
 pub use quality::{QualityLine, SiteQuality};
 pub use share::Share;
@@ -132,6 +134,8 @@ pub struct Settings {
     pub opacity: u8,
     /// Compute threads (`None`: one per logical core); used by the multi-threaded build.
     pub threads: Option<usize>,
+    /// Where the image tower runs (a property of this device, not of a link: not shared).
+    pub compute: DeviceChoice,
     /// Which of the site's bundles the default weights are.
     pub precision: Precision,
 }
@@ -165,6 +169,7 @@ impl Default for Settings {
             k: 6,
             opacity: 55,
             threads: None,
+            compute: DeviceChoice::Auto,
             precision: Precision::Standard,
         }
     }
@@ -250,6 +255,10 @@ pub struct EncodeInfo {
     pub grid: (usize, usize),
     pub windows: usize,
     pub millis: f64,
+    /// The GPU adapter that ran the image tower (`None`: the CPU).
+    pub gpu: Option<String>,
+    /// Why it ran on the CPU although a GPU was in use (the GPU failed during it).
+    pub fallback: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -306,6 +315,11 @@ pub struct State {
     pub worker_ready: bool,
     /// The threads the worker computes with (reported by it).
     pub threads: Option<ThreadInfo>,
+    /// Where the worker runs the image tower (reported by it).
+    pub compute: Option<ComputeInfo>,
+    /// Increases when the loaded model's weights must be loaded again for the GPU (an effect
+    /// does it).
+    pub weights_reloads: u64,
     pub model: Option<ModelInfo>,
     /// The candidate set `model` was loaded from (`None` for local files).
     pub model_set: Option<WeightSet>,
@@ -361,6 +375,37 @@ impl State {
 
     pub fn has_background(&self) -> bool {
         self.background_index().is_some()
+    }
+
+    /// The status line's words for where the image tower runs: "GPU (adapter)", "CPU, 4
+    /// threads", "CPU, 1 thread — GPU unavailable: why" (`None` before the worker said), and
+    /// what became of the last encode when the GPU failed during it.
+    pub fn compute_status(&self) -> Option<String> {
+        let info = self.compute.as_ref()?;
+        let mut text = if info.pending {
+            "Compute: looking for a GPU…".to_string()
+        } else if let Some(name) = &info.gpu {
+            if info.needs_weights {
+                format!("GPU ({name}) — loading the weights again to put them on it")
+            } else {
+                format!("GPU ({name})")
+            }
+        } else {
+            let n = self.threads.as_ref().map_or(1, |t| t.threads);
+            let cpu = format!("CPU, {n} thread{}", if n == 1 { "" } else { "s" });
+            match &info.note {
+                Some(why) if info.setting != DeviceChoice::Cpu => {
+                    format!("{cpu} — GPU unavailable: {why}")
+                }
+                _ => cpu,
+            }
+        };
+        if let Some(why) = self.encoded.as_ref().and_then(|e| e.fallback.as_ref()) {
+            text.push_str(&format!(
+                " · this photo was encoded on the CPU instead: {why}"
+            ));
+        }
+        Some(text)
     }
 
     pub fn notice(&self, area: Area) -> Option<&Notice> {
@@ -614,6 +659,8 @@ pub enum Action {
     SetOpacity(u8),
     /// Compute threads (`None`: auto); the request goes out with it.
     SetThreads(Option<usize>),
+    /// Where the image tower runs; the request goes out with it.
+    SetCompute(DeviceChoice),
     /// Show one label alone (click in the legend again to show all).
     ToggleIsolate(String),
     /// Share link / URL restored.
@@ -752,6 +799,13 @@ impl State {
             Action::SetK(k) => self.settings.k = k.clamp(K_MIN, K_MAX),
             Action::SetOpacity(o) => self.settings.opacity = o.min(100),
             Action::SetThreads(t) => self.settings.threads = t.map(|n| n.max(1)),
+            Action::SetCompute(c) => {
+                self.settings.compute = c;
+                if let Some(info) = &mut self.compute {
+                    info.setting = c;
+                    info.pending = true;
+                }
+            }
             Action::ToggleIsolate(label) => {
                 self.isolate = if self.isolate.as_deref() == Some(label.as_str()) {
                     None
@@ -1206,5 +1260,94 @@ mod tests {
         let v = s.segmentation.clone().unwrap();
         assert_eq!((s.settings.mode, v.mode), (Mode::Dinoiser, Mode::MaskClip));
         assert_eq!((s.mode_blocks, s.encodes), (4, 1));
+    }
+
+    #[test]
+    fn the_status_says_where_the_image_tower_runs() {
+        use crate::protocol::ComputeInfo;
+        let info = |gpu: Option<&str>, note: Option<&str>, needs_weights| ComputeInfo {
+            setting: DeviceChoice::Auto,
+            gpu: gpu.map(String::from),
+            note: note.map(String::from),
+            needs_weights,
+            pending: false,
+        };
+        let compute =
+            |i: ComputeInfo| Action::Worker(Response::Compute { id: None, info: i }, vec![]);
+        let mut s = State::default();
+        assert_eq!(s.compute_status(), None, "nothing before the worker says");
+        assert_eq!(s.settings.compute, DeviceChoice::Auto);
+        s.apply(Action::Worker(
+            Response::Threads {
+                id: None,
+                info: ThreadInfo {
+                    multi_threaded_build: true,
+                    threads: 2,
+                    hardware: 2,
+                    note: None,
+                },
+            },
+            vec![],
+        ));
+        s.apply(compute(info(None, Some("no WebGPU adapter"), false)));
+        assert_eq!(
+            s.compute_status().unwrap(),
+            "CPU, 2 threads — GPU unavailable: no WebGPU adapter"
+        );
+        // Choosing is pending until the worker answers; the CPU setting has no "unavailable".
+        s.apply(Action::SetCompute(DeviceChoice::Cpu));
+        assert_eq!(s.settings.compute, DeviceChoice::Cpu);
+        assert!(s.compute_status().unwrap().contains("looking for a GPU"));
+        s.apply(compute(ComputeInfo {
+            setting: DeviceChoice::Cpu,
+            ..info(None, None, false)
+        }));
+        assert_eq!(s.compute_status().unwrap(), "CPU, 2 threads");
+        // A GPU for a model loaded without its tower's weights: one reload, not one per reply.
+        s.apply(compute(info(Some("google swiftshader"), None, true)));
+        assert_eq!(s.weights_reloads, 1);
+        s.apply(compute(info(Some("google swiftshader"), None, true)));
+        assert_eq!(s.weights_reloads, 1);
+        assert!(s
+            .compute_status()
+            .unwrap()
+            .contains("loading the weights again"));
+        s.apply(Action::Sent(Kind::Load, 5));
+        s.apply(Action::Worker(
+            Response::Loaded {
+                id: 5,
+                info: ModelInfo::for_tests(&["m.gguf"], 1),
+            },
+            vec![],
+        ));
+        assert_eq!(s.compute_status().unwrap(), "GPU (google swiftshader)");
+        // An encode the GPU failed during: the photo's status says so.
+        s.apply(Action::PhotoRequested(photo(7, "blob:x")));
+        s.apply(Action::Worker(
+            Response::ImageDecoded {
+                id: 7,
+                width: 4,
+                height: 3,
+            },
+            vec![],
+        ));
+        s.apply(Action::Worker(
+            Response::ImageEncoded {
+                id: 7,
+                resolution: Preset::Fast,
+                encodes: 1,
+                grid: (14, 14),
+                windows: 1,
+                millis: 5.0,
+                gpu: None,
+                fallback: Some("the GPU failed (device lost)".into()),
+            },
+            vec![],
+        ));
+        s.apply(compute(info(None, Some("the GPU device was lost"), false)));
+        assert_eq!(
+            s.compute_status().unwrap(),
+            "CPU, 2 threads — GPU unavailable: the GPU device was lost · this photo was encoded on the CPU instead: the GPU failed (device lost)"
+        );
     }
 }

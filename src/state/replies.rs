@@ -19,6 +19,14 @@ impl State {
             Response::SiteFile { file, .. } => self.site_quality = SiteQuality::from_file(file),
             Response::Panicked { message } => self.life.last_words = Some(message),
             Response::Threads { info, .. } => self.threads = Some(info),
+            Response::Compute { info, .. } => {
+                let newly =
+                    info.needs_weights && !self.compute.as_ref().is_some_and(|c| c.needs_weights);
+                if newly {
+                    self.weights_reloads += 1;
+                }
+                self.compute = Some(info);
+            }
             Response::Progress { id, progress } => match self.kind_of(id) {
                 Some(Kind::Load) => self.load = LoadPhase::Active { id, progress },
                 Some(_) => self.work = Some(progress),
@@ -53,6 +61,10 @@ impl State {
                         .cloned();
                     self.model = Some(info);
                     self.loaded_id = Some(id);
+                    // A model built while a GPU is ready keeps its image-tower weights.
+                    if let Some(c) = &mut self.compute {
+                        c.needs_weights = false;
+                    }
                     self.model_generation += 1;
                     self.encoded = None;
                     self.segmentation = None;
@@ -95,6 +107,8 @@ impl State {
                 grid,
                 windows,
                 millis,
+                gpu,
+                fallback,
             } => {
                 self.encodes = self.encodes.max(encodes);
                 if self.photo.as_ref().is_some_and(|p| p.id == id) {
@@ -103,6 +117,8 @@ impl State {
                         grid,
                         windows,
                         millis,
+                        gpu,
+                        fallback,
                     });
                 }
                 if self.work_is(Stage::Encode) {

@@ -10,8 +10,9 @@ use web_sys::Blob;
 
 use clipdino::pipeline::ImageFeatures;
 
+use super::compute;
 use super::image::{self, Decoded};
-use super::model::Model;
+use super::model::{GpuEncodeError, Model};
 use super::scheduler::{FeatureKey, Job, Slot};
 use super::{fetch, label_cache, now_ms, post, post_error, progress, yield_now, Shared};
 use crate::protocol::{
@@ -103,7 +104,10 @@ async fn encode(shared: &Shared, key: FeatureKey, photo: &Decoded, for_id: u64) 
         shared.borrow_mut().sched.encode_failed(image);
         post_error(Some(for_id), ErrorContext::Image, message);
     };
-    let pixels = match image::to_chw01(photo, w, h).await {
+    let pixels = match image::to_chw01(photo, w, h)
+        .await
+        .and_then(|p| Model::image(p, w, h))
+    {
         Ok(p) => p,
         Err(e) => return failed(format!("The photo could not be resized: {e}")),
     };
@@ -111,7 +115,10 @@ async fn encode(shared: &Shared, key: FeatureKey, photo: &Decoded, for_id: u64) 
     // computing, and counts its silence.
     progress(image, Stage::Encode, None, 0, None, false);
     let mut last = 0.0;
-    let fault = shared.borrow_mut().fault.take();
+    let (fault, lose_gpu) = match shared.borrow_mut().fault.take() {
+        Some(Fault::GpuLost) => (None, true),
+        f => (f, false),
+    };
     let mut report = |p: clipdino::pipeline::Progress| {
         if p.block >= 1 {
             if let Some(f) = fault {
@@ -134,7 +141,40 @@ async fn encode(shared: &Shared, key: FeatureKey, photo: &Decoded, for_id: u64) 
             );
         }
     };
-    let feats = match model.encode(pixels, w, h, &opts, &mut report) {
+    let mut fallback = None;
+    let mut gpu_name = None;
+    let on_gpu = match compute::tower(shared, &model, key.model).await {
+        None => None,
+        Some((device, tower)) => {
+            let mut lose = lose_gpu;
+            let mut gpu_report = |p: clipdino::pipeline::Progress| {
+                if lose && p.block >= 1 {
+                    lose = false;
+                    device.gpu.lose();
+                }
+                report(p);
+            };
+            match model
+                .encode_gpu(&device.gpu, &tower, &pixels, &opts, &mut gpu_report)
+                .await
+            {
+                Ok(f) => {
+                    gpu_name = Some(device.name.clone());
+                    Some(Ok(f))
+                }
+                Err(GpuEncodeError::Model(e)) => Some(Err(e)),
+                Err(GpuEncodeError::Gpu(e)) => {
+                    fallback = Some(compute::failed(shared, &device, &e).await);
+                    None
+                }
+            }
+        }
+    };
+    let encoded = match on_gpu {
+        Some(r) => r,
+        None => model.encode(&pixels, &opts, &mut report),
+    };
+    let feats = match encoded {
         Ok(f) => f,
         Err(e) => return failed(format!("Encoding the photo failed: {e}")),
     };
@@ -157,6 +197,8 @@ async fn encode(shared: &Shared, key: FeatureKey, photo: &Decoded, for_id: u64) 
             grid,
             windows,
             millis: now_ms() - started,
+            gpu: gpu_name,
+            fallback,
         },
         vec![],
     );
@@ -385,5 +427,7 @@ fn crash(fault: Fault) {
         Fault::OutOfMemory => {
             std::alloc::handle_alloc_error(std::alloc::Layout::new::<[u8; 1 << 30]>())
         }
+        // Not a crash of the worker: the encode on the GPU loses its device (see `encode`).
+        Fault::GpuLost => {}
     }
 }

@@ -342,7 +342,8 @@ async fn install(
     progress(id, Stage::Build, None, total, Some(total), info.from_cache);
     yield_now().await;
     let fingerprint = label_cache::weights_fingerprint(&files, &shared.borrow().tokenizer_hash);
-    match Model::build(files, tok, info, compute) {
+    let keep_visual = shared.borrow().compute.keeps_weights();
+    match Model::build(files, tok, info, compute, keep_visual) {
         Ok(m) => {
             let info = m.info.clone();
             let mut st = shared.borrow_mut();

@@ -10,10 +10,14 @@
 //!   runs them one at a time, yielding to the event loop between jobs and between labels so
 //!   that newer requests are seen early.
 //!
+//! * `compute`: where the image tower runs (the compute setting, the WebGPU device, the
+//!   model's tower uploaded there).
+//!
 //! Every reply names the request it answers. A running encode cannot be interrupted (candle
 //! computes synchronously); its result stays cached for the photo, resolution and model it was
 //! made for.
 
+mod compute;
 mod fetch;
 mod image;
 mod jobs;
@@ -70,6 +74,8 @@ struct State {
     pumping: bool,
     /// A crash the next image encode performs (test hook, [`Request::InjectFault`]).
     fault: Option<Fault>,
+    /// Where the image tower runs.
+    compute: compute::Compute,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -152,6 +158,11 @@ pub fn start() {
         onmessage.forget();
         post(&Response::Ready, vec![]);
     });
+    // The default setting ("auto") is applied beside the first requests; a model built
+    // meanwhile keeps its image-tower weights until the answer is known.
+    spawn_local(async move {
+        compute::configure(&shared, None, Default::default()).await;
+    });
 }
 
 fn blob_at(atts: &[JsValue], a: Att) -> Option<Blob> {
@@ -219,6 +230,10 @@ fn on_message(shared: &Shared, ev: MessageEvent) {
             let info = threads::configure(wanted).await;
             post(&Response::Threads { id: Some(id), info }, vec![]);
         }),
+        Request::SetCompute { id, compute } => {
+            let s = shared.clone();
+            spawn_local(async move { compute::configure(&s, Some(id), compute).await });
+        }
         Request::ReadSiteFile { id, url, max_bytes } => spawn_local(async move {
             let file = fetch::small_text(&url, max_bytes).await;
             post(&Response::SiteFile { id, file }, vec![]);

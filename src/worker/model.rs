@@ -13,7 +13,8 @@ use clipdino::pipeline::{
     self, EncodeOptions, FeatureKind, ImageFeatures, SegmentOptions, Segmenter, Window,
 };
 use clipdino::tokenizer::ClipTokenizer;
-use clipdino::{ComputePath, Stored, Vb};
+use clipdino::{ComputePath, Stored, TensorStore, Vb};
+use clipdino_gpu::{Gpu, GpuError, GpuVision};
 
 use crate::protocol::{Mode, ModelInfo, Preset, Refine, TemplateSet, QUICK_GELU_NOTE};
 
@@ -46,6 +47,18 @@ pub struct Model {
     tokenizer: ClipTokenizer,
     /// `(label, templates)` → L2-normalised embedding `[E]`, plus whether a prompt was cut.
     embeddings: RefCell<HashMap<(String, TemplateSet), (Tensor, bool)>>,
+    /// The image tower's weights as loaded (`visual.*`, shared with nothing else once the
+    /// model is built), for an upload to the GPU; kept only while the compute setting may use
+    /// one (see `compute`).
+    visual: RefCell<Option<Arc<TensorStore>>>,
+}
+
+/// Why an encode on the GPU failed.
+pub enum GpuEncodeError {
+    /// The GPU failed (device, driver, limits): the CPU can encode the same photo.
+    Gpu(GpuError),
+    /// The photo or options are refused (the CPU would refuse them too).
+    Model(String),
 }
 
 fn storage_summary(bundle: &Bundle) -> String {
@@ -68,11 +81,13 @@ impl Model {
     /// Parse weight files (format detected from content) and build the model computing on
     /// `compute` (the app's [`crate::protocol::APP_COMPUTE`] unless the weight set says
     /// otherwise). `info` is completed here with what the files turned out to hold.
+    /// `keep_visual`: keep the image tower's weights as loaded, for an upload to the GPU.
     pub fn build(
         files: Vec<(String, Vec<u8>)>,
         tokenizer: ClipTokenizer,
         mut info: ModelInfo,
         compute: ComputePath,
+        keep_visual: bool,
     ) -> Result<Model, String> {
         let bundle = load_model_files(&files).map_err(|e| e.to_string())?;
         drop(files);
@@ -105,6 +120,7 @@ impl Model {
             .with_context_length(c.text.context_length)
             .map_err(|e| e.to_string())?;
         let Bundle { clip, head, store } = bundle;
+        let visual = keep_visual.then(|| Arc::new(visual_weights(&store)));
         let vb = Vb::new(Arc::new(store), Device::Cpu, compute);
         let compute_path = format!("{:?}", vb.compute_path());
         let seg = Segmenter::new(&vb, &clip, head.as_ref()).map_err(|e| e.to_string())?;
@@ -114,7 +130,26 @@ impl Model {
             compute_path,
             tokenizer,
             embeddings: RefCell::new(HashMap::new()),
+            visual: RefCell::new(visual),
         })
+    }
+
+    /// Whether the image tower's weights as loaded are still here (for [`Self::upload_tower`]).
+    pub fn has_visual_weights(&self) -> bool {
+        self.visual.borrow().is_some()
+    }
+
+    /// Free the image tower's weights as loaded (the compute setting no longer uses a GPU).
+    pub fn drop_visual_weights(&self) {
+        self.visual.borrow_mut().take();
+    }
+
+    /// Upload the image tower to `gpu` (f32, see [`GpuVision`]); `None` when its weights
+    /// were not kept.
+    pub fn upload_tower(&self, gpu: &Gpu) -> Option<Result<GpuVision, GpuError>> {
+        let store = self.visual.borrow().clone()?;
+        let vb = Vb::new(store, Device::Cpu, ComputePath::F32);
+        Some(GpuVision::new(gpu, &vb.pp("visual"), &self.seg.clip_cfg))
     }
 
     pub fn patch(&self) -> usize {
@@ -126,19 +161,61 @@ impl Model {
         plan(res, w, h, self.patch())
     }
 
+    /// A resized photo (`[3, h, w]` RGB in [0, 1], row-major) as the encoders take it.
+    pub fn image(chw01: Vec<f32>, w: u32, h: u32) -> Result<Tensor, String> {
+        Tensor::from_vec(chw01, (3, h as usize, w as usize), &Device::Cpu)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Encode on the CPU.
     pub fn encode(
         &self,
-        chw01: Vec<f32>,
-        w: u32,
-        h: u32,
+        image: &Tensor,
         opts: &EncodeOptions,
         progress: &mut dyn FnMut(pipeline::Progress),
     ) -> Result<ImageFeatures, String> {
-        let t = Tensor::from_vec(chw01, (3, h as usize, w as usize), &Device::Cpu)
-            .map_err(|e| e.to_string())?;
         self.seg
-            .encode_image(&t, opts, progress)
+            .encode_image(image, opts, progress)
             .map_err(|e| e.to_string())
+    }
+
+    /// Encode with the image tower on `gpu` (uploaded there as `tower`), window by window,
+    /// awaiting each window's results; the head and everything after run on the CPU.
+    pub async fn encode_gpu(
+        &self,
+        gpu: &Gpu,
+        tower: &GpuVision,
+        image: &Tensor,
+        opts: &EncodeOptions,
+        progress: &mut dyn FnMut(pipeline::Progress),
+    ) -> Result<ImageFeatures, GpuEncodeError> {
+        let refused = |e: clipdino::Error| GpuEncodeError::Model(e.to_string());
+        let mut enc = self.seg.begin_encode(image, opts).map_err(refused)?;
+        while let Some((pixels, window, windows)) = enc.next_pixels().map_err(refused)? {
+            let mut report = |block: usize, blocks: usize| {
+                progress(pipeline::Progress {
+                    window,
+                    windows,
+                    block,
+                    blocks,
+                })
+            };
+            let out = tower
+                .forward(
+                    gpu,
+                    &self.seg.clip.vision,
+                    &pixels,
+                    enc.layer(),
+                    &mut report,
+                )
+                .await
+                .map_err(|e| match e {
+                    GpuError::Model(e) => refused(e),
+                    e => GpuEncodeError::Gpu(e),
+                })?;
+            enc.push(out).map_err(refused)?;
+        }
+        enc.finish().map_err(refused)
     }
 
     /// Length of a label embedding.
@@ -309,6 +386,15 @@ impl Model {
     }
 }
 
+/// The `visual.*` tensors of `store` (shared, not copied).
+fn visual_weights(store: &TensorStore) -> TensorStore {
+    let mut v = TensorStore::new(store.source());
+    for (name, t) in store.iter().filter(|(n, _)| n.starts_with("visual.")) {
+        v.insert(name.clone(), t.clone());
+    }
+    v
+}
+
 /// Longest processed side: keeps panoramas and thin strips within memory and the encoder's
 /// patch budget (a 336-px short side then allows up to 8:1).
 pub const MAX_LONG_SIDE: usize = 2688;
@@ -475,13 +561,15 @@ mod tests {
             compute_path: "F32".into(),
             tokenizer,
             embeddings: RefCell::new(HashMap::new()),
+            visual: RefCell::new(None),
         };
         let (w, h) = (64u32, 48u32);
         let pixels: Vec<f32> = (0..3 * w * h)
             .map(|i| ((i * 37 % 101) as f32 / 100.0 + if i % w < w / 2 { 0.5 } else { 0.0 }) / 1.5)
             .collect();
         let (pw, ph, opts) = model.plan(Preset::FullRes, w, h);
-        let feats = model.encode(pixels, pw, ph, &opts, &mut |_| {}).unwrap();
+        let image = Model::image(pixels, pw, ph).unwrap();
+        let feats = model.encode(&image, &opts, &mut |_| {}).unwrap();
         (model, feats)
     }
 

@@ -118,8 +118,9 @@ export function splitBundle(bundle, partSize) {
   return { dir, manifest };
 }
 
-export async function launch() {
-  return chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: FLAGS });
+/** Headless Chromium with the flags above, plus `extra` (e.g. `--enable-unsafe-webgpu`). */
+export async function launch(extra = []) {
+  return chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: [...FLAGS, ...extra] });
 }
 
 /** A fresh browser context (own cache storage; `options` added to its own) whose page records

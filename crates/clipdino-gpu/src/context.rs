@@ -44,6 +44,14 @@ pub struct Gpu {
     max_binding: u64,
 }
 
+/// Whether an adapter called `name` (any of its descriptions: a browser's vendor / architecture
+/// / description, a driver's device name) is a CPU implementation; `cpu_type`: the platform says
+/// so itself (a fallback adapter, a CPU device type).
+pub fn is_cpu_emulation(name: &str, cpu_type: bool) -> bool {
+    let name = name.to_lowercase();
+    cpu_type || ["swiftshader", "llvmpipe"].iter().any(|n| name.contains(n))
+}
+
 /// Errors of the device inside a scope of [`Gpu::capture`], in the order they are popped.
 const FILTERS: [wgpu::ErrorFilter; 3] = [
     wgpu::ErrorFilter::Validation,
@@ -167,9 +175,10 @@ impl Gpu {
     /// Whether the adapter is a CPU implementation (lavapipe, SwiftShader): its timings are CPU
     /// emulation, not GPU speed.
     pub fn is_cpu_emulation(&self) -> bool {
-        self.info.device_type == wgpu::DeviceType::Cpu
-            || self.info.name.to_lowercase().contains("swiftshader")
-            || self.info.name.to_lowercase().contains("llvmpipe")
+        is_cpu_emulation(
+            &self.info.name,
+            self.info.device_type == wgpu::DeviceType::Cpu,
+        )
     }
 
     fn check_size(&self, what: &'static str, len: usize) -> Result<u64> {

@@ -17,18 +17,23 @@ mod check;
 mod context;
 mod error;
 pub mod kernels;
+mod lost;
 mod tower;
 mod weight;
 
 pub use check::{self_check, SELF_CHECK_TOLERANCE};
-pub use context::{Gpu, GpuBuffer};
+pub use context::{is_cpu_emulation, Gpu, GpuBuffer};
 pub use error::{GpuError, Result};
+pub use lost::LostSignal;
 pub use tower::GpuVision;
 pub use weight::{GpuWeight, GpuWeights, Q8Blocks, WeightFormat, Q8_BLOCK};
 
 /// Where the image tower runs: the user's setting (the app's "compute" setting, the CLI's
-/// `--device`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// `--device`). Travels as its lower-case name.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// The GPU when an adapter exists and passes the [`self_check`], else the CPU.
     #[default]

@@ -546,29 +546,84 @@ pub fn encode_with<F>(
 where
     F: FnMut(usize, usize, &Tensor) -> Result<WindowOutputs>,
 {
-    let (h, w) = check_image(image_chw01)?;
-    if patch == 0 {
-        return Err(Error::config("patch_size", "must be positive"));
-    }
-    // Sizes and limits first: nothing is resized or allocated for an image that cannot run.
-    let Plan {
-        height: ph,
-        width: pw,
-        windows: boxes,
-        ..
-    } = plan(h, w, opts, patch)?;
-    let image = image_chw01.to_dtype(DType::F32)?;
-    let image = if (ph, pw) != (h, w) {
-        resize_bilinear(&image, ph, pw)?
-    } else {
-        image
-    };
-    let n = boxes.len();
-    let mut windows = Vec::with_capacity(n);
-    let mut embed_dim = 0;
-    for (i, b) in boxes.into_iter().enumerate() {
-        let crop = image.narrow(1, b.y0, b.height)?.narrow(2, b.x0, b.width)?;
+    let mut windows = Windows::new(image_chw01, opts, patch)?;
+    while let Some((i, n, crop)) = windows.next_crop()? {
         let out = encode(i, n, &crop)?;
+        windows.push(out)?;
+    }
+    windows.finish()
+}
+
+/// The state of a windowed encode between windows: the resized image, the window boxes, and
+/// the features of the windows done so far. One definition of the loop for the closure form
+/// ([`encode_with`]) and the stepwise form ([`ImageEncode`]).
+struct Windows {
+    image: Tensor,
+    /// Original image size.
+    size: (usize, usize),
+    /// Processed (resized) image size.
+    processed: (usize, usize),
+    patch: usize,
+    opts: EncodeOptions,
+    boxes: Vec<PixelBox>,
+    done: Vec<WindowFeatures>,
+    embed_dim: usize,
+}
+
+impl Windows {
+    fn new(image_chw01: &Tensor, opts: &EncodeOptions, patch: usize) -> Result<Self> {
+        let (h, w) = check_image(image_chw01)?;
+        if patch == 0 {
+            return Err(Error::config("patch_size", "must be positive"));
+        }
+        // Sizes and limits first: nothing is resized or allocated for an image that cannot run.
+        let Plan {
+            height: ph,
+            width: pw,
+            windows: boxes,
+            ..
+        } = plan(h, w, opts, patch)?;
+        let image = image_chw01.to_dtype(DType::F32)?;
+        let image = if (ph, pw) != (h, w) {
+            resize_bilinear(&image, ph, pw)?
+        } else {
+            image
+        };
+        Ok(Self {
+            image,
+            size: (h, w),
+            processed: (ph, pw),
+            patch,
+            opts: *opts,
+            done: Vec::with_capacity(boxes.len()),
+            boxes,
+            embed_dim: 0,
+        })
+    }
+
+    /// The next window to encode: `(i, n, crop)`, or `None` when every window is done.
+    fn next_crop(&self) -> Result<Option<(usize, usize, Tensor)>> {
+        let i = self.done.len();
+        let Some(b) = self.boxes.get(i) else {
+            return Ok(None);
+        };
+        let crop = self
+            .image
+            .narrow(1, b.y0, b.height)?
+            .narrow(2, b.x0, b.width)?;
+        Ok(Some((i, self.boxes.len(), crop)))
+    }
+
+    /// The features of the window [`Self::next_crop`] gave, checked against its patch grid.
+    fn push(&mut self, out: WindowOutputs) -> Result<()> {
+        let i = self.done.len();
+        let Some(&b) = self.boxes.get(i) else {
+            return Err(Error::invalid(
+                "windows",
+                format!("features for window {i} of {}", self.boxes.len()),
+            ));
+        };
+        let patch = self.patch;
         let grid = (b.height.div_ceil(patch), b.width.div_ceil(patch));
         let dims = out.dense.dims().to_vec();
         if dims.len() != 3 || (dims[0], dims[1]) != grid {
@@ -577,7 +632,7 @@ where
                 format!("window {i}: features {dims:?} for a {grid:?} patch grid"),
             ));
         }
-        embed_dim = dims[2];
+        self.embed_dim = dims[2];
         if let Some(r) = &out.refined {
             if r.dims() != dims.as_slice() {
                 return Err(Error::invalid(
@@ -594,7 +649,7 @@ where
                 ));
             }
         }
-        windows.push(WindowFeatures {
+        self.done.push(WindowFeatures {
             pixels: b,
             grid,
             dense: out.dense,
@@ -604,24 +659,88 @@ where
             trunk: out.trunk,
             variants: Vec::new(),
         });
+        Ok(())
     }
-    let (gh, gw) = working_size(ph, pw);
-    let guide = if (gh, gw) != (ph, pw) {
-        resize_bilinear(&image, gh, gw)?
-    } else {
-        image
-    };
-    Ok(ImageFeatures {
-        image_height: h,
-        image_width: w,
-        height: ph,
-        width: pw,
-        patch,
-        embed_dim,
-        options: *opts,
-        windows,
-        guide: Some(guide),
-    })
+
+    fn finish(self) -> Result<ImageFeatures> {
+        if self.done.len() != self.boxes.len() {
+            return Err(Error::invalid(
+                "windows",
+                format!(
+                    "{} of {} windows encoded",
+                    self.done.len(),
+                    self.boxes.len()
+                ),
+            ));
+        }
+        let ((h, w), (ph, pw)) = (self.size, self.processed);
+        let (gh, gw) = working_size(ph, pw);
+        let guide = if (gh, gw) != (ph, pw) {
+            resize_bilinear(&self.image, gh, gw)?
+        } else {
+            self.image
+        };
+        Ok(ImageFeatures {
+            image_height: h,
+            image_width: w,
+            height: ph,
+            width: pw,
+            patch: self.patch,
+            embed_dim: self.embed_dim,
+            options: self.opts,
+            windows: self.done,
+            guide: Some(guide),
+        })
+    }
+}
+
+/// An image encode one window at a time, for an image-tower executor that has to be awaited
+/// between windows (a GPU in the browser, whose results arrive through the event loop): the
+/// caller runs the tower on [`Self::next_pixels`] and hands its output to [`Self::push`], which
+/// runs the head; [`Self::finish`] gives what [`Segmenter::encode_image`] gives.
+pub struct ImageEncode<'s> {
+    seg: &'s Segmenter,
+    windows: Windows,
+}
+
+impl ImageEncode<'_> {
+    /// The next window's normalised pixels `[1, 3, H, W]` for the tower, with its index and the
+    /// window count, or `None` when every window is done.
+    pub fn next_pixels(&self) -> Result<Option<(Tensor, usize, usize)>> {
+        let patch = self.seg.clip_cfg.vision.patch_size;
+        self.windows
+            .next_crop()?
+            .map(|(i, n, crop)| Ok((clip::preprocess(&crop, patch)?, i, n)))
+            .transpose()
+    }
+
+    /// The block whose `ln_2` output the tower must tap (the head's input).
+    pub fn layer(&self) -> usize {
+        self.seg.head_cfg.layer
+    }
+
+    /// The tower's output for the window [`Self::next_pixels`] gave: the head runs on it here.
+    pub fn push(&mut self, out: clip::VisionOutput) -> Result<()> {
+        let (refined, bkg) = match &self.seg.head {
+            Some(h) => (
+                Some(h.refine(&out.dense, &out.inter)?),
+                Some(h.background(&out.inter)?),
+            ),
+            None => (None, None),
+        };
+        self.windows.push(WindowOutputs {
+            dense: out.dense,
+            refined,
+            bkg,
+            inter: Some(out.inter),
+            trunk: Some(out.trunk),
+        })
+    }
+
+    /// The features of every window (an error if some window was not pushed).
+    pub fn finish(self) -> Result<ImageFeatures> {
+        self.windows.finish()
+    }
 }
 
 /// Patch probabilities `[n, L]` (row-major Vec): `softmax(100 · F̂ · T̂ᵀ)` with `F̂` the
@@ -870,33 +989,32 @@ impl Segmenter {
         progress: &mut dyn FnMut(Progress),
         tower: &mut VisionExecutor,
     ) -> Result<ImageFeatures> {
-        let patch = self.clip_cfg.vision.patch_size;
-        let layer = self.head_cfg.layer;
-        encode_with(image_chw01, opts, patch, |i, n, crop| {
-            let pixels = clip::preprocess(crop, patch)?;
+        let mut enc = self.begin_encode(image_chw01, opts)?;
+        while let Some((pixels, window, windows)) = enc.next_pixels()? {
             let mut report = |block: usize, blocks: usize| {
                 progress(Progress {
-                    window: i,
-                    windows: n,
+                    window,
+                    windows,
                     block,
                     blocks,
                 })
             };
-            let out = tower(&pixels, layer, &mut report)?;
-            let (refined, bkg) = match &self.head {
-                Some(h) => (
-                    Some(h.refine(&out.dense, &out.inter)?),
-                    Some(h.background(&out.inter)?),
-                ),
-                None => (None, None),
-            };
-            Ok(WindowOutputs {
-                dense: out.dense,
-                refined,
-                bkg,
-                inter: Some(out.inter),
-                trunk: Some(out.trunk),
-            })
+            let out = tower(&pixels, enc.layer(), &mut report)?;
+            enc.push(out)?;
+        }
+        enc.finish()
+    }
+
+    /// Start an encode of `image_chw01` driven one window at a time (see [`ImageEncode`]):
+    /// sizes and limits are checked and the image is resized here.
+    pub fn begin_encode(
+        &self,
+        image_chw01: &Tensor,
+        opts: &EncodeOptions,
+    ) -> Result<ImageEncode<'_>> {
+        Ok(ImageEncode {
+            seg: self,
+            windows: Windows::new(image_chw01, opts, self.clip_cfg.vision.patch_size)?,
         })
     }
 

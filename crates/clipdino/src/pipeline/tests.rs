@@ -581,3 +581,73 @@ fn segmenter_refuses_a_head_that_does_not_fit() {
     let err = build(&cfg, &narrow).err().expect("refused").to_string();
     assert!(err.contains("in_dim"), "{err}");
 }
+
+/// The stepwise encode (a tower awaited between windows) gives what `encode_image` gives, and
+/// refuses to finish with windows missing or to take more windows than planned.
+#[test]
+fn stepwise_encode_matches_encode_image() {
+    use crate::loaders::{random_clip_store, random_head_store};
+    use crate::{ComputePath, Vb};
+    let cfg = ClipConfig::tiny();
+    let head = HeadConfig::for_clip(&cfg, 16);
+    let mut store = random_clip_store(&cfg, 3);
+    store.merge(random_head_store(&head, 4), "dinoiser.");
+    let vb = Vb::new(std::sync::Arc::new(store), dev(), ComputePath::F32);
+    let seg = Segmenter::new(&vb, &cfg, Some(&head)).unwrap();
+    let img = image(40, 72);
+    let opts = EncodeOptions {
+        short_side: Some(32),
+        window: Some(Window {
+            size: 32,
+            stride: 16,
+        }),
+    };
+    let want = seg.encode_image(&img, &opts, &mut |_| {}).unwrap();
+    assert!(want.windows.len() > 1, "several windows");
+    let mut enc = seg.begin_encode(&img, &opts).unwrap();
+    let mut seen = Vec::new();
+    while let Some((pixels, i, n)) = enc.next_pixels().unwrap() {
+        seen.push((i, n));
+        let out = seg
+            .clip
+            .vision
+            .forward(&pixels, enc.layer(), &mut |_, _| {})
+            .unwrap();
+        enc.push(out).unwrap();
+    }
+    let n = want.windows.len();
+    assert_eq!(seen, (0..n).map(|i| (i, n)).collect::<Vec<_>>());
+    let got = enc.finish().unwrap();
+    assert_eq!(got.windows.len(), n);
+    for (g, w) in got.windows.iter().zip(&want.windows) {
+        assert_eq!(g.pixels, w.pixels);
+        for (a, b) in [
+            (&g.dense, &w.dense),
+            (g.refined.as_ref().unwrap(), w.refined.as_ref().unwrap()),
+            (g.bkg.as_ref().unwrap(), w.bkg.as_ref().unwrap()),
+        ] {
+            let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+            assert_eq!(d.max(0).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        }
+    }
+    // Finishing early, or pushing a window too many, is an error in words.
+    let enc = seg.begin_encode(&img, &opts).unwrap();
+    let err = enc.finish().expect_err("windows missing").to_string();
+    assert!(err.contains(&format!("0 of {n} windows")), "{err}");
+    let mut enc = seg.begin_encode(&img, &opts).unwrap();
+    let mut last = None;
+    while let Some((pixels, _, _)) = enc.next_pixels().unwrap() {
+        let out = seg
+            .clip
+            .vision
+            .forward(&pixels, enc.layer(), &mut |_, _| {})
+            .unwrap();
+        last = Some(out.clone());
+        enc.push(out).unwrap();
+    }
+    let err = enc
+        .push(last.unwrap())
+        .expect_err("one too many")
+        .to_string();
+    assert!(err.contains(&format!("window {n} of {n}")), "{err}");
+}
