@@ -130,6 +130,67 @@ impl<'a> Matmul<'a> {
         }
     }
 
+    /// Attention scores `alpha · q·kᵀ` of `heads.1` heads from head `heads.0` on, for the first
+    /// `nq` of `t` tokens, straight out of a fused `qkv [t, 3w]` buffer (`d` channels per head)
+    /// into `scores [heads.1, nq, t]`.
+    pub fn attention_scores(
+        qkv: &'a GpuBuffer,
+        (t, nq): (u32, u32),
+        (w, d): (u32, u32),
+        heads: (u32, u32),
+        alpha: f32,
+    ) -> Self {
+        let h0 = heads.0 * d;
+        Self {
+            m: nq,
+            n: t,
+            k: d,
+            batch: heads.1,
+            a: (qkv, View::rows(h0, 3 * w).batched(d)),
+            // kᵀ: element (k, n) is token n's channel k of this head.
+            b: Rhs::Strided(
+                qkv,
+                View {
+                    off: w + h0,
+                    bs: d,
+                    rs: 1,
+                    cs: 3 * w,
+                },
+            ),
+            c: View::rows(0, t).batched(nq * t),
+            bias: None,
+            alpha,
+            act: Act::None,
+            accumulate: false,
+        }
+    }
+
+    /// `probs · v` of the same heads as [`Self::attention_scores`] (`probs [heads.1, nq, t]`),
+    /// `v` out of the fused `qkv` buffer, into the heads' columns of a merged-heads `[·, w]`
+    /// output.
+    pub fn attention_values(
+        probs: &'a GpuBuffer,
+        qkv: &'a GpuBuffer,
+        (t, nq): (u32, u32),
+        (w, d): (u32, u32),
+        heads: (u32, u32),
+    ) -> Self {
+        let h0 = heads.0 * d;
+        Self {
+            m: nq,
+            n: d,
+            k: t,
+            batch: heads.1,
+            a: (probs, View::rows(0, t).batched(nq * t)),
+            b: Rhs::Strided(qkv, View::rows(2 * w + h0, 3 * w).batched(d)),
+            c: View::rows(h0, w).batched(d),
+            bias: None,
+            alpha: 1.0,
+            act: Act::None,
+            accumulate: false,
+        }
+    }
+
     pub fn act(self, act: Act) -> Self {
         Self { act, ..self }
     }

@@ -16,7 +16,7 @@ use clipdino::{ClipConfig, Error, Vb};
 
 use crate::context::{Gpu, GpuBuffer};
 use crate::error::Result;
-use crate::kernels::{Act, Encoder, GpuLayerNorm, Matmul, Rhs, View};
+use crate::kernels::{Act, Encoder, GpuLayerNorm, Matmul, View};
 use crate::weight::{GpuWeight, GpuWeights, WeightFormat};
 
 /// Largest attention score buffer at once, in elements (64 MiB of f32, half WebGPU's default
@@ -230,54 +230,20 @@ impl GpuVision {
         let group = (scores.len() / (nq * t).max(1)).clamp(1, self.heads);
         for start in (0..self.heads).step_by(group) {
             let g = group.min(self.heads - start) as u32;
-            let h0 = start as u32 * d;
+            let heads = (start as u32, g);
+            let alpha = 1.0 / (d as f32).sqrt();
             enc.matmul(
-                &Matmul {
-                    m: nq32,
-                    n: t32,
-                    k: d,
-                    batch: g,
-                    a: (qkv, View::rows(h0, 3 * w).batched(d)),
-                    // kᵀ: element (k, n) is token n's channel k of this head.
-                    b: Rhs::Strided(
-                        qkv,
-                        View {
-                            off: w + h0,
-                            bs: d,
-                            rs: 1,
-                            cs: 3 * w,
-                        },
-                    ),
-                    c: View::rows(0, t32).batched(nq32 * t32),
-                    bias: None,
-                    alpha: 1.0 / (d as f32).sqrt(),
-                    act: Act::None,
-                    accumulate: false,
-                },
+                &Matmul::attention_scores(qkv, (t32, nq32), (w, d), heads, alpha),
                 scores,
             );
             enc.softmax(scores, g * nq32, t32);
             enc.matmul(
-                &Matmul {
-                    m: nq32,
-                    n: d,
-                    k: t32,
-                    batch: g,
-                    a: (scores, View::rows(0, t32).batched(nq32 * t32)),
-                    b: Rhs::Strided(qkv, View::rows(2 * w + h0, 3 * w).batched(d)),
-                    c: View::rows(h0, w).batched(d),
-                    bias: None,
-                    alpha: 1.0,
-                    act: Act::None,
-                    accumulate: false,
-                },
+                &Matmul::attention_values(scores, qkv, (t32, nq32), (w, d), heads),
                 out,
             );
         }
     }
 
-    /// `x += c_proj(act(c_fc(ln_2 x)))` on the first `rows` rows of `x`, through `ln` and
-    /// `hidden`; `ln_done`: `ln` already holds `ln_2 x`.
     /// `ln_1` of a block's input `x` (`rows` tokens) into `ln`, then its fused q/k/v projection
     /// into `qkv`.
     fn ln_1_qkv(
@@ -304,6 +270,8 @@ impl GpuVision {
         );
     }
 
+    /// `x += c_proj(act(c_fc(ln_2 x)))` on the first `rows` rows of `x`, through `ln` and
+    /// `hidden`; `ln_done`: `ln` already holds `ln_2 x`.
     #[allow(clippy::too_many_arguments)]
     fn mlp_residual(
         &self,

@@ -4,7 +4,7 @@
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use clipdino_gpu::kernels::{Act, Encoder, GpuLayerNorm, Matmul, Rhs, View};
+use clipdino_gpu::kernels::{Act, Encoder, GpuLayerNorm, Matmul, View};
 use clipdino_gpu::{Gpu, GpuBuffer, Q8Blocks, WeightFormat};
 
 /// Deterministic values in `[-scale, scale)` (xorshift).
@@ -285,28 +285,9 @@ pub async fn matmul_strided_attention_products_match_cpu(gpu: &Gpu) {
     let scale = 1.0 / (d as f32).sqrt();
     let (t32, w32, d32) = (t as u32, w as u32, d as u32);
     let mut enc = Encoder::new(gpu, "test");
+    let heads32 = (0, heads as u32);
     enc.matmul(
-        &Matmul {
-            m: t32,
-            n: t32,
-            k: d32,
-            batch: heads as u32,
-            a: (&gqkv, View::rows(0, 3 * w32).batched(d32)),
-            b: Rhs::Strided(
-                &gqkv,
-                View {
-                    off: w32,
-                    bs: d32,
-                    rs: 1,
-                    cs: 3 * w32,
-                },
-            ),
-            c: View::rows(0, t32).batched(t32 * t32),
-            bias: None,
-            alpha: scale,
-            act: Act::None,
-            accumulate: false,
-        },
+        &Matmul::attention_scores(&gqkv, (t32, t32), (w32, d32), heads32, scale),
         &scores,
     );
     enc.submit();
@@ -328,19 +309,7 @@ pub async fn matmul_strided_attention_products_match_cpu(gpu: &Gpu) {
 
     let mut enc = Encoder::new(gpu, "test");
     enc.matmul(
-        &Matmul {
-            m: t32,
-            n: d32,
-            k: t32,
-            batch: heads as u32,
-            a: (&scores, View::rows(0, t32).batched(t32 * t32)),
-            b: Rhs::Strided(&gqkv, View::rows(2 * w32, 3 * w32).batched(d32)),
-            c: View::rows(0, w32).batched(d32),
-            bias: None,
-            alpha: 1.0,
-            act: Act::None,
-            accumulate: false,
-        },
+        &Matmul::attention_values(&scores, &gqkv, (t32, t32), (w32, d32), heads32),
         &out,
     );
     enc.submit();

@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 use clipdino::clip::{preprocess, VisionTransformer};
 use clipdino::loaders::random_clip_store;
 use clipdino::{ClipConfig, ComputePath, Vb};
-use clipdino_gpu::kernels::{Act, Encoder, GpuLayerNorm, Matmul, Rhs, View};
+use clipdino_gpu::kernels::{Act, Encoder, GpuLayerNorm, Matmul, View};
 use clipdino_gpu::{Gpu, GpuBuffer, GpuVision, GpuWeights, WeightFormat};
 use serde_json::{json, Value};
 
@@ -189,27 +189,8 @@ pub async fn run(
     }
     drop(cases);
 
-    let qk = Matmul {
-        m: t32,
-        n: t32,
-        k: d32,
-        batch: heads as u32,
-        a: (&qkv, View::rows(0, 3 * w32).batched(d32)),
-        b: Rhs::Strided(
-            &qkv,
-            View {
-                off: w32,
-                bs: d32,
-                rs: 1,
-                cs: 3 * w32,
-            },
-        ),
-        c: View::rows(0, t32).batched(t32 * t32),
-        bias: None,
-        alpha: 0.125,
-        act: Act::None,
-        accumulate: false,
-    };
+    let heads32 = (0, heads as u32);
+    let qk = Matmul::attention_scores(&qkv, (t32, t32), (w32, d32), heads32, 0.125);
     let ms = time(gpu, now, runs, &scores, &|enc: &mut Encoder| {
         enc.matmul(&qk, &scores)
     })
@@ -222,19 +203,7 @@ pub async fn run(
         flop,
         (2 * t * w * 4 + heads * t * t * 4) as f64,
     ));
-    let pv = Matmul {
-        m: t32,
-        n: d32,
-        k: t32,
-        batch: heads as u32,
-        a: (&scores, View::rows(0, t32).batched(t32 * t32)),
-        b: Rhs::Strided(&qkv, View::rows(2 * w32, 3 * w32).batched(d32)),
-        c: View::rows(0, w32).batched(d32),
-        bias: None,
-        alpha: 1.0,
-        act: Act::None,
-        accumulate: false,
-    };
+    let pv = Matmul::attention_values(&scores, &qkv, (t32, t32), (w32, d32), heads32);
     let ms = time(gpu, now, runs, &out_w, &|enc: &mut Encoder| {
         enc.matmul(&pv, &out_w)
     })
