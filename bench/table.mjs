@@ -201,13 +201,20 @@ export function formatThreads(t) {
     const b = steps(mt1)[i]?.median_ms;
     const c = s.median_ms;
     const p = parallelFraction(b, c, n);
+    // interleaved runs: the median of the run-by-run ratios (each pair ran back to back)
+    const r1 = steps(mt1)[i]?.runs_ms;
+    const paired = s.interleaved_with && r1?.length === s.runs_ms?.length
+      ? median(s.runs_ms.map((v, k) => v / r1[k])) : null;
     const n1 = steps(nat1)[i]?.median_ms;
     const nn = steps(natn)[i]?.median_ms;
-    return [name(s.step), f(a), f(b), f(c), x(ratio(c, b)), x(ratio(c, a)), f(p, 2), f(projected(b, p, 4)), f(projected(b, p, 8)), f(n1), f(nn), x(ratio(nn, n1))];
+    return [name(s.step), f(a), f(b), f(c), x(ratio(c, b)), x(paired), x(ratio(c, a)), f(p, 2), f(projected(b, p, 4)), f(projected(b, p, 8)), f(n1), f(nn), x(ratio(nn, n1))];
   });
   const out = [];
-  out.push(`Threads (${t.generated}, ${t.machine?.nproc} CPUs): wasm ms (median of ${t.runs}); mt = the multi-threaded build; p = parallel fraction from mt 1→${n}; 4/8 threads projected by Amdahl's law from p`);
-  out.push(table(['step', 'wasm single', 'wasm mt×1', `wasm mt×${n}`, `mt×${n} / mt×1`, `mt×${n} / single`, 'p', 'proj. ×4', 'proj. ×8', 'native×1', `native×${n}`, `native ×${n}/×1`], rows));
+  out.push(`Threads (${t.generated}, ${t.machine?.nproc} CPUs): wasm ms (median of ${t.runs}); mt = the multi-threaded build${mtn?.interleaved ? ` (1 and ${n} threads interleaved run by run; paired = median of the run-by-run ratios)` : ''}; p = parallel fraction from mt 1→${n}; 4/8 threads projected by Amdahl's law from p`);
+  out.push(table(['step', 'wasm single', 'wasm mt×1', `wasm mt×${n}`, `mt×${n} / mt×1`, 'paired', `mt×${n} / single`, 'p', 'proj. ×4', 'proj. ×8', 'native×1', `native×${n}`, `native ×${n}/×1`], rows));
+  if (steps(mtn).some((s) => s.step.op === 'ceiling')) {
+    out.push(`ceiling: one copy of the integer kernel's mlp.c_fc product per thread, each on its thread alone, ms per copy: its mt×${n} / mt×1 is the best any split of that work reaches on this machine (1/${n} if threads do not slow each other)`);
+  }
   const tower = steps(mtn).find((s) => s.step.op === 'tower');
   const pooled = [single, mt1, mtn, nat1, natn].map((r) => JSON.stringify(steps(r).find((s) => s.step.op === 'tower')?.pooled ?? null));
   out.push(`448×448 tower output (pooled, 512 values): wasm single = mt×1 = mt×${n}: ${pooled[0] === pooled[1] && pooled[1] === pooled[2] ? 'bit-identical' : 'DIFFERENT'}; ` +

@@ -209,3 +209,29 @@ pub fn kernels(tokens: usize, runs: Runs) -> Result<Value> {
         "int_kernel_error": int_err,
     }))
 }
+
+/// The machine's own limit on thread scaling, for reading the model's: one copy of the integer
+/// kernel's largest product in the tower (`mlp.c_fc`, `[785 × 768]·[768 × 3072]`) per thread of
+/// the pool, every copy on its own thread alone ([`clipdino::par::sequential`]). The times are
+/// wall time per copy, so at N threads over 1 thread they give the best any split of the same
+/// work could reach here: 1/N when the threads do not slow each other down (shared caches,
+/// memory bandwidth, a host that runs the virtual CPUs on one core's hyperthreads, or clocks a
+/// lone core boosts higher).
+pub fn ceiling(runs: Runs) -> Result<Value> {
+    let (m, k, n) = (785, 768, 3072);
+    let x: Vec<f32> = det(&[m, k], 1, 1.0)?.flatten_all()?.to_vec1()?;
+    let w: Vec<f32> = det(&[n, k], 2, 0.05)?.flatten_all()?.to_vec1()?;
+    let layer = PackedLinear::new("ceiling", &w, n, k, None)?;
+    let copies = clipdino::par::threads();
+    let (v, _) = repeat(runs, || {
+        let ys = clipdino::par::map(copies, |_| {
+            clipdino::par::sequential(|| layer.matmul(&x, m))
+        });
+        Ok(std::hint::black_box(ys).len())
+    })?;
+    let per_copy: Vec<f64> = v.iter().map(|t| t / copies as f64).collect();
+    let mut r = crate::stats::summary(&per_copy);
+    r["copies"] = json!(copies);
+    r["shape"] = json!([m, k, n]);
+    Ok(r)
+}

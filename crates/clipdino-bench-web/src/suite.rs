@@ -155,6 +155,12 @@ pub enum Step {
         #[serde(flatten)]
         runs: Runs,
     },
+    /// The machine's limit on thread scaling ([`kernels::ceiling`]): one copy of a kernel per
+    /// thread, the time per copy.
+    Ceiling {
+        #[serde(flatten)]
+        runs: Runs,
+    },
     /// Kernel micro-benchmarks at the tower's shapes (f32 gemm, quantized matmul, elementwise).
     Kernels {
         tokens: usize,
@@ -188,6 +194,7 @@ impl Step {
             Step::Kmeans { preset, k, .. } => format!("k-means {} k={k}", preset.name()),
             Step::Profile { preset, .. } => format!("profile {}", preset.name()),
             Step::Kernels { tokens, .. } => format!("kernels {tokens} tokens"),
+            Step::Ceiling { .. } => "ceiling (one kernel copy per thread)".into(),
         }
     }
 }
@@ -444,6 +451,13 @@ pub fn plan(kind: PlanKind, runs: usize) -> Vec<Step> {
                 labels: 10,
                 templates: TemplateSet::Fast,
                 runs: r,
+            },
+            // What this machine allows: one copy of the largest product per thread.
+            Step::Ceiling { runs: r },
+            // Where the 448² tower's time goes at this thread count (what does not scale).
+            Step::Profile {
+                preset: Preset::Window448,
+                runs: few,
             },
         ],
         PlanKind::Compare => {
@@ -851,6 +865,7 @@ impl Suite {
                 profile::profile_tower(&m.seg, &x, *runs)
             }
             Step::Kernels { tokens, runs } => kernels::kernels(*tokens, *runs),
+            Step::Ceiling { runs } => kernels::ceiling(*runs),
         }
     }
 

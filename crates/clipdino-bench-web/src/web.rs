@@ -35,6 +35,12 @@ impl WebBench {
         let r = self.suite.run(&step).map_err(js_err)?;
         serde_json::to_string(&r).map_err(js_err)
     }
+
+    /// [`Self::step`] on this thread alone, the pool (if any) kept up but idle
+    /// ([`clipdino::par::sequential`]): one thread, timed in turn with the pool's N.
+    pub fn step_sequential(&mut self, step: &str) -> Result<String, JsError> {
+        clipdino::par::sequential(|| self.step(step))
+    }
 }
 
 /// The steps of a plan (`full`, `memory`, `smoke`, `kernels`, `profile`) as a JSON array.

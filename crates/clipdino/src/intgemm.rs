@@ -272,20 +272,38 @@ impl PackedLinear {
         self.data[((g * self.kb + t / 8) * NR + lane) * 8 + t % 8] as f32 * self.scale[j]
     }
 
-    /// Adds the wide values' products to `y` (`[m, n]`), channel by channel in ascending order.
-    fn add_wide(&self, y: &mut [f32], mut wides: Vec<Wide>) {
-        wides.sort_unstable_by_key(|&(c, r, _)| (c, r));
+    /// The stored weights of the channels the wide values sit in, `W[:, c]` for each distinct
+    /// channel `c` of `wides`: the channels (ascending) and their columns, gathered in parallel.
+    fn wide_columns(&self, wides: &[Wide]) -> (Vec<u32>, Vec<Vec<f32>>) {
+        let mut channels: Vec<u32> = wides.iter().map(|w| w.0).collect();
+        channels.sort_unstable();
+        channels.dedup();
+        let cols = par::map(channels.len(), |i| {
+            (0..self.n)
+                .map(|j| self.weight(j, channels[i] as usize))
+                .collect()
+        });
+        (channels, cols)
+    }
+
+    /// Adds the wide values' products to `y`, the rows `r0..` of the output (`[rows, n]`):
+    /// `wides` are those rows' wide values, in row order and each row's in ascending channel
+    /// order, so every output gets its terms in ascending channel order however the rows are
+    /// split between tasks (the same bits as [`Self::matmul_reference`]).
+    fn add_wide(
+        &self,
+        y: &mut [f32],
+        r0: usize,
+        wides: &[Wide],
+        columns: &(Vec<u32>, Vec<Vec<f32>>),
+    ) {
         let n = self.n;
-        let mut col = vec![0f32; n];
-        let mut cur = None;
-        for (c, r, v) in wides {
-            if cur != Some(c) {
-                for (j, w) in col.iter_mut().enumerate() {
-                    *w = self.weight(j, c as usize);
-                }
-                cur = Some(c);
-            }
-            for (yv, w) in y[r as usize * n..][..n].iter_mut().zip(&col) {
+        let (channels, cols) = columns;
+        for &(c, r, v) in wides {
+            let Ok(i) = channels.binary_search(&c) else {
+                continue; // unreachable: `columns` holds every channel of `wides`
+            };
+            for (yv, w) in y[(r as usize - r0) * n..][..n].iter_mut().zip(&cols[i]) {
                 *yv += v * w;
             }
         }
@@ -320,6 +338,7 @@ impl PackedLinear {
         );
         let (n, kb) = (self.n, self.kb);
         let (xa, xs, wides) = quantize_rows(x, m, self.k, MR, self.a_max, self.wide);
+        let columns = self.wide_columns(&wides);
         let mut y = vec![0f32; m * n];
         // Row tiles are split over the threads (the sums are exact, so any split gives the same
         // bits); each task streams its rows past panels of W that stay in L2.
@@ -333,6 +352,7 @@ impl PackedLinear {
         par::for_each_chunk(&mut y, per_task * MR * n, |t, y| {
             let g0 = t * per_task;
             let rows = y.len() / n;
+            let r0 = g0 * MR;
             for n0 in (0..n).step_by(panel) {
                 let n1 = (n0 + panel).min(n);
                 for mg in g0..g0 + rows.div_ceil(MR) {
@@ -357,8 +377,12 @@ impl PackedLinear {
                     }
                 }
             }
+            // This task's rows' wide values (`wides` is in row order), in parallel with the
+            // other tasks': serial, they were ≈ 20 % of a layer on one thread.
+            let lo = wides.partition_point(|w| (w.1 as usize) < r0);
+            let hi = wides.partition_point(|w| (w.1 as usize) < r0 + rows);
+            self.add_wide(y, r0, &wides[lo..hi], &columns);
         });
-        self.add_wide(&mut y, wides);
         y
     }
 

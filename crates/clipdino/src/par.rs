@@ -55,7 +55,22 @@ mod imp {
         Pool(Arc<rayon::ThreadPool>),
     }
 
+    thread_local! {
+        /// Set by [`sequential`] on the thread running its closure.
+        static SEQUENTIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    pub fn sequential<R>(f: impl FnOnce() -> R) -> R {
+        let before = SEQUENTIAL.with(|s| s.replace(true));
+        let out = f();
+        SEQUENTIAL.with(|s| s.set(before));
+        out
+    }
+
     fn exec() -> Exec {
+        if SEQUENTIAL.with(|s| s.get()) {
+            return Exec::Sequential;
+        }
         if rayon::current_thread_index().is_some() {
             return Exec::Here;
         }
@@ -115,6 +130,10 @@ mod imp {
         1
     }
 
+    pub fn sequential<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
     pub fn map<R>(n: usize, f: impl Fn(usize) -> R) -> Vec<R> {
         (0..n).map(f).collect()
     }
@@ -132,6 +151,13 @@ pub use imp::set_pool;
 /// Threads the parallel ops called here would use (1 in the single-threaded wasm build).
 pub fn threads() -> usize {
     imp::threads()
+}
+
+/// `f()` with every parallel op it calls run on this thread alone, as with no pool, while the
+/// pool stays up (e.g. to time 1 and N threads in turn without restarting the pool's threads).
+/// The results are the same bits either way.
+pub fn sequential<R>(f: impl FnOnce() -> R) -> R {
+    imp::sequential(f)
 }
 
 /// `[f(0), f(1), …, f(n − 1)]`, computed in parallel, in order.
@@ -178,6 +204,9 @@ mod tests {
                 .build()
                 .unwrap();
             pool.install(|| {
+                assert_eq!(threads(), n);
+                assert_eq!(sequential(threads), 1);
+                assert_eq!(sequential(|| map(10, |_| threads())), vec![1; 10]);
                 assert_eq!(threads(), n);
                 assert_eq!(
                     map(100, |i| i * i),

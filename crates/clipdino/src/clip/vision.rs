@@ -20,6 +20,7 @@ use super::last_block::{self, LastBlock};
 use super::MAX_PATCHES;
 use crate::config::{ClipConfig, VisionConfig};
 use crate::error::{Error, Result};
+use crate::linear;
 use crate::timing::{matmul_flops, op, op_flops};
 use crate::weights::Vb;
 
@@ -177,12 +178,13 @@ impl VisionTransformer {
         // Patch embedding: unfold to [h·w, 3·p·p] in (c, ky, kx) order, then one matmul.
         let flops = |_: &_| 2.0 * (hw * 3 * p * p * width) as f64;
         let patches = op_flops("patch embedding (unfold + matmul)", flops, || {
-            pixels
+            let unfolded = pixels
                 .reshape((3, h, p, w, p))?
                 .permute((1, 3, 0, 2, 4))?
                 .contiguous()?
-                .reshape((hw, 3 * p * p))?
-                .apply(&self.conv1)
+                .reshape((hw, 3 * p * p))?;
+            // candle's f32 matmul is single-threaded in wasm: rows in fixed blocks over the pool
+            linear::forward_rows(&unfolded, |x| self.conv1.forward(x))
         })?;
         let pos = op("positional embedding (bicubic resize)", || {
             self.positional_embedding(h, w)
@@ -251,7 +253,7 @@ impl VisionTransformer {
     fn project_patches(&self, v: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
         let dense = self.ln_post.forward(&v.reshape((h * w, self.cfg.width))?)?;
         Ok(op_flops("ln_post + visual.proj", matmul_flops(&dense), || {
-            self.proj.forward(&dense)
+            linear::forward_rows(&dense, |x| self.proj.forward(x))
         })?
         .reshape((h, w, self.embed_dim))?)
     }
