@@ -67,6 +67,16 @@ mod imp {
         out
     }
 
+    pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        if crate::timing::timer_installed() {
+            return f(); // the op timer is this thread's
+        }
+        match exec() {
+            Exec::Pool(p) => p.install(f),
+            _ => f(),
+        }
+    }
+
     fn exec() -> Exec {
         if SEQUENTIAL.with(|s| s.get()) {
             return Exec::Sequential;
@@ -134,6 +144,10 @@ mod imp {
         f()
     }
 
+    pub fn install<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
     pub fn map<R>(n: usize, f: impl Fn(usize) -> R) -> Vec<R> {
         (0..n).map(f).collect()
     }
@@ -158,6 +172,24 @@ pub fn threads() -> usize {
 /// The results are the same bits either way.
 pub fn sequential<R>(f: impl FnOnce() -> R) -> R {
     imp::sequential(f)
+}
+
+/// `f()` on one of the pool's threads (here when already on one, or with no pool): the
+/// parallel ops inside it fork and join within the pool, the calling thread doing its share,
+/// instead of each op handing its work to the pool and blocking the caller until it is done.
+/// For a stretch of many small parallel ops (a transformer block: ≈ 20), each such hand-off
+/// is a round trip between threads (in the browser, between Web Workers). `f` must not touch
+/// what only the calling thread may (in the browser: the worker's JS, e.g. progress messages).
+/// With an op timer installed on this thread ([`crate::timing`]) `f` runs here.
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    imp::install(f)
+}
+
+/// `f()` (the single-threaded build has no pool).
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+pub fn install<R>(f: impl FnOnce() -> R) -> R {
+    imp::install(f)
 }
 
 /// `[f(0), f(1), …, f(n − 1)]`, computed in parallel, in order.
@@ -206,6 +238,8 @@ mod tests {
             pool.install(|| {
                 assert_eq!(threads(), n);
                 assert_eq!(sequential(threads), 1);
+                assert_eq!(install(threads), n);
+                assert_eq!(install(|| map(5, |i| i + 1)), vec![1, 2, 3, 4, 5]);
                 assert_eq!(sequential(|| map(10, |_| threads())), vec![1; 10]);
                 assert_eq!(threads(), n);
                 assert_eq!(

@@ -50,6 +50,13 @@ pub fn with_op_timer<R>(timer: Rc<RefCell<dyn OpTimer>>, f: impl FnOnce() -> R) 
     f()
 }
 
+/// Whether a timer is installed on this thread ([`crate::par::install`] then keeps its work
+/// here, where the timer is).
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+pub(crate) fn timer_installed() -> bool {
+    TIMER.with(|t| t.borrow().is_some())
+}
+
 /// Time `f` as op `name` when a timer is installed (no FLOPs counted).
 #[inline]
 pub(crate) fn op<T>(name: &'static str, f: impl FnOnce() -> T) -> T {

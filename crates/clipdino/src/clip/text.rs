@@ -112,6 +112,11 @@ impl TextTransformer {
     /// Prompts are sorted by length and run in chunks of at most `TEXT_CHUNK`, each cut to its
     /// longest prompt (see [`plan_chunks`]), so large label sets waste little on padding.
     pub fn forward(&self, tokens: &[Vec<u32>]) -> Result<Tensor> {
+        // On the pool as a whole: its ≈ 20 parallel ops per block fork and join there.
+        par::install(|| self.forward_on_pool(tokens))
+    }
+
+    fn forward_on_pool(&self, tokens: &[Vec<u32>]) -> Result<Tensor> {
         for (i, ids) in tokens.iter().enumerate() {
             self.check_prompt(i, ids.iter().copied(), ids.len())?;
         }
@@ -180,6 +185,14 @@ impl TextTransformer {
     ///
     /// [`ClipModel::embed_labels`]: super::ClipModel::embed_labels
     pub fn forward_shared_prefixes(
+        &self,
+        prefixes: &[Vec<u32>],
+        prompts: &[(usize, Vec<u32>)],
+    ) -> Result<Tensor> {
+        par::install(|| self.shared_prefixes_on_pool(prefixes, prompts))
+    }
+
+    fn shared_prefixes_on_pool(
         &self,
         prefixes: &[Vec<u32>],
         prompts: &[(usize, Vec<u32>)],

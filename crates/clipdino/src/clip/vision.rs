@@ -20,9 +20,9 @@ use super::last_block::{self, LastBlock};
 use super::MAX_PATCHES;
 use crate::config::{ClipConfig, VisionConfig};
 use crate::error::{Error, Result};
-use crate::linear;
 use crate::timing::{matmul_flops, op, op_flops};
 use crate::weights::Vb;
+use crate::{linear, par};
 
 /// Outputs of [`VisionTransformer::forward`] for one image with an `h×w` patch grid.
 #[derive(Debug, Clone)]
@@ -195,14 +195,15 @@ impl VisionTransformer {
         })?;
         let mut x = self.ln_pre.forward(&x)?.unsqueeze(0)?;
 
+        // Each block runs on the pool as a whole (`par::install`); `progress` stays here.
         let mut inter = None;
         for (i, block) in self.blocks[..layers - 1].iter().enumerate() {
             x = if i == inter_layer {
-                let (out, ln2) = block.forward_with_ln2(&x, None)?;
+                let (out, ln2) = par::install(|| block.forward_with_ln2(&x, None))?;
                 inter = Some(ln2);
                 out
             } else {
-                block.forward(&x, None)?
+                par::install(|| block.forward(&x, None))?
             };
             progress(i + 1, layers);
         }
@@ -210,19 +211,22 @@ impl VisionTransformer {
         // Last block, from its input `x`: shared ln_1 and q/k/v.
         let last = &self.blocks[layers - 1];
         let t = hw + 1;
-        let qkv = last.attn.qkv(&last.ln_1.forward(&x)?)?;
         // Ordinary path: only the CLS query is needed, unless the caller wants this block's ln_2.
         let n_query = if inter_layer == layers - 1 { t } else { 1 };
-        let attn = last.attn.attend(&qkv, n_query, None)?;
-        let hid = op("residual add", || x.narrow(1, 0, n_query)? + attn)?;
-        let ln2 = last.ln_2.forward(&hid)?;
-        let m = last.mlp.forward(&ln2)?;
-        let out = op("residual add", || &hid + m)?;
+        let (out, ln2, v) = par::install(|| -> Result<_> {
+            let qkv = last.attn.qkv(&last.ln_1.forward(&x)?)?;
+            let attn = last.attn.attend(&qkv, n_query, None)?;
+            let hid = op("residual add", || x.narrow(1, 0, n_query)? + attn)?;
+            let ln2 = last.ln_2.forward(&hid)?;
+            let m = last.mlp.forward(&ln2)?;
+            let out = op("residual add", || &hid + m)?;
+            // MaskCLIP value path (patch tokens only; the CLS row is dropped afterwards anyway).
+            let v = last_block::maskclip_value_path(last, &x, &qkv)?;
+            Ok((out, ln2, v))
+        })?;
         if inter_layer == layers - 1 {
             inter = Some(ln2);
         }
-        // MaskCLIP value path (patch tokens only; the CLS row is dropped afterwards anyway).
-        let v = last_block::maskclip_value_path(last, &x, &qkv)?;
         progress(layers, layers);
 
         let pooled = self.ln_post.forward(&out.narrow(1, 0, 1)?)?;

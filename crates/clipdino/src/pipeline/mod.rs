@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::loaders::Bundle;
 pub use crate::pamr::Refine;
 use crate::pamr::{pamr, working_size, PAMR_DILATIONS};
+use crate::par;
 use crate::weights::{ComputePath, Vb};
 use resize::{resize_into, Placement};
 
@@ -722,10 +723,12 @@ impl ImageEncode<'_> {
     /// The tower's output for the window [`Self::next_pixels`] gave: the head runs on it here.
     pub fn push(&mut self, out: clip::VisionOutput) -> Result<()> {
         let (refined, bkg) = match &self.seg.head {
-            Some(h) => (
-                Some(h.refine(&out.dense, &out.inter)?),
-                Some(h.background(&out.inter)?),
-            ),
+            Some(h) => par::install(|| -> Result<_> {
+                Ok((
+                    Some(h.refine(&out.dense, &out.inter)?),
+                    Some(h.background(&out.inter)?),
+                ))
+            })?,
             None => (None, None),
         };
         self.windows.push(WindowOutputs {
