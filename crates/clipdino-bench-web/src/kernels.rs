@@ -5,7 +5,7 @@
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
-use clipdino::clip::{fastmath, LayerNorm};
+use clipdino::clip::{fastmath, fused_attention, LayerNorm};
 use clipdino::intgemm::PackedLinear;
 use clipdino::{Result, Stored, TensorStore, Vb};
 use serde_json::{json, Value};
@@ -138,6 +138,46 @@ pub fn kernels(tokens: usize, runs: Runs) -> Result<Value> {
         "f32",
         time_kernel(runs, || pr.matmul(&v))?,
         att_flops,
+    );
+    // The whole of attention, head by head, both ways the model runs it.
+    let (qs, ks, vs) = (
+        q.flatten_all()?.to_vec1::<f32>()?,
+        k.flatten_all()?.to_vec1::<f32>()?,
+        v.flatten_all()?.to_vec1::<f32>()?,
+    );
+    push(
+        format!("attention q·kᵀ, softmax, probs·v [{h}×{m}×{d}], head by head"),
+        "unfused: two candle matmuls around the fastmath softmax (the model natively)",
+        time_kernel(runs, || {
+            (0..h)
+                .map(|i| {
+                    let (q, k, v) = (q.get(i)?, k.get(i)?, v.get(i)?);
+                    fastmath::softmax_last_dim_(q.matmul(&k.t()?)?)?.matmul(&v)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()
+        })?,
+        2.0 * att_flops,
+    );
+    push(
+        format!("attention q·kᵀ, softmax, probs·v [{h}×{m}×{d}], head by head"),
+        "fused: 4 query rows at a time, scores in L1 (the model in wasm)",
+        time_kernel(runs, || {
+            Ok((0..h)
+                .map(|i| {
+                    let r = i * m * d..(i + 1) * m * d;
+                    fused_attention::attend_head(
+                        &qs[r.clone()],
+                        &ks[r.clone()],
+                        &vs[r],
+                        None,
+                        m,
+                        m,
+                        d,
+                    )
+                })
+                .collect::<Vec<_>>())
+        })?,
+        2.0 * att_flops,
     );
     let qkv = det(&[1, m, 3 * 768], 6, 1.0)?;
     push(

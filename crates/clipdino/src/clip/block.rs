@@ -11,9 +11,9 @@
 //! Tensor names: `ln_1.*`, `attn.in_proj_weight [3w, w]` (q, k, v stacked), `attn.in_proj_bias`,
 //! `attn.out_proj.*`, `ln_2.*`, `mlp.c_fc.*`, `mlp.c_proj.*`.
 
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{CpuStorage, DType, Module, Storage, Tensor, D};
 
-use super::fastmath;
+use super::{fastmath, fused_attention};
 use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::linear::Linear;
@@ -23,6 +23,68 @@ use crate::weights::Vb;
 
 /// Largest attention score matrix computed at once, in elements (64 MiB of f32).
 const ATTN_SCORES_BUDGET: usize = 16 << 20;
+
+/// Attention by [`fused_attention::attend_head`] instead of candle's matmuls around the softmax.
+/// In wasm only: natively candle's gemm (AVX2 + FMA) is the faster one (BENCHMARKS.md).
+const FUSED: bool = cfg!(target_arch = "wasm32");
+
+/// `f` of the values of a contiguous f32 CPU tensor; `None` for any other tensor.
+fn with_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Option<T> {
+    let (storage, layout) = t.storage_and_layout();
+    let (a, b) = layout.contiguous_offsets()?;
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => Some(f(&v[a..b])),
+        _ => None,
+    }
+}
+
+/// Every head `h < bh` of `q [bh, n_query, d]`, `k, v [bh, t, d]` by the fused kernel, in
+/// parallel, as `[1, n_query, d]` tensors; `None` when an operand is not a contiguous f32 CPU
+/// tensor (the caller takes the unfused path).
+#[allow(clippy::too_many_arguments)]
+fn fused_heads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    bh: usize,
+    n_query: usize,
+    t: usize,
+    d: usize,
+) -> Result<Option<Vec<Tensor>>> {
+    let mask = match mask {
+        Some(m) => Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    let run = |qs: &[f32], ks: &[f32], vs: &[f32]| {
+        let flops = |_: &_| 4.0 * (bh * n_query * t * d) as f64;
+        op_flops(
+            "attention q·kᵀ, softmax, probs·v (by head)",
+            flops,
+            || {
+                par::map(bh, |h| {
+                    let out = fused_attention::attend_head(
+                        &qs[h * n_query * d..(h + 1) * n_query * d],
+                        &ks[h * t * d..(h + 1) * t * d],
+                        &vs[h * t * d..(h + 1) * t * d],
+                        mask.as_deref(),
+                        n_query,
+                        t,
+                        d,
+                    );
+                    Tensor::from_vec(out, (1, n_query, d), q.device())
+                })
+            },
+        )
+    };
+    let heads = with_f32(q, |qs| with_f32(k, |ks| with_f32(v, |vs| run(qs, ks, vs))));
+    let Some(Some(Some(heads))) = heads else {
+        return Ok(None);
+    };
+    Ok(Some(
+        heads.into_iter().collect::<candle_core::Result<Vec<_>>>()?,
+    ))
+}
 
 /// LayerNorm with eps 1e-5 (torch default), computed in two passes (mean first, then the variance
 /// of the centred values) so that tokens with a large mean lose no precision.
@@ -169,7 +231,7 @@ impl MultiheadAttention {
     /// tokens only (`n_query = T` for ordinary self-attention). `mask`, if any, is an additive
     /// `[n_query, T]` bias (0 / −∞). Returns `out_proj(attention) [B, n_query, w]`.
     pub fn attend(&self, qkv: &Tensor, n_query: usize, mask: Option<&Tensor>) -> Result<Tensor> {
-        self.attend_in_groups(qkv, n_query, mask, ATTN_SCORES_BUDGET)
+        self.attend_in_groups(qkv, n_query, mask, ATTN_SCORES_BUDGET, FUSED)
     }
 
     fn attend_in_groups(
@@ -178,6 +240,7 @@ impl MultiheadAttention {
         n_query: usize,
         mask: Option<&Tensor>,
         budget: usize,
+        fused: bool,
     ) -> Result<Tensor> {
         let (b, t, _) = qkv.dims3()?;
         let d = self.width / self.heads;
@@ -193,6 +256,11 @@ impl MultiheadAttention {
         // `budget` elements (large images: 4097² scores per head). Each head is its own product,
         // so neither the grouping nor the thread count changes a bit of the result.
         let bh = b * self.heads;
+        if fused {
+            if let Some(outs) = fused_heads(&q, &k, &v, mask, bh, n_query, t, d)? {
+                return self.merge_heads_and_project(outs, b, n_query);
+            }
+        }
         let group = (budget / (n_query * t).max(1)).clamp(1, bh);
         let mut outs = Vec::with_capacity(bh);
         for start in (0..bh).step_by(group) {
@@ -310,7 +378,7 @@ mod tests {
     use crate::weights::{ComputePath, Stored, TensorStore};
 
     #[test]
-    fn head_groups_do_not_change_attention() {
+    fn head_groups_and_the_fused_kernel_do_not_change_attention() {
         let dev = Device::Cpu;
         let (w, heads, t, b) = (16, 4, 9, 2);
         let mut store = TensorStore::new("test");
@@ -345,10 +413,12 @@ mod tests {
         .unwrap();
         for (n_query, mask) in [(t, None), (t, Some(&mask)), (1, None)] {
             let all = mha
-                .attend_in_groups(&qkv, n_query, mask, usize::MAX)
+                .attend_in_groups(&qkv, n_query, mask, usize::MAX, false)
                 .unwrap();
-            for budget in [1, n_query * t * 3] {
-                let grouped = mha.attend_in_groups(&qkv, n_query, mask, budget).unwrap();
+            for (budget, fused) in [(1, false), (n_query * t * 3, false), (usize::MAX, true)] {
+                let grouped = mha
+                    .attend_in_groups(&qkv, n_query, mask, budget, fused)
+                    .unwrap();
                 let d = (&all - &grouped)
                     .unwrap()
                     .abs()
@@ -359,7 +429,7 @@ mod tests {
                     .unwrap();
                 assert!(
                     d.to_scalar::<f32>().unwrap() < 1e-6,
-                    "budget {budget}, {n_query} queries"
+                    "budget {budget}, fused {fused}, {n_query} queries"
                 );
             }
         }

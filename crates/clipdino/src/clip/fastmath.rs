@@ -75,7 +75,7 @@ pub fn quick_gelu(x: f32) -> f32 {
 }
 
 /// Softmax of one row, in place.
-fn softmax_row(row: &mut [f32]) {
+pub(crate) fn softmax_row(row: &mut [f32]) {
     // Max and sum over 8 lanes so that they vectorise (a plain fold is sequential in IEEE order).
     let mut lanes = [f32::NEG_INFINITY; 8];
     let mut chunks = row.chunks_exact(8);

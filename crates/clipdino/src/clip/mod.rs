@@ -5,6 +5,7 @@
 
 mod block;
 pub mod fastmath;
+pub mod fused_attention;
 pub mod interp;
 pub mod last_block;
 pub mod text;
