@@ -138,6 +138,8 @@ def main():
             "onnx_f32_vs_torch_max_abs_diff": diff,
             "int8_vs_f32_cosine": cos,
             "torch_pooled": ref.ravel().tolist(),
+            "onnx_f32_pooled": a32.tolist(),
+            "onnx_int8_pooled": a8.tolist(),
         }
         print(f"{h}x{w}: onnxruntime f32 vs torch max|d| = {diff:.2e}, int8 vs f32 cosine = {cos:.4f}", file=sys.stderr)
         summary["models"].append(m)
