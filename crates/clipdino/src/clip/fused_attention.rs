@@ -136,17 +136,11 @@ fn tile(a: &[f32], b: &[f32]) -> [[f32; L]; R] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::SplitMix64;
 
     fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-            })
-            .collect()
+        let mut r = SplitMix64(seed);
+        (0..len).map(|_| r.next_f64() as f32 * 4.0 - 2.0).collect()
     }
 
     /// The textbook computation in f64.
