@@ -140,13 +140,14 @@ pub fn kernels(tokens: usize, runs: Runs) -> Result<Value> {
         att_flops,
     );
     // The whole of attention, head by head, both ways the model runs it.
+    let whole = format!("attention q·kᵀ, softmax, probs·v [{h}×{m}×{d}], head by head");
     let (qs, ks, vs) = (
         q.flatten_all()?.to_vec1::<f32>()?,
         k.flatten_all()?.to_vec1::<f32>()?,
         v.flatten_all()?.to_vec1::<f32>()?,
     );
     push(
-        format!("attention q·kᵀ, softmax, probs·v [{h}×{m}×{d}], head by head"),
+        whole.clone(),
         "unfused: two candle matmuls around the fastmath softmax (the model natively)",
         time_kernel(runs, || {
             (0..h)
@@ -159,7 +160,7 @@ pub fn kernels(tokens: usize, runs: Runs) -> Result<Value> {
         2.0 * att_flops,
     );
     push(
-        format!("attention q·kᵀ, softmax, probs·v [{h}×{m}×{d}], head by head"),
+        whole,
         "fused: 4 query rows at a time, scores in L1 (the model in wasm)",
         time_kernel(runs, || {
             Ok((0..h)

@@ -24,6 +24,9 @@ use crate::weights::Vb;
 /// Largest attention score matrix computed at once, in elements (64 MiB of f32).
 const ATTN_SCORES_BUDGET: usize = 16 << 20;
 
+/// The op timer's name for attention (both paths, so that profiles compare).
+const ATTENTION_OP: &str = "attention q·kᵀ, softmax, probs·v (by head)";
+
 /// Attention by [`fused_attention::attend_head`] instead of candle's matmuls around the softmax.
 /// In wasm only: natively candle's gemm (AVX2 + FMA) is the faster one (BENCHMARKS.md).
 const FUSED: bool = cfg!(target_arch = "wasm32");
@@ -58,24 +61,20 @@ fn fused_heads(
     };
     let run = |qs: &[f32], ks: &[f32], vs: &[f32]| {
         let flops = |_: &_| 4.0 * (bh * n_query * t * d) as f64;
-        op_flops(
-            "attention q·kᵀ, softmax, probs·v (by head)",
-            flops,
-            || {
-                par::map(bh, |h| {
-                    let out = fused_attention::attend_head(
-                        &qs[h * n_query * d..(h + 1) * n_query * d],
-                        &ks[h * t * d..(h + 1) * t * d],
-                        &vs[h * t * d..(h + 1) * t * d],
-                        mask.as_deref(),
-                        n_query,
-                        t,
-                        d,
-                    );
-                    Tensor::from_vec(out, (1, n_query, d), q.device())
-                })
-            },
-        )
+        op_flops(ATTENTION_OP, flops, || {
+            par::map(bh, |h| {
+                let out = fused_attention::attend_head(
+                    &qs[h * n_query * d..(h + 1) * n_query * d],
+                    &ks[h * t * d..(h + 1) * t * d],
+                    &vs[h * t * d..(h + 1) * t * d],
+                    mask.as_deref(),
+                    n_query,
+                    t,
+                    d,
+                );
+                Tensor::from_vec(out, (1, n_query, d), q.device())
+            })
+        })
     };
     let heads = with_f32(q, |qs| with_f32(k, |ks| with_f32(v, |vs| run(qs, ks, vs))));
     let Some(Some(Some(heads))) = heads else {
@@ -252,38 +251,34 @@ impl MultiheadAttention {
         };
         // torch scales q by 1/√d before q·kᵀ.
         let q = op("attention q scale", || q * (1.0 / (d as f64).sqrt()))?;
-        // Heads run in parallel ([`par`]), in groups whose score matrices together stay under
-        // `budget` elements (large images: 4097² scores per head). Each head is its own product,
-        // so neither the grouping nor the thread count changes a bit of the result.
         let bh = b * self.heads;
+        // Fused, the heads run in parallel with no score matrix to bound.
         if fused {
             if let Some(outs) = fused_heads(&q, &k, &v, mask, bh, n_query, t, d)? {
                 return self.merge_heads_and_project(outs, b, n_query);
             }
         }
+        // Heads run in parallel ([`par`]), in groups whose score matrices together stay under
+        // `budget` elements (large images: 4097² scores per head). Each head is its own product,
+        // so neither the grouping nor the thread count changes a bit of the result.
         let group = (budget / (n_query * t).max(1)).clamp(1, bh);
         let mut outs = Vec::with_capacity(bh);
         for start in (0..bh).step_by(group) {
             let g = group.min(bh - start);
             let flops = |_: &_| 4.0 * (g * n_query * t * d) as f64;
-            let heads = op_flops(
-                "attention q·kᵀ, softmax, probs·v (by head)",
-                flops,
-                || {
-                    par::map(g, |i| -> candle_core::Result<Tensor> {
-                        let h = start + i;
-                        let (q, k, v) =
-                            (q.narrow(0, h, 1)?, k.narrow(0, h, 1)?, v.narrow(0, h, 1)?);
-                        let scores = q.matmul(&k.t()?)?;
-                        let scores = match mask {
-                            Some(m) => scores.broadcast_add(m)?,
-                            None => scores,
-                        };
-                        // `scores` is a fresh tensor: the softmax overwrites it.
-                        fastmath::softmax_last_dim_(scores)?.matmul(&v)
-                    })
-                },
-            );
+            let heads = op_flops(ATTENTION_OP, flops, || {
+                par::map(g, |i| -> candle_core::Result<Tensor> {
+                    let h = start + i;
+                    let (q, k, v) = (q.narrow(0, h, 1)?, k.narrow(0, h, 1)?, v.narrow(0, h, 1)?);
+                    let scores = q.matmul(&k.t()?)?;
+                    let scores = match mask {
+                        Some(m) => scores.broadcast_add(m)?,
+                        None => scores,
+                    };
+                    // `scores` is a fresh tensor: the softmax overwrites it.
+                    fastmath::softmax_last_dim_(scores)?.matmul(&v)
+                })
+            });
             for head in heads {
                 outs.push(head?);
             }
